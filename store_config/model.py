@@ -1,0 +1,245 @@
+"""The store configuration as one frozen, validated value.
+
+Everything downstream (geometry index, tracker, decisions, transports) reads
+these objects; nothing downstream re-checks raw dicts.  Produced by
+:func:`store_config.load.load_store`.
+
+All geometry here is already in the store's *local frame* (metres, origin at
+the anchor, x right / y up on the plan), whatever frame the files used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+FENCE_KINDS = ("aisle", "section", "display", "entrance", "checkout", "staff_only", "other")
+SOURCES = ("wifi", "ble", "html5", "gps", "uwb")
+DEFAULT_ACC = MappingProxyType({"uwb": 0.5, "ble": 3.0, "wifi": 8.0, "gps": 10.0, "html5": 25.0})
+
+
+class EdgeError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(EdgeError):
+    """A store configuration that cannot be used; lists every problem found."""
+
+    def __init__(self, problems: list["Problem"] | str):
+        if isinstance(problems, str):
+            problems = [Problem(file="", where="", field="", message=problems)]
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem in a configuration: which file, which feature/object, which field."""
+
+    file: str
+    where: str  # e.g. 'feature "aisle-3"', 'promotion "p1"', '[mqtt]'
+    field: str
+    message: str
+    severity: str = "error"  # "error" | "warning"
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.file, self.where, self.field and f"field '{self.field}'") if p]
+        return f"{': '.join(parts)}: {self.message}" if parts else self.message
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    lat: float
+    lon: float
+    bearing: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A geofence in local metres.  ``geometry`` is a shapely (Multi)Polygon;
+    a circular fence is given as its buffered polygon *and* ``circle``
+    (cx, cy, r) so exact circle tests stay possible."""
+
+    id: str
+    kind: str
+    floor: int
+    geometry: Any  # shapely Polygon | MultiPolygon, local metres
+    name: str = ""
+    category: str | None = None
+    skus: tuple[str, ...] = ()
+    dwell_s: float | None = None
+    circle: tuple[float, float, float] | None = None
+    assist: bool = False  # flagged for associates' `assist` alerts
+
+
+@dataclass(frozen=True, slots=True)
+class Beacon:
+    beacon_id: str  # "uuid:major:minor", lower-cased
+    x: float
+    y: float
+    floor: int = 0
+    tx_power: float = -59.0
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    id: str
+    title: str
+    message: str = ""
+    zones: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    skus: tuple[str, ...] = ()
+    trigger: str = "enter"  # "enter" | "dwell"
+    segments: tuple[str, ...] = ()
+    min_loyalty_score: float | None = None
+    starts: datetime | None = None  # aware (store tz applied when no offset given)
+    ends: datetime | None = None
+    hours: tuple[tuple[int, int], ...] = ()  # (start_minute, end_minute) in store local time
+    requires_stock: bool = False
+    alternative_zone: str | None = None
+    priority: int = 0
+    cooldown_s: float = 3600.0
+    holdout_pct: float = 0.0
+    associate_alert: bool = False
+    vip_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    offers: bool = True
+    tracking: bool = False
+    name_to_staff: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    device: str
+    loyalty_id: str | None = None
+    consent: Consent = Consent(offers=True, tracking=True)
+    segments: tuple[str, ...] = ()
+    loyalty_score: float = 0.0
+    vip: bool = False
+    first_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    url: str | None = "mqtt://127.0.0.1:1883"  # None: embed a broker (demo only)
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None  # default: edge-agent-{store_id}
+    protocol: str = "3.1.1"  # "3.1.1" | "5"
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False
+    keepalive: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: str = "127.0.0.1:8080"
+    admin_token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingConfig:
+    clock: str = "receive"  # "receive" | "ping"
+    timeout_s: float = 120.0  # silence that exits every fence
+    # default_factory: a mappingproxy is unhashable on 3.11, so dataclasses reject it as a plain default
+    default_acc: Mapping[str, float] = field(default_factory=lambda: DEFAULT_ACC)
+    publish_events: bool = False
+    max_future_skew_s: float = 300.0
+    # Sustained-evidence entry: this many consecutive pings whose centre is
+    # inside and whose acc is below the fence's half-width enter it (0 = off).
+    sustained_pings: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    owntracks: bool = False
+    max_payload_bytes: int = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class OffersConfig:
+    ttl_s: float = 900.0
+    per_visit_cap: int = 3  # offers per device per visit (0 = unlimited)
+    min_gap_s: float = 0.0  # minimum seconds between two offers to one device
+    daily_cap: int = 0  # offers per device per store day (0 = unlimited)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    anonymous_offers: bool = True
+    anonymous_tracking: bool = False
+    position_retention_s: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    central_url: str | None = None
+    token: str | None = None
+    interval_s: float = 5.0
+    transport: str = "http"  # "http" | "mqtt"
+    mqtt_url: str | None = None
+    encoding: str = "json"  # "json" | "msgpack"
+    batch_size: int = 500
+    max_outbox_mb: float = 256.0
+
+
+@dataclass(frozen=True, slots=True)
+class AssociatesConfig:
+    token: str | None = None
+    roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # role -> zone ids
+    escalate_after_s: float = 120.0
+    dedupe_window_s: float = 900.0
+    assist_dwell_s: float = 180.0
+    vip_arrival: bool = True
+    stock_out: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """One store, validated.  ``version`` changes whenever anything that
+    affects decisions changes (used to rebuild the fence index once)."""
+
+    path: Path | None
+    store_id: str
+    name: str
+    timezone: str
+    anchor: Anchor
+    fences: tuple[Fence, ...]
+    beacons: tuple[Beacon, ...] = ()
+    promotions: tuple[Promotion, ...] = ()
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
+    inventory: Mapping[str, int] = field(default_factory=dict)
+    mqtt: MqttConfig = MqttConfig()
+    http: HttpConfig = HttpConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ingest: IngestConfig = IngestConfig()
+    offers: OffersConfig = OffersConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    sync: SyncConfig = SyncConfig()
+    associates: AssociatesConfig = AssociatesConfig()
+    data_dir: Path = Path("var")
+    outline: Any = None  # shapely geometry of the store outline, if the layout has one
+    warnings: tuple[Problem, ...] = ()
+    version: str = ""
+    # Raw tables of `[sources.NAME]` (e.g. meraki: {secret, validator}); read-only.
+    sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def root_topic(self) -> str:
+        return f"store/{self.store_id}"
+
+    def fence(self, fence_id: str) -> Fence | None:
+        for f in self.fences:
+            if f.id == fence_id:
+                return f
+        return None
