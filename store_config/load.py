@@ -974,4 +974,5 @@ def load_store(path: str | Path) -> StoreConfig:
         warnings=tuple(warnings),
         version=config_version(parts),
         sources=MappingProxyType(sources),
+        files=MappingProxyType({"store": toml_file, **{k: str(v) for k, v in files.items() if v is not None}}),
     )

@@ -233,6 +233,9 @@ class StoreConfig:
     version: str = ""
     # Raw tables of `[sources.NAME]` (e.g. meraki: {secret, validator}); read-only.
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The files this config was loaded from: "store", "layout", "promotions",
+    # "profiles", "inventory" -> path as used in Problem.file.
+    files: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def root_topic(self) -> str:
