@@ -15,6 +15,7 @@ Pure: no clock reads, no sockets.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -79,6 +80,11 @@ def _raise_if(problems: list[Problem]) -> None:
         raise ConfigError(problems)
 
 
+@functools.lru_cache(maxsize=1)
+def _zone_keys() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def check_timezone(tz: Any) -> str | None:
     """Return an error message when ``tz`` is not a valid zoneinfo key."""
     if not isinstance(tz, str) or not tz:
@@ -87,7 +93,7 @@ def check_timezone(tz: Any) -> str | None:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         return f"unknown time zone {tz!r} (use an IANA name such as 'Europe/Prague')"
-    if tz not in available_timezones() and tz != "UTC":
+    if tz not in _zone_keys() and tz != "UTC":
         # ZoneInfo accepts some odd keys (e.g. lowercase on case-insensitive
         # file systems); insist on a canonical key.
         return f"unknown time zone {tz!r} (use an IANA name such as 'Europe/Prague')"
@@ -319,11 +325,11 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
                                       floor=e["floor"], tx_power=e["tx_power"]))
             continue
         if g is not None and e["gtype"] in ("Polygon", "MultiPolygon"):
-            if g.is_empty or g.area <= 0:
-                c.err(where, "geometry", "polygon is empty (zero area)")
-                g = None
-            elif not shapely.is_valid(g):
+            if not shapely.is_valid(g):
                 c.err(where, "geometry", f"invalid polygon: {shapely.is_valid_reason(g)}")
+                g = None
+            elif g.is_empty or g.area <= 0:
+                c.err(where, "geometry", "polygon is empty (zero area)")
                 g = None
         if e["role"] == "outline":
             if g is not None:
@@ -490,7 +496,39 @@ def parse_promotions(obj: Any, *, file: str, timezone: str,
 def cross_check(fences: Iterable[Fence], promotions: Iterable[Promotion], *, file: str) -> list[Problem]:
     """Errors for promotions whose ``zones`` or ``alternative_zone`` name a
     fence the layout does not have."""
-    ids = {f.id for f in fences}
+    return _cross_check_ids({f.id for f in fences}, promotions, file=file)
+
+
+def _raw_fence_ids(layout: Any) -> set[str] | None:
+    """Every string ``properties.id`` in a raw layout (None when unusable)."""
+    if not isinstance(layout, dict) or not isinstance(layout.get("features"), list):
+        return None
+    ids = set()
+    for feat in layout["features"]:
+        props = feat.get("properties") if isinstance(feat, dict) else None
+        if isinstance(props, dict) and isinstance(props.get("id"), str):
+            ids.add(props["id"])
+    return ids
+
+
+def _cross_check_raw(ids: set[str], raw: list, *, file: str) -> list[Problem]:
+    problems = []
+    for i, p in enumerate(raw):
+        if not isinstance(p, dict):
+            continue
+        where = _where_obj("promotion", i, p, "id")
+        zones = p.get("zones")
+        if isinstance(zones, list):
+            missing = [z for z in zones if isinstance(z, str) and z not in ids]
+            if missing:
+                problems.append(Problem(file, where, "zones", f"unknown fence id(s): {', '.join(missing)}"))
+        alt = p.get("alternative_zone")
+        if isinstance(alt, str) and alt and alt not in ids:
+            problems.append(Problem(file, where, "alternative_zone", f"unknown fence id {alt!r}"))
+    return problems
+
+
+def _cross_check_ids(ids: set[str], promotions: Iterable[Promotion], *, file: str) -> list[Problem]:
     problems = []
     for p in promotions:
         where = f'promotion "{p.id}"'
@@ -573,11 +611,12 @@ def parse_inventory(obj: Any, *, file: str) -> dict[str, int]:
         if not sku.strip():
             c.err(where, "sku", "must not be empty")
             continue
-        v = c.integer(obj, sku, where, default=None, minimum=0)
-        if v is None and qty is None:
-            c.err(where, "qty", "must be a non-negative integer, not null")
-        if v is not None:
-            out[sku] = v
+        if isinstance(qty, float) and qty.is_integer():
+            qty = int(qty)
+        if isinstance(qty, bool) or not isinstance(qty, int) or qty < 0:
+            c.err(where, "qty", f"must be a non-negative integer, not {type_name(qty)} {qty!r}")
+            continue
+        out[sku] = qty
     _raise_if(c.problems)
     return out
 
@@ -924,20 +963,23 @@ def load_store(path: str | Path) -> StoreConfig:
         if res is not None:
             fences, beacons, outline = res
             layout_ok = True
+    # When the layout has errors, still check references against the ids it names.
+    fence_ids = {f.id for f in fences} if layout_ok else _raw_fence_ids(parts.get("layout"))
     res = run("promotions", lambda obj, f: parse_promotions(obj, file=f, timezone=timezone if tz_ok else "UTC",
                                                              warnings=warnings))
     if res is not None:
         promotions = res
-        if layout_ok:
-            problems.extend(cross_check(fences, promotions, file=str(files["promotions"])))
+    if fence_ids is not None and isinstance(parts.get("promotions"), list):
+        # on the raw list, so references are checked even when a promotion has other errors
+        problems.extend(_cross_check_raw(fence_ids, parts["promotions"], file=str(files["promotions"])))
     res = run("profiles", lambda obj, f: parse_profiles(obj, file=f, warnings=warnings))
     if res is not None:
         profiles = res
     res = run("inventory", lambda obj, f: parse_inventory(obj, file=f))
     if res is not None:
         inventory = res
-    if layout_ok:
-        ids = {f.id for f in fences}
+    if fence_ids is not None:
+        ids = fence_ids
         for role, zones in roles.items():
             missing = [z for z in zones if z not in ids]
             if missing:
