@@ -1,0 +1,200 @@
+"""``edge-agent`` — thin commands over the library.
+
+Every command is one call into the library; the README's command reference is
+generated from ``--help`` (``python -m edge_agent.cli --markdown-help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+log = logging.getLogger("edge_agent.cli")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("amqtt", "transitions", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(path: str):
+    from store_config import ConfigError, load_store
+
+    try:
+        return load_store(path)
+    except ConfigError as exc:
+        print(f"configuration refused: {path}", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  error: {p}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except FileNotFoundError as exc:
+        print(f"configuration not found: {exc.filename}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the edge agent for one store.
+
+    Example: edge-agent run --config /etc/edge-agent/store.toml
+    """
+    cfg = _load(args.config)
+    if cfg.mqtt.url is None:
+        print("[mqtt] url is required for `run` (an embedded broker is for `demo` only)", file=sys.stderr)
+        return 2
+    from .runner import serve
+
+    return asyncio.run(serve(cfg))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate and lint a store configuration; exit status 1 on errors.
+
+    Example: edge-agent check --config store.toml --tech ble
+    """
+    from store_config import check
+
+    cfg, problems = check(args.config, tech=args.tech)
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = [p for p in problems if p.severity != "error"]
+    for p in errors:
+        print(f"error: {p}")
+    for p in warnings:
+        print(f"warning: {p}")
+    if cfg is not None:
+        print(f"{args.config}: store {cfg.store_id} ({cfg.name}), {len(cfg.fences)} fences, "
+              f"{len(cfg.promotions)} promotions, {len(cfg.profiles)} profiles, version {cfg.version}: "
+              f"{len(errors)} errors, {len(warnings)} warnings")
+    else:
+        print(f"{args.config}: {len(errors)} errors, {len(warnings)} warnings")
+    return 1 if errors else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Everything in one process: an embedded broker, the sample store, simulated
+    shoppers and the associates' page.  Stops on Ctrl-C or after --duration.
+
+    Example: edge-agent demo --duration 60
+    """
+    from .demo import run_demo
+
+    return asyncio.run(run_demo(duration=args.duration, shoppers=args.shoppers, port=args.port))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate shoppers over a store and score its fences and positioning technology.
+
+    Example: edge-agent simulate --config store.toml --shoppers 50 --duration 1800 --tech ble --out report/
+    """
+    try:
+        from .simulate import run_simulate
+    except ImportError as exc:  # pragma: no cover - during development
+        print(f"simulator not available: {exc}", file=sys.stderr)
+        return 2
+    return run_simulate(args)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Print the decision audit trail (offered and suppressed, with reasons).
+
+    Example: edge-agent audit --config store.toml --device phone-42 --since 2026-11-22T08:00
+    """
+    from .audit import run_audit
+
+    return run_audit(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="In-store geofencing edge service.")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the service", description=cmd_run.__doc__)
+    p.add_argument("--config", required=True, help="path of store.toml")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("check", help="validate and lint a store configuration", description=cmd_check.__doc__)
+    p.add_argument("--config", required=True, help="path of store.toml")
+    p.add_argument("--tech", choices=["exact", "uwb", "ble", "wifi", "html5"],
+                   help="lint fences against this positioning technology (default: all)")
+    p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("demo", help="embedded broker + sample store + simulated shoppers",
+                       description=cmd_demo.__doc__)
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
+    p.add_argument("--shoppers", type=int, default=6, help="number of simulated shoppers (default 6)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; a free one if taken)")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("simulate", help="simulate shoppers and score fences", description=cmd_simulate.__doc__)
+    p.add_argument("--config", required=True, help="path of store.toml")
+    p.add_argument("--shoppers", type=int, default=30, help="number of shoppers (default 30)")
+    p.add_argument("--duration", type=float, default=900.0, help="simulated seconds (default 900)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--tech", default="exact", choices=["exact", "uwb", "ble", "wifi", "html5"])
+    p.add_argument("--out", default="sim-report", help="output directory (default sim-report)")
+    p.add_argument("--attach", action="store_true", help="drive the agent already serving the config's broker")
+    p.add_argument("--broker", default=None, help="use this broker URL instead of the embedded one")
+    p.add_argument("--speed", type=float, default=0.0, help="simulated seconds per real second (0 = as fast as possible)")
+    p.add_argument("--mac-randomisation", action="store_true", help="devices change id mid-visit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_simulate)
+
+    p = sub.add_parser("audit", help="read the decision audit trail", description=cmd_audit.__doc__)
+    p.add_argument("--config", required=True, help="path of store.toml")
+    p.add_argument("--device", help="raw device id (looked up by its pseudonym)")
+    p.add_argument("--since", default="0", help="epoch seconds or ISO 8601 (store time when no offset)")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.set_defaults(fn=cmd_audit)
+    return parser
+
+
+def markdown_help() -> str:
+    parser = build_parser()
+    out = ["```", parser.format_help().rstrip(), "```"]
+    for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse has no public walk
+        for name, sp in action.choices.items():
+            out += ["", f"### `edge-agent {name}`", "", "```", sp.format_help().rstrip(), "```"]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--markdown-help"]:
+        sys.stdout.write(markdown_help())
+        return 0
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        return args.fn(args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Bytes in, :class:`Ping` out — or a :class:`PayloadError` with a reason.
+
+Every payload format the agent takes becomes the same ``Ping``; nothing after
+this module knows which app or vendor sent it.  Reasons are the dead-letter
+reasons of the contract (``decode``, ``schema``, ``range``, ``no_position``,
+``too_large``, ``clock_skew``, ``unknown_source``, ``device_mismatch``).
+
+Pure: no I/O, no clock reads (``received`` is a parameter).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import msgpack
+
+from store_config.model import EdgeError
+
+SOURCES = frozenset({"wifi", "ble", "html5", "gps", "uwb"})
+MAX_COORD_M = 100_000.0  # a local coordinate beyond 100 km is not in a store
+MAX_ACC_M = 100_000.0
+MAX_BEACONS = 64
+
+
+class PayloadError(EdgeError):
+    """A payload that cannot be used; ``reason`` is the dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass(slots=True)
+class Ping:
+    """One location observation of one device, in whatever frame it came."""
+
+    device: str
+    source: str
+    received: float
+    x: float | None = None
+    y: float | None = None
+    lat: float | None = None
+    lon: float | None = None
+    beacons: tuple[tuple[str, float], ...] | None = None
+    acc: float | None = None
+    floor: int | None = None
+    ts: float | None = None
+    seq: int | None = None
+    mock: bool = False
+
+
+def decode_object(payload: bytes, *, max_bytes: int = 16384) -> dict[str, Any]:
+    """JSON (a payload starting with ``{``) or msgpack map → dict."""
+    if len(payload) > max_bytes:
+        raise PayloadError("too_large", f"{len(payload)} bytes > {max_bytes}")
+    if not payload:
+        raise PayloadError("decode", "empty payload")
+    stripped = payload.lstrip()
+    if stripped[:1] in (b"{", b"["):  # JSON (an array is valid JSON of the wrong shape)
+        try:
+            obj = json.loads(stripped)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PayloadError("decode", f"invalid JSON: {exc}") from exc
+    else:
+        try:
+            obj = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_str_len=max_bytes, max_bin_len=max_bytes)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise PayloadError("decode", f"neither JSON nor msgpack: {type(exc).__name__}") from exc
+    if not isinstance(obj, dict):
+        raise PayloadError("schema", f"expected an object, got {type(obj).__name__}")
+    return obj
+
+
+def _num(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float | None:
+    v = obj.get(key)
+    if v is None:
+        if required:
+            raise PayloadError("no_position", f"missing '{key}'")
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        # Some location engines send numbers as strings; accept clean ones.
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise PayloadError("schema", f"'{key}' is not a number") from None
+        else:
+            raise PayloadError("schema", f"'{key}' is not a number")
+    v = float(v)
+    if not math.isfinite(v):
+        raise PayloadError("range", f"'{key}' is not finite")
+    return v
+
+
+def _int(obj: Mapping[str, Any], key: str) -> int | None:
+    v = _num(obj, key)
+    if v is None:
+        return None
+    if v != int(v):
+        raise PayloadError("schema", f"'{key}' must be an integer")
+    return int(v)
+
+
+def parse_ping(
+    obj: Mapping[str, Any],
+    *,
+    device: str,
+    source: str,
+    received: float,
+    max_future_skew_s: float = 300.0,
+) -> Ping:
+    """Validate one decoded ping object (native, HTML5 GeolocationPosition)."""
+    ping = Ping(device=device, source=source, received=received)
+    coords = obj.get("coords")
+    if isinstance(coords, Mapping):
+        # A serialised HTML5 GeolocationPosition.
+        ping.lat = _num(coords, "latitude", required=True)
+        ping.lon = _num(coords, "longitude", required=True)
+        ping.acc = _num(coords, "accuracy")
+        ts_ms = _num(obj, "timestamp")
+        ping.ts = ts_ms / 1000.0 if ts_ms is not None else None
+        ping.floor = _int(obj, "floor")
+    elif coords is not None:
+        raise PayloadError("schema", "'coords' must be an object")
+    else:
+        if "x" in obj or "y" in obj:
+            ping.x = _num(obj, "x", required=True)
+            ping.y = _num(obj, "y", required=True)
+        elif "lat" in obj or "lon" in obj:
+            ping.lat = _num(obj, "lat", required=True)
+            ping.lon = _num(obj, "lon", required=True)
+        elif "beacons" in obj:
+            ping.beacons = _beacons(obj["beacons"])
+        else:
+            raise PayloadError("no_position", "no x/y, lat/lon or beacons")
+        ping.acc = _num(obj, "acc")
+        ping.floor = _int(obj, "floor")
+        ping.ts = _num(obj, "ts")
+        ping.seq = _int(obj, "seq")
+    mock = obj.get("mock")
+    ping.mock = bool(mock) if isinstance(mock, bool) else False
+    _check_ranges(ping, received, max_future_skew_s)
+    return ping
+
+
+def _beacons(raw: Any) -> tuple[tuple[str, float], ...]:
+    if not isinstance(raw, list) or not raw:
+        raise PayloadError("schema", "'beacons' must be a non-empty list")
+    if len(raw) > MAX_BEACONS:
+        raise PayloadError("too_large", f"{len(raw)} beacons > {MAX_BEACONS}")
+    out = []
+    for item in raw:
+        if not isinstance(item, Mapping) or not isinstance(item.get("id"), str):
+            raise PayloadError("schema", "each beacon needs a string 'id' and a numeric 'rssi'")
+        rssi = _num(item, "rssi")
+        if rssi is None:
+            raise PayloadError("schema", "each beacon needs a numeric 'rssi'")
+        if not -150.0 <= rssi <= 20.0:
+            raise PayloadError("range", f"rssi {rssi} out of range")
+        out.append((item["id"].lower(), rssi))
+    return tuple(out)
+
+
+def _check_ranges(ping: Ping, received: float, max_future_skew_s: float) -> None:
+    if ping.lat is not None and not -90.0 <= ping.lat <= 90.0:
+        raise PayloadError("range", f"lat {ping.lat} out of range")
+    if ping.lon is not None and not -180.0 <= ping.lon <= 180.0:
+        raise PayloadError("range", f"lon {ping.lon} out of range")
+    if ping.x is not None and (abs(ping.x) > MAX_COORD_M or abs(ping.y) > MAX_COORD_M):
+        raise PayloadError("range", "x/y beyond 100 km of the anchor")
+    if ping.acc is not None and not 0.0 <= ping.acc <= MAX_ACC_M:
+        raise PayloadError("range", f"acc {ping.acc} out of range")
+    if ping.floor is not None and not -20 <= ping.floor <= 200:
+        raise PayloadError("range", f"floor {ping.floor} out of range")
+    if ping.ts is not None:
+        if ping.ts < 0:
+            raise PayloadError("range", "negative ts")
+        if ping.ts > received + max_future_skew_s:
+            raise PayloadError("clock_skew", f"ts {ping.ts - received:.0f} s in the future")
+
+
+def parse_owntracks(obj: Mapping[str, Any], *, user: str, device: str, received: float,
+                    max_future_skew_s: float = 300.0) -> Ping | None:
+    """A real OwnTracks message; ``None`` for ``_type``s other than location."""
+    if obj.get("_type") != "location":
+        return None
+    ping = Ping(device=f"owntracks:{user}:{device}", source="owntracks", received=received)
+    ping.lat = _num(obj, "lat", required=True)
+    ping.lon = _num(obj, "lon", required=True)
+    ping.acc = _num(obj, "acc")
+    ping.ts = _num(obj, "tst")
+    _check_ranges(ping, received, max_future_skew_s)
+    return ping

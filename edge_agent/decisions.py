@@ -1,0 +1,200 @@
+"""Which offer (at most one) a shopper gets on a transition — pure.
+
+``decide`` looks at every promotion that matches the fence and the trigger,
+gives each a reason, and picks at most one to offer.  The order of checks,
+per promotion, is the order of the reasons below; the first that fails is
+the promotion's reason:
+
+``no_consent``  the device's consent says no offers
+``segment``     the promotion targets segments the shopper is not in
+                (anonymous devices are in no segment)
+``loyalty``     the shopper's loyalty score is below ``min_loyalty_score``
+``vip``         a ``vip_only`` promotion and the shopper is not a VIP
+``outside_window``  before ``starts``, after ``ends`` or outside ``hours``
+                (store-local time, daylight saving handled by zoneinfo)
+``out_of_stock``    ``requires_stock`` and every sku at 0 (and no
+                ``alternative_zone``; with one, it is offered pointing there)
+``cooldown``    the same promotion went to this device less than
+                ``cooldown_s`` ago (holdout records count too)
+
+Eligible promotions are ranked by higher ``priority``, then the lexically
+smaller id.  Only the winner is checked against the device-wide limits —
+``cap`` (per-visit or daily cap reached), ``gap`` (an offer went to this
+device less than ``min_gap_s`` ago) — and the holdout: a device in the
+promotion's control group gets nothing and leaves a ``would_offer`` record
+(reason ``holdout``).  The others are ``outranked``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Iterable, Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+from store_config.model import Consent, Fence, OffersConfig, Profile, Promotion
+
+OFFERED, SUPPRESSED = "offered", "suppressed"
+
+
+@dataclass(slots=True)
+class OfferHistory:
+    """What has been offered to one device (in memory; rebuilt from the ledger)."""
+
+    last_by_promo: dict[str, float] = field(default_factory=dict)
+    visit_count: int = 0
+    last_offer_ts: float | None = None
+    day: str | None = None
+    day_count: int = 0
+
+    def record(self, promotion_id: str, now: float, day: str, *, counted: bool = True) -> None:
+        self.last_by_promo[promotion_id] = now
+        if counted:
+            self.visit_count += 1
+            self.last_offer_ts = now
+            if self.day != day:
+                self.day, self.day_count = day, 0
+            self.day_count += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    promotion_id: str
+    outcome: str  # "offered" | "suppressed"
+    reason: str
+    sku: str | None = None
+    alternative_zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decisions: tuple[Decision, ...]
+    offer: Decision | None  # the one offered, if any
+    would_offer: Decision | None  # the holdout record, if any
+    promotion: Promotion | None = None
+
+
+def promotion_matches(fence: Fence, promo: Promotion) -> bool:
+    """Fence id in ``zones``, or category in ``categories``, or a shared sku."""
+    if fence.id in promo.zones:
+        return True
+    if fence.category is not None and fence.category in promo.categories:
+        return True
+    return bool(promo.skus) and any(s in promo.skus for s in fence.skus)
+
+
+def promotions_by_fence(fences: Iterable[Fence], promotions: Sequence[Promotion]) -> dict[str, tuple[Promotion, ...]]:
+    """Matching promotions per fence id, ranked (priority desc, id asc)."""
+    ranked = sorted(promotions, key=lambda p: (-p.priority, p.id))
+    return {f.id: tuple(p for p in ranked if promotion_matches(f, p)) for f in fences}
+
+
+def offer_sku(fence: Fence, promo: Promotion) -> str | None:
+    for s in promo.skus:
+        if s in fence.skus:
+            return s
+    return promo.skus[0] if promo.skus else None
+
+
+def in_window(promo: Promotion, local: datetime) -> bool:
+    if promo.starts is not None and local < promo.starts:
+        return False
+    if promo.ends is not None and local >= promo.ends:
+        return False
+    if promo.hours:
+        minute = local.hour * 60 + local.minute
+        for start, end in promo.hours:
+            if start <= end:
+                if start <= minute < end:
+                    return True
+            elif minute >= start or minute < end:  # wraps midnight
+                return True
+        return False
+    return True
+
+
+def out_of_stock(fence: Fence, promo: Promotion, inventory: Mapping[str, int]) -> bool:
+    skus = promo.skus or fence.skus
+    if not skus:
+        return False
+    return all(inventory.get(s, 0) <= 0 for s in skus)
+
+
+def store_day(local: datetime) -> str:
+    return local.strftime("%Y-%m-%d")
+
+
+def decide(
+    *,
+    trigger: str,
+    fence: Fence,
+    candidates: Sequence[Promotion],
+    profile: Profile | None,
+    consent: Consent,
+    history: OfferHistory,
+    inventory: Mapping[str, int],
+    now: float,
+    tz: ZoneInfo,
+    offers: OffersConfig,
+    holdout: Callable[[str], float],
+) -> Outcome:
+    """Decide for one transition.  ``candidates`` are the fence's promotions
+    ranked; ``holdout(promotion_id)`` is the device's keyed value in [0, 1)."""
+    local = datetime.fromtimestamp(now, tz)
+    decisions: list[Decision] = []
+    eligible: list[tuple[Promotion, Decision]] = []
+    for p in candidates:
+        if p.trigger != trigger:
+            continue
+        sku = offer_sku(fence, p)
+        reason = None
+        alt = None
+        if not consent.offers:
+            reason = "no_consent"
+        elif p.segments and (profile is None or not set(p.segments) & set(profile.segments)):
+            reason = "segment"
+        elif p.min_loyalty_score is not None and (profile is None or profile.loyalty_score < p.min_loyalty_score):
+            reason = "loyalty"
+        elif p.vip_only and (profile is None or not profile.vip):
+            reason = "vip"
+        elif not in_window(p, local):
+            reason = "outside_window"
+        elif p.requires_stock and out_of_stock(fence, p, inventory):
+            if p.alternative_zone:
+                alt = p.alternative_zone
+            else:
+                reason = "out_of_stock"
+        if reason is None:
+            last = history.last_by_promo.get(p.id)
+            if last is not None and now - last < p.cooldown_s:
+                reason = "cooldown"
+        if reason is not None:
+            decisions.append(Decision(p.id, SUPPRESSED, reason, sku))
+        else:
+            eligible.append((p, Decision(p.id, OFFERED, "alternative_zone" if alt else "offered", sku, alt)))
+
+    if not eligible:
+        return Outcome(tuple(decisions), None, None)
+
+    best, best_decision = eligible[0]
+    for p, d in eligible[1:]:
+        decisions.append(Decision(p.id, SUPPRESSED, "outranked", d.sku))
+    day = store_day(local)
+    limit = None
+    if offers.per_visit_cap and history.visit_count >= offers.per_visit_cap:
+        limit = "cap"
+    elif offers.daily_cap and history.day == day and history.day_count >= offers.daily_cap:
+        limit = "cap"
+    elif offers.min_gap_s and history.last_offer_ts is not None and now - history.last_offer_ts < offers.min_gap_s:
+        limit = "gap"
+    if limit:
+        decisions.append(Decision(best.id, SUPPRESSED, limit, best_decision.sku))
+        return Outcome(tuple(decisions), None, None)
+    if best.holdout_pct > 0 and holdout(best.id) * 100.0 < best.holdout_pct:
+        d = Decision(best.id, SUPPRESSED, "holdout", best_decision.sku, best_decision.alternative_zone)
+        decisions.append(d)
+        history.record(best.id, now, day, counted=False)
+        return Outcome(tuple(decisions), None, d, best)
+    decisions.append(best_decision)
+    history.record(best.id, now, day)
+    return Outcome(tuple(decisions), best_decision, None, best)

@@ -1,0 +1,229 @@
+"""The offer ledger, redemption codes, audit trail and outbox: one SQLite file.
+
+One file, so an offer's ledger row and its outbox event commit in the same
+transaction, before the offer is published.  WAL with ``synchronous=NORMAL``:
+an application crash loses nothing committed; a power cut may lose the last
+few milliseconds of commits.
+
+Device ids are stored only as keyed pseudonyms; zones of devices without
+tracking consent are not stored.  Commits are batched by the caller (one
+``commit()`` per processed batch), never one per ping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from sync.outbox import Event, Outbox
+
+log = logging.getLogger("edge_agent.ledger")
+
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L
+CODE_LEN = 10
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS offers (
+        offer_id TEXT PRIMARY KEY,
+        device TEXT NOT NULL,
+        promotion_id TEXT NOT NULL,
+        zone TEXT,
+        ts REAL NOT NULL,
+        expires REAL NOT NULL,
+        payload TEXT NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        code TEXT UNIQUE,
+        action TEXT,
+        action_ts REAL
+    );
+    CREATE INDEX IF NOT EXISTS offers_device_ts ON offers(device, ts);
+    CREATE INDEX IF NOT EXISTS offers_undelivered ON offers(delivered, expires);
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        device TEXT NOT NULL,
+        event TEXT NOT NULL,
+        zone TEXT,
+        promotion_id TEXT,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        offer_id TEXT
+    );
+    CREATE INDEX IF NOT EXISTS audit_device_ts ON audit(device, ts);
+    CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);
+    """,
+}
+
+
+@dataclass(slots=True)
+class OfferRow:
+    offer_id: str
+    device: str
+    promotion_id: str
+    zone: str | None
+    ts: float
+    expires: float
+    payload: dict[str, Any]
+    delivered: bool
+    code: str | None
+    action: str | None
+
+
+class Ledger:
+    """Owns the SQLite connection; call from one thread (the event loop)."""
+
+    def __init__(self, path: Path, *, store_id: str, clock=time.time):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.store_id = store_id
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+        self.outbox = Outbox(self.conn)
+        self.conn.execute("BEGIN")
+        # A boot epoch per start + a monotonic sequence make event keys unique
+        # and stable: once written, an event's key never changes.
+        row = self.conn.execute("SELECT v FROM meta WHERE k='boot'").fetchone()
+        self.boot = int(row[0]) + 1 if row else 1
+        self.conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('boot', ?)", (str(self.boot),))
+        self.conn.execute("COMMIT")
+        self._seq = 0
+        self._in_tx = False
+        self.last_commit_s = 0.0
+
+    def _migrate(self) -> None:
+        current = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        for version in sorted(MIGRATIONS):
+            if version > current:
+                log.info("migrating %s to schema %d", self.path.name, version)
+                self.conn.executescript("BEGIN;" + MIGRATIONS[version] + f"PRAGMA user_version={version}; COMMIT;")
+
+    # -- transactions
+    def begin(self) -> None:
+        if not self._in_tx:
+            self.conn.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        if self._in_tx:
+            t0 = time.perf_counter()
+            self.conn.execute("COMMIT")
+            self.last_commit_s = time.perf_counter() - t0
+            self._in_tx = False
+
+    def rollback(self) -> None:
+        if self._in_tx:
+            self.conn.execute("ROLLBACK")
+            self._in_tx = False
+
+    def close(self) -> None:
+        self.commit()
+        self.conn.close()
+
+    # -- events
+    def new_key(self) -> str:
+        self._seq += 1
+        return f"{self.store_id}:{self.boot}:{self._seq}"
+
+    def event(self, kind: str, ts: float, device: str | None, **fields: Any) -> Event:
+        """Build an outbox event (key, kind, ts, store, device + fields) and append it."""
+        key = self.new_key()
+        body = {"key": key, "kind": kind, "ts": ts, "store": self.store_id, "device": device,
+                "boot": self.boot, "seq": self._seq}
+        body.update(fields)
+        ev = Event(key, kind, ts, device, body)
+        self.begin()
+        self.outbox.append((ev,))
+        return ev
+
+    # -- offers
+    def add_offer(self, offer_id: str, device: str, promotion_id: str, zone: str | None,
+                  ts: float, expires: float, payload: dict[str, Any]) -> None:
+        self.begin()
+        self.conn.execute(
+            "INSERT INTO offers(offer_id, device, promotion_id, zone, ts, expires, payload) VALUES (?,?,?,?,?,?,?)",
+            (offer_id, device, promotion_id, zone, ts, expires, json.dumps(payload, separators=(",", ":"))))
+
+    def mark_delivered(self, offer_ids: Iterable[str]) -> None:
+        self.begin()
+        self.conn.executemany("UPDATE offers SET delivered = 1 WHERE offer_id = ?", [(o,) for o in offer_ids])
+
+    def undelivered(self, now: float) -> list[OfferRow]:
+        rows = self.conn.execute(
+            "SELECT offer_id, device, promotion_id, zone, ts, expires, payload, delivered, code, action "
+            "FROM offers WHERE delivered = 0 AND expires > ? ORDER BY ts", (now,)).fetchall()
+        return [self._row(r) for r in rows]
+
+    def get_offer(self, offer_id: str) -> OfferRow | None:
+        r = self.conn.execute(
+            "SELECT offer_id, device, promotion_id, zone, ts, expires, payload, delivered, code, action "
+            "FROM offers WHERE offer_id = ?", (offer_id,)).fetchone()
+        return self._row(r) if r else None
+
+    @staticmethod
+    def _row(r) -> OfferRow:
+        return OfferRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), bool(r[7]), r[8], r[9])
+
+    def recent_offers(self, since: float) -> list[tuple[str, str, float]]:
+        """(device pseudonym, promotion id, ts) of offers since ``since`` — to
+        rebuild cooldowns and caps after a restart."""
+        return self.conn.execute(
+            "SELECT device, promotion_id, ts FROM offers WHERE ts >= ? ORDER BY ts", (since,)).fetchall()
+
+    def redeem(self, offer_id: str, now: float) -> str:
+        """The offer's redemption code: created once, the same ever after."""
+        row = self.conn.execute("SELECT code FROM offers WHERE offer_id = ?", (offer_id,)).fetchone()
+        if row and row[0]:
+            return row[0]
+        self.begin()
+        while True:
+            code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LEN))
+            try:
+                self.conn.execute("UPDATE offers SET code = ?, action = 'apply', action_ts = ? WHERE offer_id = ?",
+                                  (code, now, offer_id))
+                return code
+            except sqlite3.IntegrityError:  # astronomically rare collision: draw again
+                continue
+
+    def set_action(self, offer_id: str, action: str, now: float) -> None:
+        self.begin()
+        self.conn.execute("UPDATE offers SET action = ?, action_ts = ? WHERE offer_id = ? AND code IS NULL",
+                          (action, now, offer_id))
+
+    # -- audit
+    def audit(self, rows: Iterable[tuple]) -> None:
+        """rows: (ts, device, event, zone, promotion_id, outcome, reason, offer_id)."""
+        self.begin()
+        self.conn.executemany(
+            "INSERT INTO audit(ts, device, event, zone, promotion_id, outcome, reason, offer_id) "
+            "VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def read_audit(self, *, device: str | None = None, since: float = 0.0, limit: int = 1000) -> list[dict]:
+        q = "SELECT ts, device, event, zone, promotion_id, outcome, reason, offer_id FROM audit WHERE ts >= ?"
+        args: list[Any] = [since]
+        if device:
+            q += " AND device = ?"
+            args.append(device)
+        q += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        cols = ("ts", "device", "event", "zone", "promotion_id", "outcome", "reason", "offer_id")
+        return [dict(zip(cols, r)) for r in self.conn.execute(q, args).fetchall()]
+
+    def forget_device(self, device: str) -> None:
+        """Purge stored zones of a device (consent withdrawn); keeps offer
+        rows (without zone) so cooldowns and codes still hold."""
+        self.begin()
+        self.conn.execute("UPDATE offers SET zone = NULL WHERE device = ?", (device,))
+        self.conn.execute("UPDATE audit SET zone = NULL WHERE device = ?", (device,))
+        self.conn.execute("DELETE FROM outbox WHERE device = ? AND kind = 'transition'", (device,))

@@ -1,0 +1,129 @@
+"""Prometheus metrics, hand-rolled to stay cheap on the hot path.
+
+A counter increment is one dict update; rendering happens only on scrape.
+Names follow DESIGN.md (``edge_pings_total{source}``, ...).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Callable
+
+
+def _esc(v: str) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Counter:
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
+        self.name, self.help, self.labels = name, help, labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *labelvalues: str, n: float = 1.0) -> None:
+        self.values[labelvalues] = self.values.get(labelvalues, 0.0) + n
+
+    def get(self, *labelvalues: str) -> float:
+        return self.values.get(labelvalues, 0.0)
+
+    def render(self, out: list[str], kind: str = "counter") -> None:
+        out.append(f"# HELP {self.name} {self.help}")
+        out.append(f"# TYPE {self.name} {kind}")
+        if not self.labels and not self.values:
+            out.append(f"{self.name} 0")
+        for lv, v in sorted(self.values.items()):
+            out.append(f"{self.name}{_labels(self.labels, lv)} {_num(v)}")
+
+
+class Gauge(Counter):
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = (), fn: Callable[[], float] | None = None):
+        super().__init__(name, help, labels)
+        self.fn = fn
+
+    def set(self, v: float, *labelvalues: str) -> None:
+        self.values[labelvalues] = v
+
+    def render(self, out: list[str], kind: str = "gauge") -> None:
+        if self.fn is not None:
+            try:
+                self.values[()] = float(self.fn())
+            except Exception:  # a broken probe must not break the scrape
+                self.values[()] = math.nan
+        super().render(out, "gauge")
+
+
+class Histogram:
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.5, 1.0, 2.5, 5.0)
+
+    def __init__(self, name: str, help: str, buckets: tuple[float, ...] = BUCKETS):
+        self.name, self.help, self.buckets = name, help, buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, v)] += 1
+        self.sum += v
+        self.count += 1
+
+    def render(self, out: list[str]) -> None:
+        out.append(f"# HELP {self.name} {self.help}")
+        out.append(f"# TYPE {self.name} histogram")
+        acc = 0
+        for b, c in zip(self.buckets, self.counts):
+            acc += c
+            out.append(f'{self.name}_bucket{{le="{_num(b)}"}} {acc}')
+        out.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
+        out.append(f"{self.name}_sum {_num(self.sum)}")
+        out.append(f"{self.name}_count {self.count}")
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    if not names:
+        return ""
+    return "{" + ",".join(f'{n}="{_esc(v)}"' for n, v in zip(names, values)) + "}"
+
+
+def _num(v: float) -> str:
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return repr(float(v))
+
+
+class Metrics:
+    """Every metric of one agent."""
+
+    def __init__(self) -> None:
+        self.pings = Counter("edge_pings_total", "Accepted location pings by source.", ("source",))
+        self.deadletters = Counter("edge_deadletters_total", "Rejected payloads by reason.", ("reason",))
+        self.transitions = Counter("edge_transitions_total", "Fence transitions by event.", ("event",))
+        self.decisions = Counter("edge_decisions_total", "Offer decisions by outcome and reason.",
+                                 ("outcome", "reason"))
+        self.alerts = Counter("edge_alerts_total", "Associate alerts raised by kind.", ("kind",))
+        self.outbox_pending = Gauge("edge_outbox_pending", "Events waiting in the outbox for central.")
+        self.ping_to_offer = Histogram("edge_ping_to_offer_seconds",
+                                       "From ping receipt to the broker's acknowledgement of the offer.")
+        self.broker_connected = Gauge("edge_broker_connected", "1 when the MQTT broker connection is up.")
+        self.config_info = Gauge("edge_config_info", "The running configuration version.", ("version",))
+        self.config_reloads = Counter("edge_config_reloads_total", "Configuration reloads by result.", ("result",))
+        self.commit_seconds = Gauge("edge_commit_seconds", "Duration of the last SQLite commit.")
+        self.queue_depth = Gauge("edge_queue_depth", "Messages waiting to be processed.")
+        self.tracked_devices = Gauge("edge_tracked_devices", "Devices currently tracked.")
+        self.offers_expired = Counter("edge_offers_expired_total", "Offers dropped undelivered at expiry.")
+        self.last_sync = Gauge("edge_last_sync_timestamp_seconds", "Time of the last successful sync.")
+        self.outbox_shed = Counter("edge_outbox_shed_total", "Outbox events shed over the bound, by kind.",
+                                   ("kind",))
+        self.outbox_aside = Gauge("edge_outbox_set_aside", "Events central refused (4xx), kept aside.")
+        self.sync_errors = Counter("edge_sync_errors_total", "Failed sync attempts by kind.", ("kind",))
+        self.bundles = Counter("edge_bundles_total", "Central bundles by result.", ("result",))
+        self.spoofed = Counter("edge_spoofed_pings_total", "Pings ignored for triggering, by reason.", ("reason",))
+        self.extra: list = []
+
+    def all(self) -> list:
+        return [v for v in vars(self).values() if isinstance(v, (Counter, Histogram))] + self.extra
+
+    def render(self) -> str:
+        out: list[str] = []
+        for m in self.all():
+            m.render(out)
+        return "\n".join(out) + "\n"

@@ -1,0 +1,301 @@
+"""paho-mqtt driven by the asyncio event loop.
+
+The client's socket is registered with the loop (``add_reader`` /
+``add_writer``), so every paho callback runs on the loop thread and there is
+no network thread.  Incoming messages are handed to ``on_batch`` in batches:
+one socket-readable callback drains everything the socket holds (bounded),
+so under load a batch grows and at low load a batch of one goes out at once.
+
+QoS 1 messages are acknowledged manually (``ack``) after their effect is
+committed; pings are subscribed at QoS 0.  Reconnection runs in one loop
+with exponential backoff and jitter; the retained ``status`` topic carries
+``online`` and the will carries ``offline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import select
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from store_config.model import EdgeError, MqttConfig
+
+log = logging.getLogger("edge_agent.mqtt")
+
+MAX_DRAIN = 2000  # packets read per readable callback before yielding to the loop
+
+
+class MqttError(EdgeError):
+    """The broker connection failed or a request was refused."""
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    received: float
+    retain: bool = False
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise MqttError(f"unsupported MQTT URL scheme in {url!r} (use mqtt:// or mqtts://)")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
+
+
+class MqttClient:
+    """One paho client on the running loop.
+
+    ``subscriptions`` is a list of (topic filter, qos).  ``on_batch`` gets a
+    list of :class:`Message`; ``on_connected`` runs after every (re)connect.
+    """
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        client_id: str,
+        subscriptions: list[tuple[str, int]],
+        on_batch: Callable[[list[Message]], None],
+        status_topic: str | None = None,
+        on_connected: Callable[[], None] | None = None,
+        on_published: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        if cfg.url is None:
+            raise MqttError("no [mqtt] url configured")
+        self.host, self.port, tls = parse_url(cfg.url)
+        self.cfg = cfg
+        self.subscriptions = subscriptions
+        self.on_batch = on_batch
+        self.on_connected = on_connected
+        self.on_published = on_published
+        self.status_topic = status_topic
+        self.clock = clock
+        self.connected = asyncio.Event()
+        self.subscribed = asyncio.Event()  # SUBACK of the last (re)subscription received
+        self._lost = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._batch: list[Message] = []
+        self._stopping = False
+        self._sock = None
+        self._misc_task: asyncio.Task | None = None
+        self._supervisor: asyncio.Task | None = None
+        self.connects = 0
+        self.v5 = cfg.protocol == "5"
+
+        if self.v5:
+            self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      protocol=paho.MQTTv5, manual_ack=True)
+        else:
+            self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
+        c = self.client
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        if cfg.username:
+            c.username_pw_set(cfg.username, cfg.password)
+        if tls:
+            ctx = ssl.create_default_context(cafile=cfg.tls_ca) if cfg.tls_ca else ssl.create_default_context()
+            if cfg.tls_cert:
+                ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            if cfg.tls_insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            c.tls_set_context(ctx)
+        if status_topic:
+            c.will_set(status_topic, b"offline", qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_register_write
+        c.on_socket_unregister_write = self._on_unregister_write
+
+    # -- socket plumbing: callbacks may come from the connect executor thread
+    def _in_loop(self, fn, *args) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        self._sock = sock
+        self._in_loop(self._loop.add_reader, sock, self._readable)
+
+    def _on_socket_close(self, client, userdata, sock) -> None:
+        self._in_loop(self._remove, sock)
+
+    def _remove(self, sock) -> None:
+        try:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        except (ValueError, OSError):
+            pass
+
+    def _on_register_write(self, client, userdata, sock) -> None:
+        self._in_loop(self._loop.add_writer, sock, self._writable)
+
+    def _on_unregister_write(self, client, userdata, sock) -> None:
+        self._in_loop(self._loop.remove_writer, sock)
+
+    def _writable(self) -> None:
+        self.client.loop_write()
+
+    def _readable(self) -> None:
+        sock = self._sock
+        c = self.client
+        for _ in range(MAX_DRAIN):
+            rc = c.loop_read()
+            if rc != paho.MQTT_ERR_SUCCESS or sock is None or c.socket() is not sock:
+                break
+            pending = getattr(sock, "pending", None)
+            if pending is not None and pending():
+                continue
+            try:
+                r, _, _ = select.select([sock], [], [], 0)
+            except (OSError, ValueError):
+                break
+            if not r:
+                break
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, []
+            try:
+                self.on_batch(batch)
+            except Exception:  # never let one bad batch kill the transport
+                log.exception("message batch handler failed; %d messages", len(batch))
+
+    # -- paho callbacks (loop thread)
+    def _on_message(self, client, userdata, msg) -> None:
+        self._batch.append(Message(msg.topic, msg.payload, msg.qos, msg.mid, self.clock(), msg.retain))
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if self.on_published:
+            self.on_published(mid)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        bad = [rc for rc in reason_codes if rc.is_failure]
+        if bad:
+            log.error("broker refused subscriptions: %s", bad)
+        self.subscribed.set()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%s refused the connection: %s", self.host, self.port, reason_code)
+            return
+        self.connects += 1
+        log.info("connected to broker %s:%s (session present: %s)", self.host, self.port,
+                 getattr(flags, "session_present", None))
+        if self.subscriptions:
+            client.subscribe(self.subscriptions)
+        if self.status_topic:
+            client.publish(self.status_topic, b"online", qos=1, retain=True)
+        self.connected.set()
+        self._lost.clear()
+        if self.on_connected:
+            self._in_loop(self.on_connected)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not self._stopping:
+            log.warning("broker %s:%s connection lost: %s", self.host, self.port, reason_code)
+        self.connected.clear()
+        self.subscribed.clear()
+        self._in_loop(self._lost.set)
+
+    # -- lifecycle
+    async def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name="mqtt-supervisor")
+        self._misc_task = asyncio.create_task(self._misc(), name="mqtt-misc")
+
+    async def _connect_once(self) -> None:
+        kwargs = {}
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            kwargs = {"clean_start": False, "properties": props}
+        try:
+            await self._loop.run_in_executor(
+                None, lambda: self.client.connect(self.host, self.port, self.cfg.keepalive, **kwargs))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise MqttError(f"cannot connect to broker {self.host}:{self.port}: {exc}") from exc
+
+    async def _supervise(self) -> None:
+        delay = 1.0
+        while not self._stopping:
+            try:
+                await self._connect_once()
+                await asyncio.wait_for(self.connected.wait(), timeout=15)
+                delay = 1.0
+                await self._lost.wait()
+            except (MqttError, asyncio.TimeoutError) as exc:
+                log.warning("%s; retrying in %.1f s", exc, delay)
+            if self._stopping:
+                return
+            self._lost.clear()
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 30.0)
+
+    async def _misc(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            if self._sock is not None:
+                self.client.loop_misc()
+
+    async def stop(self) -> None:
+        """Publish ``offline``, disconnect cleanly, stop every task."""
+        self._stopping = True
+        if self.connected.is_set() and self.status_topic:
+            info = self.client.publish(self.status_topic, b"offline", qos=1, retain=True)
+            try:
+                await asyncio.wait_for(self._wait_published(info), timeout=2)
+            except asyncio.TimeoutError:
+                pass
+        self.client.disconnect()
+        for t in (self._supervisor, self._misc_task):
+            if t:
+                t.cancel()
+        for t in (self._supervisor, self._misc_task):
+            if t:
+                try:
+                    await t
+                except asyncio.CancelledError:
+                    pass
+        if self._sock is not None:
+            self._remove(self._sock)
+
+    async def _wait_published(self, info) -> None:
+        while not info.is_published():
+            await asyncio.sleep(0.01)
+
+    # -- API
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int:
+        """Queue a publish; returns the message id (PUBACK reported via on_published)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return info.mid
+
+    def ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self.client.ack(mid, qos)

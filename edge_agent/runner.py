@@ -1,0 +1,75 @@
+"""Serve an agent: the HTTP site, signals, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+
+from store_config.model import StoreConfig
+
+from .http import make_app
+from .service import Agent
+
+log = logging.getLogger("edge_agent")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+class Server:
+    """An agent with its HTTP application, started and stopped as one."""
+
+    def __init__(self, cfg: StoreConfig, *, agent: Agent | None = None, listen: str | None = None, extra=None):
+        self.cfg = cfg
+        self.agent = agent or Agent(cfg)
+        self.app = make_app(self.agent, extra=extra)
+        self.listen = listen or cfg.http.listen
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        host, port = parse_listen(self.listen)
+        ctx = None
+        if self.cfg.http.tls_cert:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(self.cfg.http.tls_cert, self.cfg.http.tls_key)
+        site = web.TCPSite(self.runner, host, port, ssl_context=ctx)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the bound port for port 0
+        scheme = "https" if ctx else "http"
+        self.url = f"{scheme}://{host}:{self.port}"
+        log.info("HTTP on %s (metrics at %s/metrics)", self.url, self.url)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+async def serve(cfg: StoreConfig) -> int:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the configuration files."""
+    server = Server(cfg)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    reload = getattr(server.agent, "reload_from_files", None)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    await stop.wait()
+    log.info("shutting down: draining, flushing the outbox, publishing offline")
+    try:
+        await asyncio.wait_for(server.stop(), timeout=20)
+    except asyncio.TimeoutError:
+        log.error("shutdown took longer than 20 s; exiting anyway")
+        return 1
+    return 0

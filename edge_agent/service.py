@@ -1,0 +1,576 @@
+"""The agent: one place that composes transports, the pipeline and storage.
+
+Hot path, per batch of MQTT messages (a single ping is a batch of one):
+
+1. decode every payload (``codecs``) — failures go to ``{R}/deadletter``;
+2. place every ping in local metres (``geometry.frames`` for WGS84, vectorised;
+   ``geometry.beacons`` for BLE sightings);
+3. classify the whole batch against the fence index (``geometry.fences``);
+4. step each device's tracker (``geometry.tracking``) → enter / exit / dwell;
+5. decide offers (``decisions``), write ledger + outbox + audit, **commit
+   once**, then publish offers at QoS 1 (so a crash can repeat an offer id,
+   never send a second offer);
+6. acknowledge QoS 1 actions / consent / inventory after their commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from geometry import beacons as beaconing
+from geometry.fences import FenceIndex, Match
+from geometry.frames import LocalFrame
+from geometry.tracking import DeviceTrack, Dwelled, Entered, Exited, TrackParams, step, tick
+from store_config.model import Consent, Profile, StoreConfig
+from sync.pseudonym import Pseudonymizer, load_or_create_secret
+
+from . import codecs
+from .codecs import PayloadError, Ping
+from .decisions import OfferHistory, Outcome, decide, promotions_by_fence, store_day
+from .ledger import Ledger
+from .metrics import Metrics
+from .mqtt import Message, MqttClient
+
+log = logging.getLogger("edge_agent")
+
+EMPTY_MATCH = Match(frozenset(), frozenset(), frozenset())
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything derived from one config version (swapped atomically)."""
+
+    cfg: StoreConfig
+    frame: LocalFrame
+    index: FenceIndex
+    params: TrackParams
+    fences: dict
+    promos: dict
+    beacons: dict
+    tz: ZoneInfo
+
+
+def build_runtime(cfg: StoreConfig) -> Runtime:
+    index = FenceIndex(cfg.fences)
+    params = TrackParams(
+        timeout_s=cfg.tracking.timeout_s,
+        sustained_pings=cfg.tracking.sustained_pings,
+        dwell_s={f.id: f.dwell_s for f in cfg.fences if f.dwell_s},
+        halfwidth=index.halfwidth,
+    )
+    return Runtime(
+        cfg=cfg,
+        frame=LocalFrame(cfg.anchor.lat, cfg.anchor.lon, cfg.anchor.bearing),
+        index=index,
+        params=params,
+        fences={f.id: f for f in cfg.fences},
+        promos=promotions_by_fence(cfg.fences, cfg.promotions),
+        beacons={b.beacon_id: b for b in cfg.beacons},
+        tz=ZoneInfo(cfg.timezone),
+    )
+
+
+@dataclass(slots=True)
+class PendingOffer:
+    offer_id: str
+    received: float  # perf_counter at receipt, for edge_ping_to_offer_seconds
+
+
+class Agent:
+    """The edge agent for one store."""
+
+    def __init__(self, cfg: StoreConfig, *, clock: Callable[[], float] = time.time,
+                 client_id: str | None = None):
+        self.clock = clock
+        self.metrics = Metrics()
+        self.rt = build_runtime(cfg)
+        self.metrics.config_info.set(1, cfg.version)
+        self.tracks: dict[str, DeviceTrack] = {}
+        self.histories: dict[str, OfferHistory] = {}
+        self.consents: dict[str, tuple[Consent, float]] = {}  # pseudonym -> (consent, ts)
+        self.inventory: dict[str, tuple[int, float]] = {s: (q, 0.0) for s, q in cfg.inventory.items()}
+        self._inv_view = dict(cfg.inventory)
+        self.sim_now = 0.0  # latest ping time seen, for clock = "ping"
+        self.client_id = client_id or cfg.mqtt.client_id or f"edge-agent-{cfg.store_id}"
+        self.mqtt: MqttClient | None = None
+        self.ledger: Ledger | None = None
+        self.pseudo: Pseudonymizer | None = None
+        self._pending: dict[int, PendingOffer] = {}
+        self._delivered: list[str] = []
+        self._to_publish: list[tuple[str, dict, float]] = []
+        self._tasks: list[asyncio.Task] = []
+        self.ready = False
+        self.listeners: list[Callable[[str, dict], None]] = []  # (kind, data) for demo / page
+
+    # -- config
+    @property
+    def cfg(self) -> StoreConfig:
+        return self.rt.cfg
+
+    @property
+    def root(self) -> str:
+        return self.rt.cfg.root_topic
+
+    def install(self, cfg: StoreConfig) -> None:
+        """Swap in a validated config atomically (index built once per version)."""
+        if cfg.store_id != self.cfg.store_id:
+            raise ValueError("a reload cannot change the store id")
+        rt = build_runtime(cfg)
+        for sku, qty in cfg.inventory.items():
+            if sku not in self.inventory:
+                self.inventory[sku] = (qty, 0.0)
+                self._inv_view[sku] = qty
+        self.rt = rt
+        self.metrics.config_info.values.clear()
+        self.metrics.config_info.set(1, cfg.version)
+        log.info("config version %s live: %d fences, %d promotions, %d profiles",
+                 cfg.version, len(cfg.fences), len(cfg.promotions), len(cfg.profiles))
+
+    # -- lifecycle
+    async def start(self) -> None:
+        cfg = self.cfg
+        data = Path(cfg.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.pseudo = Pseudonymizer(load_or_create_secret(data / "pseudonym.key"))
+        self.ledger = Ledger(data / "edge.sqlite3", store_id=cfg.store_id)
+        self._restore()
+        self.metrics.outbox_pending.fn = self.ledger.outbox.pending
+        self.metrics.broker_connected.fn = lambda: 1.0 if self.mqtt and self.mqtt.connected.is_set() else 0.0
+        self.metrics.tracked_devices.fn = lambda: len(self.tracks)
+        self.metrics.commit_seconds.fn = lambda: self.ledger.last_commit_s if self.ledger else 0.0
+        subs = [(f"{self.root}/ping/+/+", 0), (f"{self.root}/action/+", 1),
+                (f"{self.root}/consent/+", 1), (f"{self.root}/inventory", 1)]
+        if cfg.ingest.owntracks:
+            subs.append(("owntracks/+/+", 0))
+        self.mqtt = MqttClient(cfg.mqtt, client_id=self.client_id, subscriptions=subs,
+                               on_batch=self.on_batch, status_topic=f"{self.root}/status",
+                               on_connected=self._on_connected, on_published=self._on_published,
+                               clock=self.clock)
+        await self.mqtt.start()
+        self._tasks.append(asyncio.create_task(self._ticker(), name="tracker-tick"))
+        self.ready = True
+        log.info("agent for store %s (%s) started; broker %s", cfg.store_id, cfg.name, cfg.mqtt.url)
+
+    async def stop(self) -> None:
+        self.ready = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks.clear()
+        if self.mqtt:
+            await self.mqtt.stop()
+        if self.ledger:
+            if self._delivered:
+                self.ledger.mark_delivered(self._delivered)
+                self._delivered.clear()
+            self.ledger.close()
+            self.ledger = None
+        log.info("agent stopped")
+
+    def _restore(self) -> None:
+        """Rebuild cooldowns, caps and consent from the ledger after a restart."""
+        assert self.ledger and self.pseudo
+        now = self.clock()
+        horizon = max([p.cooldown_s for p in self.cfg.promotions] + [86400.0])
+        for device, promo, ts in self.ledger.recent_offers(now - horizon):
+            h = self.histories.setdefault(device, OfferHistory())
+            h.last_by_promo[promo] = max(ts, h.last_by_promo.get(promo, 0.0))
+        self.ledger.conn.execute(
+            "CREATE TABLE IF NOT EXISTS consent (device TEXT PRIMARY KEY, offers INTEGER, tracking INTEGER, ts REAL)")
+        for device, offers, tracking, ts in self.ledger.conn.execute("SELECT device, offers, tracking, ts FROM consent"):
+            self.consents[device] = (Consent(offers=bool(offers), tracking=bool(tracking)), ts)
+        self.ledger.conn.execute(
+            "CREATE TABLE IF NOT EXISTS inventory (sku TEXT PRIMARY KEY, qty INTEGER, ts REAL)")
+        for sku, qty, ts in self.ledger.conn.execute("SELECT sku, qty, ts FROM inventory"):
+            if ts >= self.inventory.get(sku, (0, 0.0))[1]:
+                self.inventory[sku] = (qty, ts)
+                self._inv_view[sku] = qty
+
+    def _on_connected(self) -> None:
+        """After every (re)connect: re-send offers that were committed but never acknowledged."""
+        if not self.ledger:
+            return
+        now = self.clock()
+        inflight = {p.offer_id for p in self._pending.values()}
+        for row in self.ledger.undelivered(now):
+            if row.offer_id in inflight:
+                continue  # paho re-sends its own in-flight messages
+            raw = row.payload.pop("_device", None)
+            if raw is None:
+                continue
+            self._publish_offer(raw, row.payload, time.perf_counter())
+
+    # -- identity and consent
+    def pseudonym(self, device: str) -> str:
+        return self.pseudo.device(device)
+
+    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]:
+        profile = self.cfg.profiles.get(device)
+        override = self.consents.get(pseudo)
+        if override is not None:
+            return profile, override[0]
+        if profile is not None:
+            return profile, profile.consent
+        p = self.cfg.privacy
+        return None, Consent(offers=p.anonymous_offers, tracking=p.anonymous_tracking)
+
+    # -- the batch entry point
+    def on_batch(self, msgs: list[Message]) -> None:
+        root = self.root + "/"
+        pings: list[Ping] = []
+        acks: list[Message] = []
+        for m in msgs:
+            try:
+                if m.topic.startswith(root):
+                    rest = m.topic[len(root):]
+                    if rest.startswith("ping/"):
+                        ping = self._decode_ping(m, rest)
+                        if ping is not None:
+                            pings.append(ping)
+                    elif rest.startswith("action/"):
+                        self._on_action(m, rest[len("action/"):])
+                        acks.append(m)
+                    elif rest.startswith("consent/"):
+                        self._on_consent(m, rest[len("consent/"):])
+                        acks.append(m)
+                    elif rest == "inventory":
+                        self._on_inventory(m)
+                        acks.append(m)
+                    else:
+                        acks.append(m)
+                elif m.topic.startswith("owntracks/"):
+                    ping = self._decode_owntracks(m)
+                    if ping is not None:
+                        pings.append(ping)
+            except PayloadError as exc:
+                self.deadletter(m, exc.reason, exc.detail, device=self._topic_device(m.topic))
+                if m.qos:
+                    acks.append(m)
+        if pings:
+            self._process_pings(pings)
+        self._commit_and_flush()
+        for m in acks:
+            self.mqtt.ack(m.mid, m.qos)
+
+    def _topic_device(self, topic: str) -> str | None:
+        parts = topic.split("/")
+        return parts[-1] if len(parts) >= 3 else None
+
+    def _decode_ping(self, m: Message, rest: str) -> Ping | None:
+        parts = rest.split("/")
+        if len(parts) != 3 or not parts[2]:
+            raise PayloadError("schema", "ping topic must be {root}/ping/{source}/{device}")
+        source, device = parts[1], parts[2]
+        if source not in codecs.SOURCES:
+            raise PayloadError("unknown_source", f"source {source!r}")
+        obj = codecs.decode_object(m.payload, max_bytes=self.cfg.ingest.max_payload_bytes)
+        claimed = obj.get("device")
+        if claimed is not None and claimed != device:
+            raise PayloadError("device_mismatch", "payload device differs from the topic's")
+        return codecs.parse_ping(obj, device=device, source=source, received=m.received,
+                                 max_future_skew_s=self.cfg.tracking.max_future_skew_s)
+
+    def _decode_owntracks(self, m: Message) -> Ping | None:
+        parts = m.topic.split("/")
+        if len(parts) != 3:
+            return None  # owntracks/+/+ only; cmd/event subtopics are not pings
+        obj = codecs.decode_object(m.payload, max_bytes=self.cfg.ingest.max_payload_bytes)
+        return codecs.parse_owntracks(obj, user=parts[1], device=parts[2], received=m.received,
+                                      max_future_skew_s=self.cfg.tracking.max_future_skew_s)
+
+    # -- pings
+    def _process_pings(self, pings: list[Ping]) -> None:
+        rt = self.rt
+        cfg = rt.cfg
+        n = len(pings)
+        xs = np.empty(n)
+        ys = np.empty(n)
+        floors = np.zeros(n, dtype=np.int64)
+        accs = np.empty(n)
+        ok = np.ones(n, dtype=bool)
+        default_acc = cfg.tracking.default_acc
+        geo_idx = []
+        for i, p in enumerate(pings):
+            if p.x is not None:
+                xs[i], ys[i] = p.x, p.y
+            elif p.lat is not None:
+                geo_idx.append(i)
+            else:
+                located, unknown = beaconing.locate_detail(p.beacons, rt.beacons)
+                if unknown:
+                    self.metrics.spoofed.inc("unknown_beacon", n=unknown)
+                if located is None:
+                    ok[i] = False
+                    self._dead_ping(p, "no_position", "no known beacon in the sighting")
+                    continue
+                xs[i], ys[i], fl, acc = located
+                if p.floor is None:
+                    p.floor = fl
+                if p.acc is None or p.acc < acc:
+                    p.acc = acc
+            floors[i] = p.floor if p.floor is not None else 0
+            accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
+        if geo_idx:
+            lon = np.array([pings[i].lon for i in geo_idx])
+            lat = np.array([pings[i].lat for i in geo_idx])
+            gx, gy = rt.frame.to_local(lon, lat)
+            xs[geo_idx] = gx
+            ys[geo_idx] = gy
+            for i in geo_idx:
+                floors[i] = pings[i].floor if pings[i].floor is not None else 0
+                p = pings[i]
+                accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
+        sel = np.flatnonzero(ok)
+        matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
+        ping_clock = cfg.tracking.clock == "ping"
+        for j, i in enumerate(sel):
+            p = pings[i]
+            self.metrics.pings.inc(p.source)
+            now = (p.ts if p.ts is not None else p.received) if ping_clock else p.received
+            if ping_clock and now > self.sim_now:
+                self.sim_now = now
+            track = self.tracks.get(p.device)
+            if track is None:
+                # A new visit (first ping, or the first after a silence timeout).
+                h = self.histories.get(self.pseudonym(p.device))
+                if h is not None:
+                    h.visit_count = 0
+            elif now - track.last_seen > rt.params.timeout_s:
+                h = self.histories.get(self.pseudonym(p.device))
+                if h is not None:
+                    h.visit_count = 0
+            elif now < track.last_seen:
+                continue  # out of order: an older ping never undoes a newer one
+            track, events = step(track, matches[j], now, rt.params, acc=float(accs[i]))
+            self.tracks[p.device] = track
+            if events:
+                self._on_events(p.device, events, p.received, now)
+
+    def _dead_ping(self, p: Ping, reason: str, detail: str) -> None:
+        payload = json.dumps({"device": p.device, "source": p.source}).encode()
+        topic = f"{self.root}/ping/{p.source}/{p.device}"
+        self.deadletter(Message(topic, payload, 0, 0, p.received), reason, detail, device=p.device)
+
+    # -- transitions → decisions
+    def _on_events(self, device: str, events: list, received: float, now: float) -> None:
+        rt = self.rt
+        pseudo = self.pseudonym(device)
+        profile, consent = self.consent_for(device, pseudo)
+        cfg = rt.cfg
+        for ev in events:
+            kind = "enter" if isinstance(ev, Entered) else "exit" if isinstance(ev, Exited) else "dwell"
+            self.metrics.transitions.inc(kind)
+            if cfg.tracking.publish_events and consent.tracking is not False:
+                self.mqtt.publish(f"{self.root}/event/{device}",
+                                  json.dumps({"event": kind, "zone": ev.fence, "ts": ev.ts}).encode(), qos=0)
+            if consent.tracking:
+                self.ledger.event("transition", ev.ts, pseudo, event=kind, zone=ev.fence)
+            for fn in self.listeners:
+                fn("transition", {"device": pseudo, "event": kind, "zone": ev.fence, "ts": ev.ts})
+            if kind == "exit":
+                continue
+            fence = rt.fences.get(ev.fence)
+            candidates = rt.promos.get(ev.fence, ())
+            if fence is None or not candidates:
+                continue
+            history = self.histories.get(pseudo)
+            if history is None:
+                history = self.histories[pseudo] = OfferHistory()
+            outcome = decide(trigger=kind, fence=fence, candidates=candidates, profile=profile, consent=consent,
+                             history=history, inventory=self._inv_view, now=now, tz=rt.tz, offers=cfg.offers,
+                             holdout=lambda pid: self.pseudo.fraction(pseudo, pid))
+            self._apply_outcome(device, pseudo, kind, fence, outcome, received, now)
+
+    def _apply_outcome(self, device: str, pseudo: str, trigger: str, fence, outcome: Outcome,
+                       received: float, now: float) -> None:
+        audit = []
+        for d in outcome.decisions:
+            self.metrics.decisions.inc(d.outcome, d.reason)
+            audit.append((now, pseudo, trigger, fence.id, d.promotion_id, d.outcome, d.reason, None))
+            if d.outcome == "suppressed" and d.reason != "outranked":
+                self.ledger.event("would_offer" if d.reason == "holdout" else "suppressed", now, pseudo,
+                                  promotion_id=d.promotion_id, zone=fence.id, reason=d.reason)
+        if outcome.offer is not None:
+            promo = outcome.promotion
+            d = outcome.offer
+            offer_id = "o_" + secrets.token_hex(8)
+            expires = now + self.cfg.offers.ttl_s
+            payload = {"offer_id": offer_id, "promotion_id": promo.id, "zone": fence.id, "title": promo.title,
+                       "message": promo.message, "sku": d.sku, "ts": now, "expires": expires}
+            if d.alternative_zone:
+                payload["alternative_zone"] = d.alternative_zone
+            audit[-1] = audit[-1][:7] + (offer_id,)
+            self.ledger.add_offer(offer_id, pseudo, promo.id, fence.id, now, expires,
+                                  {**payload, "_device": device})
+            self.ledger.event("offer", now, pseudo, offer_id=offer_id, promotion_id=promo.id, zone=fence.id,
+                              sku=d.sku, alternative_zone=d.alternative_zone)
+            self._to_publish.append((device, payload, received))
+            for fn in self.listeners:
+                fn("offer", {"device": pseudo, **payload})
+        self.ledger.audit(audit)
+
+    def _commit_and_flush(self) -> None:
+        """Commit everything of this batch once, then publish its offers."""
+        led = self.ledger
+        if self._delivered:
+            led.mark_delivered(self._delivered)
+            self._delivered = []
+        led.commit()
+        if self._to_publish:
+            batch, self._to_publish = self._to_publish, []
+            for device, payload, received in batch:
+                self._publish_offer(device, payload, received)
+
+    def _publish_offer(self, device: str, payload: dict, received: float) -> None:
+        mid = self.mqtt.publish(f"{self.root}/offer/{device}",
+                                json.dumps(payload, separators=(",", ":")).encode(), qos=1)
+        self._pending[mid] = PendingOffer(payload["offer_id"], received)
+
+    def _on_published(self, mid: int) -> None:
+        p = self._pending.pop(mid, None)
+        if p is not None:
+            self._delivered.append(p.offer_id)
+            self.metrics.ping_to_offer.observe(max(0.0, self.clock() - p.received))
+
+    # -- actions, consent, inventory (QoS 1, acked after commit)
+    def _on_action(self, m: Message, device: str) -> None:
+        obj = codecs.decode_object(m.payload, max_bytes=self.cfg.ingest.max_payload_bytes)
+        offer_id, action = obj.get("offer_id"), obj.get("action")
+        if not isinstance(offer_id, str) or action not in ("apply", "dismiss"):
+            raise PayloadError("schema", "action needs a string 'offer_id' and 'action' apply|dismiss")
+        pseudo = self.pseudonym(device)
+        now = self.clock()
+        row = self.ledger.get_offer(offer_id)
+        error = None
+        if row is None:
+            error = "unknown_offer"
+        elif row.device != pseudo:
+            error = "not_your_offer"
+        elif action == "apply" and row.code is None and row.expires < (self.sim_now if self.cfg.tracking.clock == "ping" else now):
+            error = "expired"
+        topic = f"{self.root}/offer/{device}"
+        if error:
+            self.mqtt.publish(topic, json.dumps({"offer_id": offer_id, "error": error}).encode(), qos=1)
+            return
+        if action == "apply":
+            had_code = row.code is not None
+            code = self.ledger.redeem(offer_id, now)
+            if not had_code:
+                self.ledger.event("redemption", now, pseudo, offer_id=offer_id, code=code,
+                                  promotion_id=row.promotion_id)
+            self.ledger.commit()
+            self.mqtt.publish(topic, json.dumps({"offer_id": offer_id, "code": code}).encode(), qos=1)
+        else:
+            if row.action != "dismiss" and row.code is None:
+                self.ledger.set_action(offer_id, "dismiss", now)
+                self.ledger.event("dismissal", now, pseudo, offer_id=offer_id, promotion_id=row.promotion_id)
+
+    def _on_consent(self, m: Message, device: str) -> None:
+        obj = codecs.decode_object(m.payload, max_bytes=self.cfg.ingest.max_payload_bytes)
+        keys = {k: obj[k] for k in ("offers", "tracking") if k in obj}
+        if not keys or not all(isinstance(v, bool) for v in keys.values()):
+            raise PayloadError("schema", "consent needs 'offers' and/or 'tracking' as booleans")
+        ts = obj.get("ts", m.received)
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise PayloadError("schema", "'ts' is not a number")
+        pseudo = self.pseudonym(device)
+        profile, current = self.consent_for(device, pseudo)
+        prev = self.consents.get(pseudo)
+        if prev is not None and prev[1] > ts:
+            return  # an older change never undoes a newer one
+        new = replace(current, **keys)
+        self.consents[pseudo] = (new, float(ts))
+        self.ledger.begin()
+        self.ledger.conn.execute("INSERT OR REPLACE INTO consent(device, offers, tracking, ts) VALUES (?,?,?,?)",
+                                 (pseudo, int(new.offers), int(new.tracking), float(ts)))
+        self.ledger.event("consent", float(ts), pseudo, offers=new.offers, tracking=new.tracking)
+        if not new.tracking or not new.offers:
+            self.ledger.forget_device(pseudo)
+            self.tracks.pop(device, None)
+
+    def _on_inventory(self, m: Message) -> None:
+        obj: Any
+        payload = m.payload
+        if payload.lstrip()[:1] == b"[":
+            try:
+                obj = json.loads(payload)
+            except ValueError as exc:
+                raise PayloadError("decode", f"invalid JSON: {exc}") from exc
+        else:
+            obj = codecs.decode_object(payload, max_bytes=self.cfg.ingest.max_payload_bytes)
+        items = obj if isinstance(obj, list) else [obj]
+        parsed = []
+        for it in items:
+            if not isinstance(it, dict) or not isinstance(it.get("sku"), str):
+                raise PayloadError("schema", "inventory update needs a string 'sku'")
+            qty = it.get("qty")
+            if isinstance(qty, bool) or not isinstance(qty, (int, float)) or qty < 0 or qty != int(qty):
+                raise PayloadError("schema", "inventory 'qty' must be a non-negative integer")
+            ts = it.get("ts", m.received)
+            if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+                raise PayloadError("schema", "'ts' is not a number")
+            parsed.append((it["sku"], int(qty), float(ts)))
+        self.ledger.begin()
+        for sku, qty, ts in parsed:
+            if ts < self.inventory.get(sku, (0, 0.0))[1]:
+                continue
+            self.inventory[sku] = (qty, ts)
+            self._inv_view[sku] = qty
+            self.ledger.conn.execute("INSERT OR REPLACE INTO inventory(sku, qty, ts) VALUES (?,?,?)", (sku, qty, ts))
+
+    # -- dead letters
+    def deadletter(self, m: Message, reason: str, detail: str = "", *, device: str | None = None) -> None:
+        self.metrics.deadletters.inc(reason)
+        self.last_deadletter_reason = reason
+        body = {"reason": reason, "detail": detail, "topic": m.topic,
+                "payload_b64": base64.b64encode(m.payload[:65536]).decode()}
+        self.mqtt.publish(f"{self.root}/deadletter", json.dumps(body).encode(), qos=0)
+        self.ledger.event("deadletter", m.received, self.pseudonym(device) if device else None, reason=reason)
+        log.debug("dead letter: %s (%s)", reason, detail)
+
+    # -- time-driven transitions (dwell, silence)
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("tracker tick failed")
+
+    def tick(self) -> None:
+        ping_clock = self.cfg.tracking.clock == "ping"
+        now = self.sim_now if ping_clock else self.clock()
+        if ping_clock and not now:
+            return
+        params = self.rt.params
+        for device, track in list(self.tracks.items()):
+            new, events = tick(track, now, params)
+            if new is None:
+                del self.tracks[device]
+            if events:
+                self._on_events(device, events, self.clock(), now)
+        self._commit_and_flush()
+
+    # -- admin
+    def forget(self, device: str) -> None:
+        """Forget a device: purge its stored zones, transitions and live state."""
+        pseudo = self.pseudonym(device)
+        self.tracks.pop(device, None)
+        self.histories.pop(pseudo, None)
+        self.ledger.forget_device(pseudo)
+        self.ledger.commit()

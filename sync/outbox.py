@@ -1,0 +1,112 @@
+"""The durable outbox: every event bound for central, in SQLite (WAL).
+
+Rows are appended in the same transaction as the state they describe (the
+ledger owns the connection and the transaction); the uplink takes them in
+order, and deletes them only after central acknowledged them.
+
+Classes decide what is shed when the outbox is over its bound:
+``0`` analytics (transitions), shed first, oldest first; ``1`` ordinary
+events (offers, suppressions, alerts, dead letters); ``2`` never shed
+(redemptions, dismissals, consent changes).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+SHED_ANALYTICS, SHED_NORMAL, NEVER_SHED = 0, 1, 2
+KIND_CLASS = {
+    "transition": SHED_ANALYTICS,
+    "redemption": NEVER_SHED,
+    "dismissal": NEVER_SHED,
+    "consent": NEVER_SHED,
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    cls INTEGER NOT NULL,
+    device TEXT,
+    ts REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_aside (
+    seq INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    device TEXT,
+    ts REAL NOT NULL,
+    body TEXT NOT NULL,
+    status INTEGER,
+    error TEXT,
+    set_aside_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(slots=True)
+class Event:
+    key: str
+    kind: str
+    ts: float
+    device: str | None
+    body: dict[str, Any]
+
+
+class Outbox:
+    """Outbox rows on a connection owned by someone else (the ledger)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        conn.executescript(SCHEMA)
+
+    def append(self, events: Iterable[Event]) -> None:
+        """Insert events; the caller commits (with the state they describe)."""
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO outbox(key, kind, cls, device, ts, body) VALUES (?,?,?,?,?,?)",
+            [(e.key, e.kind, KIND_CLASS.get(e.kind, SHED_NORMAL), e.device, e.ts,
+              json.dumps(e.body, separators=(",", ":"))) for e in events],
+        )
+
+    def pending(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def peek(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """The oldest ``limit`` events, in order, as (seq, event dict)."""
+        rows = self.conn.execute("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [(seq, json.loads(body)) for seq, body in rows]
+
+    def delete(self, seqs: list[int]) -> None:
+        self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def set_aside(self, seqs: list[int], *, status: int | None, error: str, now: float) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO outbox_aside(seq, key, kind, device, ts, body, status, error, set_aside_at) "
+            "SELECT seq, key, kind, device, ts, body, ?, ?, ? FROM outbox WHERE seq = ?",
+            [(status, error, now, s) for s in seqs])
+        self.delete(seqs)
+
+    def aside_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM outbox_aside").fetchone()[0]
+
+    def shed(self, max_rows_to_drop: int) -> dict[str, int]:
+        """Drop up to N sheddable events: analytics first, then ordinary ones,
+        oldest first; never class 2.  Returns counts dropped per kind."""
+        dropped: dict[str, int] = {}
+        left = max_rows_to_drop
+        for cls in (SHED_ANALYTICS, SHED_NORMAL):
+            if left <= 0:
+                break
+            rows = self.conn.execute(
+                "SELECT seq, kind FROM outbox WHERE cls = ? ORDER BY seq LIMIT ?", (cls, left)).fetchall()
+            if rows:
+                self.delete([r[0] for r in rows])
+                for _, kind in rows:
+                    dropped[kind] = dropped.get(kind, 0) + 1
+                left -= len(rows)
+        return dropped

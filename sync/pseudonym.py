@@ -1,0 +1,62 @@
+"""Keyed pseudonyms for device ids (HMAC-SHA256 with a per-store secret).
+
+The secret lives in ``{data_dir}/pseudonym.key`` (created on first start,
+mode 0600).  Back it up with the data directory: losing it gives every
+device a new pseudonym (central sees them as new devices) and reshuffles
+holdout groups.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """Read the store secret, creating it (32 random bytes, 0600) if missing."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        if len(data) >= 16:
+            return data
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = secrets.token_bytes(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return data
+
+
+class Pseudonymizer:
+    """``device(raw) -> 'd_' + 26 base32 chars``; stable per store secret."""
+
+    __slots__ = ("_key", "_cache")
+
+    def __init__(self, secret: bytes):
+        self._key = secret
+        self._cache: dict[str, str] = {}
+
+    def device(self, raw: str) -> str:
+        p = self._cache.get(raw)
+        if p is None:
+            digest = hmac.new(self._key, b"device:" + raw.encode(), hashlib.sha256).digest()
+            p = "d_" + base64.b32encode(digest[:16]).decode().rstrip("=").lower()
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[raw] = p
+        return p
+
+    def fraction(self, *parts: str) -> float:
+        """A keyed, uniform value in [0, 1) for holdout assignment."""
+        digest = hmac.new(self._key, b"holdout:" + "\x1f".join(parts).encode(), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
