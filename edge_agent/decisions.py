@@ -18,11 +18,18 @@ the promotion's reason:
                 ``cooldown_s`` ago (holdout records count too)
 
 Eligible promotions are ranked by higher ``priority``, then the lexically
-smaller id.  Only the winner is checked against the device-wide limits —
+smaller id (``decide`` ranks them itself, whatever order it is given).  Only the winner is checked against the device-wide limits —
 ``cap`` (per-visit or daily cap reached), ``gap`` (an offer went to this
 device less than ``min_gap_s`` ago) — and the holdout: a device in the
 promotion's control group gets nothing and leaves a ``would_offer`` record
-(reason ``holdout``).  The others are ``outranked``.
+(reason ``holdout``).  The others are ``outranked``.  A winner in its
+control group is not replaced by the runner-up: the control group must see
+what the treated group would not have seen, or uplift cannot be measured.
+
+Windows: ``starts``/``ends`` are compared as instants (epoch seconds), so the
+hour that repeats when daylight saving ends is not ambiguous; ``hours`` are
+wall-clock minutes of the store's day (a window that falls into the hour
+skipped in spring simply has no minutes that day).
 """
 
 from __future__ import annotations
@@ -85,7 +92,7 @@ def promotion_matches(fence: Fence, promo: Promotion) -> bool:
 
 def promotions_by_fence(fences: Iterable[Fence], promotions: Sequence[Promotion]) -> dict[str, tuple[Promotion, ...]]:
     """Matching promotions per fence id, ranked (priority desc, id asc)."""
-    ranked = sorted(promotions, key=lambda p: (-p.priority, p.id))
+    ranked = sorted(promotions, key=rank_key)
     return {f.id: tuple(p for p in ranked if promotion_matches(f, p)) for f in fences}
 
 
@@ -96,10 +103,21 @@ def offer_sku(fence: Fence, promo: Promotion) -> str | None:
     return promo.skus[0] if promo.skus else None
 
 
+def rank_key(promo: Promotion) -> tuple[int, str]:
+    """Higher priority first; ties go to the lexically smaller id."""
+    return (-promo.priority, promo.id)
+
+
 def in_window(promo: Promotion, local: datetime) -> bool:
-    if promo.starts is not None and local < promo.starts:
+    """``starts <= local < ends`` (as instants) and ``local``'s wall-clock
+    minute inside one of ``hours`` (when given)."""
+    # Compare instants, not wall times: two datetimes that share a ZoneInfo
+    # compare by wall time and ignore ``fold``, which is wrong in the hour
+    # that repeats when daylight saving ends.
+    t = local.timestamp()
+    if promo.starts is not None and t < promo.starts.timestamp():
         return False
-    if promo.ends is not None and local >= promo.ends:
+    if promo.ends is not None and t >= promo.ends.timestamp():
         return False
     if promo.hours:
         minute = local.hour * 60 + local.minute
@@ -139,8 +157,10 @@ def decide(
     holdout: Callable[[str], float],
 ) -> Outcome:
     """Decide for one transition.  ``candidates`` are the fence's promotions
-    ranked; ``holdout(promotion_id)`` is the device's keyed value in [0, 1)."""
+    (any order); ``holdout(promotion_id)`` is the device's keyed value in
+    [0, 1).  Updates ``history`` when something is offered or held out."""
     local = datetime.fromtimestamp(now, tz)
+    candidates = sorted(candidates, key=rank_key)
     decisions: list[Decision] = []
     eligible: list[tuple[Promotion, Decision]] = []
     for p in candidates:
