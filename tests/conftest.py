@@ -30,7 +30,8 @@ def free_port() -> int:
 class Mosquitto:
     """A real Mosquitto on a free loopback port; ``restart`` keeps the port."""
 
-    def __init__(self, workdir: Path, extra_conf: str = ""):
+    def __init__(self, workdir: Path, extra_conf: str = "", *, listener_conf: str | None = None,
+                 scheme: str = "mqtt"):
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if exe is None:
             raise RuntimeError("mosquitto is not installed: run `make test` (installs it) or "
@@ -39,11 +40,12 @@ class Mosquitto:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(textwrap.dedent(f"""\
-            listener {self.port} 127.0.0.1
-            allow_anonymous true
+        listener = listener_conf.format(port=self.port) if listener_conf else (
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
+        self.conf.write_text(listener + textwrap.dedent(f"""\
+            user root
             persistence true
             persistence_location {workdir}/
             max_queued_messages 100000
@@ -92,8 +94,8 @@ def mosquitto(tmp_path_factory) -> Mosquitto:
 def mosquitto_factory(tmp_path_factory):
     made: list[Mosquitto] = []
 
-    def make(extra_conf: str = "") -> Mosquitto:
-        m = Mosquitto(tmp_path_factory.mktemp("mosq"), extra_conf)
+    def make(extra_conf: str = "", **kw) -> Mosquitto:
+        m = Mosquitto(tmp_path_factory.mktemp("mosq"), extra_conf, **kw)
         m.start()
         made.append(m)
         return m
@@ -106,15 +108,23 @@ def mosquitto_factory(tmp_path_factory):
 class TestClient:
     """A paho client on its own thread; received messages land in asyncio queues."""
 
-    def __init__(self, url: str, loop: asyncio.AbstractEventLoop, client_id: str | None = None):
-        host, port = url.split("://")[1].split(":")
+    __test__ = False  # not a test class
+
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop, client_id: str | None = None, *,
+                 username: str | None = None, password: str | None = None, ca: str | None = None):
+        scheme, rest = url.split("://")
+        host, port = rest.split(":")
         self.loop = loop
         self.queues: dict[str, asyncio.Queue] = {}
         self.all: list[paho.MQTTMessage] = []
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{free_port()}")
+        if username:
+            self.client.username_pw_set(username, password)
+        if scheme == "mqtts":
+            self.client.tls_set(ca_certs=ca)
         self.client.on_message = self._on_message
         self._connected = threading.Event()
-        self.client.on_connect = lambda *a: self._connected.set()
+        self.client.on_connect = lambda c, u, f, rc, p: rc.is_failure or self._connected.set()
         self.client.connect(host, int(port))
         self.client.loop_start()
         if not self._connected.wait(5):
@@ -160,8 +170,8 @@ class TestClient:
 async def mqtt_client(mosquitto):
     clients: list[TestClient] = []
 
-    def make(url: str | None = None) -> TestClient:
-        c = TestClient(url or mosquitto.url, asyncio.get_running_loop())
+    def make(url: str | None = None, **kw) -> TestClient:
+        c = TestClient(url or mosquitto.url, asyncio.get_running_loop(), **kw)
         clients.append(c)
         return c
 
