@@ -32,6 +32,7 @@ import shapely
 import shapely.geometry
 
 from ._checks import ID_RE, Collector, type_name
+from ._sources import parse_floorplans, parse_sources
 from .model import (
     DEFAULT_ACC,
     FENCE_KINDS,
@@ -639,7 +640,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
                        "max_outbox_mb"}),
     "associates": frozenset({"token", "roles", "escalate_after_s", "dedupe_window_s", "assist_dwell_s",
                              "vip_arrival", "stock_out"}),
-    "sources": frozenset({"meraki", "aruba"}),
+    "sources": frozenset({"meraki", "aruba", "ble"}),
+    "floorplans": frozenset(),  # an array of tables, parsed by _sources.parse_floorplans
 }
 
 
@@ -918,17 +920,8 @@ def load_store(path: str | Path) -> StoreConfig:
     )
 
     src = _section(c, doc, "sources")
-    sources: dict[str, Mapping[str, Any]] = {}
-    for sname, table in src.items():
-        W = f"[sources.{sname}]"
-        if not isinstance(table, dict):
-            c.err(W, "", f"must be a table, not {type_name(table)}")
-            continue
-        if sname == "meraki":
-            c.unknown_keys(table, {"secret", "validator"}, W)
-            c.string(table, "secret", W, required=True, nonempty=True)
-            c.string(table, "validator", W, required=True, nonempty=True)
-        sources[sname] = MappingProxyType(dict(table))
+    sources = parse_sources(c, src)
+    floorplans = parse_floorplans(c, doc.get("floorplans"))
 
     # referenced files ----------------------------------------------------
     parts: dict[str, Any] = {"store.toml": doc}
@@ -1016,5 +1009,6 @@ def load_store(path: str | Path) -> StoreConfig:
         warnings=tuple(warnings),
         version=config_version(parts),
         sources=MappingProxyType(sources),
+        floorplans=floorplans,
         files=MappingProxyType({"store": toml_file, **{k: str(v) for k, v in files.items() if v is not None}}),
     )

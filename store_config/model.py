@@ -16,6 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from geometry.floorplans import PlanTransform
+
 FENCE_KINDS = ("aisle", "section", "display", "entrance", "checkout", "staff_only", "other")
 SOURCES = ("wifi", "ble", "html5", "gps", "uwb")
 DEFAULT_ACC = MappingProxyType({"uwb": 0.5, "ble": 3.0, "wifi": 8.0, "gps": 10.0, "html5": 25.0})
@@ -82,6 +84,19 @@ class Beacon:
     y: float
     floor: int = 0
     tx_power: float = -59.0
+
+
+@dataclass(frozen=True, slots=True)
+class FloorPlan:
+    """A vendor floor plan (``[[floorplans]]``) mapped onto the local frame.
+
+    Matched by ``id`` (Meraki ``floorPlanId``, Aruba ``floor_id``) or ``name``
+    (Meraki ``floorPlanName``); ``transform`` maps plan x/y to local metres."""
+
+    id: str | None
+    name: str | None
+    floor: int = 0
+    transform: PlanTransform = PlanTransform()
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +248,8 @@ class StoreConfig:
     version: str = ""
     # Raw tables of `[sources.NAME]` (e.g. meraki: {secret, validator}); read-only.
     sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # `[[floorplans]]`: vendor floor plans (Meraki, Aruba) -> local frame and floor.
+    floorplans: tuple[FloorPlan, ...] = ()
     # The files this config was loaded from: "store", "layout", "promotions",
     # "profiles", "inventory" -> path as used in Problem.file.
     files: Mapping[str, str] = field(default_factory=dict)
