@@ -19,9 +19,11 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
@@ -36,15 +38,18 @@ from store_config.model import Consent, Profile, StoreConfig
 from sync.pseudonym import Pseudonymizer, load_or_create_secret
 
 from . import codecs
+from .alerts import AlertManager
 from .codecs import PayloadError, Ping
 from .decisions import OfferHistory, Outcome, decide, promotions_by_fence, store_day
 from .ledger import Ledger
 from .metrics import Metrics
 from .mqtt import Message, MqttClient
+from .reload import Reloader, file_mtime
 
 log = logging.getLogger("edge_agent")
 
 EMPTY_MATCH = Match(frozenset(), frozenset(), frozenset())
+INVENTORY_MAX_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -84,7 +89,8 @@ def build_runtime(cfg: StoreConfig) -> Runtime:
 @dataclass(slots=True)
 class PendingOffer:
     offer_id: str
-    received: float  # perf_counter at receipt, for edge_ping_to_offer_seconds
+    received: float | None  # receipt time of the ping, for edge_ping_to_offer_seconds (None: a re-send)
+    expires: float
 
 
 class Agent:
@@ -99,8 +105,11 @@ class Agent:
         self.tracks: dict[str, DeviceTrack] = {}
         self.histories: dict[str, OfferHistory] = {}
         self.consents: dict[str, tuple[Consent, float]] = {}  # pseudonym -> (consent, ts)
-        self.inventory: dict[str, tuple[int, float]] = {s: (q, 0.0) for s, q in cfg.inventory.items()}
-        self._inv_view = dict(cfg.inventory)
+        # sku -> (qty, ts): the newest value wins, from MQTT, a file (its mtime) or a bundle.
+        self.inventory: dict[str, tuple[int, float]] = {}
+        self._inv_view: dict[str, int] = {}
+        self.merge_inventory(cfg.inventory, file_mtime(cfg, "inventory") or 0.0)
+        self.reloader = Reloader(self)
         self.sim_now = 0.0  # latest ping time seen, for clock = "ping"
         self.client_id = client_id or cfg.mqtt.client_id or f"edge-agent-{cfg.store_id}"
         self.mqtt: MqttClient | None = None
@@ -112,6 +121,7 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self.ready = False
         self.listeners: list[Callable[[str, dict], None]] = []  # (kind, data) for demo / page
+        self.alerts = AlertManager(self)  # associates' alerts (edge_agent/alerts.py)
 
     # -- config
     @property
@@ -122,20 +132,85 @@ class Agent:
     def root(self) -> str:
         return self.rt.cfg.root_topic
 
-    def install(self, cfg: StoreConfig) -> None:
-        """Swap in a validated config atomically (index built once per version)."""
+    def install(self, cfg: StoreConfig, *, inventory_ts: float | None = None) -> None:
+        """Swap in a validated config atomically (index built once per version).
+
+        ``cfg.inventory`` is merged per sku with ``inventory_ts`` as its time
+        (newest wins); without it, only skus not known yet are taken."""
         if cfg.store_id != self.cfg.store_id:
             raise ValueError("a reload cannot change the store id")
         rt = build_runtime(cfg)
-        for sku, qty in cfg.inventory.items():
-            if sku not in self.inventory:
-                self.inventory[sku] = (qty, 0.0)
-                self._inv_view[sku] = qty
+        self.merge_inventory(cfg.inventory, inventory_ts)
+        old = self.rt.cfg
         self.rt = rt
+        if self.ledger is not None and old.profiles is not cfg.profiles:
+            self._profile_consents_changed(old, cfg)
         self.metrics.config_info.values.clear()
         self.metrics.config_info.set(1, cfg.version)
         log.info("config version %s live: %d fences, %d promotions, %d profiles",
                  cfg.version, len(cfg.fences), len(cfg.promotions), len(cfg.profiles))
+
+    def reload_from_files(self) -> tuple[bool, list[str]]:
+        """Reload the config files now (SIGHUP, ``POST /v1/admin/reload``); see ``reload.py``."""
+        return self.reloader.reload("request")
+
+    def merge_inventory(self, items, ts: float | None) -> list[str]:
+        """Take ``{sku: qty}`` as of ``ts``: per sku the newest value wins (a tie
+        goes to the later arrival).  ``ts=None`` only fills skus not known yet.
+        Returns the skus whose value was taken."""
+        taken = []
+        for sku, qty in items.items():
+            known = self.inventory.get(sku)
+            if known is not None and (ts is None or ts < known[1]):
+                continue
+            self.inventory[sku] = (int(qty), 0.0 if ts is None else float(ts))
+            self._inv_view[sku] = int(qty)
+            taken.append(sku)
+        return taken
+
+    def _profile_consents_changed(self, old: StoreConfig, new: StoreConfig) -> None:
+        """Profiles (files, bundles) carry no consent time.  An opt-out that a
+        new profile brings takes effect at once (timed now) and purges; an
+        opt-in in a profile never undoes an opt-out the device sent itself."""
+        now = self.clock()
+        for device, prof in new.profiles.items():
+            before = old.profiles.get(device)
+            if before is not None and before.consent == prof.consent:
+                continue
+            pseudo = self.pseudonym(device)
+            override = self.consents.get(pseudo)
+            if override is None:
+                effective = prof.consent
+                was = before.consent if before is not None else None
+                if was is not None and ((was.offers and not effective.offers)
+                                        or (was.tracking and not effective.tracking)):
+                    self.ledger.event("consent", now, pseudo, offers=effective.offers,
+                                      tracking=effective.tracking, source="profile")
+                    self._purge_device(device, pseudo)
+                continue
+            cur = override[0]
+            merged = replace(cur, offers=cur.offers and prof.consent.offers,
+                             tracking=cur.tracking and prof.consent.tracking)
+            if merged != cur:
+                self._store_consent(device, pseudo, merged, now, source="profile")
+        self.ledger.commit()
+
+    def _store_consent(self, device: str, pseudo: str, consent: Consent, ts: float, **extra) -> None:
+        """Persist a consent change (newest wins) and purge on an opt-out."""
+        prev = self.consents.get(pseudo)
+        self.consents[pseudo] = (consent, float(ts))
+        self.ledger.begin()
+        self.ledger.conn.execute("INSERT OR REPLACE INTO consent(device, offers, tracking, ts) VALUES (?,?,?,?)",
+                                 (pseudo, int(consent.offers), int(consent.tracking), float(ts)))
+        self.ledger.event("consent", float(ts), pseudo, offers=consent.offers, tracking=consent.tracking, **extra)
+        if not consent.tracking or not consent.offers:
+            if prev is None or prev[0].offers != consent.offers or prev[0].tracking != consent.tracking:
+                self._purge_device(device, pseudo)
+
+    def _purge_device(self, device: str, pseudo: str) -> None:
+        """Consent withdrawn: forget the device's stored zones and live position state."""
+        self.ledger.forget_device(pseudo)
+        self.tracks.pop(device, None)
 
     # -- lifecycle
     async def start(self) -> None:
@@ -150,7 +225,7 @@ class Agent:
         self.metrics.tracked_devices.fn = lambda: len(self.tracks)
         self.metrics.commit_seconds.fn = lambda: self.ledger.last_commit_s if self.ledger else 0.0
         subs = [(f"{self.root}/ping/+/+", 0), (f"{self.root}/action/+", 1),
-                (f"{self.root}/consent/+", 1), (f"{self.root}/inventory", 1)]
+                (f"{self.root}/consent/+", 1), (f"{self.root}/inventory", 1), (f"{self.root}/alert/claim", 1)]
         if cfg.ingest.owntracks:
             subs.append(("owntracks/+/+", 0))
         self.mqtt = MqttClient(cfg.mqtt, client_id=self.client_id, subscriptions=subs,
@@ -159,6 +234,8 @@ class Agent:
                                clock=self.clock)
         await self.mqtt.start()
         self._tasks.append(asyncio.create_task(self._ticker(), name="tracker-tick"))
+        if cfg.path is not None:
+            self._tasks.append(asyncio.create_task(self.reloader.run(), name="config-reload"))
         self.ready = True
         log.info("agent for store %s (%s) started; broker %s", cfg.store_id, cfg.name, cfg.mqtt.url)
 
@@ -187,7 +264,17 @@ class Agent:
         assert self.ledger and self.pseudo
         now = self.clock()
         horizon = max([p.cooldown_s for p in self.cfg.promotions] + [86400.0])
+        today = store_day(datetime.fromtimestamp(now, self.rt.tz))
         for device, promo, ts in self.ledger.recent_offers(now - horizon):
+            h = self.histories.setdefault(device, OfferHistory())
+            h.last_by_promo[promo] = max(ts, h.last_by_promo.get(promo, 0.0))
+            h.last_offer_ts = max(ts, h.last_offer_ts or 0.0)
+            if store_day(datetime.fromtimestamp(ts, self.rt.tz)) == today:
+                h.day, h.day_count = today, h.day_count + 1
+        # Holdout records cool a promotion down too (they have no offer row).
+        for device, promo, ts in self.ledger.conn.execute(
+                "SELECT device, promotion_id, max(ts) FROM audit WHERE reason = 'holdout' AND ts >= ? "
+                "GROUP BY device, promotion_id", (now - horizon,)):
             h = self.histories.setdefault(device, OfferHistory())
             h.last_by_promo[promo] = max(ts, h.last_by_promo.get(promo, 0.0))
         self.ledger.conn.execute(
@@ -213,7 +300,7 @@ class Agent:
             raw = row.payload.pop("_device", None)
             if raw is None:
                 continue
-            self._publish_offer(raw, row.payload, time.perf_counter())
+            self._publish_offer(raw, row.payload, None)
 
     # -- identity and consent
     def pseudonym(self, device: str) -> str:
@@ -250,6 +337,9 @@ class Agent:
                         acks.append(m)
                     elif rest == "inventory":
                         self._on_inventory(m)
+                        acks.append(m)
+                    elif rest == "alert/claim":
+                        self.alerts.on_claim_message(m)
                         acks.append(m)
                     else:
                         acks.append(m)
@@ -385,6 +475,8 @@ class Agent:
             if kind == "exit":
                 continue
             fence = rt.fences.get(ev.fence)
+            if fence is not None:  # associates' alerts: vip_arrival on enter, assist on long presence
+                (self.alerts.on_enter if kind == "enter" else self.alerts.on_dwell)(device, pseudo, fence, now)
             candidates = rt.promos.get(ev.fence, ())
             if fence is None or not candidates:
                 continue
@@ -399,12 +491,15 @@ class Agent:
     def _apply_outcome(self, device: str, pseudo: str, trigger: str, fence, outcome: Outcome,
                        received: float, now: float) -> None:
         audit = []
+        # Without tracking consent no zone of the device is stored or sent with a
+        # suppression (the promotion and the reason still are).
+        where = fence.id if self.consent_for(device, pseudo)[1].tracking else None
         for d in outcome.decisions:
             self.metrics.decisions.inc(d.outcome, d.reason)
-            audit.append((now, pseudo, trigger, fence.id, d.promotion_id, d.outcome, d.reason, None))
+            audit.append((now, pseudo, trigger, where, d.promotion_id, d.outcome, d.reason, None))
             if d.outcome == "suppressed" and d.reason != "outranked":
                 self.ledger.event("would_offer" if d.reason == "holdout" else "suppressed", now, pseudo,
-                                  promotion_id=d.promotion_id, zone=fence.id, reason=d.reason)
+                                  promotion_id=d.promotion_id, zone=where, reason=d.reason)
         if outcome.offer is not None:
             promo = outcome.promotion
             d = outcome.offer
@@ -422,6 +517,7 @@ class Agent:
             self._to_publish.append((device, payload, received))
             for fn in self.listeners:
                 fn("offer", {"device": pseudo, **payload})
+            self.alerts.on_offer(device, pseudo, promo, fence.id, now)
         self.ledger.audit(audit)
 
     def _commit_and_flush(self) -> None:
@@ -431,27 +527,45 @@ class Agent:
             led.mark_delivered(self._delivered)
             self._delivered = []
         led.commit()
+        self.alerts.flush()
         if self._to_publish:
             batch, self._to_publish = self._to_publish, []
             for device, payload, received in batch:
                 self._publish_offer(device, payload, received)
 
-    def _publish_offer(self, device: str, payload: dict, received: float) -> None:
+    def _publish_offer(self, device: str, payload: dict, received: float | None) -> None:
         mid = self.mqtt.publish(f"{self.root}/offer/{device}",
                                 json.dumps(payload, separators=(",", ":")).encode(), qos=1)
-        self._pending[mid] = PendingOffer(payload["offer_id"], received)
+        self._pending[mid] = PendingOffer(payload["offer_id"], received, payload["expires"])
 
     def _on_published(self, mid: int) -> None:
         p = self._pending.pop(mid, None)
         if p is not None:
             self._delivered.append(p.offer_id)
-            self.metrics.ping_to_offer.observe(max(0.0, self.clock() - p.received))
+            if p.received is not None:
+                self.metrics.ping_to_offer.observe(max(0.0, self.clock() - p.received))
+
+    def expire_offers(self, now: float) -> int:
+        """Give up on offers the broker has not acknowledged by their ``expires``:
+        counted in ``edge_offers_expired_total`` and never re-sent after a restart."""
+        gone = [mid for mid, p in self._pending.items() if p.expires <= now]
+        if not gone:
+            return 0
+        ids = [self._pending.pop(mid).offer_id for mid in gone]
+        self.ledger.begin()
+        self.ledger.conn.executemany("UPDATE offers SET delivered = 2 WHERE offer_id = ?", [(o,) for o in ids])
+        self.metrics.offers_expired.inc(n=len(ids))
+        log.warning("%d offers expired before the broker acknowledged them", len(ids))
+        return len(ids)
 
     # -- actions, consent, inventory (QoS 1, acked after commit)
     def _on_action(self, m: Message, device: str) -> None:
         obj = codecs.decode_object(m.payload, max_bytes=self.cfg.ingest.max_payload_bytes)
         offer_id, action = obj.get("offer_id"), obj.get("action")
+        topic = f"{self.root}/offer/{device}"
         if not isinstance(offer_id, str) or action not in ("apply", "dismiss"):
+            if isinstance(offer_id, str):  # the phone hears why, the operator sees a dead letter
+                self.mqtt.publish(topic, json.dumps({"offer_id": offer_id, "error": "bad_action"}).encode(), qos=1)
             raise PayloadError("schema", "action needs a string 'offer_id' and 'action' apply|dismiss")
         pseudo = self.pseudonym(device)
         now = self.clock()
@@ -463,8 +577,9 @@ class Agent:
             error = "not_your_offer"
         elif action == "apply" and row.code is None and row.expires < (self.sim_now if self.cfg.tracking.clock == "ping" else now):
             error = "expired"
-        topic = f"{self.root}/offer/{device}"
         if error:
+            self.metrics.actions_refused.inc(error)
+            log.info("action %s by %s refused: %s", action, pseudo, error)
             self.mqtt.publish(topic, json.dumps({"offer_id": offer_id, "error": error}).encode(), qos=1)
             return
         if action == "apply":
@@ -485,50 +600,52 @@ class Agent:
         keys = {k: obj[k] for k in ("offers", "tracking") if k in obj}
         if not keys or not all(isinstance(v, bool) for v in keys.values()):
             raise PayloadError("schema", "consent needs 'offers' and/or 'tracking' as booleans")
-        ts = obj.get("ts", m.received)
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise PayloadError("schema", "'ts' is not a number")
+        ts = self._update_ts(obj, m.received)
         pseudo = self.pseudonym(device)
         profile, current = self.consent_for(device, pseudo)
         prev = self.consents.get(pseudo)
         if prev is not None and prev[1] > ts:
             return  # an older change never undoes a newer one
-        new = replace(current, **keys)
-        self.consents[pseudo] = (new, float(ts))
-        self.ledger.begin()
-        self.ledger.conn.execute("INSERT OR REPLACE INTO consent(device, offers, tracking, ts) VALUES (?,?,?,?)",
-                                 (pseudo, int(new.offers), int(new.tracking), float(ts)))
-        self.ledger.event("consent", float(ts), pseudo, offers=new.offers, tracking=new.tracking)
-        if not new.tracking or not new.offers:
-            self.ledger.forget_device(pseudo)
-            self.tracks.pop(device, None)
+        # One key may be sent; the other stays as it is.
+        self._store_consent(device, pseudo, replace(current, **keys), ts)
+
+    def _update_ts(self, obj: dict, received: float) -> float:
+        """The ``ts`` of a consent or inventory update (receipt time when absent)."""
+        ts = obj.get("ts", received)
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            raise PayloadError("schema", "'ts' is not a finite number")
+        if ts > received + self.cfg.tracking.max_future_skew_s:
+            raise PayloadError("clock_skew", f"'ts' is {ts - received:.0f} s in the future")
+        return float(ts)
 
     def _on_inventory(self, m: Message) -> None:
         obj: Any
         payload = m.payload
+        limit = max(self.cfg.ingest.max_payload_bytes, INVENTORY_MAX_BYTES)  # POS may send many skus at once
+        if len(payload) > limit:
+            raise PayloadError("too_large", f"{len(payload)} bytes > {limit}")
         if payload.lstrip()[:1] == b"[":
             try:
                 obj = json.loads(payload)
-            except ValueError as exc:
+            except (ValueError, UnicodeDecodeError) as exc:
                 raise PayloadError("decode", f"invalid JSON: {exc}") from exc
         else:
-            obj = codecs.decode_object(payload, max_bytes=self.cfg.ingest.max_payload_bytes)
+            obj = codecs.decode_object(payload, max_bytes=limit)
         items = obj if isinstance(obj, list) else [obj]
         parsed = []
         for it in items:
             if not isinstance(it, dict) or not isinstance(it.get("sku"), str):
                 raise PayloadError("schema", "inventory update needs a string 'sku'")
             qty = it.get("qty")
-            if isinstance(qty, bool) or not isinstance(qty, (int, float)) or qty < 0 or qty != int(qty):
+            if (isinstance(qty, bool) or not isinstance(qty, (int, float)) or not math.isfinite(qty)
+                    or qty < 0 or qty != int(qty)):
                 raise PayloadError("schema", "inventory 'qty' must be a non-negative integer")
-            ts = it.get("ts", m.received)
-            if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-                raise PayloadError("schema", "'ts' is not a number")
-            parsed.append((it["sku"], int(qty), float(ts)))
+            parsed.append((it["sku"], int(qty), self._update_ts(it, m.received)))
         self.ledger.begin()
         for sku, qty, ts in parsed:
             if ts < self.inventory.get(sku, (0, 0.0))[1]:
                 continue
+            self.alerts.on_inventory(sku, self._inv_view.get(sku), qty)
             self.inventory[sku] = (qty, ts)
             self._inv_view[sku] = qty
             self.ledger.conn.execute("INSERT OR REPLACE INTO inventory(sku, qty, ts) VALUES (?,?,?)", (sku, qty, ts))
@@ -556,6 +673,8 @@ class Agent:
         ping_clock = self.cfg.tracking.clock == "ping"
         now = self.sim_now if ping_clock else self.clock()
         if ping_clock and not now:
+            self.alerts.tick(None)  # escalations run on the wall clock
+            self._commit_and_flush()
             return
         params = self.rt.params
         for device, track in list(self.tracks.items()):
@@ -564,6 +683,9 @@ class Agent:
                 del self.tracks[device]
             if events:
                 self._on_events(device, events, self.clock(), now)
+        if self._pending:
+            self.expire_offers(now)
+        self.alerts.tick(now)  # long presence in assist fences, escalation of unclaimed alerts
         self._commit_and_flush()
 
     # -- admin
