@@ -106,6 +106,8 @@ class Metrics:
         self.broker_connected = Gauge("edge_broker_connected", "1 when the MQTT broker connection is up.")
         self.config_info = Gauge("edge_config_info", "The running configuration version.", ("version",))
         self.config_reloads = Counter("edge_config_reloads_total", "Configuration reloads by result.", ("result",))
+        self.actions_refused = Counter("edge_actions_refused_total", "Refused offer actions (apply/dismiss) by reason.",
+                                       ("reason",))
         self.commit_seconds = Gauge("edge_commit_seconds", "Duration of the last SQLite commit.")
         self.queue_depth = Gauge("edge_queue_depth", "Messages waiting to be processed.")
         self.tracked_devices = Gauge("edge_tracked_devices", "Devices currently tracked.")

@@ -51,6 +51,7 @@ from .model import (
     Problem,
     Profile,
     Promotion,
+    ReloadConfig,
     StoreConfig,
     SyncConfig,
     TrackingConfig,
@@ -632,16 +633,17 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "http": frozenset({"listen", "admin_token", "tls_cert", "tls_key"}),
     "data": frozenset({"dir"}),
     "tracking": frozenset({"clock", "timeout_s", "publish_events", "sustained_pings", "default_acc",
-                           "max_future_skew_s"}),
-    "ingest": frozenset({"owntracks", "max_payload_bytes"}),
+                           "max_future_skew_s", "max_speed_mps"}),
+    "ingest": frozenset({"owntracks", "max_payload_bytes", "shed_above"}),
     "offers": frozenset({"ttl_s", "per_visit_cap", "min_gap_s", "daily_cap"}),
     "privacy": frozenset({"anonymous_offers", "anonymous_tracking", "position_retention_s"}),
     "sync": frozenset({"central_url", "token", "interval_s", "transport", "mqtt_url", "encoding", "batch_size",
-                       "max_outbox_mb"}),
+                       "max_outbox_mb", "timeout_s", "retention_days"}),
     "associates": frozenset({"token", "roles", "escalate_after_s", "dedupe_window_s", "assist_dwell_s",
                              "vip_arrival", "stock_out"}),
     "sources": frozenset({"meraki", "aruba", "ble"}),
     "floorplans": frozenset(),  # an array of tables, parsed by _sources.parse_floorplans
+    "reload": frozenset({"poll_s"}),
 }
 
 
@@ -847,12 +849,14 @@ def load_store(path: str | Path) -> StoreConfig:
         publish_events=c.boolean(t, "publish_events", W, default=False),
         max_future_skew_s=c.number(t, "max_future_skew_s", W, default=300.0, positive=True),
         sustained_pings=c.integer(t, "sustained_pings", W, default=3, minimum=0),
+        max_speed_mps=c.number(t, "max_speed_mps", W, default=7.0, positive=True),
     )
 
     g = _section(c, doc, "ingest")
     ingest = IngestConfig(
         owntracks=c.boolean(g, "owntracks", "[ingest]", default=False),
         max_payload_bytes=c.integer(g, "max_payload_bytes", "[ingest]", default=16384, minimum=64),
+        shed_above=c.integer(g, "shed_above", "[ingest]", default=5000, minimum=1),
     )
 
     o = _section(c, doc, "offers")
@@ -893,6 +897,8 @@ def load_store(path: str | Path) -> StoreConfig:
         encoding=c.string(s, "encoding", W, default="json", choices=("json", "msgpack")),
         batch_size=c.integer(s, "batch_size", W, default=500, minimum=1),
         max_outbox_mb=c.number(s, "max_outbox_mb", W, default=256.0, positive=True),
+        timeout_s=c.number(s, "timeout_s", W, default=10.0, positive=True),
+        retention_days=c.number(s, "retention_days", W, default=30.0, positive=True),
     )
 
     a = _section(c, doc, "associates")
@@ -918,6 +924,9 @@ def load_store(path: str | Path) -> StoreConfig:
         vip_arrival=c.boolean(a, "vip_arrival", W, default=True),
         stock_out=c.boolean(a, "stock_out", W, default=True),
     )
+
+    rl = _section(c, doc, "reload")
+    reload_cfg = ReloadConfig(poll_s=c.number(rl, "poll_s", "[reload]", default=2.0, minimum=0))
 
     src = _section(c, doc, "sources")
     sources = parse_sources(c, src)
@@ -1004,6 +1013,7 @@ def load_store(path: str | Path) -> StoreConfig:
         privacy=privacy,
         sync=sync,
         associates=associates,
+        reload=reload_cfg,
         data_dir=data_dir,
         outline=outline,
         warnings=tuple(warnings),

@@ -173,12 +173,18 @@ class TrackingConfig:
     # Sustained-evidence entry: this many consecutive pings whose centre is
     # inside and whose acc is below the fence's half-width enter it (0 = off).
     sustained_pings: int = 3
+    # A ping implying a faster move than this (beyond both accuracies) is a
+    # teleport: ignored for triggering and counted.
+    max_speed_mps: float = 7.0
 
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
     owntracks: bool = False
     max_payload_bytes: int = 16384
+    # Overload: when one batch holds more pings than this, only the newest
+    # ping of each device is processed (stale ones are shed and counted).
+    shed_above: int = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +212,13 @@ class SyncConfig:
     encoding: str = "json"  # "json" | "msgpack"
     batch_size: int = 500
     max_outbox_mb: float = 256.0
+    timeout_s: float = 10.0  # per request to central; a time-out is retried with backoff
+    retention_days: float = 30.0  # ledger, audit and set-aside rows older than this are deleted
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadConfig:
+    poll_s: float = 2.0  # how often the config files' mtimes are polled (0 = only SIGHUP / admin endpoint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +255,7 @@ class StoreConfig:
     privacy: PrivacyConfig = PrivacyConfig()
     sync: SyncConfig = SyncConfig()
     associates: AssociatesConfig = AssociatesConfig()
+    reload: ReloadConfig = ReloadConfig()
     data_dir: Path = Path("var")
     outline: Any = None  # shapely geometry of the store outline, if the layout has one
     warnings: tuple[Problem, ...] = ()
