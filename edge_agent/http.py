@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from . import alerts
 from .codecs import PayloadError
 from .mqtt import Message
 from .service import Agent
@@ -132,6 +133,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     app.router.add_post("/v1/admin/reload", admin_reload)
     app.router.add_delete("/v1/admin/devices/{device}", admin_forget)
     app.router.add_get("/v1/admin/audit", admin_audit)
+    alerts.setup_routes(app, AGENT, require_associate)  # /associates, /associates/ws, /v1/alerts/...
     for fn in extra or ():
         fn(app)
     return app

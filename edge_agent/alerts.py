@@ -1,0 +1,436 @@
+"""Associates' alerts: raise, deduplicate, deliver, claim, escalate, resolve.
+
+The :class:`AlertManager` is owned by the :class:`~edge_agent.service.Agent`
+and runs on its loop thread.  The agent calls it with a few one-line hooks:
+
+* ``on_enter`` / ``on_dwell`` from ``_on_events`` (``vip_arrival``, ``assist``);
+* ``on_offer`` from ``_apply_outcome`` (promotions with ``associate_alert``);
+* ``on_inventory`` from ``_on_inventory`` (``stock_out`` of a promoted sku);
+* ``on_claim_message`` for ``{R}/alert/claim``;
+* ``tick`` every second (long presence in ``assist`` fences, escalation);
+* ``flush`` right after each commit: publishes what was committed.
+
+Every alert and every state change is an outbox event (kind ``alert``)
+committed *before* it is published, like offers.  Claims live in memory (and
+in the outbox for central): a restart forgets open alerts, so a claim for an
+alert raised before the restart gets 404.
+
+Delivery: ``{R}/alert/{audience}`` at QoS 1, where the audience is every role
+of ``[associates.roles]`` that lists the alert's zone, else ``all``.  The
+agent never uses a zone id as the audience (so a subscriber to
+``{R}/alert/#`` sees each alert once per role).  An unclaimed alert escalates
+after ``escalate_after_s``: the state ``escalated`` is announced on the
+alert's topics and the alert itself is re-sent to ``all``.
+
+The HTTP side (``/associates``, ``/associates/ws``, ``/v1/alerts/{id}/...``)
+is at the end of this module; :func:`setup_routes` adds it to the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from aiohttp import WSMsgType, web
+
+from .codecs import PayloadError, decode_object
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .mqtt import Message
+    from .service import Agent
+
+log = logging.getLogger("edge_agent.alerts")
+
+KINDS = ("vip_arrival", "assist", "stock_out")
+OPEN, CLAIMED, ESCALATED, RESOLVED = "open", "claimed", "escalated", "resolved"
+MAX_ALERTS = 1000  # kept in memory; the oldest resolved/claimed ones go first
+MAX_ASSOCIATE_LEN = 64
+STATIC = Path(__file__).parent / "static"
+
+
+class ClaimError(Exception):
+    """A claim or resolve that cannot be done: ``status`` 404 or 409."""
+
+    def __init__(self, status: int, error: str, by: str | None = None):
+        super().__init__(error)
+        self.status, self.error, self.by = status, error, by
+
+
+@dataclass(slots=True)
+class Alert:
+    alert_id: str
+    kind: str
+    zone: str | None
+    shopper: str | None  # pseudonym or consented first name
+    text: str
+    ts: float
+    audiences: tuple[str, ...]
+    device: str | None  # pseudonym for the outbox (None without tracking consent)
+    extra: dict[str, Any] = field(default_factory=dict)
+    state: str = OPEN
+    by: str | None = None
+    escalated: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        return {"alert_id": self.alert_id, "kind": self.kind, "zone": self.zone, "shopper": self.shopper,
+                "text": self.text, "ts": self.ts, **self.extra}
+
+    def view(self) -> dict[str, Any]:
+        """What the associates' page shows: the payload plus its state."""
+        return {**self.payload(), "state": self.state, "by": self.by, "escalated": self.escalated,
+                "audience": list(self.audiences)}
+
+
+class AlertManager:
+    """Alerts of one agent.  Call only from the agent's loop thread."""
+
+    def __init__(self, agent: "Agent"):
+        self.agent = agent
+        self.alerts: dict[str, Alert] = {}
+        self._seen: dict[tuple[str, str], float] = {}  # (kind, shopper pseudonym | sku) -> last raised
+        self._visiting: set[str] = set()  # raw device ids with a VIP check done this visit
+        self._assisted: set[tuple[str, str, float]] = set()  # (device, fence, entered) already alerted
+        self._outgoing: list[tuple[str, dict[str, Any]]] = []  # (topic, payload) after commit
+        self._notices: list[tuple[str, dict[str, Any]]] = []  # (listener kind, data) after commit
+        self.watchers: set[asyncio.Queue] = set()
+
+    # -- configuration helpers
+    @property
+    def cfg(self):
+        return self.agent.cfg.associates
+
+    def audiences(self, zones: list[str | None] | tuple) -> tuple[str, ...]:
+        roles = tuple(sorted({r for r, zs in self.cfg.roles.items() for z in zones if z and z in zs}))
+        return roles or ("all",)
+
+    def _fresh(self, key: tuple[str, str], now: float) -> bool:
+        """True (and remember ``now``) unless ``key`` was raised within the dedupe window."""
+        last = self._seen.get(key)
+        if last is not None and now - last < self.cfg.dedupe_window_s:
+            return False
+        self._seen[key] = now
+        return True
+
+    def _shopper(self, device: str, pseudo: str) -> tuple[str, str | None, Any]:
+        """(shown name, outbox device, consent): a first name only with ``name_to_staff``."""
+        profile, consent = self.agent.consent_for(device, pseudo)
+        name = pseudo
+        if profile is not None and profile.first_name and consent.name_to_staff:
+            name = profile.first_name
+        return name, (pseudo if consent.tracking else None), consent
+
+    def _zone_name(self, zone: str | None) -> str:
+        f = self.agent.rt.fences.get(zone) if zone else None
+        return (f.name or f.id) if f is not None else (zone or "the store")
+
+    # -- rules (hooks from the agent)
+    def on_enter(self, device: str, pseudo: str, fence, now: float) -> None:
+        """``vip_arrival``: a consenting VIP enters an entrance, or any fence first in a visit."""
+        first = device not in self._visiting
+        self._visiting.add(device)
+        if not self.cfg.vip_arrival or not (first or fence.kind == "entrance"):
+            return
+        profile, consent = self.agent.consent_for(device, pseudo)
+        if profile is None or not profile.vip or not consent.tracking:
+            return
+        if not self._fresh(("vip_arrival", pseudo), now):
+            return
+        name, dev, _ = self._shopper(device, pseudo)
+        who = name if name != pseudo else "A VIP shopper"
+        self.raise_alert("vip_arrival", fence.id, name, f"{who} arrived ({self._zone_name(fence.id)})", dev)
+
+    def on_dwell(self, device: str, pseudo: str, fence, now: float) -> None:
+        track = self.agent.tracks.get(device)
+        if track is not None:
+            self._check_assist(device, pseudo, track, now, only=fence.id)
+
+    def _check_assist(self, device: str, pseudo: str | None, track, now: float, only: str | None = None) -> None:
+        fences = self.agent.rt.fences
+        limit = self.cfg.assist_dwell_s
+        for fid, entered in track.inside.items():
+            if only is not None and fid != only:
+                continue
+            f = fences.get(fid)
+            if f is None or not f.assist or now - entered < limit:
+                continue
+            mark = (device, fid, entered)
+            if mark in self._assisted:
+                continue  # once per presence, even after the dedupe window
+            self._assisted.add(mark)
+            pseudo = pseudo or self.agent.pseudonym(device)
+            name, dev, consent = self._shopper(device, pseudo)
+            if not consent.offers and not consent.tracking:
+                continue  # opted out of everything: nothing about them
+            if not self._fresh(("assist", pseudo), now):
+                continue
+            minutes = max(1, round((now - entered) / 60))
+            self.raise_alert("assist", fid, name,
+                             f"A shopper may need help in {self._zone_name(fid)} (here {minutes} min)", dev)
+
+    def on_offer(self, device: str, pseudo: str, promo, zone: str, now: float) -> None:
+        """A promotion with ``associate_alert``: an ``assist`` alert when its offer goes out."""
+        if not promo.associate_alert:
+            return
+        if not self._fresh(("assist", pseudo), now):
+            return
+        name, dev, _ = self._shopper(device, pseudo)
+        self.raise_alert("assist", zone, name, f"{promo.title}: a shopper got this offer in "
+                         f"{self._zone_name(zone)} — please attend", dev, promotion_id=promo.id)
+
+    def on_inventory(self, sku: str, before: int | None, qty: int) -> None:
+        """``stock_out``: a promoted sku drops to 0 (from a positive or unknown quantity)."""
+        if qty != 0 or before == 0 or not self.cfg.stock_out:
+            return
+        promos = [p for p in self.agent.cfg.promotions if sku in p.skus]
+        if not promos:
+            return
+        now = self.agent.clock()
+        if not self._fresh(("stock_out", sku), now):
+            return
+        zones = [f.id for f in self.agent.cfg.fences if sku in f.skus]
+        for p in promos:
+            zones.extend(z for z in p.zones if z not in zones)
+        zone = zones[0] if zones else None
+        titles = ", ".join(p.title for p in promos)
+        self.raise_alert("stock_out", zone, None, f"{sku} is out of stock (promoted: {titles})", None,
+                         audiences=self.audiences(zones), sku=sku)
+
+    # -- raising and state changes
+    def raise_alert(self, kind: str, zone: str | None, shopper: str | None, text: str, device: str | None,
+                    *, audiences: tuple[str, ...] | None = None, **extra: Any) -> Alert:
+        agent = self.agent
+        alert = Alert("a_" + secrets.token_hex(8), kind, zone, shopper, text, agent.clock(),
+                      audiences or self.audiences([zone]), device, extra)
+        self.alerts[alert.alert_id] = alert
+        self._prune()
+        agent.metrics.alerts.inc(kind)
+        agent.ledger.event("alert", alert.ts, device, alert_id=alert.alert_id, alert_kind=kind, zone=zone,
+                           state=OPEN, audience=list(alert.audiences), **extra)
+        for aud in alert.audiences:
+            self._outgoing.append((f"{agent.root}/alert/{aud}", alert.payload()))
+        self._notices.append(("alert", alert.payload()))
+        self._notices.append(("_ws", {"type": "alert", "alert": alert.view()}))
+        log.info("alert %s %s in %s → %s", alert.alert_id, kind, zone, ",".join(alert.audiences))
+        return alert
+
+    def _announce(self, alert: Alert, state: str, by: str | None, topics: tuple[str, ...]) -> None:
+        now = self.agent.clock()
+        self.agent.ledger.event("alert", now, alert.device, alert_id=alert.alert_id, alert_kind=alert.kind,
+                                zone=alert.zone, state=state, by=by)
+        msg = {"alert_id": alert.alert_id, "kind": alert.kind, "state": state, "by": by, "ts": now}
+        for aud in topics:
+            self._outgoing.append((f"{self.agent.root}/alert/{aud}", msg))
+        self._notices.append(("alert_state", msg))
+        self._notices.append(("_ws", {"type": "state", **msg}))
+
+    def claim(self, alert_id: str, associate: str) -> Alert:
+        """First claim wins; later claims raise ClaimError(409).  Caller commits + flushes."""
+        alert = self.alerts.get(alert_id)
+        if alert is None:
+            raise ClaimError(404, "unknown_alert")
+        if alert.state in (CLAIMED, RESOLVED):
+            raise ClaimError(409, "already_" + alert.state, alert.by)
+        alert.state, alert.by = CLAIMED, associate
+        self._announce(alert, CLAIMED, associate, self._topics(alert))
+        return alert
+
+    def resolve(self, alert_id: str, associate: str) -> Alert:
+        alert = self.alerts.get(alert_id)
+        if alert is None:
+            raise ClaimError(404, "unknown_alert")
+        if alert.state == RESOLVED:
+            raise ClaimError(409, "already_resolved", alert.by)
+        alert.state, alert.by = RESOLVED, associate
+        self._announce(alert, RESOLVED, associate, self._topics(alert))
+        return alert
+
+    def _topics(self, alert: Alert) -> tuple[str, ...]:
+        if alert.escalated and "all" not in alert.audiences:
+            return alert.audiences + ("all",)
+        return alert.audiences
+
+    def _escalate(self, alert: Alert) -> None:
+        alert.escalated = True
+        alert.state = ESCALATED
+        self._announce(alert, ESCALATED, None, alert.audiences)
+        if "all" not in alert.audiences:
+            payload = {**alert.payload(), "escalated": True}
+            self._outgoing.append((f"{self.agent.root}/alert/all", payload))
+        log.info("alert %s escalated (unclaimed for %.0f s)", alert.alert_id, self.cfg.escalate_after_s)
+
+    def open_alerts(self) -> list[dict[str, Any]]:
+        return [a.view() for a in self.alerts.values() if a.state != RESOLVED]
+
+    def _prune(self) -> None:
+        if len(self.alerts) <= MAX_ALERTS:
+            return
+        for aid in [a.alert_id for a in self.alerts.values() if a.state in (RESOLVED, CLAIMED)]:
+            del self.alerts[aid]
+            if len(self.alerts) <= MAX_ALERTS:
+                return
+        while len(self.alerts) > MAX_ALERTS:
+            del self.alerts[next(iter(self.alerts))]
+
+    # -- MQTT claims: {R}/alert/claim {"alert_id", "associate"}
+    def on_claim_message(self, m: "Message") -> None:
+        obj = decode_object(m.payload, max_bytes=4096)
+        alert_id, associate = obj.get("alert_id"), obj.get("associate")
+        if not isinstance(alert_id, str) or not valid_associate(associate):
+            raise PayloadError("schema", "a claim needs a string 'alert_id' and a non-empty 'associate' "
+                                         f"(at most {MAX_ASSOCIATE_LEN} characters)")
+        try:
+            self.claim(alert_id, associate.strip())
+        except ClaimError as exc:
+            if exc.status == 404:
+                raise PayloadError("unknown_alert", f"no open alert {alert_id!r}") from exc
+            log.info("claim of %s by %s refused: %s", alert_id, associate, exc.error)
+
+    # -- time: escalation (wall clock) and long presence (tracker time)
+    def tick(self, now: float | None) -> None:
+        """Every second.  ``now`` is the tracker's time (None before any ping on the ping clock)."""
+        wall = self.agent.clock()
+        after = self.cfg.escalate_after_s
+        for alert in list(self.alerts.values()):
+            if alert.state == OPEN and not alert.escalated and wall - alert.ts >= after:
+                self._escalate(alert)
+        tracks = self.agent.tracks
+        if self._visiting:
+            self._visiting.intersection_update(tracks)
+        if self._assisted:
+            self._assisted = {m for m in self._assisted if m[0] in tracks and m[1] in tracks[m[0]].inside}
+        if now is not None and any(f.assist for f in self.agent.rt.fences.values()):
+            for device, track in tracks.items():
+                if track.inside:
+                    self._check_assist(device, None, track, now)
+        if len(self._seen) > 10000:  # forget keys whose window is over (stock_out runs on the wall clock)
+            window = self.cfg.dedupe_window_s
+            self._seen = {k: t for k, t in self._seen.items()
+                          if (wall if k[0] == "stock_out" or now is None else now) - t < window}
+
+    def flush(self) -> None:
+        """After a commit: publish what was committed and tell listeners and pages."""
+        if self._outgoing:
+            out, self._outgoing = self._outgoing, []
+            for topic, payload in out:
+                self.agent.mqtt.publish(topic, json.dumps(payload, separators=(",", ":")).encode(), qos=1)
+        if self._notices:
+            notes, self._notices = self._notices, []
+            for kind, data in notes:
+                if kind == "_ws":
+                    for q in list(self.watchers):
+                        try:
+                            q.put_nowait(data)
+                        except asyncio.QueueFull:  # a stalled page: start it over from a snapshot
+                            while not q.empty():
+                                q.get_nowait()
+                            q.put_nowait({"type": "snapshot", "alerts": self.open_alerts()})
+                    continue
+                for fn in self.agent.listeners:
+                    try:
+                        fn(kind, data)
+                    except Exception:
+                        log.exception("alert listener failed")
+
+    def commit(self) -> None:
+        self.agent.ledger.commit()
+        self.flush()
+
+
+def valid_associate(v: Any) -> bool:
+    return isinstance(v, str) and 0 < len(v.strip()) <= MAX_ASSOCIATE_LEN
+
+
+# -- HTTP: the associates' page, its WebSocket, claim and resolve -------------------------------
+
+def setup_routes(app: web.Application, agent_key: web.AppKey, require_associate: Callable) -> None:
+    """Add ``/associates``, ``/associates/ws`` and ``/v1/alerts/{id}/claim|resolve`` to ``app``."""
+    sockets: weakref.WeakSet = weakref.WeakSet()
+
+    def manager(request: web.Request) -> AlertManager:
+        return request.app[agent_key].alerts
+
+    async def page(request: web.Request) -> web.Response:
+        require_associate(request, allow_query=True)
+        html = (STATIC / "associates.html").read_text(encoding="utf-8")
+        return web.Response(text=html, content_type="text/html", charset="utf-8", headers={
+            "Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "DENY"})
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        require_associate(request, allow_query=True)
+        alerts = manager(request)
+        sock = web.WebSocketResponse(heartbeat=25)
+        await sock.prepare(request)
+        sockets.add(sock)
+        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        alerts.watchers.add(q)
+
+        async def pump() -> None:
+            await sock.send_json({"type": "snapshot", "alerts": alerts.open_alerts()})
+            while True:
+                msg = await q.get()
+                await sock.send_json(msg)
+
+        sender = asyncio.create_task(pump())
+        try:
+            async for msg in sock:
+                if msg.type == WSMsgType.ERROR:
+                    break
+                if sender.done():
+                    break
+        finally:
+            alerts.watchers.discard(q)
+            sender.cancel()
+            try:
+                await sender
+            except (asyncio.CancelledError, ConnectionError):
+                pass
+            await sock.close()
+        return sock
+
+    async def _change(request: web.Request, fn_name: str) -> web.Response:
+        require_associate(request)
+        alert_id = request.match_info["id"]
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(text='body must be JSON: {"associate": "..."}\n') from None
+        associate = body.get("associate") if isinstance(body, dict) else None
+        if not valid_associate(associate):
+            raise web.HTTPBadRequest(text=f"'associate' must be a non-empty string of at most "
+                                          f"{MAX_ASSOCIATE_LEN} characters\n")
+        alerts = manager(request)
+        try:
+            alert = getattr(alerts, fn_name)(alert_id, associate.strip())
+        except ClaimError as exc:
+            return web.json_response({"alert_id": alert_id, "error": exc.error, "by": exc.by}, status=exc.status)
+        alerts.commit()
+        return web.json_response({"alert_id": alert.alert_id, "kind": alert.kind, "state": alert.state,
+                                  "by": alert.by})
+
+    async def claim(request: web.Request) -> web.Response:
+        return await _change(request, "claim")
+
+    async def resolve(request: web.Request) -> web.Response:
+        return await _change(request, "resolve")
+
+    async def list_alerts(request: web.Request) -> web.Response:
+        require_associate(request)
+        return web.json_response({"alerts": manager(request).open_alerts()})
+
+    async def close_sockets(app: web.Application) -> None:
+        for s in list(sockets):
+            await s.close(code=1001, message=b"server shutdown")
+
+    app.on_shutdown.append(close_sockets)
+    app.router.add_get("/associates", page)
+    app.router.add_get("/associates/ws", ws)
+    app.router.add_get("/v1/alerts", list_alerts)
+    app.router.add_post("/v1/alerts/{id}/claim", claim)
+    app.router.add_post("/v1/alerts/{id}/resolve", resolve)
