@@ -88,6 +88,7 @@ class Reloader:
                 log.error("reload (%s) refused: %s", trigger, p)
             log.error("reload (%s) refused with %d problem(s); config version %s keeps serving",
                       trigger, len(problems), old.version)
+            self._tell("refused", old.version, problems)
             return False, problems
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(old, key):
@@ -99,11 +100,17 @@ class Reloader:
             if inv_ts is not None:
                 agent.merge_inventory(new.inventory, inv_ts)
             agent.metrics.config_reloads.inc("unchanged")
+            self._tell("unchanged", old.version, [])
             return True, []
         agent.install(new, inventory_ts=inv_ts)
         agent.metrics.config_reloads.inc("ok")
         log.info("reload (%s): config version %s → %s", trigger, old.version, new.version)
+        self._tell("ok", new.version, [])
         return True, []
+
+    def _tell(self, result: str, version: str, problems: list[str]) -> None:
+        for fn in self.agent.listeners:
+            fn("reload", {"result": result, "version": version, "problems": problems})
 
     def reload(self, trigger: str = "request") -> tuple[bool, list[str]]:
         """Load and apply now (SIGHUP, admin endpoint); synchronous."""
