@@ -1,0 +1,120 @@
+"""`edge-agent simulate`: start what the simulator needs, then hand it the broker.
+
+Self-contained (default): an embedded broker (or ``--broker URL``) and an
+agent on the given store with ``[tracking] clock = "ping"`` (simulated time
+runs faster than real time) and ``publish_events = true``, its data in a
+temporary directory (with a pseudonym key derived from the seed, so holdout
+groups are the same on every run), no central sync.  ``--attach`` drives the
+agent already serving the config's broker instead.
+
+The simulator itself (``simulator/``) never imports this package: it talks
+to the agent over MQTT only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+log = logging.getLogger("edge_agent.simulate")
+
+
+def _sim_config(cfg, *, broker_url: str, data_dir: Path, keep_auth: bool):
+    mqtt = replace(cfg.mqtt, url=broker_url, client_id=f"edge-agent-{cfg.store_id}-sim-{secrets.token_hex(3)}")
+    if not keep_auth:
+        mqtt = replace(mqtt, username=None, password=None, tls_ca=None, tls_cert=None, tls_key=None)
+    return replace(
+        cfg,
+        mqtt=mqtt,
+        data_dir=data_dir,
+        tracking=replace(cfg.tracking, clock="ping", publish_events=True),
+        sync=replace(cfg.sync, central_url=None, mqtt_url=None),  # simulated events never leave the box
+        http=replace(cfg.http, listen="127.0.0.1:0", tls_cert=None, tls_key=None),
+    )
+
+
+async def _self_contained(cfg, args: argparse.Namespace, out: Path) -> dict:
+    from simulator.run import simulate
+
+    from .embedded import EmbeddedBroker
+    from .runner import Server
+
+    broker = None
+    url = args.broker
+    if url is None:
+        broker = EmbeddedBroker()
+        url = await broker.start()
+    data = Path(tempfile.mkdtemp(prefix="edge-sim-"))
+    # a seed-derived pseudonym key: the agent's holdout groups then repeat run to run
+    (data / "pseudonym.key").write_bytes(hashlib.sha256(f"edge-sim:{args.seed}".encode()).digest())
+    server = None
+    try:
+        sim_cfg = _sim_config(cfg, broker_url=url, data_dir=data, keep_auth=args.broker is not None)
+        server = Server(sim_cfg, listen="127.0.0.1:0")
+        await server.start()
+        await asyncio.wait_for(server.agent.mqtt.subscribed.wait(), 15)
+        return await asyncio.to_thread(
+            simulate, cfg, url, shoppers=args.shoppers, duration=args.duration, seed=args.seed, tech=args.tech,
+            out=out, speed=args.speed, mac_randomisation=args.mac_randomisation, progress=not args.no_progress,
+            mode="broker" if args.broker else "embedded", now=time.time(),
+            username=sim_cfg.mqtt.username, password=sim_cfg.mqtt.password, tls_ca=sim_cfg.mqtt.tls_ca)
+    finally:
+        if server is not None:
+            await server.stop()
+        if broker is not None:
+            await broker.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from simulator.drive import DriveError
+    from simulator.run import simulate
+
+    from .cli import _load
+
+    cfg = _load(args.config)
+    out = Path(args.out)
+    if args.shoppers < 0 or args.duration <= 0 or args.speed < 0:
+        print("--shoppers must be ≥ 0, --duration > 0 and --speed ≥ 0", file=sys.stderr)
+        return 2
+    if getattr(args, "log_level", "info") == "info":
+        # keep the progress bar readable: the agent's and broker's routine logs are not the report
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
+    try:
+        if args.attach:
+            if cfg.mqtt.url is None:
+                print("--attach needs [mqtt] url in the config (the broker the running agent uses)",
+                      file=sys.stderr)
+                return 2
+            m = cfg.mqtt
+            report = simulate(cfg, m.url, shoppers=args.shoppers, duration=args.duration, seed=args.seed,
+                              tech=args.tech, out=out, speed=args.speed, mac_randomisation=args.mac_randomisation,
+                              progress=not args.no_progress, mode="attach", now=time.time(),
+                              username=m.username, password=m.password, tls_ca=m.tls_ca)
+        else:
+            report = asyncio.run(_self_contained(cfg, args, out))
+    except DriveError as exc:
+        print(f"simulation failed: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"simulation refused: {exc}", file=sys.stderr)
+        return 2
+    t = report["totals"]
+    lat = report["latency_ms"]
+    print(f"{report['tech']}: {report['shoppers']} shoppers, {t['pings']} pings, {t['true_visits']} true visits, "
+          f"{t['offers']} offers; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms")
+    for a in report["advice"]:
+        if a["verdict"] in ("will fail", "fails", "false entries"):
+            print(f"  {a['zone']}: {a['verdict']}")
+    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'map.png'}")
+    return 0

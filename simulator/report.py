@@ -1,0 +1,198 @@
+"""``report.json`` and ``report.md``: per-zone scores, lint, advice, latency.
+
+Deterministic for a given store, seed and technology (same seed → same
+bytes): everything except ``latency_ms`` and ``timing``, which are
+wall-clock measurements (``nondeterministic`` in the report lists them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from store_config.lint import TECH_ACCURACY, inscribed_radius
+
+__all__ = ["build_report", "write_report", "NONDETERMINISTIC", "lint_flagged", "advice"]
+
+NONDETERMINISTIC = ("latency_ms", "timing")
+LATENCY_BUDGET_MS = 200.0
+_FEATURE = re.compile(r'^feature "(.+)"$')
+
+
+def lint_flagged(problems) -> list[str]:
+    """Fence ids the fence-size lint flagged (``too small for ...``)."""
+    out = set()
+    for p in problems:
+        m = _FEATURE.match(p.where)
+        if m and p.field == "geometry" and p.message.startswith("too small"):
+            out.add(m.group(1))
+    return sorted(out)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.1f}".rstrip("0").rstrip(".")
+
+
+def advice(cfg, zones: dict, flagged: list[str], tech: str) -> list[dict]:
+    """Which fences will fail with ``tech`` and what to change (deterministic)."""
+    out = []
+    acc = TECH_ACCURACY[tech]
+    better = [t for t in ("uwb", "ble", "wifi") if TECH_ACCURACY[t] < acc]
+    for zid, z in zones.items():
+        fence = cfg.fence(zid)
+        if fence is None or fence.kind == "staff_only":
+            continue
+        across = 2 * inscribed_radius(fence)
+        fits = [t for t in better if inscribed_radius(fence) >= TECH_ACCURACY[t]]
+        alt = f", or position with {'/'.join(fits)}" if fits else ""
+        recall, precision = z["recall"], z["precision"]
+        if zid in flagged and (recall is None or recall < 0.8):
+            seen = "no visits to score" if recall is None else f"recall {recall:.0%} over {z['visits']} visits"
+            out.append({"zone": zid, "verdict": "will fail", "text": (
+                f"{zid} will fail with {tech} ({seen}): it is {_fmt(across)} m across at its widest inscribed "
+                f"circle, but a {tech} fix is only good to ~{_fmt(acc)} m, so the accuracy circle never fits "
+                f"inside; enlarge it to at least {_fmt(2 * acc)} m across{alt}")})
+        elif recall is not None and recall < 0.8:
+            out.append({"zone": zid, "verdict": "fails", "text": (
+                f"{zid} missed {z['visits'] - z['detected']} of {z['visits']} visits with {tech} "
+                f"(recall {recall:.0%}) although its size suits {tech}: noise or dropouts; widen it, or "
+                f"use a more precise technology{alt}")})
+        elif zid in flagged and recall is not None:
+            out.append({"zone": zid, "verdict": "marginal", "text": (
+                f"{zid} is smaller than {tech}'s typical accuracy but was still detected (recall "
+                f"{recall:.0%}), by sustained evidence or luck: expect it to be unreliable in real stores; "
+                f"enlarge it to at least {_fmt(2 * acc)} m across{alt}")})
+        if precision is not None and precision < 0.8:
+            out.append({"zone": zid, "verdict": "false entries", "text": (
+                f"{zid} had {z['false_enters']} false entries of {z['enters']} (precision {precision:.0%}): "
+                f"shoppers outside it were placed inside; keep it away from busy neighbouring areas or use a "
+                f"more precise technology")})
+        d = z["detection_delay_s"]
+        if d is not None and d > 5.0:
+            out.append({"zone": zid, "verdict": "slow", "text": (
+                f"entries into {zid} come {_fmt(d)} s after the shopper does (median): an enter offer arrives "
+                f"late; prefer a dwell trigger or a faster update rate")})
+        if z["visits"] == 0 and z["grazes"] == 0:
+            out.append({"zone": zid, "verdict": "unvisited", "text": (
+                f"no simulated shopper visited {zid}: run more --shoppers or a longer --duration to score it")})
+    return out
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(float(np.quantile(np.array(values), q)), 3)
+
+
+def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, mac_randomisation: bool,
+                 mode: str, zones: dict, problems, samples, collected, latencies_ms: list[float],
+                 visits, sim_start: str, device_count: int) -> dict:
+    flagged = lint_flagged(problems)
+    real = sum(z["visits"] for z in zones.values())
+    offers = len(collected.offers)
+    dl = dict(sorted(collected.deadletters.items()))
+    return {
+        "store": cfg.store_id,
+        "tech": tech,
+        "seed": seed,
+        "shoppers": shoppers,
+        "duration_s": duration,
+        "mac_randomisation": mac_randomisation,
+        "mode": mode,
+        "zones": zones,
+        "totals": {
+            "true_visits": real,
+            "grazes": sum(z["grazes"] for z in zones.values()),
+            "samples": len(samples),
+            "pings": sum(1 for s in samples if s.payload is not None),
+            "dropped": sum(1 for s in samples if s.payload is None),
+            "devices": device_count,
+            "enters": sum(z["enters"] for z in zones.values()),
+            "offers": offers,
+            "offers_per_visit": round(offers / real, 4) if real else None,
+            "deadletters": dl,
+        },
+        "lint": [str(p) for p in problems],
+        "lint_flagged": flagged,
+        "advice": advice(cfg, zones, flagged, tech),
+        "latency_ms": {
+            "p50": _pct(latencies_ms, 0.5),
+            "p99": _pct(latencies_ms, 0.99),
+            "max": _pct(latencies_ms, 1.0),
+            "n": len(latencies_ms),
+            "budget_ms": LATENCY_BUDGET_MS,
+        },
+        "timing": {
+            "sim_start": sim_start,
+            "wall_s": round(collected.wall_s, 3),
+            "pings_per_s": round(collected.published / collected.wall_s, 1) if collected.wall_s else None,
+        },
+        "nondeterministic": list(NONDETERMINISTIC),
+    }
+
+
+def deterministic_part(report: dict) -> dict:
+    """The report without its wall-clock sections (what two runs with one seed share)."""
+    return {k: v for k, v in report.items() if k not in NONDETERMINISTIC}
+
+
+def _cell(v, pct: bool = False) -> str:
+    if v is None:
+        return "–"
+    if pct:
+        return f"{100 * v:.0f} %"
+    return _fmt(v) if isinstance(v, float) else str(v)
+
+
+def markdown(report: dict) -> str:
+    r = report
+    lines = [
+        f"# Simulation report: store {r['store']}, {r['tech']}",
+        "",
+        f"{r['shoppers']} shoppers over {_fmt(r['duration_s'])} simulated seconds, seed {r['seed']}"
+        f"{', MAC randomisation' if r['mac_randomisation'] else ''} ({r['mode']} run). "
+        f"{r['totals']['pings']} pings sent ({r['totals']['dropped']} dropped by the sensor model), "
+        f"{r['totals']['true_visits']} true visits, {r['totals']['offers']} offers.",
+        "",
+        "## Zones",
+        "",
+        "| zone | kind | visits | grazes | recall | precision | delay p50 (s) | enters | false | offers/visit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for zid, z in r["zones"].items():
+        flag = " ⚠" if zid in r["lint_flagged"] else ""
+        lines.append(f"| {zid}{flag} | {z['kind']} | {z['visits']} | {z['grazes']} | {_cell(z['recall'], True)} | "
+                     f"{_cell(z['precision'], True)} | {_cell(z['detection_delay_s'])} | {z['enters']} | "
+                     f"{z['false_enters']} | {_cell(z['offers_per_visit'])} |")
+    lat = r["latency_ms"]
+    lines += ["", "⚠ = flagged by lint before the run (too small for this technology).", "",
+              "## Ping → offer latency (wall clock)", ""]
+    if lat["n"]:
+        ok = lat["p99"] <= lat["budget_ms"]
+        lines.append(f"p50 {_cell(lat['p50'])} ms, p99 {_cell(lat['p99'])} ms, max {_cell(lat['max'])} ms over "
+                     f"{lat['n']} offers — {'within' if ok else 'OVER'} the {_fmt(lat['budget_ms'])} ms budget.")
+    else:
+        lines.append("No offer was caused by a ping in this run.")
+    lines += ["", "## Advice", ""]
+    lines += [f"- **{a['zone']}** ({a['verdict']}): {a['text']}" for a in r["advice"]] or ["- Nothing to change."]
+    lines += ["", "## Lint (before the run)", ""]
+    lines += [f"- {w}" for w in r["lint"]] or ["- No warnings."]
+    lines += ["", "## How to read this", "",
+              "- *visits*: runs of sensor samples whose true position is inside the fence; *grazes* never went "
+              "0.25 m deep and are not scored.",
+              "- *recall*: share of visits during which the agent had the shopper in the zone; *precision*: "
+              "share of the agent's entries that overlap a true visit; `–` when the zone had no visits.",
+              "- *delay*: median seconds from the true entry to the agent's `enter`.",
+              f"- Wall-clock fields (`{'`, `'.join(r['nondeterministic'])}`) differ between runs; everything else "
+              "is the same for the same seed.",
+              "", "![map](map.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out / "report.md").write_text(markdown(report))
