@@ -133,6 +133,8 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     app.router.add_post("/v1/admin/reload", admin_reload)
     app.router.add_delete("/v1/admin/devices/{device}", admin_forget)
     app.router.add_get("/v1/admin/audit", admin_audit)
+    from .sources import add_routes as add_source_routes  # here: the adapters import AGENT from this module
+    add_source_routes(app)  # /v1/ingest/meraki, /v1/ingest/aruba
     alerts.setup_routes(app, AGENT, require_associate)  # /associates, /associates/ws, /v1/alerts/...
     for fn in extra or ():
         fn(app)

@@ -119,6 +119,8 @@ class Metrics:
         self.sync_errors = Counter("edge_sync_errors_total", "Failed sync attempts by kind.", ("kind",))
         self.bundles = Counter("edge_bundles_total", "Central bundles by result.", ("result",))
         self.spoofed = Counter("edge_spoofed_pings_total", "Pings ignored for triggering, by reason.", ("reason",))
+        self.unknown_beacons = Counter("edge_unknown_beacons_total",
+                                       "BLE readings naming a beacon not in the layout (ignored).")
         self.extra: list = []
 
     def all(self) -> list:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 import numpy as np
+from paho.mqtt.client import topic_matches_sub as topic_matches
 
 from geometry import beacons as beaconing
 from geometry.fences import FenceIndex, Match
@@ -37,7 +38,7 @@ from geometry.tracking import DeviceTrack, Dwelled, Entered, Exited, TrackParams
 from store_config.model import Consent, Profile, StoreConfig
 from sync.pseudonym import Pseudonymizer, load_or_create_secret
 
-from . import codecs
+from . import codecs, sources
 from .alerts import AlertManager
 from .codecs import PayloadError, Ping
 from .decisions import OfferHistory, Outcome, decide, promotions_by_fence, store_day
@@ -121,6 +122,7 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self.ready = False
         self.listeners: list[Callable[[str, dict], None]] = []  # (kind, data) for demo / page
+        self.source_routes: list[tuple[str, int, Callable[[Message], list[Ping]]]] = []
         self.alerts = AlertManager(self)  # associates' alerts (edge_agent/alerts.py)
 
     # -- config
@@ -228,6 +230,8 @@ class Agent:
                 (f"{self.root}/consent/+", 1), (f"{self.root}/inventory", 1), (f"{self.root}/alert/claim", 1)]
         if cfg.ingest.owntracks:
             subs.append(("owntracks/+/+", 0))
+        self.source_routes = sources.mqtt_routes(self)  # vendor feeds over MQTT (Aruba ALE)
+        subs += [(flt, qos) for flt, qos, _ in self.source_routes]
         self.mqtt = MqttClient(cfg.mqtt, client_id=self.client_id, subscriptions=subs,
                                on_batch=self.on_batch, status_topic=f"{self.root}/status",
                                on_connected=self._on_connected, on_published=self._on_published,
@@ -323,7 +327,10 @@ class Agent:
         acks: list[Message] = []
         for m in msgs:
             try:
-                if m.topic.startswith(root):
+                route = self._source_route(m.topic) if self.source_routes else None
+                if route is not None:
+                    pings.extend(route(m))
+                elif m.topic.startswith(root):
                     rest = m.topic[len(root):]
                     if rest.startswith("ping/"):
                         ping = self._decode_ping(m, rest)
@@ -394,6 +401,8 @@ class Agent:
         accs = np.empty(n)
         ok = np.ones(n, dtype=bool)
         default_acc = cfg.tracking.default_acc
+        ble = cfg.sources.get("ble", {})
+        ble_n, ble_k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 4)
         geo_idx = []
         for i, p in enumerate(pings):
             if p.x is not None:
@@ -401,9 +410,9 @@ class Agent:
             elif p.lat is not None:
                 geo_idx.append(i)
             else:
-                located, unknown = beaconing.locate_detail(p.beacons, rt.beacons)
+                located, unknown = beaconing.locate_detail(p.beacons, rt.beacons, n=ble_n, strongest=ble_k)
                 if unknown:
-                    self.metrics.spoofed.inc("unknown_beacon", n=unknown)
+                    self.metrics.unknown_beacons.inc(n=unknown)
                 if located is None:
                     ok[i] = False
                     self._dead_ping(p, "no_position", "no known beacon in the sighting")
@@ -519,6 +528,19 @@ class Agent:
                 fn("offer", {"device": pseudo, **payload})
             self.alerts.on_offer(device, pseudo, promo, fence.id, now)
         self.ledger.audit(audit)
+
+    def ingest_pings(self, pings: list[Ping]) -> None:
+        """Run already-decoded pings (vendor adapters: Meraki, Aruba) through
+        the same pipeline as MQTT pings, then commit and publish once."""
+        if pings:
+            self._process_pings(pings)
+        self._commit_and_flush()
+
+    def _source_route(self, topic: str) -> Callable[[Message], list[Ping]] | None:
+        for flt, _, decode in self.source_routes:
+            if topic_matches(flt, topic):
+                return decode
+        return None
 
     def _commit_and_flush(self) -> None:
         """Commit everything of this batch once, then publish its offers."""

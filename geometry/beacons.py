@@ -1,7 +1,9 @@
 """Positions from raw BLE beacon sightings (iBeacon / Eddystone).
 
 A log-distance path-loss model turns each RSSI into a distance; the position
-is a weighted centroid (weights ``1/d**2``) of the strongest known beacons.
+is a weighted centroid (weights ``1/d**2``) of the strongest known beacons,
+refined by weighted least squares on the ranges when three or more beacons
+were read (the centroid alone leans towards the nearest beacon).
 """
 
 from __future__ import annotations
@@ -69,14 +71,59 @@ def locate_detail(
         sx += w * x
         sy += w * y
     cx, cy = sx / wsum, sy / wsum
-    # accuracy: weighted RMS of the mismatch between the centroid's distance
+    if len(pts) >= 3:
+        cx, cy = _refine(pts, cx, cy)
+    # accuracy: weighted RMS of the mismatch between the estimate's distance
     # to each beacon and that beacon's estimated range
-    se = 0.0
-    for x, y, d, _ in pts:
-        w = 1.0 / (d * d)
-        se += w * (math.hypot(cx - x, cy - y) - d) ** 2
-    acc = math.sqrt(se / wsum)
+    acc = math.sqrt(_cost(pts, cx, cy) / wsum)
     return (cx, cy, floor, max(acc, min_acc)), unknown
+
+
+def _cost(pts, px: float, py: float) -> float:
+    return sum((math.hypot(px - x, py - y) - d) ** 2 / (d * d) for x, y, d, _ in pts)
+
+
+def _refine(pts, cx: float, cy: float, iterations: int = 12) -> tuple[float, float]:
+    """Weighted least-squares multilateration (Gauss-Newton, weights ``1/d**2``)
+    started from the weighted centroid, which is biased towards the nearest
+    beacon.  A step is kept only when it lowers the weighted range mismatch and
+    stays within the beacons' bounding box grown by the longest range, so
+    inconsistent (noisy) ranges fall back to the centroid instead of diverging."""
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    reach = max(p[2] for p in pts)
+    lo_x, hi_x, lo_y, hi_y = min(xs) - reach, max(xs) + reach, min(ys) - reach, max(ys) + reach
+    px, py = cx, cy
+    cost = _cost(pts, px, py)
+    for _ in range(iterations):
+        a11 = a12 = a22 = g1 = g2 = 0.0
+        for x, y, d, _ in pts:
+            r = math.hypot(px - x, py - y)
+            if r < 1e-9:
+                continue
+            ux, uy = (px - x) / r, (py - y) / r
+            w = 1.0 / (d * d)
+            res = r - d
+            a11 += w * ux * ux
+            a12 += w * ux * uy
+            a22 += w * uy * uy
+            g1 += w * ux * res
+            g2 += w * uy * res
+        det = a11 * a22 - a12 * a12
+        if det <= 1e-12 * max(a11 * a22, 1e-300):
+            break  # (nearly) collinear beacons: no unique fix
+        dx = -(a22 * g1 - a12 * g2) / det
+        dy = -(a11 * g2 - a12 * g1) / det
+        nx, ny = px + dx, py + dy
+        if not (lo_x <= nx <= hi_x and lo_y <= ny <= hi_y):
+            break
+        new = _cost(pts, nx, ny)
+        if new >= cost:
+            break
+        px, py, cost = nx, ny, new
+        if math.hypot(dx, dy) < 1e-4:
+            break
+    return px, py
 
 
 def locate(
