@@ -1,0 +1,189 @@
+"""Hot reload of promotions, profiles and inventory: file changes, SIGHUP and
+the admin endpoint; a bad update is refused and the last good config serves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from edge_agent import runner
+
+pytestmark = pytest.mark.broker
+
+POLL_FAST = """
+    [reload]
+    poll_s = 0.05
+"""
+POLL_OFF = """
+    [reload]
+    poll_s = 0
+"""
+AISLE = {"x": 24.0, "y": 10.0, "acc": 0.5}
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Replace a file atomically, as an editor or a deploy tool does."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def reload_events(agent) -> asyncio.Queue:
+    q: asyncio.Queue = asyncio.Queue()
+    agent.listeners.append(lambda kind, data: q.put_nowait(data) if kind == "reload" else None)
+    return q
+
+
+async def test_file_change_goes_live_within_seconds(store_factory, agent_factory, mqtt_client):
+    cfg = store_factory(toml_extra=POLL_FAST)
+    server = await agent_factory(cfg)
+    agent = server.agent
+    events = reload_events(agent)
+    phone = mqtt_client()
+    R = cfg.root_topic
+    await phone.subscribe(f"{R}/offer/+")
+    t0 = time.monotonic()
+    write_json(cfg.files["promotions"], [{"id": "new-deal", "title": "New deal", "zones": ["aisle-1"]}])
+    ev = await asyncio.wait_for(events.get(), 5)
+    assert ev["result"] == "ok" and ev["version"] == agent.cfg.version != cfg.version
+    assert time.monotonic() - t0 < 2.0
+    assert agent.metrics.config_reloads.get("ok") == 1
+    await phone.publish(f"{R}/ping/uwb/p", AISLE, qos=0)
+    assert (await phone.next_json(f"{R}/offer/+"))["promotion_id"] == "new-deal"
+
+
+async def test_bad_file_is_refused_then_a_fixed_one_applies(store_factory, agent_factory, mqtt_client, caplog):
+    cfg = store_factory(toml_extra=POLL_FAST)
+    server = await agent_factory(cfg)
+    agent = server.agent
+    events = reload_events(agent)
+    layout = cfg.files["layout"]
+    bad = json.loads(Path(layout).read_text())
+    bad["features"][2]["properties"]["kind"] = "corridor"  # aisle-1
+    write_json(layout, bad)
+    ev = await asyncio.wait_for(events.get(), 5)
+    assert ev["result"] == "refused" and ev["version"] == cfg.version
+    assert any(layout in p and 'feature "aisle-1"' in p and "'kind'" in p for p in ev["problems"])
+    assert any("reload (file change) refused" in r.getMessage() and "aisle-1" in r.getMessage()
+               for r in caplog.records)
+    assert agent.metrics.config_reloads.get("refused") == 1
+    assert agent.cfg.version == cfg.version
+    write_json(cfg.files["promotions"], [{"id": "p2", "title": "P2", "zones": ["aisle-1"]}])
+    bad["features"][2]["properties"]["kind"] = "aisle"
+    write_json(layout, bad)
+    while (ev := await asyncio.wait_for(events.get(), 5))["result"] != "ok":
+        pass  # a poll may see the promotions file before the layout is fixed
+    assert [p.id for p in agent.cfg.promotions] == ["p2"]
+
+
+async def test_admin_reload_needs_the_token(store_factory, agent_factory):
+    cfg = store_factory(toml_extra=POLL_OFF)
+    server = await agent_factory(cfg)
+    write_json(cfg.files["promotions"], [{"id": "p9", "title": "P9", "zones": ["produce"]}])
+    url = server.url + "/v1/admin/reload"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url) as r:
+            assert r.status == 401
+        async with http.post(url, headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401
+        assert server.agent.cfg.version == cfg.version
+        async with http.post(url, headers={"Authorization": "Bearer admin-secret"}) as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body == {"ok": True, "version": server.agent.cfg.version, "problems": []}
+        assert body["version"] != cfg.version
+        async with http.post(url, headers={"Authorization": "Bearer admin-secret"}) as r:
+            assert (await r.json())["ok"] is True  # nothing changed: fine, nothing done
+    assert server.agent.metrics.config_reloads.get("unchanged") == 1
+    assert [p.id for p in server.agent.cfg.promotions] == ["p9"]
+
+
+async def test_reload_cannot_change_the_store_id(store_factory, agent_factory):
+    cfg = store_factory(toml_extra=POLL_OFF)
+    server = await agent_factory(cfg)
+    toml = Path(cfg.files["store"])
+    toml.write_text(toml.read_text().replace(f'id = "{cfg.store_id}"', 'id = "OTHER"'))
+    ok, problems = server.agent.reload_from_files()
+    assert not ok and "store id" in problems[0]
+    assert server.agent.cfg.store_id == cfg.store_id
+
+
+async def test_sighup_reloads(store_factory, mqtt_client, monkeypatch):
+    cfg = store_factory(toml_extra=POLL_OFF)
+    started: asyncio.Queue = asyncio.Queue()
+
+    class Recorded(runner.Server):
+        async def start(self):
+            await super().start()
+            started.put_nowait(self)
+
+    monkeypatch.setattr(runner, "Server", Recorded)
+    task = asyncio.create_task(runner.serve(cfg))
+    # serve() installs its signal handlers right after start(), before it next yields.
+    server = await asyncio.wait_for(started.get(), 10)
+    try:
+        await asyncio.wait_for(server.agent.mqtt.subscribed.wait(), 10)
+        events = reload_events(server.agent)
+        write_json(cfg.files["promotions"], [{"id": "hup", "title": "Hup", "zones": ["aisle-1"]}])
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert (await asyncio.wait_for(events.get(), 5))["result"] == "ok"
+        phone = mqtt_client()
+        await phone.subscribe(f"{cfg.root_topic}/offer/+")
+        await phone.publish(f"{cfg.root_topic}/ping/uwb/h", AISLE, qos=0)
+        assert (await phone.next_json(f"{cfg.root_topic}/offer/+"))["promotion_id"] == "hup"
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(task, 20) == 0
+
+
+async def test_file_inventory_never_undoes_a_newer_mqtt_update(store_factory, agent_factory, mqtt_client):
+    cfg = store_factory(toml_extra=POLL_OFF, inventory={"chips": 5},
+                        promotions=[{"id": "chips", "title": "Chips", "skus": ["chips"], "requires_stock": True}])
+    inv_file = cfg.files["inventory"]
+    hour_ago = time.time() - 3600
+    os.utime(inv_file, (hour_ago, hour_ago))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    phone = mqtt_client()
+    R = cfg.root_topic
+    await phone.subscribe(f"{R}/deadletter")
+    await phone.publish(f"{R}/inventory", {"sku": "chips", "qty": 0, "ts": time.time() - 60}, qos=1)
+    await phone.publish(f"{R}/inventory", b"[", qos=1)  # its dead letter: the update before it is done
+    await phone.next(f"{R}/deadletter")
+    assert agent.inventory["chips"][0] == 0
+    # Promotions change; the inventory file (an hour old) does not undo the POS update.
+    write_json(cfg.files["promotions"], [{"id": "chips", "title": "Chips!", "skus": ["chips"],
+                                          "requires_stock": True}])
+    assert agent.reload_from_files() == (True, [])
+    assert agent.inventory["chips"][0] == 0
+    # A newer file does.
+    write_json(inv_file, {"chips": 7})
+    assert agent.reload_from_files() == (True, [])
+    assert agent.inventory["chips"][0] == 7
+
+
+async def test_profile_reload_opt_out_applies_but_opt_in_never_undoes_a_device_opt_out(
+        store_factory, agent_factory, mqtt_client):
+    yes = {"offers": True, "tracking": True}
+    cfg = store_factory(toml_extra=POLL_OFF, profiles=[{"device": "a", "consent": yes},
+                                                        {"device": "b", "consent": yes}])
+    server = await agent_factory(cfg)
+    agent = server.agent
+    phone = mqtt_client()
+    R = cfg.root_topic
+    await phone.subscribe(f"{R}/deadletter")
+    await phone.publish(f"{R}/consent/b", {"offers": False}, qos=1)
+    await phone.publish(f"{R}/consent/b", b"x", qos=1)
+    await phone.next(f"{R}/deadletter")
+    no = {"offers": False, "tracking": True}
+    write_json(cfg.files["profiles"], [{"device": "a", "consent": no}, {"device": "b", "consent": yes}])
+    assert agent.reload_from_files() == (True, [])
+    assert agent.consent_for("a", agent.pseudonym("a"))[1].offers is False  # the profile's opt-out holds
+    assert agent.consent_for("b", agent.pseudonym("b"))[1].offers is False  # the device's opt-out holds
