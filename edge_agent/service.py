@@ -37,6 +37,7 @@ from geometry.frames import LocalFrame
 from geometry.tracking import DeviceTrack, Dwelled, Entered, Exited, TrackParams, step, tick
 from store_config.model import Consent, Profile, StoreConfig
 from sync.pseudonym import Pseudonymizer, load_or_create_secret
+from sync.tasks import Sync
 
 from . import codecs, sources
 from .alerts import AlertManager
@@ -115,6 +116,7 @@ class Agent:
         self.client_id = client_id or cfg.mqtt.client_id or f"edge-agent-{cfg.store_id}"
         self.mqtt: MqttClient | None = None
         self.ledger: Ledger | None = None
+        self.sync: Sync | None = None  # uplink, downlink, outbox housekeeping (sync/tasks.py)
         self.pseudo: Pseudonymizer | None = None
         self._pending: dict[int, PendingOffer] = {}
         self._delivered: list[str] = []
@@ -222,6 +224,8 @@ class Agent:
         self.pseudo = Pseudonymizer(load_or_create_secret(data / "pseudonym.key"))
         self.ledger = Ledger(data / "edge.sqlite3", store_id=cfg.store_id)
         self._restore()
+        self.sync = Sync(self)
+        self.sync.load_saved_bundle()  # the last good bundle from central, before serving
         self.metrics.outbox_pending.fn = self.ledger.outbox.pending
         self.metrics.broker_connected.fn = lambda: 1.0 if self.mqtt and self.mqtt.connected.is_set() else 0.0
         self.metrics.tracked_devices.fn = lambda: len(self.tracks)
@@ -240,6 +244,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._ticker(), name="tracker-tick"))
         if cfg.path is not None:
             self._tasks.append(asyncio.create_task(self.reloader.run(), name="config-reload"))
+        await self.sync.start()
         self.ready = True
         log.info("agent for store %s (%s) started; broker %s", cfg.store_id, cfg.name, cfg.mqtt.url)
 
@@ -253,6 +258,8 @@ class Agent:
             except asyncio.CancelledError:
                 pass
         self._tasks.clear()
+        if self.sync is not None:
+            await self.sync.stop()
         if self.mqtt:
             await self.mqtt.stop()
         if self.ledger:

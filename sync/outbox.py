@@ -25,6 +25,8 @@ KIND_CLASS = {
     "consent": NEVER_SHED,
 }
 
+ROW_OVERHEAD = 48  # bytes per row beyond its text: record header, rowid, ts, cls, index entry
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -80,6 +82,42 @@ class Outbox:
         """The oldest ``limit`` events, in order, as (seq, event dict)."""
         rows = self.conn.execute("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
         return [(seq, json.loads(body)) for seq, body in rows]
+
+    def peek_after(self, after_seq: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Like :meth:`peek`, for events with ``seq > after_seq`` (rows already in flight are skipped)."""
+        rows = self.conn.execute("SELECT seq, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                                 (after_seq, limit)).fetchall()
+        return [(seq, json.loads(body)) for seq, body in rows]
+
+    def still_pending(self, seqs: list[int]) -> list[tuple[int, dict[str, Any]]]:
+        """Those of ``seqs`` still in the outbox (a retried batch minus what was shed or forgotten)."""
+        out: list[tuple[int, dict[str, Any]]] = []
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i:i + 500]
+            rows = self.conn.execute(
+                f"SELECT seq, body FROM outbox WHERE seq IN ({','.join('?' * len(chunk))}) ORDER BY seq",
+                chunk).fetchall()
+            out.extend((seq, json.loads(body)) for seq, body in rows)
+        return out
+
+    def size_estimate(self) -> tuple[int, int]:
+        """(rows, estimated bytes on disk): rows × the average size of the
+        newest 256 rows (body + key + fixed overhead for the row and the key
+        index).  Cheap enough to run every few seconds on a million rows."""
+        n = self.pending()
+        if n == 0:
+            return 0, 0
+        avg = self.conn.execute(
+            "SELECT avg(length(body) + 2 * length(key) + length(kind) + coalesce(length(device), 0)) "
+            "FROM (SELECT body, key, kind, device FROM outbox ORDER BY seq DESC LIMIT 256)").fetchone()[0]
+        return n, int(n * (float(avg or 0.0) + ROW_OVERHEAD))
+
+    def count_by_class(self) -> dict[int, int]:
+        return dict(self.conn.execute("SELECT cls, count(*) FROM outbox GROUP BY cls").fetchall())
+
+    def purge_aside(self, before: float) -> int:
+        """Delete set-aside rows set aside before ``before`` (retention); the caller commits."""
+        return self.conn.execute("DELETE FROM outbox_aside WHERE set_aside_at < ?", (before,)).rowcount
 
     def delete(self, seqs: list[int]) -> None:
         self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])

@@ -1,0 +1,307 @@
+"""The downlink: bundles of rules from central, validated whole, applied atomically.
+
+``GET {central_url}/v1/stores/{store}/bundle`` every ``[sync] interval_s``
+with ``If-None-Match: <ETag of the last good bundle>``.  A 304 changes
+nothing.  A 200 body (JSON, or msgpack with ``Content-Type:
+application/msgpack``) is ``{"version", "ts"?, "promotions"?, "profiles"?,
+"inventory"?, "layout"?}``; a key that is missing means "unchanged".
+
+The bundle is validated with the same parsers as the files
+(:mod:`store_config.load`) against the rest of the configuration (promotions
+must name fences of the layout in force, roles' zones must exist, ...).  Any
+problem refuses the whole bundle: the problems are logged, counted in
+``edge_bundles_total{result="refused"}``, and the running rules stay.  A good
+bundle becomes a new :class:`StoreConfig` (``dataclasses.replace`` of the
+files' config) that ``Agent.install`` swaps in at once; inventory in a bundle
+is merged per sku with the bundle's ``ts`` (or its receipt time) so the
+newest value wins, and ``Agent.install`` keeps a device's own newer opt-out.
+
+The last good bundle (every key received so far, newest value per key, with
+its ETag) is written atomically to ``{data dir}/bundle.json`` (tmp file,
+fsync, rename, fsync of the directory) and applied at start before the
+agent serves, so a restart while central is down serves the latest rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from store_config.load import (
+    config_version,
+    cross_check,
+    parse_inventory,
+    parse_layout,
+    parse_profiles,
+    parse_promotions,
+)
+from store_config.model import ConfigError, Problem, StoreConfig
+
+from .uplink_http import backoff_delay
+from .wire import decode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tasks import Sync
+
+log = logging.getLogger("sync.downlink")
+
+BUNDLE_KEYS = ("layout", "promotions", "profiles", "inventory")
+META_KEYS = frozenset({"version", "ts", "store"})
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+STATE_FILE = "bundle.json"
+
+
+def build_config(base: StoreConfig, bundle: dict[str, Any]) -> StoreConfig:
+    """``base`` with the bundle's keys replaced, validated whole; raises
+    :class:`ConfigError` listing every problem."""
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    fences, beacons, outline = base.fences, base.beacons, base.outline
+    promotions, profiles, inventory = base.promotions, base.profiles, base.inventory
+    layout_ok = True
+
+    def run(key: str, fn):
+        try:
+            return fn(bundle[key], f"bundle:{key}")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return None
+
+    if "layout" in bundle:
+        res = run("layout", lambda o, f: parse_layout(o, file=f, anchor=base.anchor))
+        if res is None:
+            layout_ok = False
+        else:
+            fences, beacons, outline = res
+    if "promotions" in bundle:
+        res = run("promotions", lambda o, f: parse_promotions(o, file=f, timezone=base.timezone,
+                                                               warnings=warnings))
+        promotions = res if res is not None else promotions
+    if "profiles" in bundle:
+        res = run("profiles", lambda o, f: parse_profiles(o, file=f, warnings=warnings))
+        if res is not None:
+            profiles = MappingProxyType(res)
+    if "inventory" in bundle:
+        res = run("inventory", lambda o, f: parse_inventory(o, file=f))
+        if res is not None:
+            inventory = MappingProxyType(res)
+    if layout_ok:
+        problems.extend(cross_check(fences, promotions, file="bundle"))
+        ids = {f.id for f in fences}
+        for role, zones in base.associates.roles.items():
+            missing = [z for z in zones if z not in ids]
+            if missing:
+                problems.append(Problem("bundle:layout", "[associates.roles]", role,
+                                        f"the layout drops fence(s) this role names: {', '.join(missing)}"))
+    if problems:
+        raise ConfigError(problems)
+    for w in warnings:
+        log.warning("bundle: %s", w)
+    parts = {k: bundle[k] for k in BUNDLE_KEYS if k in bundle}
+    return replace(base, fences=fences, beacons=beacons, outline=outline, promotions=promotions,
+                   profiles=profiles, inventory=inventory,
+                   version=config_version({"files": base.version, "bundle": parts}))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """tmp + fsync + rename + fsync(dir): after a crash the file is the old or the new one, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Downlink:
+    """Polls central for bundles and applies the good ones."""
+
+    def __init__(self, sync: "Sync", *, rand=random.random):
+        self.sync = sync
+        self.agent = sync.agent
+        self.rand = rand
+        self.path = Path(self.agent.cfg.data_dir) / STATE_FILE
+        self.base = self.agent.cfg  # the configuration from files, before any bundle
+        self.merged: dict[str, Any] = {}  # every bundle key received so far, newest value per key
+        self.key_ts: dict[str, float] = {}  # time of each key's value (bundle ts or receipt time)
+        self.etag: str | None = None
+        self.version: str | None = None
+        self._refused: str | None = None  # fingerprint of the last refused bundle (log once)
+        self.failures = 0
+
+    @property
+    def url(self) -> str:
+        cfg = self.agent.cfg
+        return f"{cfg.sync.central_url.rstrip('/')}/v1/stores/{cfg.store_id}/bundle"
+
+    # -- the last good bundle on disk
+    def load_saved(self) -> bool:
+        """Apply the saved last good bundle (at start, before serving)."""
+        try:
+            state = json.loads(self.path.read_bytes())
+            merged, key_ts = state["bundle"], state["key_ts"]
+            if not isinstance(merged, dict) or not isinstance(key_ts, dict):
+                raise ValueError("bundle and key_ts must be objects")
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("saved bundle %s is unreadable (%s); serving the files' rules until central answers",
+                      self.path, exc)
+            self.agent.metrics.bundles.inc("refused")
+            return False
+        try:
+            cfg = build_config(self.base, merged)
+        except ConfigError as exc:
+            self._log_refusal("saved bundle", exc.problems)
+            self.agent.metrics.bundles.inc("refused")
+            return False
+        inv_ts = key_ts.get("inventory") if "inventory" in merged else None
+        self.agent.install(cfg, inventory_ts=inv_ts)
+        self.merged, self.key_ts = merged, {k: float(v) for k, v in key_ts.items()}
+        self.etag, self.version = state.get("etag"), state.get("version")
+        self.agent.metrics.bundles.inc("restored")
+        log.info("restored the last good bundle (version %s, ETag %s) from %s", self.version, self.etag,
+                 self.path)
+        return True
+
+    def _state_bytes(self) -> bytes:
+        return json.dumps({"etag": self.etag, "version": self.version, "bundle": self.merged,
+                           "key_ts": self.key_ts}, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def overlay(self, files_cfg: StoreConfig) -> StoreConfig:
+        """The bundle applied on a configuration freshly reloaded from files
+        (raises ConfigError when they no longer fit together)."""
+        self.base = files_cfg
+        return build_config(files_cfg, self.merged) if self.merged else files_cfg
+
+    # -- receiving
+    def receive(self, obj: Any, *, etag: str | None, received_at: float) -> tuple[bool, list[str]]:
+        """Validate a bundle whole and apply it; (applied, problems).  Synchronous, loop thread."""
+        agent = self.agent
+        problems: list[Problem] = []
+        if not isinstance(obj, dict):
+            problems.append(Problem("bundle", "", "", f"must be an object, not {type(obj).__name__}"))
+            obj = {}
+        ts = obj.get("ts")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
+            problems.append(Problem("bundle", "", "ts", "must be a number (epoch seconds)"))
+        version = obj.get("version")
+        if version is not None and not isinstance(version, (str, int)):
+            problems.append(Problem("bundle", "", "version", "must be a string"))
+        unknown = sorted(str(k) for k in obj if k not in META_KEYS and k not in BUNDLE_KEYS)
+        if unknown:
+            log.warning("bundle: unknown key(s) ignored: %s", ", ".join(unknown))
+        new = {k: obj[k] for k in BUNDLE_KEYS if k in obj}
+        merged = {**self.merged, **new}
+        cfg = None
+        if not problems:
+            try:
+                cfg = build_config(self.base, merged)
+            except ConfigError as exc:
+                problems = exc.problems
+        if problems or cfg is None:
+            fp = etag or json.dumps(obj, sort_keys=True, default=str)[:4096]
+            if fp != self._refused:
+                self._refused = fp
+                self._log_refusal(f"bundle {version!r} (ETag {etag})", problems)
+                agent.metrics.bundles.inc("refused")
+            self.sync.notify("bundle", {"result": "refused", "problems": [str(p) for p in problems]})
+            return False, [str(p) for p in problems]
+        when = float(ts) if ts is not None else received_at
+        inv_ts = when if "inventory" in new else None
+        agent.install(cfg, inventory_ts=inv_ts)
+        self.merged = merged
+        self.key_ts.update({k: when for k in new})
+        self.etag, self.version, self._refused = etag, None if version is None else str(version), None
+        agent.metrics.bundles.inc("applied")
+        log.info("bundle %s applied (%s); config version %s", self.version, ", ".join(new) or "no changes",
+                 cfg.version)
+        self.sync.notify("bundle", {"result": "applied", "version": self.version, "config_version": cfg.version})
+        return True, []
+
+    def _log_refusal(self, what: str, problems: list) -> None:
+        for p in problems:
+            log.error("%s refused: %s", what, p)
+        log.error("%s refused with %d problem(s); config version %s keeps serving", what, len(problems),
+                  self.agent.cfg.version)
+
+    # -- polling
+    async def poll(self, session: aiohttp.ClientSession) -> str:
+        """One GET; returns "applied", "unchanged", "refused" or an error kind."""
+        agent = self.agent
+        sc = agent.cfg.sync
+        headers = {"Accept": "application/json, application/msgpack"}
+        if sc.token:
+            headers["Authorization"] = f"Bearer {sc.token}"
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        try:
+            async with session.get(self.url, headers=headers,
+                                   timeout=aiohttp.ClientTimeout(total=sc.timeout_s)) as resp:
+                status = resp.status
+                etag = resp.headers.get("ETag")
+                ctype = resp.headers.get("Content-Type")
+                body = await resp.content.read(MAX_BUNDLE_BYTES + 1) if status == 200 else b""
+        except asyncio.TimeoutError:
+            agent.metrics.sync_errors.inc("bundle_timeout")
+            return "timeout"
+        except (aiohttp.ClientError, OSError) as exc:
+            agent.metrics.sync_errors.inc("bundle_connection")
+            log.debug("central unreachable for bundles: %s", exc)
+            return "connection"
+        if status == 304:
+            agent.metrics.bundles.inc("unchanged")
+            agent.metrics.last_sync.set(agent.clock())
+            return "unchanged"
+        if status != 200:
+            agent.metrics.sync_errors.inc("bundle_http")
+            log.warning("central answered %d to GET %s", status, self.url)
+            return f"http_{status}"
+        agent.metrics.last_sync.set(agent.clock())
+        if len(body) > MAX_BUNDLE_BYTES:
+            ok, _ = self.receive(None, etag=etag, received_at=agent.clock())
+            return "refused"
+        try:
+            obj = decode(body, ctype)
+        except ValueError as exc:
+            obj = None
+            log.error("bundle body refused: %s", exc)
+        ok, _ = self.receive(obj, etag=etag, received_at=agent.clock())
+        if ok:
+            try:
+                await asyncio.to_thread(write_atomically, self.path, self._state_bytes())
+            except OSError as exc:
+                log.error("cannot save the last good bundle to %s: %s", self.path, exc)
+        return "applied" if ok else "refused"
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            try:
+                result = await self.poll(session)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception:
+                log.exception("bundle poll failed")
+                result = "error"
+            interval = self.agent.cfg.sync.interval_s
+            if result in ("applied", "unchanged", "refused"):
+                self.failures = 0
+                await asyncio.sleep(interval)
+            else:
+                self.failures += 1
+                await asyncio.sleep(max(interval, backoff_delay(self.failures, self.rand())))

@@ -1,0 +1,56 @@
+"""Housekeeping of the store's SQLite file: the outbox bound and retention.
+
+*Bound* (``[sync] max_outbox_mb``): when the outbox's estimated size
+(rows × average row size, see :meth:`Outbox.size_estimate`) is over the bound,
+events are shed down to 90 % of it — analytics (``transition``) first, then
+ordinary events (offers, suppressions, alerts, dead letters), oldest first
+within a class.  Redemptions, dismissals and consent changes are never shed.
+Each shed event is counted in ``edge_outbox_shed_total{kind}``.
+
+*Retention* (``[sync] retention_days``, default 30): audit rows, offer rows
+and set-aside batches older than that are deleted.  Offer rows younger than
+the longest promotion cooldown (at least a day) are kept whatever the
+retention, so cooldowns and caps survive a restart.  Pending outbox rows are
+not subject to retention (they are bounded by size instead); the agent keeps
+no raw positions on disk at all (trackers live in memory only).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from sync.outbox import Outbox
+
+log = logging.getLogger("sync.housekeeping")
+
+SHED_TARGET = 0.9  # shed down to this fraction of the bound
+
+
+@dataclass(slots=True)
+class ShedResult:
+    dropped: dict[str, int]
+    size_before: int
+    stuck: bool  # over the bound with nothing left that may be shed
+
+
+def enforce_bound(outbox: Outbox, max_bytes: float) -> ShedResult:
+    """Shed sheddable events while the outbox is over ``max_bytes``; the caller commits."""
+    rows, size = outbox.size_estimate()
+    if size <= max_bytes or rows == 0:
+        return ShedResult({}, size, False)
+    avg = size / rows
+    n = math.ceil((size - SHED_TARGET * max_bytes) / avg)
+    dropped = outbox.shed(n)
+    return ShedResult(dropped, size, sum(dropped.values()) < n)
+
+
+def purge(conn, *, now: float, retention_s: float, keep_offers_s: float) -> dict[str, int]:
+    """Delete audit, offer and set-aside rows older than the retention; the caller commits."""
+    cutoff = now - retention_s
+    out = {"audit": conn.execute("DELETE FROM audit WHERE ts < ?", (cutoff,)).rowcount,
+           "offers": conn.execute("DELETE FROM offers WHERE ts < ?",
+                                  (min(cutoff, now - keep_offers_s),)).rowcount,
+           "outbox_aside": conn.execute("DELETE FROM outbox_aside WHERE set_aside_at < ?", (cutoff,)).rowcount}
+    return out

@@ -1,0 +1,185 @@
+"""The HTTP uplink against a real aiohttp server playing central (tests/central.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.central import Central
+
+pytestmark = pytest.mark.broker
+
+PRIVATE = {"x", "y", "lat", "lon", "acc", "coords", "beacons", "payload_b64", "topic"}
+
+
+def sync_toml(central: Central, **extra) -> str:
+    keys = {"central_url": central.url, "token": central.token, "interval_s": 0.2, "timeout_s": 0.5, **extra}
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
+    # Test shoppers move between fences 10 s apart (ping clock), never faster than the teleport guard allows.
+    return (f"\n[sync]\n{body}\n\n[privacy]\nanonymous_tracking = true\n"
+            f"\n[tracking]\nclock = \"ping\"\n")
+
+
+@pytest.fixture
+async def central():
+    c = Central()
+    yield c
+    await c.stop()
+
+
+_clocks: dict[str, float] = {}  # store root -> ping time of the last ping
+
+
+def _ts(R: str, step: float) -> float:
+    _clocks[R] = _clocks.get(R, time.time() - 280) + step
+    return _clocks[R]
+
+
+async def walk(phone, R: str, device: str) -> None:
+    """Entrance, then aisle-1 (4 s later, a brisk walk): enter/exit transitions and a `chips` offer."""
+    await phone.publish(f"{R}/ping/uwb/{device}", {"x": 3.0, "y": 1.5, "acc": 0.5, "ts": _ts(R, 1)}, qos=0)
+    await phone.publish(f"{R}/ping/uwb/{device}", {"x": 24.0, "y": 10.0, "acc": 0.5, "ts": _ts(R, 4)}, qos=0)
+
+
+async def barrier(phone, R: str) -> None:
+    """A dead letter after the pings proves every earlier ping was processed."""
+    if f"{R}/deadletter" not in phone.queues:
+        await phone.subscribe(f"{R}/deadletter")
+    await phone.publish(f"{R}/ping/uwb/marker", b"not a ping", qos=0)
+    await phone.next(f"{R}/deadletter")
+
+
+async def until(agent, pred, timeout: float = 15.0) -> None:
+    """Wait until ``pred()`` holds, re-checked whenever the sync tasks report something."""
+    changed = asyncio.Event()
+    agent.sync.listeners.append(lambda kind, data: changed.set())
+
+    async def loop():
+        while not pred():
+            changed.clear()
+            await changed.wait()
+    await asyncio.wait_for(loop(), timeout)
+
+
+def pending_keys(agent) -> set[str]:
+    return {body["key"] for _, body in agent.ledger.outbox.peek(100_000)}
+
+
+async def test_central_down_at_start_then_up_every_event_once(store_factory, agent_factory, mqtt_client, central):
+    cfg = store_factory(toml_extra=sync_toml(central, encoding="msgpack"))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    phone = mqtt_client()
+    R = cfg.root_topic
+    for i in range(20):
+        await walk(phone, R, f"shopper-{i}")
+    await barrier(phone, R)
+    recorded = pending_keys(agent)
+    kinds = {body["kind"] for _, body in agent.ledger.outbox.peek(100_000)}
+    assert {"transition", "offer", "deadletter"} <= kinds
+    await central.start()
+    await until(agent, lambda: agent.ledger.outbox.pending() == 0)
+    assert recorded <= set(central.events)
+    assert all(n == 1 for n in central.copies.values()), "an event arrived twice"
+    assert {d.content_type for d in central.deliveries} == {"application/msgpack"}
+    assert "edge_outbox_pending 0" in agent.metrics.render()
+    assert agent.metrics.last_sync.values[()] > 0
+    # Privacy on the way out: pseudonyms only, no coordinates, no raw ids.
+    for ev in central.events.values():
+        assert {"key", "kind", "ts", "store", "device"} <= set(ev)
+        assert ev["device"] is None or ev["device"].startswith("d_")
+        assert not PRIVATE & set(ev)
+        if ev["kind"] == "offer":
+            assert {"offer_id", "promotion_id", "zone"} <= set(ev)
+    assert "shopper-" not in json.dumps(list(central.events.values()))
+
+
+async def test_500_then_timeout_then_200_backs_off_and_delivers(store_factory, agent_factory, mqtt_client,
+                                                                  central):
+    await central.start()
+    central.script.extend([500, "hang"])
+    cfg = store_factory(toml_extra=sync_toml(central))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    phone = mqtt_client()
+    R = cfg.root_topic
+    for i in range(5):
+        await walk(phone, R, f"p{i}")
+    await barrier(phone, R)
+    recorded = pending_keys(agent)
+    await until(agent, lambda: recorded <= set(central.events) and agent.ledger.outbox.pending() == 0)
+    assert agent.metrics.sync_errors.get("http_5xx") == 1
+    assert agent.metrics.sync_errors.get("timeout") == 1
+    first = central.deliveries[0]
+    assert first.status == 500
+    # The retried batch is the same batch: same events, same Idempotency-Key.
+    retried = [d for d in central.deliveries if d.keys == first.keys]
+    assert len(retried) == 2 and {d.idempotency_key for d in retried} == {first.idempotency_key}
+    assert first.idempotency_key in central.seen_idempotency
+
+
+async def test_400_batch_is_set_aside_and_reported(store_factory, agent_factory, mqtt_client, central):
+    await central.start()
+    central.script.append(400)
+    cfg = store_factory(toml_extra=sync_toml(central))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    phone = mqtt_client()
+    R = cfg.root_topic
+    aside = asyncio.Event()
+    agent.sync.listeners.append(lambda kind, data: kind == "set_aside" and aside.set())
+    await walk(phone, R, "refused-1")
+    await asyncio.wait_for(aside.wait(), 10)
+    refused = central.deliveries[0]
+    assert refused.status == 400
+    assert agent.metrics.sync_errors.get("rejected") == 1
+    n_aside = agent.ledger.outbox.aside_count()
+    assert n_aside == len(refused.keys)
+    assert f"edge_outbox_set_aside {n_aside}" in agent.metrics.render()
+    rows = agent.ledger.conn.execute("SELECT key, status, error FROM outbox_aside").fetchall()
+    assert {r[0] for r in rows} == set(refused.keys) and {r[1] for r in rows} == {400}
+    # ...and the uplink goes on with later events.
+    await walk(phone, R, "later-1")
+    await barrier(phone, R)
+    recorded = pending_keys(agent)
+    await until(agent, lambda: recorded <= set(central.events))
+    assert not set(refused.keys) & set(central.events)
+
+
+async def test_outbox_bound_sheds_analytics_first_never_redemptions_or_consent(
+        store_factory, agent_factory, mqtt_client, central):
+    # Central is down; a tiny bound (about 31 KB) forces shedding.
+    cfg = store_factory(toml_extra=sync_toml(central, max_outbox_mb=0.03))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    phone = mqtt_client()
+    R = cfg.root_topic
+    shed = asyncio.Event()
+    agent.sync.listeners.append(lambda kind, data: kind == "shed" and shed.set())
+    codes = []
+    for i in range(3):
+        await phone.subscribe(f"{R}/offer/buyer-{i}")
+        await walk(phone, R, f"buyer-{i}")
+        offer = await phone.next_json(f"{R}/offer/buyer-{i}")
+        await phone.publish(f"{R}/action/buyer-{i}", {"offer_id": offer["offer_id"], "action": "apply"})
+        codes.append((await phone.next_json(f"{R}/offer/buyer-{i}"))["code"])
+        await phone.publish(f"{R}/consent/buyer-{i}", {"offers": True, "tracking": False})
+    for round_ in range(10):
+        for i in range(4):
+            await walk(phone, R, f"walker-{i}")
+    await barrier(phone, R)
+    await asyncio.wait_for(shed.wait(), 10)
+    # Analytics go first: shedding transitions was enough, nothing else was shed.
+    assert agent.metrics.outbox_shed.get("transition") > 0
+    assert {kind for (kind,) in agent.metrics.outbox_shed.values} == {"transition"}
+    kept = {body["kind"] for _, body in agent.ledger.outbox.peek(100_000)}
+    assert "redemption" in kept and "consent" in kept
+    # Central comes up: every redemption and consent change arrives.
+    await central.start()
+    await until(agent, lambda: agent.ledger.outbox.pending() == 0)
+    got = [e for e in central.events.values() if e["kind"] == "redemption"]
+    assert sorted(e["code"] for e in got) == sorted(codes)
+    assert central.kinds().get("consent") == 3
