@@ -141,7 +141,8 @@ def parse_ping(
         ping.floor = _int(obj, "floor")
         ping.ts = _num(obj, "ts")
         ping.seq = _int(obj, "seq")
-    mock = obj.get("mock")
+    # Mock-location flags as apps report them (Android Location.isMock()).
+    mock = next((obj[k] for k in ("mock", "mocked", "isMock") if k in obj), None)
     ping.mock = bool(mock) if isinstance(mock, bool) else False
     _check_ranges(ping, received, max_future_skew_s)
     return ping

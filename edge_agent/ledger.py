@@ -88,7 +88,7 @@ class Ledger:
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA busy_timeout=5000")
+        self.conn.execute("PRAGMA busy_timeout=2000")  # bounded: the loop thread waits on it
         self._migrate()
         self.outbox = Outbox(self.conn)
         self.conn.execute("BEGIN")

@@ -121,6 +121,8 @@ class Metrics:
         self.spoofed = Counter("edge_spoofed_pings_total", "Pings ignored for triggering, by reason.", ("reason",))
         self.unknown_beacons = Counter("edge_unknown_beacons_total",
                                        "BLE readings naming a beacon not in the layout (ignored).")
+        self.pings_shed = Counter("edge_pings_shed_total", "Pings shed under overload, by reason.", ("reason",))
+        self.storage_errors = Counter("edge_storage_errors_total", "Failed SQLite writes, by error.", ("error",))
         self.extra: list = []
 
     def all(self) -> list:

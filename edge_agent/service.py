@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -43,6 +44,7 @@ from . import codecs, sources
 from .alerts import AlertManager
 from .codecs import PayloadError, Ping
 from .decisions import OfferHistory, Outcome, decide, promotions_by_fence, store_day
+from .guard import SpoofGuard, shed_stale
 from .ledger import Ledger
 from .metrics import Metrics
 from .mqtt import Message, MqttClient
@@ -88,6 +90,25 @@ def build_runtime(cfg: StoreConfig) -> Runtime:
     )
 
 
+def open_ledger(path: Path, *, store_id: str, metrics: Metrics) -> Ledger:
+    """Open the ledger; a file that is not a usable SQLite database is moved
+    aside (kept for forensics, never deleted) and a fresh one is started."""
+    try:
+        return Ledger(path, store_id=store_id)
+    except sqlite3.DatabaseError as exc:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(path) + suffix)
+            if src.exists():
+                src.rename(Path(str(aside) + suffix))
+        metrics.storage_errors.inc("corrupt")
+        log.error("%s is not a usable database (%s): moved to %s; starting a fresh ledger. "
+                  "Offers, codes and unsent events in the old file are not lost: recover them with "
+                  "`sqlite3 %s .recover`", path, exc, aside, aside)
+        return Ledger(path, store_id=store_id)
+
+
 @dataclass(slots=True)
 class PendingOffer:
     offer_id: str
@@ -105,6 +126,9 @@ class Agent:
         self.rt = build_runtime(cfg)
         self.metrics.config_info.set(1, cfg.version)
         self.tracks: dict[str, DeviceTrack] = {}
+        self.guard = SpoofGuard(cfg.tracking.max_speed_mps)
+        self._retry: list[Message] = []  # QoS 1 messages whose batch failed to commit
+        self._storage_down = False
         self.histories: dict[str, OfferHistory] = {}
         self.consents: dict[str, tuple[Consent, float]] = {}  # pseudonym -> (consent, ts)
         # sku -> (qty, ts): the newest value wins, from MQTT, a file (its mtime) or a bundle.
@@ -222,7 +246,7 @@ class Agent:
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.pseudo = Pseudonymizer(load_or_create_secret(data / "pseudonym.key"))
-        self.ledger = Ledger(data / "edge.sqlite3", store_id=cfg.store_id)
+        self.ledger = open_ledger(data / "edge.sqlite3", store_id=cfg.store_id, metrics=self.metrics)
         self._restore()
         self.sync = Sync(self)
         self.sync.load_saved_bundle()  # the last good bundle from central, before serving
@@ -329,9 +353,43 @@ class Agent:
 
     # -- the batch entry point
     def on_batch(self, msgs: list[Message]) -> None:
+        """Handle one batch; QoS 1 messages are acknowledged after its commit.
+
+        A storage failure (disk full, locked, I/O error) rolls the batch back:
+        its offers are not published (never an offer without a record) and its
+        QoS 1 messages are kept and retried every second until storage works.
+        """
+        acks: list[Message] = []
+        try:
+            self._handle(msgs, acks)
+        except sqlite3.Error as exc:
+            self._storage_failed(exc, msgs)
+            return
+        if self._storage_down:
+            self._storage_down = False
+            log.warning("storage recovered: %s", self.ledger.path)
+        for m in acks:
+            self.mqtt.ack(m.mid, m.qos)
+
+    def _storage_failed(self, exc: Exception, msgs: list[Message]) -> None:
+        try:
+            self.ledger.rollback()
+        except sqlite3.Error:
+            self.ledger._in_tx = False  # noqa: SLF001 - the connection already rolled back
+        dropped = len(self._to_publish)
+        self._to_publish = []
+        self._delivered = []
+        keep = [m for m in msgs if m.qos]
+        self._retry.extend(keep)
+        self.metrics.storage_errors.inc(type(exc).__name__)
+        if not self._storage_down:
+            log.error("storage error on %s: %s — %d offers withheld, %d QoS 1 messages kept for retry; "
+                      "tracking continues in memory", self.ledger.path, exc, dropped, len(keep))
+        self._storage_down = True
+
+    def _handle(self, msgs: list[Message], acks: list[Message]) -> None:
         root = self.root + "/"
         pings: list[Ping] = []
-        acks: list[Message] = []
         for m in msgs:
             try:
                 route = self._source_route(m.topic) if self.source_routes else None
@@ -366,10 +424,11 @@ class Agent:
                 if m.qos:
                     acks.append(m)
         if pings:
+            pings, shed = shed_stale(pings, self.cfg.ingest.shed_above)
+            if shed:
+                self.metrics.pings_shed.inc("stale", n=shed)
             self._process_pings(pings)
         self._commit_and_flush()
-        for m in acks:
-            self.mqtt.ack(m.mid, m.qos)
 
     def _topic_device(self, topic: str) -> str | None:
         parts = topic.split("/")
@@ -442,6 +501,8 @@ class Agent:
                 p = pings[i]
                 accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
         sel = np.flatnonzero(ok)
+        guard = self.guard
+        guard.max_speed = cfg.tracking.max_speed_mps
         matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
         ping_clock = cfg.tracking.clock == "ping"
         for j, i in enumerate(sel):
@@ -450,6 +511,10 @@ class Agent:
             now = (p.ts if p.ts is not None else p.received) if ping_clock else p.received
             if ping_clock and now > self.sim_now:
                 self.sim_now = now
+            spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts, p.mock)
+            if spoof is not None:
+                self.metrics.spoofed.inc(spoof)
+                continue
             track = self.tracks.get(p.device)
             if track is None:
                 # A new visit (first ping, or the first after a silence timeout).
@@ -695,10 +760,17 @@ class Agent:
             await asyncio.sleep(1.0)
             try:
                 self.tick()
+            except sqlite3.Error as exc:
+                self._storage_failed(exc, [])
             except Exception:
                 log.exception("tracker tick failed")
 
     def tick(self) -> None:
+        if self._retry:
+            msgs, self._retry = self._retry, []
+            self.on_batch(msgs)
+            if self._storage_down:
+                return
         ping_clock = self.cfg.tracking.clock == "ping"
         now = self.sim_now if ping_clock else self.clock()
         if ping_clock and not now:
@@ -710,6 +782,7 @@ class Agent:
             new, events = tick(track, now, params)
             if new is None:
                 del self.tracks[device]
+                self.guard.forget(device)
             if events:
                 self._on_events(device, events, self.clock(), now)
         if self._pending:
@@ -722,6 +795,7 @@ class Agent:
         """Forget a device: purge its stored zones, transitions and live state."""
         pseudo = self.pseudonym(device)
         self.tracks.pop(device, None)
+        self.guard.forget(device)
         self.histories.pop(pseudo, None)
         self.ledger.forget_device(pseudo)
         self.ledger.commit()

@@ -1,0 +1,106 @@
+"""Disk faults: a full disk, a locked database and a corrupt file give a clear
+error; the agent keeps serving what it safely can and recovers; nothing
+already recorded is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+
+from store_config import load_store
+
+from .conftest import write_store
+
+
+async def test_disk_full_withholds_unrecorded_offers(store_factory, agent_factory, mqtt_client, caplog):
+    cfg = store_factory()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    await phone.publish(f"{R}/ping/uwb/early", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    early = await phone.next_json(f"{R}/offer/+")
+    # The disk fills up (SQLite's own SQLITE_FULL path).
+    pages = agent.ledger.conn.execute("PRAGMA page_count").fetchone()[0]
+    agent.ledger.conn.execute(f"PRAGMA max_page_count = {pages}")
+    with caplog.at_level(logging.ERROR, logger="edge_agent"):
+        for i in range(30):  # enough writes to need a new page
+            await phone.publish(f"{R}/ping/uwb/late-{i}", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+        await asyncio.wait_for(_until(lambda: agent.metrics.storage_errors.values), 5)
+    assert any("storage error" in r.getMessage() and "full" in r.getMessage() for r in caplog.records)
+    agent.ledger.conn.execute("PRAGMA max_page_count = 1073741823")
+    await phone.publish(f"{R}/ping/uwb/after", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    await asyncio.wait_for(_until(lambda: any(m.topic.endswith("/after") for m in phone.all)), 5)
+    # Every offer that reached a phone has its ledger row (the early one included).
+    published = [m for m in phone.all if "/offer/" in m.topic]
+    import json
+    for m in published:
+        assert agent.ledger.get_offer(json.loads(m.payload)["offer_id"]) is not None
+    assert agent.ledger.get_offer(early["offer_id"]) is not None
+
+
+async def test_read_only_storage_keeps_qos1_for_retry_and_recovers(store_factory, agent_factory, mqtt_client):
+    cfg = store_factory()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    agent.ledger.conn.execute("PRAGMA query_only = 1")  # the filesystem went read-only
+    await phone.publish(f"{R}/consent/late", {"offers": False, "ts": 1.0}, qos=1)
+    await asyncio.wait_for(_until(lambda: agent._retry), 5)
+    assert agent._storage_down
+    await phone.publish(f"{R}/ping/uwb/ro", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    await asyncio.wait_for(_until(lambda: agent.metrics.pings.get("uwb") == 1), 5)
+    assert phone.queues[f"{R}/offer/+"].empty()  # no offer without a record
+    agent.ledger.conn.execute("PRAGMA query_only = 0")
+    agent.tick()  # the retry: applied, committed, then acknowledged
+    assert not agent._retry and not agent._storage_down
+    row = agent.ledger.conn.execute("SELECT offers FROM consent WHERE device = ?",
+                                    (agent.pseudonym("late"),)).fetchone()
+    assert row == (0,)
+    await phone.publish(f"{R}/ping/uwb/after-recovery", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    offer = await phone.next_json(f"{R}/offer/+")
+    assert agent.ledger.get_offer(offer["offer_id"]) is not None
+
+
+async def test_locked_database_is_an_error_not_a_hang(store_factory, agent_factory, mqtt_client):
+    cfg = store_factory()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    other = sqlite3.connect(agent.ledger.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        phone = mqtt_client()
+        await phone.subscribe(f"{R}/offer/+")
+        await phone.publish(f"{R}/ping/uwb/locked", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+        await asyncio.wait_for(_until(lambda: agent.metrics.storage_errors.values), 10)
+        assert phone.queues[f"{R}/offer/+"].empty()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await phone.publish(f"{R}/ping/uwb/unlocked", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    assert (await phone.next_json(f"{R}/offer/+", timeout=5))["zone"] == "aisle-1"
+
+
+async def test_corrupt_database_is_moved_aside(tmp_path, mosquitto, agent_factory, mqtt_client):
+    cfg = load_store(write_store(tmp_path, broker_url=mosquitto.url))
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.data_dir / "edge.sqlite3").write_bytes(b"this is not a database" * 100)
+    server = await agent_factory(cfg)
+    aside = [p for p in cfg.data_dir.iterdir() if ".corrupt-" in p.name]
+    assert aside and aside[0].read_bytes().startswith(b"this is not a database")
+    assert server.agent.metrics.storage_errors.get("corrupt") == 1
+    phone = mqtt_client()
+    R = cfg.root_topic
+    await phone.subscribe(f"{R}/offer/+")
+    await phone.publish(f"{R}/ping/uwb/fresh", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    assert (await phone.next_json(f"{R}/offer/+"))["zone"] == "aisle-1"
+
+
+async def _until(cond, interval: float = 0.02) -> None:
+    while not cond():
+        await asyncio.sleep(interval)
