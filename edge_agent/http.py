@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from . import alerts
+from .audit import AuditError, parse_since
 from .codecs import PayloadError
 from .mqtt import Message
 from .service import Agent
@@ -108,10 +109,10 @@ async def admin_audit(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     device = request.query.get("device")
     try:
-        since = float(request.query.get("since", "0"))
+        since = parse_since(request.query.get("since", "0"), agent.rt.tz)  # epoch or ISO 8601 (store time)
         limit = min(int(request.query.get("limit", "1000")), 10000)
-    except ValueError:
-        raise web.HTTPBadRequest(text="'since' and 'limit' must be numbers\n") from None
+    except (ValueError, AuditError):
+        raise web.HTTPBadRequest(text="'since' must be epoch seconds or ISO 8601, 'limit' a number\n") from None
     rows = agent.ledger.read_audit(device=agent.pseudonym(device) if device else None, since=since, limit=limit)
     return web.json_response({"decisions": rows})
 

@@ -101,5 +101,7 @@ async def test_admin_audit_endpoint(store_factory, agent_factory, mqtt_client):
         assert rows[0]["device"] == server.agent.pseudonym("alice")
         async with http.get(url, headers=auth) as r:
             assert {d["reason"] for d in (await r.json())["decisions"]} == {"offered", "no_consent"}
+        async with http.get(url, params={"since": "2999-01-01T00:00"}, headers=auth) as r:
+            assert (await r.json())["decisions"] == []
         async with http.get(url, params={"since": "soon"}, headers=auth) as r:
             assert r.status == 400
