@@ -4,22 +4,38 @@ A ping is a centre ``(x, y)`` in local metres, a ``floor`` and an accuracy
 radius ``acc`` (metres).  Against every fence on its floor the ping's accuracy
 disc is either wholly inside, straddling the boundary, or wholly outside.
 :class:`FenceIndex` answers that for whole numpy batches at once.
+
+How (all numpy, no per-ping Python):
+
+* **Candidates** come from uniform grids, one per floor and *accuracy class*
+  (``acc <= 0.5, 0.71, 1, 1.41, ... 1024`` m, and "larger": every fence of the floor).
+  In the grid of class ``A`` each fence is registered in every cell that its
+  envelope grown by ``A`` touches, so one lookup of the ping's own cell gives
+  every fence its disc can reach (plus a few that a cheap envelope test then
+  drops).  Grids are built lazily, the first time a class is seen on a floor.
+* **Exact tests** per fence shape: axis-aligned rectangles and circles in
+  closed form; other polygons with up to 64 edges (holes and multi-parts
+  included) by an even-odd crossing test and the distance to every edge,
+  vectorised over (pair, edge); bigger polygons through shapely (prepared).
+* **Results** come out as CSR arrays (:class:`Hits`: per ping, the fences its
+  disc reaches and a code per fence) from :meth:`FenceIndex.classify_hits`;
+  :meth:`FenceIndex.classify` turns them into :class:`Match` values (with an
+  interning cache, because most pings share their relation to the fences
+  with other pings).
 """
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import shapely
 
-__all__ = ["Match", "FenceIndex", "EMPTY_MATCH"]
+__all__ = ["Match", "Hits", "FenceIndex", "EMPTY_MATCH", "INSIDE", "STRADDLE", "CENTRE_IN"]
 
-# Upper bound used for the tree query distance; larger (or non-finite)
-# accuracies are clamped to it for the candidate search only.
-_MAX_QUERY_DIST = 1e7
+# Code bits of a (ping, fence) pair in :class:`Hits`.
+INSIDE, STRADDLE, CENTRE_IN = 1, 2, 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,112 +56,189 @@ class Match:
 EMPTY_MATCH = Match()
 _EMPTY: frozenset[str] = frozenset()
 # Bound on the cross-call interning cache of Match values.
-_CACHE_MAX = 1 << 17
-
-# Per candidate pair codes (bit 0: inside, bit 1: straddle, bit 2: centre in).
-_IN, _ST, _CE = 1, 2, 4
-# Fence kinds inside a floor.
-_BOX, _CIRCLE, _POLY = 0, 1, 2
+_CACHE_MAX = 1 << 16
 
 
-class _Floor:
-    """The fences of one floor: an STRtree over their envelopes plus parallel
-    per-fence arrays.  Axis-aligned rectangles and circles are tested exactly
-    in numpy; other polygons through shapely (prepared)."""
+class Hits(NamedTuple):
+    """Classification of a batch as CSR arrays.
 
-    __slots__ = ("tree", "fidx", "kind", "geoms", "bounds", "p0", "p1", "p2", "p3")
+    The fences that ping ``i``'s disc reaches (inside or straddling) are
+    ``fence[indptr[i]:indptr[i + 1]]`` (indices into :attr:`FenceIndex.ids`,
+    in no particular order), each with ``code`` bits :data:`INSIDE` (disc
+    wholly inside), :data:`STRADDLE` (disc crosses the boundary) and
+    :data:`CENTRE_IN` (the centre is in the fence).  Exactly one of INSIDE
+    and STRADDLE is set on every pair.
+    """
 
-    def __init__(self, entries: list[tuple[int, object, tuple[float, float, float] | None]]):
-        n = len(entries)
-        self.fidx = np.fromiter((e[0] for e in entries), dtype=np.intp, count=n)
-        self.kind = np.full(n, _POLY, dtype=np.int8)
-        # box: (x0, y0, x1, y1); circle: (cx, cy, r, -)
-        self.p0, self.p1, self.p2, self.p3 = (np.zeros(n) for _ in range(4))
-        geoms = np.empty(n, dtype=object)
-        env = np.empty(n, dtype=object)
-        for k, (_, geom, circle) in enumerate(entries):
-            if circle is not None:
-                cx, cy, r = (float(v) for v in circle)
-                self.kind[k] = _CIRCLE
-                self.p0[k], self.p1[k], self.p2[k] = cx, cy, r
-                env[k] = shapely.box(cx - r, cy - r, cx + r, cy + r)
-                continue
-            x0, y0, x1, y1 = geom.bounds
-            env[k] = shapely.box(x0, y0, x1, y1)
-            if _is_axis_box(geom):
-                self.kind[k] = _BOX
-                self.p0[k], self.p1[k], self.p2[k], self.p3[k] = x0, y0, x1, y1
-            else:
-                geoms[k] = geom
+    indptr: np.ndarray  # int64, n + 1
+    fence: np.ndarray  # int32
+    code: np.ndarray  # int8
+
+
+# Accuracy classes: a ping with acc <= _ACC[k] uses grid k; larger (or
+# infinite) accuracies use class _NCLS, "every fence of the floor".
+_ACC = 0.5 * 2.0 ** (np.arange(23) / 2)
+_NCLS = len(_ACC)
+_CELL_FRAC = 0.25  # cell side of class A: max(A * _CELL_FRAC, a typical fence's size / 2)
+_MAX_CELLS = 1 << 18  # per grid
+_MAX_EDGES = 64  # polygons with more edges are tested through shapely
+_EDGE_BUCKETS = (4, 8, 16, 32, 64)
+
+
+class _Group:
+    """Fences of one shape kind: per-row envelope, floor and global index,
+    plus the kind's parameters, and the CSR of its rows per global grid cell."""
+
+    kind = ""
+
+    def __init__(self, gidx: np.ndarray, floor: np.ndarray, env: np.ndarray):
+        self.gidx = gidx.astype(np.int32)
+        self.floor = floor
+        self.ex0, self.ey0, self.ex1, self.ey1 = (np.ascontiguousarray(env[:, i]) for i in range(4))
+        self.cs = np.zeros(2, dtype=np.int64)  # global cell 0: always empty
+        self.cf = np.zeros(0, dtype=np.int32)
+
+    def near(self, px, py, a, r):
+        """Disc's bounding box meets the row's envelope (inclusive: exact tests decide)."""
+        return (px + a >= self.ex0[r]) & (px - a <= self.ex1[r]) & (py + a >= self.ey0[r]) & (py - a <= self.ey1[r])
+
+    def codes(self, px, py, a, r):
+        """Code of every candidate pair (0: wholly outside)."""
+        near = np.flatnonzero(self.near(px, py, a, r))
+        code = np.zeros(px.size, dtype=np.int8)
+        if near.size:
+            code[near] = self.test(px[near], py[near], a[near], r[near])
+        return code
+
+    def test(self, px, py, a, r):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _codes(contains, dist, a):
+    ins = contains & (dist >= a)
+    strad = ~ins & (dist < a)
+    return ins * np.int8(INSIDE) | strad * np.int8(STRADDLE) | contains * np.int8(CENTRE_IN)
+
+
+class _Boxes(_Group):
+    kind = "box"
+
+    def codes(self, px, py, a, r):
+        mx = np.minimum(px - self.ex0[r], self.ex1[r] - px)
+        my = np.minimum(py - self.ey0[r], self.ey1[r] - py)
+        d_in = np.minimum(mx, my)
+        contains = d_in > 0
+        np.negative(mx, out=mx)
+        np.negative(my, out=my)
+        np.maximum(mx, 0.0, out=mx)
+        np.maximum(my, 0.0, out=my)
+        mx *= mx
+        my *= my
+        mx += my
+        dist = np.where(contains, d_in, np.sqrt(mx))
+        return _codes(contains, dist, a)
+
+
+class _Circles(_Group):
+    kind = "circle"
+
+    def __init__(self, gidx, floor, cx, cy, rad):
+        super().__init__(gidx, floor, np.column_stack([cx - rad, cy - rad, cx + rad, cy + rad]))
+        self.cx, self.cy, self.r = cx, cy, rad
+
+    def codes(self, px, py, a, r):
+        ux, uy = px - self.cx[r], py - self.cy[r]
+        d = np.sqrt(ux * ux + uy * uy)
+        rad = self.r[r]
+        ins = d + a <= rad
+        strad = ~ins & (d - a < rad)
+        return ins * np.int8(INSIDE) | strad * np.int8(STRADDLE) | (d <= rad) * np.int8(CENTRE_IN)
+
+
+class _Polygons(_Group):
+    """Polygons (holes, multi-parts) with at most ``E`` edges, padded with
+    zero-length edges at a vertex (harmless to both tests)."""
+
+    kind = "polygon"
+
+    def __init__(self, gidx, floor, env, x0, y0, x1, y1):
+        super().__init__(gidx, floor, env)
+        dx, dy = x1 - x0, y1 - y0
+        l2 = dx * dx + dy * dy
+        with np.errstate(divide="ignore", invalid="ignore"):
+            il2 = np.where(l2 > 0, 1.0 / l2, 0.0)
+            slope = np.where(dy != 0, dx / dy, 0.0)
+        # one contiguous row per edge slot: gathers stay 1-D
+        self.E = x0.shape[1]
+        self.edges = [tuple(np.ascontiguousarray(v[:, k]) for v in (x0, y0, y1, dx, dy, il2, slope))
+                      for k in range(self.E)]
+
+    def test(self, px, py, a, r):
+        m = px.size
+        best = np.full(m, np.inf)
+        odd = np.zeros(m, dtype=bool)
+        for X0, Y0, Y1, DX, DY, IL2, SLOPE in self.edges:
+            x0, y0, dx, dy = X0[r], Y0[r], DX[r], DY[r]
+            ux = px - x0
+            uy = py - y0
+            # crossing number (even-odd) of a ray to +x
+            odd ^= ((y0 > py) != (Y1[r] > py)) & (ux < uy * SLOPE[r])
+            # squared distance to the segment
+            t = ux * dx
+            t += uy * dy
+            t *= IL2[r]
+            np.clip(t, 0.0, 1.0, out=t)
+            ux -= t * dx
+            uy -= t * dy
+            ux *= ux
+            uy *= uy
+            ux += uy
+            np.minimum(best, ux, out=best)
+        dist = np.sqrt(best)
+        return _codes(odd & (dist > 0), dist, a)
+
+
+class _Shapes(_Group):
+    """Large polygons: shapely, prepared."""
+
+    kind = "shapely"
+
+    def __init__(self, gidx, floor, env, geoms):
+        super().__init__(gidx, floor, env)
         self.geoms = geoms
-        # Boundaries include holes: distance to them decides "wholly inside".
-        self.bounds = np.empty(n, dtype=object)
-        poly = self.kind == _POLY
-        if poly.any():
-            self.bounds[poly] = shapely.boundary(geoms[poly])
-            shapely.prepare(geoms[poly])
-            shapely.prepare(self.bounds[poly])
-        self.tree = shapely.STRtree(env)
+        self.bounds = shapely.boundary(geoms)
+        shapely.prepare(geoms)
+        shapely.prepare(self.bounds)
 
-    def pairs(self, x: np.ndarray, y: np.ndarray, acc: np.ndarray):
-        """Pairs ``(ping, local fence, code)`` for every fence not wholly
-        outside the ping's disc."""
-        q = np.minimum(acc, _MAX_QUERY_DIST)
-        pi, fj = self.tree.query(shapely.box(x - q, y - q, x + q, y + q))
-        code = np.zeros(pi.size, dtype=np.int8)
-        if pi.size == 0:
-            return pi, fj, code
-        kind = self.kind[fj]
-        for kd in (_BOX, _CIRCLE, _POLY):
-            m = kind == kd
-            if not m.any():
-                continue
-            if m.all():
-                pp, ff = pi, fj
-            else:
-                pp, ff = pi[m], fj[m]
-            px, py, a = x[pp], y[pp], acc[pp]
-            if kd == _BOX:
-                x0, y0, x1, y1 = self.p0[ff], self.p1[ff], self.p2[ff], self.p3[ff]
-                contains = (px > x0) & (px < x1) & (py > y0) & (py < y1)
-                d_in = np.minimum(np.minimum(px - x0, x1 - px), np.minimum(py - y0, y1 - py))
-                d_out = np.hypot(
-                    np.maximum(np.maximum(x0 - px, px - x1), 0.0),
-                    np.maximum(np.maximum(y0 - py, py - y1), 0.0),
-                )
-                dist = np.where(contains, d_in, d_out)
-                ins = contains & (dist >= a)
-                strad = ~ins & (dist < a)
-                c = ins * _IN + strad * _ST + contains * _CE
-            elif kd == _CIRCLE:
-                d = np.hypot(px - self.p0[ff], py - self.p1[ff])
-                r = self.p2[ff]
-                ins = d + a <= r
-                strad = ~ins & (d - a < r)
-                c = ins * _IN + strad * _ST + (d <= r) * _CE
-            else:
-                contains = shapely.contains_xy(self.geoms[ff], px, py)
-                dist = shapely.distance(self.bounds[ff], shapely.points(px, py))
-                ins = contains & (dist >= a)
-                strad = ~ins & (dist < a)
-                c = ins * _IN + strad * _ST + contains * _CE
-            if m.all():
-                code = c.astype(np.int8)
-            else:
-                code[m] = c
-        keep = code != 0
-        return pi[keep], fj[keep], code[keep]
+    def test(self, px, py, a, r):
+        contains = shapely.contains_xy(self.geoms[r], px, py)
+        dist = shapely.distance(self.bounds[r], shapely.points(px, py))
+        return _codes(contains, dist, a)
 
 
-def _is_axis_box(geom) -> bool:
-    """True for a hole-free polygon equal to its own envelope."""
-    if geom.geom_type != "Polygon" or len(geom.interiors):
-        return False
-    x0, y0, x1, y1 = geom.bounds
-    if not (x1 > x0 and y1 > y0):
-        return False
-    area = (x1 - x0) * (y1 - y0)
-    return abs(geom.area - area) <= 1e-9 * area and shapely.equals(geom, shapely.box(x0, y0, x1, y1))
+def _edges(geoms: np.ndarray):
+    """Per geometry, its ring edges: ``(owner, x0, y0, x1, y1)`` arrays."""
+    parts, pidx = shapely.get_parts(geoms, return_index=True)
+    rings, ridx = shapely.get_rings(parts, return_index=True)
+    xy, cidx = shapely.get_coordinates(rings, return_index=True)
+    same = cidx[1:] == cidx[:-1]
+    owner = pidx[ridx[cidx[:-1][same]]]
+    return owner, xy[:-1][same, 0], xy[:-1][same, 1], xy[1:][same, 0], xy[1:][same, 1]
+
+
+def _pad_edges(nrows: int, E: int, owner, x0, y0, x1, y1):
+    """Scatter edges (grouped by owner, owners 0..nrows-1) into (nrows, E)
+    arrays, padded with zero-length edges at each row's last vertex."""
+    counts = np.bincount(owner, minlength=nrows)
+    first = np.cumsum(counts) - counts
+    rank = np.arange(owner.size) - first[owner]
+    last = first + counts - 1
+    out = []
+    for src, pad in ((x0, x1), (y0, y1), (x1, x1), (y1, y1)):
+        arr = np.repeat(pad[last][:, None], E, axis=1)
+        arr[owner, rank] = src
+        out.append(arr)
+    return out
 
 
 class FenceIndex:
@@ -159,35 +252,108 @@ class FenceIndex:
     Attributes:
         ids: fence ids in input order.
         halfwidth: fence id -> radius of the largest inscribed circle
-            (``r`` for circle fences).
+            (``r`` for circle fences, half the short side for rectangles).
     """
 
     def __init__(self, fences: Iterable[object]):
         fences = list(fences)
+        n = len(fences)
         self.ids: list[str] = [str(f.id) for f in fences]
-        if len(set(self.ids)) != len(self.ids):
+        if len(set(self.ids)) != n:
             raise ValueError("duplicate fence ids")
-        self._ids_arr = np.empty(len(self.ids), dtype=object)
+        self._ids_arr = np.empty(n, dtype=object)
         self._ids_arr[:] = self.ids
-        self.halfwidth: dict[str, float] = {}
-        by_floor: dict[int, list] = {}
-        for k, f in enumerate(fences):
-            circle = getattr(f, "circle", None)
-            geom = f.geometry
-            if circle is not None:
-                self.halfwidth[self.ids[k]] = float(circle[2])
-            elif geom is None or geom.is_empty:
-                raise ValueError(f"fence {f.id!r} has no geometry")
-            else:
-                self.halfwidth[self.ids[k]] = float(shapely.maximum_inscribed_circle(geom).length)
-            by_floor.setdefault(int(f.floor), []).append((k, geom, circle))
-        self._floors: dict[int, _Floor] = {fl: _Floor(e) for fl, e in by_floor.items()}
-        # random lanes for the per-ping set hash (see _assemble); fixed seed
-        # keeps the index deterministic
+        floor = np.fromiter((int(f.floor) for f in fences), dtype=np.int64, count=n)
+        circles = [getattr(f, "circle", None) for f in fences]
+        is_circle = np.fromiter((c is not None for c in circles), dtype=bool, count=n)
+        geoms = np.empty(n, dtype=object)
+        geoms[:] = [f.geometry for f in fences]
+        poly = np.flatnonzero(~is_circle)
+        if poly.size:
+            g = geoms[poly]
+            bad = shapely.is_missing(g) | shapely.is_empty(g)
+            if bad.any():
+                raise ValueError(f"fence {self.ids[poly[np.flatnonzero(bad)[0]]]!r} has no geometry")
+        halfwidth = np.zeros(n)
+        groups: list[_Group] = []
+
+        ci = np.flatnonzero(is_circle)
+        if ci.size:
+            cxyr = np.array([circles[i] for i in ci], dtype=float).reshape(-1, 3)
+            halfwidth[ci] = cxyr[:, 2]
+            groups.append(_Circles(ci, floor[ci], cxyr[:, 0], cxyr[:, 1], cxyr[:, 2]))
+        if poly.size:
+            g = geoms[poly]
+            env = shapely.bounds(g)
+            w, h = env[:, 2] - env[:, 0], env[:, 3] - env[:, 1]
+            # a hole-free 4-cornered polygon whose area is its envelope's is that envelope
+            is_box = ((shapely.get_type_id(g) == 3) & (shapely.get_num_coordinates(g) == 5)
+                      & (shapely.get_num_interior_rings(g) == 0) & (w > 0) & (h > 0)
+                      & (np.abs(shapely.area(g) - w * h) <= 1e-9 * w * h))
+            bi = np.flatnonzero(is_box)
+            if bi.size:
+                halfwidth[poly[bi]] = np.minimum(w[bi], h[bi]) / 2
+                groups.append(_Boxes(poly[bi], floor[poly[bi]], env[bi]))
+            oi = np.flatnonzero(~is_box)
+            if oi.size:
+                og = g[oi]
+                halfwidth[poly[oi]] = shapely.length(shapely.maximum_inscribed_circle(og))
+                owner, x0, y0, x1, y1 = _edges(og)
+                ne = np.bincount(owner, minlength=oi.size)
+                lo = 0
+                for E in _EDGE_BUCKETS:
+                    sel = np.flatnonzero((ne > lo) & (ne <= E))
+                    lo = E
+                    if not sel.size:
+                        continue
+                    remap = np.full(oi.size, -1)
+                    remap[sel] = np.arange(sel.size)
+                    em = remap[owner] >= 0
+                    arrs = _pad_edges(sel.size, E, remap[owner[em]], x0[em], y0[em], x1[em], y1[em])
+                    rows = poly[oi[sel]]
+                    groups.append(_Polygons(rows, floor[rows], env[oi[sel]], *arrs))
+                big = np.flatnonzero(ne > _MAX_EDGES)
+                if big.size:
+                    rows = poly[oi[big]]
+                    groups.append(_Shapes(rows, floor[rows], env[oi[big]], og[big]))
+        self.halfwidth: dict[str, float] = dict(zip(self.ids, halfwidth.tolist()))
+        self._groups = groups
+
+        # floors and their envelopes
+        self._floor_ids = np.unique(floor)
+        nf = self._floor_ids.size
+        fenv = np.empty((nf, 4))
+        fenv[:, :2], fenv[:, 2:] = np.inf, -np.inf
+        for gr in groups:
+            s = np.searchsorted(self._floor_ids, gr.floor)
+            np.minimum.at(fenv[:, 0], s, gr.ex0)
+            np.minimum.at(fenv[:, 1], s, gr.ey0)
+            np.maximum.at(fenv[:, 2], s, gr.ex1)
+            np.maximum.at(fenv[:, 3], s, gr.ey1)
+        self._fenv = fenv
+        # base cell size: about the size of a typical fence
+        if n:
+            allenv = np.concatenate([np.column_stack([gr.ex0, gr.ey0, gr.ex1, gr.ey1]) for gr in groups])
+            side = np.sqrt(np.maximum(allenv[:, 2] - allenv[:, 0], 0.1) * np.maximum(allenv[:, 3] - allenv[:, 1], 0.1))
+            self._cbase = float(np.clip(np.median(side) / 2, 0.5, 25.0))
+        else:
+            self._cbase = 1.0
+        # grid geometry per key = floor slot * (_NCLS + 1) + class; built lazily
+        nk = max(nf, 1) * (_NCLS + 1)
+        self._g_built = np.zeros(nk, dtype=bool)
+        self._g_ox = np.zeros(nk)
+        self._g_oy = np.zeros(nk)
+        self._g_inv = np.zeros(nk)
+        self._g_nx = np.zeros(nk, dtype=np.int64)
+        self._g_ny = np.zeros(nk, dtype=np.int64)
+        self._g_off = np.zeros(nk, dtype=np.int64)
+        self._ncells = 1  # global cell 0 is the empty cell
+
+        # per-pair interning of Match values (see _matches)
         rng = np.random.default_rng(0x6E0F)
-        nkeys = 8 * max(len(self.ids), 1)
-        self._r1 = rng.integers(0, 2**64, nkeys, dtype=np.uint64, endpoint=False)
-        self._r2 = rng.integers(0, 2**64, nkeys, dtype=np.uint64, endpoint=False)
+        nkeys = 8 * max(n, 1)
+        self._r1 = rng.integers(0, 2**63, nkeys, dtype=np.int64)
+        self._r2 = rng.integers(0, 2**63, nkeys, dtype=np.int64)
         self._cache: dict[int, tuple[int, Match]] = {}
 
     def __len__(self) -> int:
@@ -196,7 +362,101 @@ class FenceIndex:
     @property
     def floors(self) -> frozenset[int]:
         """Floors that have at least one fence."""
-        return frozenset(self._floors)
+        return frozenset(int(f) for f in self._floor_ids)
+
+    # -- grids
+    def _build_grid(self, key: int) -> None:
+        slot, k = divmod(key, _NCLS + 1)
+        x0, y0, x1, y1 = self._fenv[slot]
+        if k == _NCLS:  # everything on the floor, one cell
+            grow, ox, oy, inv, nx, ny = 0.0, 0.0, 0.0, 0.0, 1, 1
+        else:
+            A = float(_ACC[k])
+            grow = A * (1 + 1e-9) + 1e-9
+            c = max(A * _CELL_FRAC, self._cbase)
+            W, H = x1 - x0 + 2 * grow, y1 - y0 + 2 * grow
+            while (W / c + 1) * (H / c + 1) > _MAX_CELLS:
+                c *= 2
+            ox, oy, inv = x0 - grow, y0 - grow, 1.0 / c
+            nx, ny = int(W * inv) + 1, int(H * inv) + 1
+        off = self._ncells
+        ncell = nx * ny
+        fl = self._floor_ids[slot]
+        for gr in self._groups:
+            rows = np.flatnonzero(gr.floor == fl).astype(np.int32)
+            if inv:
+                ix0 = np.clip(np.floor((gr.ex0[rows] - grow - ox) * inv), 0, nx - 1).astype(np.int64)
+                ix1 = np.clip(np.floor((gr.ex1[rows] + grow - ox) * inv), 0, nx - 1).astype(np.int64)
+                iy0 = np.clip(np.floor((gr.ey0[rows] - grow - oy) * inv), 0, ny - 1).astype(np.int64)
+                iy1 = np.clip(np.floor((gr.ey1[rows] + grow - oy) * inv), 0, ny - 1).astype(np.int64)
+                w = ix1 - ix0 + 1
+                cnt = w * (iy1 - iy0 + 1)
+                tot = int(cnt.sum())
+                j = np.arange(tot) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+                wr = np.repeat(w, cnt)
+                cid = (np.repeat(iy0, cnt) + j // wr) * nx + np.repeat(ix0, cnt) + j % wr
+                order = np.argsort(cid, kind="stable")
+                cf = np.repeat(rows, cnt)[order]
+                per_cell = np.bincount(cid, minlength=ncell)
+            else:
+                cf = rows
+                per_cell = np.array([rows.size])
+            cs = gr.cs[-1] + np.cumsum(per_cell)
+            gr.cs = np.concatenate([gr.cs, cs])
+            gr.cf = np.concatenate([gr.cf, cf])
+        self._ncells += ncell
+        self._g_ox[key], self._g_oy[key], self._g_inv[key] = ox, oy, inv
+        self._g_nx[key], self._g_ny[key], self._g_off[key] = nx, ny, off
+        self._g_built[key] = True
+
+    def _cells(self, x, y, fl, acc) -> np.ndarray:
+        """Global grid cell of every ping (0: no fence can be reached)."""
+        nf = self._floor_ids.size
+        slot = np.searchsorted(self._floor_ids, fl)
+        slot_c = np.minimum(slot, max(nf - 1, 0))
+        on = (slot < nf) & (self._floor_ids[slot_c] == fl) & np.isfinite(x) & np.isfinite(y)
+        key = slot_c * (_NCLS + 1) + np.searchsorted(_ACC, acc, side="left")
+        for kk in np.flatnonzero(np.bincount(key[on], minlength=self._g_built.size)):
+            if not self._g_built[kk]:
+                self._build_grid(int(kk))
+        fx = np.floor((x - self._g_ox[key]) * self._g_inv[key])
+        fy = np.floor((y - self._g_oy[key]) * self._g_inv[key])
+        nx = self._g_nx[key]
+        on &= (fx >= 0) & (fx < nx) & (fy >= 0) & (fy < self._g_ny[key])
+        cell = np.zeros(x.size, dtype=np.int64)
+        k_on = key[on]
+        cell[on] = self._g_off[k_on] + fy[on].astype(np.int64) * nx[on] + fx[on].astype(np.int64)
+        return cell
+
+    # -- classification
+    def classify_hits(self, x, y, floor, acc) -> Hits:
+        """Classify a batch of pings; returns CSR :class:`Hits` (the fast path).
+
+        Arguments as for :meth:`classify`.
+        """
+        x, y, fl, acc = _validate(x, y, floor, acc)
+        n = x.size
+        if n == 0 or not self._groups:
+            return Hits(np.zeros(n + 1, dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, np.int8))
+        cell = self._cells(x, y, fl, acc)
+        parts = []
+        for gr in self._groups:
+            start = gr.cs[cell]
+            cnt = gr.cs[cell + 1] - start
+            tot = int(cnt.sum())
+            if tot == 0:
+                continue
+            pi = np.repeat(np.arange(n, dtype=np.int32), cnt)
+            pos = np.repeat(start - (np.cumsum(cnt) - cnt), cnt) + np.arange(tot)
+            r = gr.cf[pos]
+            code = gr.codes(x[pi], y[pi], acc[pi], r)
+            keep = np.flatnonzero(code)
+            if keep.size == 0:
+                continue
+            if keep.size < code.size:
+                pi, r, code = pi[keep], r[keep], code[keep]
+            parts.append((pi, gr.gidx[r], code))
+        return _merge(n, parts)
 
     def classify(self, x, y, floor, acc) -> list[Match]:
         """Classify a batch of pings; returns one :class:`Match` per ping.
@@ -206,108 +466,111 @@ class FenceIndex:
         a point, ``NaN``/``inf`` straddles every fence it reaches.  Only fences
         on the ping's floor are considered.
         """
-        x = np.asarray(x, dtype=float).ravel()
-        y = np.asarray(y, dtype=float).ravel()
-        fl = np.asarray(floor).ravel()
-        acc = np.asarray(acc, dtype=float).ravel()
-        n = x.size
-        if not (y.size == fl.size == acc.size == n):
-            raise ValueError("x, y, floor and acc must have equal lengths")
-        if n == 0:
-            return []
-        acc = np.where(np.isnan(acc), np.inf, np.maximum(acc, 0.0))
-        fl = fl.astype(np.int64, copy=False)
-        # A batch allocates many short-lived, cycle-free objects (query
-        # geometries, frozensets, Match values); letting the cyclic GC walk
-        # the whole heap meanwhile roughly halves throughput, so it is paused
-        # for the call and restored afterwards.
-        was_enabled = gc.isenabled()
-        if was_enabled:
-            gc.disable()
-        try:
-            return self._classify(n, x, y, fl, acc)
-        finally:
-            if was_enabled:
-                gc.enable()
-
-    def _classify(self, n: int, x: np.ndarray, y: np.ndarray, fl: np.ndarray, acc: np.ndarray) -> list[Match]:
-        """:meth:`classify` on validated arrays."""
-        all_pi, all_f, all_c = [], [], []
-        for f in np.unique(fl):
-            fi = self._floors.get(int(f))
-            if fi is None:
-                continue
-            sel = np.flatnonzero(fl == f)
-            if sel.size == n:
-                pi, fj, code = fi.pairs(x, y, acc)
-                all_pi.append(pi)
-            else:
-                pi, fj, code = fi.pairs(x[sel], y[sel], acc[sel])
-                all_pi.append(sel[pi])
-            all_f.append(fi.fidx[fj])
-            all_c.append(code)
-        if not all_pi:
-            return [EMPTY_MATCH] * n
-        pi = np.concatenate(all_pi)
-        fg = np.concatenate(all_f)
-        code = np.concatenate(all_c)
-        return self._assemble(n, pi, fg, code)
+        hits = self.classify_hits(x, y, floor, acc)
+        return self._matches(hits)
 
     def classify_one(self, x: float, y: float, floor: int, acc: float) -> Match:
         """Classify a single ping (see :meth:`classify`)."""
         return self.classify([x], [y], [floor], [acc])[0]
 
-    def _assemble(self, n: int, pi: np.ndarray, fg: np.ndarray, code: np.ndarray) -> list[Match]:
-        """Build the per-ping Match values from the (ping, fence, code) pairs.
+    def _matches(self, hits: Hits) -> list[Match]:
+        """Match values from :class:`Hits`.
 
         Many pings share the same relation to the fences (same aisle, same
         accuracy class), so pings are grouped by a 128-bit set hash of their
-        ``(fence, code)`` pairs (two random 64-bit lanes; a collision would
-        need both lanes to collide, ~2**-128) and one interned :class:`Match`
-        is built per distinct group.  The interning cache also spans calls
+        ``(fence, code)`` pairs (two random 63-bit lanes summed; a collision
+        would need both lanes to collide) and one interned :class:`Match` is
+        built per distinct set.  The interning cache also spans calls
         (bounded), so steady streams allocate almost nothing.
         """
-        if pi.size == 0:
-            return [EMPTY_MATCH] * n
-        order = np.argsort(pi, kind="stable")
-        pi, fg, code = pi[order], fg[order], code[order]
-        key = fg * 8 + code
-        starts = np.flatnonzero(np.r_[True, pi[1:] != pi[:-1]])
-        rows = pi[starts]
+        indptr, fence, code = hits
+        n = indptr.size - 1
+        out = [EMPTY_MATCH] * n
+        if fence.size == 0:
+            return out
+        cnt = np.diff(indptr)
+        rows = np.flatnonzero(cnt)
+        starts = indptr[rows]
+        key = fence.astype(np.int64) * 8 + code
         with np.errstate(over="ignore"):
             h1 = np.add.reduceat(self._r1[key], starts)
             h2 = np.add.reduceat(self._r2[key], starts)
-        hk = (h1 ^ (h2 >> np.uint64(1))).astype(np.int64)  # dict key (one lane suffices)
-        uniq, first, inv = np.unique(hk, return_index=True, return_inverse=True)
-        ends = np.r_[starts[1:], pi.size]
         cache = self._cache
         if len(cache) > _CACHE_MAX:
             cache.clear()
-        ids = self.ids
-        key_l = key.tolist()
-        matches = []
-        for hv, g, h2v in zip(uniq.tolist(), first.tolist(), h2[first].tolist()):
-            hit = cache.get(hv)
-            if hit is not None and hit[0] == h2v:
-                matches.append(hit[1])
-                continue
-            m = _make_match(ids, key_l[starts[g] : ends[g]])
-            cache[hv] = (h2v, m)
-            matches.append(m)
-        per_row = [matches[i] for i in inv.tolist()]
-        # guard: every ping's second lane must agree with its group's
-        bad = np.flatnonzero(h2 != h2[first][inv])
-        for b in bad.tolist():
-            per_row[b] = _make_match(ids, key_l[starts[b] : ends[b]])
-        out = [EMPTY_MATCH] * n
-        for r, m in zip(rows.tolist(), per_row):
-            out[r] = m
+        get = cache.get
+        miss: dict[tuple[int, int], list[int]] = {}
+        for r, a, b in zip(rows.tolist(), h1.tolist(), h2.tolist()):
+            hit = get(a)
+            if hit is not None and hit[0] == b:
+                out[r] = hit[1]
+            else:
+                lst = miss.get((a, b))
+                if lst is None:
+                    miss[(a, b)] = [r]
+                else:
+                    lst.append(r)
+        if miss:
+            reps = np.array([v[0] for v in miss.values()], dtype=np.int64)
+            for (a, b), m, rs in zip(miss, self._build(indptr, fence, code, reps), miss.values()):
+                cache[a] = (b, m)
+                for r in rs:
+                    out[r] = m
         return out
 
+    def _build(self, indptr, fence, code, rows) -> list[Match]:
+        """New Match values for ``rows`` (vectorised up to the frozensets)."""
+        s, e = indptr[rows], indptr[rows + 1]
+        cnt = e - s
+        tot = int(cnt.sum())
+        first = np.cumsum(cnt) - cnt
+        pidx = np.repeat(s - first, cnt) + np.arange(tot)
+        f, c = fence[pidx], code[pidx]
+        names = self._ids_arr[f]
+        cats = []
+        for bit in (INSIDE, STRADDLE, CENTRE_IN):
+            m = (c & bit) != 0
+            cum = np.zeros(tot + 1, dtype=np.int64)
+            np.cumsum(m, out=cum[1:])
+            cats.append((names[m].tolist(), cum[first].tolist(), cum[first + cnt].tolist()))
+        (li, si, ei), (ls, ss, es), (lc, sc, ec) = cats
+        return [Match(frozenset(li[a:b]) if b > a else _EMPTY, frozenset(ls[c:d]) if d > c else _EMPTY,
+                      frozenset(lc[g:h]) if h > g else _EMPTY)
+                for a, b, c, d, g, h in zip(si, ei, ss, es, sc, ec)]
 
-def _make_match(ids: list[str], keys: list[int]) -> Match:
-    """One Match from a ping's ``fence*8 + code`` keys."""
-    ins = frozenset([ids[k >> 3] for k in keys if k & _IN])
-    st = frozenset([ids[k >> 3] for k in keys if k & _ST])
-    ce = frozenset([ids[k >> 3] for k in keys if k & _CE])
-    return Match(ins or _EMPTY, st or _EMPTY, ce or _EMPTY)
+
+def _validate(x, y, floor, acc):
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    fl = np.asarray(floor).ravel()
+    acc = np.asarray(acc, dtype=float).ravel()
+    n = x.size
+    if not (y.size == fl.size == acc.size == n):
+        raise ValueError("x, y, floor and acc must have equal lengths")
+    acc = np.where(np.isnan(acc), np.inf, np.maximum(acc, 0.0))
+    return x, y, fl.astype(np.int64, copy=False), acc
+
+
+def _merge(n: int, parts: list) -> Hits:
+    """Merge per-group (ping, fence, code) lists, each in ping order, into CSR."""
+    if not parts:
+        return Hits(np.zeros(n + 1, dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, np.int8))
+    if len(parts) == 1:
+        pi, f, c = parts[0]
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pi, minlength=n), out=indptr[1:])
+        return Hits(indptr, f, c)
+    counts = [np.bincount(p[0], minlength=n) for p in parts]
+    total = np.sum(counts, axis=0)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(total, out=indptr[1:])
+    fence = np.empty(int(indptr[-1]), dtype=np.int32)
+    code = np.empty(fence.size, dtype=np.int8)
+    base = indptr[:-1].copy()
+    for (pi, f, c), cn in zip(parts, counts):
+        first = np.cumsum(cn) - cn
+        pos = (base - first)[pi] + np.arange(pi.size)
+        fence[pos] = f
+        code[pos] = c
+        base += cn
+    return Hits(indptr, fence, code)
