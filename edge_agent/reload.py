@@ -79,6 +79,15 @@ class Reloader:
     def apply(self, new: StoreConfig | None, problems: list[str], trigger: str) -> tuple[bool, list[str]]:
         agent = self.agent
         old = agent.cfg
+        served = new
+        if new is not None and new.store_id == old.store_id:
+            # Rules from central's last good bundle stay on top of the files.
+            downlink = getattr(getattr(agent, "sync", None), "downlink", None)
+            if downlink is not None:
+                try:
+                    served = downlink.overlay(new)
+                except ConfigError as exc:
+                    new, problems = None, [f"with the last bundle from central: {p}" for p in exc.problems]
         if new is not None and new.store_id != old.store_id:
             new, problems = None, [f"{old.files.get('store', 'store.toml')}: [store]: field 'id': "
                                    f"a reload cannot change the store id ({old.store_id!r} → {new.store_id!r})"]
@@ -94,18 +103,19 @@ class Reloader:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload (%s): a change to %s takes effect only after a restart", trigger,
                             "[data] dir" if key == "data_dir" else f"[{key}]")
+        # The file's stock as of its mtime (newest per sku wins, even when
+        # nothing else changed: a rewritten file asserts its values anew).
         inv_ts = file_mtime(new, "inventory")
-        if new.version == old.version:
-            # Same content; a rewritten inventory file still asserts its values as of now.
-            if inv_ts is not None:
-                agent.merge_inventory(new.inventory, inv_ts)
+        if inv_ts is not None:
+            agent.merge_inventory(new.inventory, inv_ts)
+        if served.version == old.version:
             agent.metrics.config_reloads.inc("unchanged")
             self._tell("unchanged", old.version, [])
             return True, []
-        agent.install(new, inventory_ts=inv_ts)
+        agent.install(served)  # inventory already merged above (a bundle's, if any, at its own time)
         agent.metrics.config_reloads.inc("ok")
-        log.info("reload (%s): config version %s → %s", trigger, old.version, new.version)
-        self._tell("ok", new.version, [])
+        log.info("reload (%s): config version %s → %s", trigger, old.version, served.version)
+        self._tell("ok", served.version, [])
         return True, []
 
     def _tell(self, result: str, version: str, problems: list[str]) -> None:

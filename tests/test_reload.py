@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from edge_agent import runner
+from tests.central import central  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.broker
 
@@ -187,3 +188,20 @@ async def test_profile_reload_opt_out_applies_but_opt_in_never_undoes_a_device_o
     assert agent.reload_from_files() == (True, [])
     assert agent.consent_for("a", agent.pseudonym("a"))[1].offers is False  # the profile's opt-out holds
     assert agent.consent_for("b", agent.pseudonym("b"))[1].offers is False  # the device's opt-out holds
+
+
+async def test_file_reload_keeps_central_bundle_on_top(store_factory, agent_factory, central):
+    from tests.central import sync_toml, until
+    from tests.conftest import BASE_PROMOTIONS
+
+    welcome = {"id": "welcome", "title": "Welcome", "zones": ["entrance"]}
+    central.set_bundle({"version": "v1", "promotions": BASE_PROMOTIONS + [welcome]})
+    await central.start()
+    cfg = store_factory(toml_extra=sync_toml(central) + POLL_OFF)
+    server = await agent_factory(cfg)
+    agent = server.agent
+    await until(agent, lambda: "welcome" in {p.id for p in agent.cfg.promotions})
+    write_json(cfg.files["profiles"], [{"device": "z", "loyalty_score": 5}])
+    assert agent.reload_from_files() == (True, [])
+    assert "z" in agent.cfg.profiles  # the files' change is live...
+    assert "welcome" in {p.id for p in agent.cfg.promotions}  # ...under the bundle's promotions
