@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 import select
+import socket
 import ssl
 import threading
 import time
@@ -49,6 +50,15 @@ class Message:
     mid: int
     received: float
     retain: bool = False
+
+
+def nodelay(sock) -> None:
+    """Disable Nagle: paho does not, and small MQTT packets then wait ~40 ms
+    for the peer's delayed ACK — most of an offer's latency budget."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
@@ -141,6 +151,7 @@ class MqttClient:
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         self._sock = sock
+        nodelay(sock)
         self._in_loop(self._loop.add_reader, sock, self._readable)
 
     def _on_socket_close(self, client, userdata, sock) -> None:

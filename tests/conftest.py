@@ -18,6 +18,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.mqtt import nodelay
 from store_config import load_store
 
 
@@ -46,6 +47,7 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
         self.conf.write_text(listener + textwrap.dedent(f"""\
             user root
+            set_tcp_nodelay true
             persistence true
             persistence_location {workdir}/
             max_queued_messages 100000
@@ -123,6 +125,7 @@ class TestClient:
         if scheme == "mqtts":
             self.client.tls_set(ca_certs=ca)
         self.client.on_message = self._on_message
+        self.client.on_socket_open = lambda c, u, sock: nodelay(sock)
         self._connected = threading.Event()
         self.client.on_connect = lambda c, u, f, rc, p: rc.is_failure or self._connected.set()
         self.client.connect(host, int(port))

@@ -1,0 +1,345 @@
+"""End-to-end through Mosquitto: ping → offer latency and sustained rate.
+
+A load generator in separate processes publishes pings at a fixed rate for
+a realistic device population: most pings land inside nothing or inside a
+fence the device is already in; a share are fresh entries that must produce
+an offer.  The agent runs as its own process (`edge-agent run`).  In the
+same run, a bare paho subscriber takes the same load: the agent's ratio to
+it is the figure to quote.
+
+    python benchmarks/e2e.py --rates 1000,5000,10000,25000 --seconds 8
+
+Prints a table and writes benchmarks/results/e2e.json.  Needs `mosquitto`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+                    "max_queued_messages 1000000\nmax_inflight_messages 1000\nset_tcp_nodelay true\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+# A grid of 2 m x 2 m fences, 4 m apart: plenty of "inside nothing" space.
+GRID = 20  # 400 fences
+
+
+def write_store(workdir: Path, port: int, http_port: int, store_id: str) -> Path:
+    feats = []
+    for i in range(GRID):
+        for j in range(GRID):
+            x, y = i * 4.0, j * 4.0
+            feats.append({"type": "Feature", "properties": {"id": f"f-{i}-{j}", "kind": "display",
+                                                            "category": "bench"},
+                          "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + 2, y], [x + 2, y + 2],
+                                                                           [x, y + 2], [x, y]]]}})
+    (workdir / "layout.geojson").write_text(json.dumps({"type": "FeatureCollection", "frame": "local",
+                                                        "features": feats}))
+    (workdir / "promotions.json").write_text(json.dumps([
+        {"id": "bench", "title": "Bench", "message": "m", "categories": ["bench"], "cooldown_s": 0}]))
+    (workdir / "store.toml").write_text(textwrap.dedent(f"""\
+        [store]
+        id = "{store_id}"
+        name = "bench"
+        timezone = "UTC"
+        layout = "layout.geojson"
+        promotions = "promotions.json"
+        [store.anchor]
+        lat = 50.0
+        lon = 14.0
+        [mqtt]
+        url = "mqtt://127.0.0.1:{port}"
+        [http]
+        listen = "127.0.0.1:{http_port}"
+        [data]
+        dir = "var"
+        [offers]
+        per_visit_cap = 0
+        [tracking]
+        sustained_pings = 0
+        [ingest]
+        shed_above = 1000000
+        """))
+    return workdir / "store.toml"
+
+
+def generator(port: int, store_id: str, rate: float, seconds: float, worker: int, devices: int,
+              entry_share: float, out: "mp.Queue") -> None:
+    """Publish pings at ``rate``/s; every 1/entry_share-th ping is a fresh entry."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"gen-{worker}-{os.getpid()}")
+    c.max_queued_messages_set(0)
+    c.on_socket_open = lambda cl, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    state = {}  # device -> inside?
+    entries: list[tuple[str, float]] = []
+    seq = 0
+    t0 = time.perf_counter()
+    n_total = int(rate * seconds)
+    every = max(1, int(round(1 / entry_share))) if entry_share > 0 else 0
+    for n in range(n_total):
+        target = t0 + n / rate
+        while True:
+            now = time.perf_counter()
+            if now >= target:
+                break
+            time.sleep(min(target - now, 0.001))
+        d = n % devices
+        device = f"w{worker}d{d}"
+        fx, fy = (d % GRID) * 4.0, ((d // GRID) % GRID) * 4.0
+        inside = state.get(device, False)
+        if every and n % every == 0:
+            # A fresh entry: step out (if in) and in again.
+            if inside:
+                c.publish(f"store/{store_id}/ping/uwb/{device}",
+                          json.dumps({"x": fx + 3.0, "y": fy + 3.0, "acc": 0.3, "seq": seq}), qos=0)
+                seq += 1
+            entries.append((device, time.time()))
+            c.publish(f"store/{store_id}/ping/uwb/{device}",
+                      json.dumps({"x": fx + 1.0, "y": fy + 1.0, "acc": 0.3, "seq": seq}), qos=0)
+            state[device] = True
+        elif inside:
+            c.publish(f"store/{store_id}/ping/uwb/{device}",
+                      json.dumps({"x": fx + 1.1, "y": fy + 0.9, "acc": 0.3, "seq": seq}), qos=0)
+        else:
+            c.publish(f"store/{store_id}/ping/wifi/{device}",
+                      json.dumps({"x": fx + 3.0, "y": fy + 3.0, "acc": 0.5, "seq": seq}), qos=0)
+        seq += 1
+    sent_s = time.perf_counter() - t0
+    time.sleep(0.5)
+    c.loop_stop()
+    c.disconnect()
+    out.put({"worker": worker, "published": seq, "entries": entries, "seconds": sent_s})
+
+
+def offer_listener(port: int, store_id: str, ready, stop, out: "mp.Queue") -> None:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[tuple[str, float]] = []
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"offers-{os.getpid()}")
+    c.on_message = lambda cl, u, m: got.append((m.topic.rsplit("/", 1)[1], time.time()))
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"store/{store_id}/offer/+", 1)
+    c.on_subscribe = lambda *a: ready.set()
+    c.on_socket_open = lambda cl, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    stop.wait()
+    c.loop_stop()
+    out.put(got)
+
+
+def bare_subscriber(port: int, store_id: str, ready, stop, out: "mp.Queue") -> None:
+    """The baseline: a paho subscriber that only counts."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    count = [0]
+
+    def on_message(cl, u, m):
+        json.loads(m.payload)  # the least any consumer does
+        count[0] += 1
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-{os.getpid()}")
+    c.on_message = on_message
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"store/{store_id}/ping/+/+", 0)
+    c.on_subscribe = lambda *a: ready.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    stop.wait()
+    time.sleep(0.5)
+    c.loop_stop()
+    out.put(count[0])
+
+
+def agent_pings(http_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("edge_pings_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def run_load(port, store_id, rate, seconds, workers, devices, entry_share):
+    q: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=generator, args=(port, store_id, rate / workers, seconds, w, devices // workers,
+                                                entry_share, q)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return results
+
+
+def percentile(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rates", default="1000,5000,10000,20000", help="pings/s to try, comma separated")
+    ap.add_argument("--seconds", type=float, default=6.0, help="seconds per rate")
+    ap.add_argument("--workers", type=int, default=2, help="generator processes")
+    ap.add_argument("--devices", type=int, default=4000, help="simulated devices")
+    ap.add_argument("--entry-share", type=float, default=0.02, help="share of pings that are fresh entries")
+    ap.add_argument("--out", default=str(RESULTS / "e2e.json"))
+    args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="edge-e2e-"))
+    mosq, port = start_mosquitto(work)
+    rows = []
+    try:
+        for rate in rates:
+            # Baseline: bare paho subscriber.
+            q: mp.Queue = mp.Queue()
+            ready, stop = mp.Event(), mp.Event()
+            sid = f"B{int(rate)}"
+            bare = mp.Process(target=bare_subscriber, args=(port, sid, ready, stop, q))
+            bare.start()
+            ready.wait(10)
+            gens = run_load(port, sid, rate, args.seconds, args.workers, args.devices, args.entry_share)
+            stop.set()
+            bare_count = q.get()
+            bare.join()
+            published = sum(g["published"] for g in gens)
+
+            # The agent on the same load.
+            sid = f"A{int(rate)}"
+            http_port = free_port()
+            sdir = work / sid
+            sdir.mkdir()
+            cfg = write_store(sdir, port, http_port, sid)
+            agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--log-level", "warning", "run",
+                                      "--config", str(cfg)], cwd=ROOT)
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status == 200:
+                        break
+                except Exception:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("agent did not become ready")
+                time.sleep(0.1)
+            q2: mp.Queue = mp.Queue()
+            ready, stop = mp.Event(), mp.Event()
+            lst = mp.Process(target=offer_listener, args=(port, sid, ready, stop, q2))
+            lst.start()
+            ready.wait(10)
+            t0 = time.perf_counter()
+            gens = run_load(port, sid, rate, args.seconds, args.workers, args.devices, args.entry_share)
+            # Let the agent drain (bounded).
+            a_published = sum(g["published"] for g in gens)
+            drain_deadline = time.monotonic() + 15
+            processed = agent_pings(http_port)
+            while processed < a_published and time.monotonic() < drain_deadline:
+                time.sleep(0.2)
+                processed = agent_pings(http_port)
+            elapsed = time.perf_counter() - t0
+            stop.set()
+            offers = q2.get()
+            lst.join()
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(30)
+            # Latency: pair each entry with the next offer for that device.
+            by_dev: dict[str, list[float]] = {}
+            for dev, t in offers:
+                by_dev.setdefault(dev, []).append(t)
+            lat = []
+            for g in gens:
+                cursor: dict[str, int] = {}
+                for dev, t in g["entries"]:
+                    lst_t = by_dev.get(dev, [])
+                    k = cursor.get(dev, 0)
+                    while k < len(lst_t) and lst_t[k] < t:
+                        k += 1
+                    if k < len(lst_t):
+                        lat.append((lst_t[k] - t) * 1000)
+                        cursor[dev] = k + 1
+            entries = sum(len(g["entries"]) for g in gens)
+            row = {
+                "rate": rate, "published": a_published, "agent_processed": processed,
+                "agent_loss": round(1 - processed / a_published, 4) if a_published else None,
+                "bare_published": published, "bare_received": bare_count,
+                "bare_loss": round(1 - bare_count / published, 4) if published else None,
+                "entries": entries, "offers": len(offers),
+                "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "p999_ms": percentile(lat, 99.9),
+                "drain_s": round(elapsed - args.seconds, 2),
+            }
+            rows.append(row)
+            print(f"rate {rate:>7.0f}/s  agent loss {row['agent_loss']:.2%}  bare loss {row['bare_loss']:.2%}  "
+                  f"offers {len(offers)}/{entries}  p50 {row['p50_ms'] or 0:.2f} ms  p99 {row['p99_ms'] or 0:.2f} ms  "
+                  f"p999 {row['p999_ms'] or 0:.2f} ms  drain {row['drain_s']} s", flush=True)
+    finally:
+        mosq.terminate()
+        mosq.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    sustained = [r["rate"] for r in rows if r["agent_loss"] is not None and r["agent_loss"] <= 0.001]
+    bare_sustained = [r["rate"] for r in rows if r["bare_loss"] is not None and r["bare_loss"] <= 0.001]
+    summary = {
+        "machine": {"nproc": os.cpu_count(), "python": sys.version.split()[0]},
+        "command": " ".join(sys.argv),
+        "rows": rows,
+        "agent_max_sustained": max(sustained) if sustained else None,
+        "bare_max_sustained": max(bare_sustained) if bare_sustained else None,
+    }
+    if summary["agent_max_sustained"] and summary["bare_max_sustained"]:
+        summary["ratio"] = round(summary["agent_max_sustained"] / summary["bare_max_sustained"], 3)
+    print(f"\n{'rate':>8} {'agent loss':>10} {'bare loss':>9} {'p50 ms':>7} {'p99 ms':>7} {'p999 ms':>8}")
+    for r in rows:
+        print(f"{r['rate']:>8.0f} {r['agent_loss']:>10.2%} {r['bare_loss']:>9.2%} {r['p50_ms'] or 0:>7.2f} "
+              f"{r['p99_ms'] or 0:>7.2f} {r['p999_ms'] or 0:>8.2f}")
+    print(f"max sustained (loss <= 0.1%): agent {summary['agent_max_sustained']}, "
+          f"bare paho {summary['bare_max_sustained']}, ratio {summary.get('ratio')}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
