@@ -784,7 +784,9 @@ class Agent:
                 del self.tracks[device]
                 self.guard.forget(device)
             if events:
-                self._on_events(device, events, self.clock(), now)
+                # clock = "ping": simulated time runs far ahead of this 1 s tick, so decide at the
+                # event's own time (a dwell's threshold), not at the newest ping of any device
+                self._on_events(device, events, self.clock(), min(e.ts for e in events) if ping_clock else now)
         if self._pending:
             self.expire_offers(now)
         self.alerts.tick(now)  # long presence in assist fences, escalation of unclaimed alerts

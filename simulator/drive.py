@@ -13,11 +13,15 @@ remote one).  It
    they stay in order with the marker that follows them;
 3. publishes the pings in simulated-time order (by publish time), as fast as
    the agent keeps up or paced at ``speed`` simulated seconds per second;
-4. paces itself with *markers*: after every ``chunk_s`` simulated seconds it
-   publishes a ping without a position on device ``sim-marker-{run}``, which
-   the agent dead-letters (``no_position``) after everything published
-   before it; at most ``window`` chunks are in flight.  At the end two
-   markers in a row drain every event and offer.
+4. paces itself with *markers*: after every ``chunk`` pings it publishes a
+   ping without a position on device ``sim-marker-{run}``, which the agent
+   dead-letters (``no_position``) after everything published before it; at
+   most ``window`` chunks are in flight, so the agent is never buried under
+   a backlog.  At the end two markers in a row drain every event and offer.
+
+With ``speed`` 0 the pings go out as fast as the agent takes them, so the
+latency measured is under that load (an upper bound); ``speed`` 1 replays
+in real time.
 
 Ping→offer latency is wall-clock, from publishing the ping whose ``ts`` the
 offer carries (the agent stamps an offer with the time of the ping that
@@ -185,7 +189,7 @@ class Driver:
                 f"[tracking] publish_events = true)?")
 
     # -- the run
-    def run(self, samples, *, epoch: float, duration: float, speed: float = 0.0, chunk_s: float = 1.0,
+    def run(self, samples, *, epoch: float, duration: float, speed: float = 0.0, chunk: int = 100,
             window: int = 2, progress: bool = True) -> Collected:
         """Publish ``samples`` (those with a payload) and collect what comes back."""
         out = Collected()
@@ -201,23 +205,19 @@ class Driver:
         bar = _Progress(duration, progress)
         seq: dict[str, int] = {}
         wall0 = time.perf_counter()
-        chunk = None
         pub_wall = out.pub_wall
-        for s in sendable:
-            c = int(s.pub // chunk_s)
-            if c != chunk:
-                if chunk is not None:
-                    marker += 1
-                    self._send_marker(marker)
-                    if marker - window >= 0:
-                        self._wait_marker(marker - window)
-                chunk = c
-                if speed > 0:
-                    delay = wall0 + s.pub / speed - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)  # pacing to --speed, not synchronisation
+        for i, s in enumerate(sendable):
+            if i and i % chunk == 0:
+                marker += 1
+                self._send_marker(marker)
+                if marker - window >= 1:
+                    self._wait_marker(marker - window)
                 bar.update(s.pub, f"{s.pub:.0f}/{duration:.0f} s simulated, {out.published} pings, "
                                   f"{self._count('/offer/')} offers")
+            if speed > 0:
+                delay = wall0 + s.pub / speed - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)  # pacing to --speed, not synchronisation
             n = seq.get(s.device, 0) + 1
             seq[s.device] = n
             body = dict(s.payload)
