@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from store_config.load import (
+from store_config.load import (  # the same validation as the files
+    _cross_check_raw,
     config_version,
     cross_check,
     parse_inventory,
@@ -95,8 +96,12 @@ def build_config(base: StoreConfig, bundle: dict[str, Any]) -> StoreConfig:
         if res is not None:
             inventory = MappingProxyType(res)
     if layout_ok:
-        problems.extend(cross_check(fences, promotions, file="bundle"))
         ids = {f.id for f in fences}
+        if isinstance(bundle.get("promotions"), list):
+            # on the raw list, so references are checked even when a promotion has other errors
+            problems.extend(_cross_check_raw(ids, bundle["promotions"], file="bundle:promotions"))
+        else:
+            problems.extend(cross_check(fences, promotions, file="bundle"))
         for role, zones in base.associates.roles.items():
             missing = [z for z in zones if z not in ids]
             if missing:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import msgpack
+import pytest
 from aiohttp import web
 
 from tests.conftest import free_port
@@ -130,3 +132,69 @@ class Central:
             return web.json_response(self.bundle, headers={"ETag": self.bundle_etag})
         finally:
             self._changed.set()
+
+
+# -- helpers shared by the sync tests
+
+PRIVATE = {"x", "y", "lat", "lon", "acc", "coords", "beacons", "payload_b64", "topic"}
+
+
+def sync_toml(central: Central | None, **extra) -> str:
+    """``[sync]`` for tests (short intervals), transitions of anonymous devices
+    recorded, and the ping clock (see :func:`walk`)."""
+    keys = {"central_url": central.url, "token": central.token} if central is not None else {}
+    keys.update({"interval_s": 0.2, "timeout_s": 0.5, **extra})
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
+    # Test shoppers move between fences 4 s apart (ping clock), never faster than the teleport guard allows.
+    return (f"\n[sync]\n{body}\n\n[privacy]\nanonymous_tracking = true\n"
+            f"\n[tracking]\nclock = \"ping\"\n")
+
+
+_clocks: dict[str, float] = {}  # store root -> ping time of the last ping
+
+
+def _ts(R: str, step: float) -> float:
+    _clocks[R] = _clocks.get(R, time.time() - 280) + step
+    return _clocks[R]
+
+
+async def walk(phone, R: str, device: str) -> None:
+    """Entrance, then aisle-1 (4 s later, a brisk walk): enter/exit transitions and a `chips` offer."""
+    await phone.publish(f"{R}/ping/uwb/{device}", {"x": 3.0, "y": 1.5, "acc": 0.5, "ts": _ts(R, 1)}, qos=0)
+    await phone.publish(f"{R}/ping/uwb/{device}", {"x": 24.0, "y": 10.0, "acc": 0.5, "ts": _ts(R, 4)}, qos=0)
+
+
+async def barrier(phone, R: str) -> None:
+    """A dead letter after the pings proves every earlier ping was processed."""
+    if f"{R}/deadletter" not in phone.queues:
+        await phone.subscribe(f"{R}/deadletter")
+    await phone.publish(f"{R}/ping/uwb/marker", b"not a ping", qos=0)
+    await phone.next(f"{R}/deadletter")
+
+
+def produced_keys(agent) -> set[str]:
+    """Every event key the agent's ledger handed out in this boot ({store}:{boot}:{1..seq})."""
+    led = agent.ledger
+    return {f"{led.store_id}:{led.boot}:{i}" for i in range(1, led._seq + 1)}  # noqa: SLF001
+
+
+async def until(agent, pred, timeout: float = 15.0) -> None:
+    """Wait until ``pred()`` holds, re-checked whenever the sync tasks report something."""
+    changed = asyncio.Event()
+    agent.sync.listeners.append(lambda kind, data: changed.set())
+
+    async def loop():
+        while not pred():
+            changed.clear()
+            await changed.wait()
+    await asyncio.wait_for(loop(), timeout)
+
+
+
+
+@pytest.fixture
+async def central():
+    """A Central on a free port, not started (start it when the test wants central up)."""
+    c = Central()
+    yield c
+    await c.stop()

@@ -4,64 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
-from tests.central import Central
+from tests.central import PRIVATE, barrier, central, sync_toml, until, walk  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.broker
-
-PRIVATE = {"x", "y", "lat", "lon", "acc", "coords", "beacons", "payload_b64", "topic"}
-
-
-def sync_toml(central: Central, **extra) -> str:
-    keys = {"central_url": central.url, "token": central.token, "interval_s": 0.2, "timeout_s": 0.5, **extra}
-    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
-    # Test shoppers move between fences 10 s apart (ping clock), never faster than the teleport guard allows.
-    return (f"\n[sync]\n{body}\n\n[privacy]\nanonymous_tracking = true\n"
-            f"\n[tracking]\nclock = \"ping\"\n")
-
-
-@pytest.fixture
-async def central():
-    c = Central()
-    yield c
-    await c.stop()
-
-
-_clocks: dict[str, float] = {}  # store root -> ping time of the last ping
-
-
-def _ts(R: str, step: float) -> float:
-    _clocks[R] = _clocks.get(R, time.time() - 280) + step
-    return _clocks[R]
-
-
-async def walk(phone, R: str, device: str) -> None:
-    """Entrance, then aisle-1 (4 s later, a brisk walk): enter/exit transitions and a `chips` offer."""
-    await phone.publish(f"{R}/ping/uwb/{device}", {"x": 3.0, "y": 1.5, "acc": 0.5, "ts": _ts(R, 1)}, qos=0)
-    await phone.publish(f"{R}/ping/uwb/{device}", {"x": 24.0, "y": 10.0, "acc": 0.5, "ts": _ts(R, 4)}, qos=0)
-
-
-async def barrier(phone, R: str) -> None:
-    """A dead letter after the pings proves every earlier ping was processed."""
-    if f"{R}/deadletter" not in phone.queues:
-        await phone.subscribe(f"{R}/deadletter")
-    await phone.publish(f"{R}/ping/uwb/marker", b"not a ping", qos=0)
-    await phone.next(f"{R}/deadletter")
-
-
-async def until(agent, pred, timeout: float = 15.0) -> None:
-    """Wait until ``pred()`` holds, re-checked whenever the sync tasks report something."""
-    changed = asyncio.Event()
-    agent.sync.listeners.append(lambda kind, data: changed.set())
-
-    async def loop():
-        while not pred():
-            changed.clear()
-            await changed.wait()
-    await asyncio.wait_for(loop(), timeout)
 
 
 def pending_keys(agent) -> set[str]:

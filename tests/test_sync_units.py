@@ -1,0 +1,110 @@
+"""Sync building blocks on real SQLite files, without servers."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+
+import pytest
+
+from edge_agent.ledger import Ledger
+from store_config.model import ConfigError
+from sync.downlink import build_config, write_atomically
+from sync.retention import enforce_bound, purge
+from sync.uplink_http import backoff_delay, retry_after
+from sync.wire import decode, encode, idempotency_key, outgoing
+
+
+def test_backoff_is_exponential_from_1s_with_jitter_capped_at_30s():
+    assert [backoff_delay(n, 1.0) for n in (1, 2, 3, 4, 5, 6, 7, 20)] == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert [backoff_delay(n, 0.0) for n in (1, 2, 6)] == [0.5, 1, 15]
+
+
+def test_retry_after_seconds_and_http_date():
+    assert retry_after("7", 0.0) == 7.0
+    assert retry_after(None, 0.0) is None and retry_after("soon", 0.0) is None
+    assert retry_after(email.utils.formatdate(1000.0 + 42, usegmt=True), 1000.0) == pytest.approx(42, abs=1)
+
+
+def test_idempotency_key_is_stable_for_the_same_batch():
+    a = [{"key": "S:1:1"}, {"key": "S:1:2"}]
+    assert idempotency_key(a) == idempotency_key([dict(e) for e in a])
+    assert idempotency_key(a) != idempotency_key(a[:1])
+
+
+def test_outgoing_drops_positions_and_raw_payloads():
+    ev = {"key": "k", "kind": "deadletter", "device": "d_x", "x": 1, "lat": 2, "payload_b64": "AA", "topic": "t/raw"}
+    assert outgoing(ev) == {"key": "k", "kind": "deadletter", "device": "d_x"}
+    for enc in ("json", "msgpack"):
+        data, ctype = encode({"events": [ev]}, enc)
+        assert decode(data, ctype) == {"events": [ev]}
+    with pytest.raises(ValueError):
+        decode(b"\xc1", "application/msgpack")
+
+
+def test_bound_sheds_transitions_then_ordinary_never_redemptions_or_consent(tmp_path):
+    led = Ledger(tmp_path / "e.sqlite3", store_id="S1")
+    for i in range(200):
+        led.event("transition", i, "d_a", event="enter", zone="aisle-1")
+        if i % 10 == 0:
+            led.event("offer", i, "d_a", offer_id=f"o{i}", promotion_id="p", zone="z")
+            led.event("redemption", i, "d_a", offer_id=f"o{i}", code="ABCDEFGH")
+            led.event("consent", i, "d_a", offers=True, tracking=False)
+    led.commit()
+    rows, size = led.outbox.size_estimate()
+    assert rows == 260
+    res = enforce_bound(led.outbox, size / 2)
+    led.commit()
+    assert set(res.dropped) == {"transition"} and not res.stuck
+    left = [b for _, b in led.outbox.peek(1000)]
+    assert sum(b["kind"] == "transition" for b in left) < 200
+    assert min(b["ts"] for b in left if b["kind"] == "transition") > 0  # oldest went first
+    # A bound so small only the never-shed events are left: kept, reported as stuck.
+    res = enforce_bound(led.outbox, 1)
+    led.commit()
+    assert res.stuck
+    assert {b["kind"] for _, b in led.outbox.peek(1000)} == {"redemption", "consent"}
+    assert led.outbox.pending() == 40
+
+
+def test_retention_deletes_old_audit_offers_and_set_aside(tmp_path):
+    led = Ledger(tmp_path / "e.sqlite3", store_id="S1")
+    day = 86400.0
+    now = 100 * day
+    led.audit([(now - 40 * day, "d_a", "enter", "z", "p", "offered", "offered", None),
+               (now - 1 * day, "d_a", "enter", "z", "p", "offered", "offered", None)])
+    led.add_offer("old", "d_a", "p", "z", now - 40 * day, now - 40 * day + 900, {})
+    led.add_offer("new", "d_a", "p", "z", now - 1 * day, now, {})
+    ev = led.event("offer", now - 40 * day, "d_a")
+    led.commit()
+    seq = led.outbox.peek(10)[0][0]
+    led.begin()
+    led.outbox.set_aside([seq], status=400, error="bad", now=now - 31 * day)
+    counts = purge(led.conn, now=now, retention_s=30 * day, keep_offers_s=day)
+    led.commit()
+    assert counts == {"audit": 1, "offers": 1, "outbox_aside": 1}
+    assert led.get_offer("new") and not led.get_offer("old")
+    assert ev.key
+
+
+def test_bundle_validated_against_the_rest_of_the_config(store_factory):
+    base = store_factory()
+    layout = {"type": "FeatureCollection", "frame": "local", "features": [
+        {"type": "Feature", "properties": {"id": "entrance", "kind": "entrance"},
+         "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [6, 0], [6, 3], [0, 3], [0, 0]]]}}]}
+    # The layout drops `produce`, which the running promotion fruit-week names: refused.
+    with pytest.raises(ConfigError) as exc:
+        build_config(base, {"layout": layout})
+    assert "produce" in str(exc.value)
+    cfg = build_config(base, {"layout": layout, "promotions": [{"id": "w", "title": "W", "zones": ["entrance"]}]})
+    assert [f.id for f in cfg.fences] == ["entrance"] and [p.id for p in cfg.promotions] == ["w"]
+    assert cfg.version != base.version
+    assert build_config(base, {"inventory": {"apple": 3}}).inventory == {"apple": 3}
+
+
+def test_write_atomically_replaces_whole(tmp_path):
+    p = tmp_path / "bundle.json"
+    write_atomically(p, json.dumps({"a": 1}).encode())
+    write_atomically(p, json.dumps({"a": 2}).encode())
+    assert json.loads(p.read_text()) == {"a": 2}
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["bundle.json"]
