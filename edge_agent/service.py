@@ -604,9 +604,16 @@ class Agent:
     def ingest_pings(self, pings: list[Ping]) -> None:
         """Run already-decoded pings (vendor adapters: Meraki, Aruba) through
         the same pipeline as MQTT pings, then commit and publish once."""
-        if pings:
-            self._process_pings(pings)
-        self._commit_and_flush()
+        try:
+            if pings:
+                pings, shed = shed_stale(pings, self.cfg.ingest.shed_above)
+                if shed:
+                    self.metrics.pings_shed.inc("stale", n=shed)
+                self._process_pings(pings)
+            self._commit_and_flush()
+        except sqlite3.Error as exc:
+            # Same policy as MQTT batches: roll back, never publish an unrecorded offer.
+            self._storage_failed(exc, [])
 
     def _source_route(self, topic: str) -> Callable[[Message], list[Ping]] | None:
         for flt, _, decode in self.source_routes:
