@@ -108,3 +108,15 @@ def test_write_atomically_replaces_whole(tmp_path):
     write_atomically(p, json.dumps({"a": 2}).encode())
     assert json.loads(p.read_text()) == {"a": 2}
     assert sorted(x.name for x in tmp_path.iterdir()) == ["bundle.json"]
+
+
+def test_openapi_describes_the_paths_and_event_kinds_the_agent_uses():
+    yaml = pytest.importorskip("yaml")
+    from pathlib import Path
+
+    doc = yaml.safe_load((Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml").read_text())
+    assert doc["openapi"].startswith("3.1")
+    assert set(doc["paths"]) == {"/v1/stores/{store_id}/events", "/v1/stores/{store_id}/bundle"}
+    kinds = doc["components"]["schemas"]["EventBase"]["properties"]["kind"]["enum"]
+    assert set(kinds) == {"transition", "offer", "suppressed", "would_offer", "redemption", "dismissal", "alert",
+                          "consent", "deadletter"}
