@@ -48,6 +48,8 @@ async def _self_contained(cfg, args: argparse.Namespace, out: Path) -> dict:
     from .embedded import EmbeddedBroker
     from .runner import Server
 
+    if getattr(args, "log_level", "info") == "info":
+        logging.getLogger("amqtt").setLevel(logging.ERROR)  # its shutdown chatter is not the report
     broker = None
     url = args.broker
     if url is None:
@@ -89,7 +91,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     if getattr(args, "log_level", "info") == "info":
         # keep the progress bar readable: the agent's and broker's routine logs are not the report
         logging.getLogger().setLevel(logging.WARNING)
-        logging.getLogger("amqtt").setLevel(logging.ERROR)
     try:
         if args.attach:
             if cfg.mqtt.url is None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -119,6 +120,11 @@ class Driver:
     # -- paho callbacks (network thread)
     def _on_connect(self, client, userdata, flags, rc, props=None) -> None:
         if not rc.is_failure:
+            sock = client.socket()
+            try:  # paho leaves Nagle on: small pings and markers would wait for delayed ACKs
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
             self._connected.set()
 
     def _on_subscribe(self, client, userdata, mid, rcs, props=None) -> None:

@@ -52,8 +52,8 @@ def advice(cfg, zones: dict, flagged: list[str], tech: str) -> list[dict]:
         if zid in flagged and (recall is None or recall < 0.8):
             seen = "no visits to score" if recall is None else f"recall {recall:.0%} over {z['visits']} visits"
             out.append({"zone": zid, "verdict": "will fail", "text": (
-                f"{zid} will fail with {tech} ({seen}): it is {_fmt(across)} m across at its widest inscribed "
-                f"circle, but a {tech} fix is only good to ~{_fmt(acc)} m, so the accuracy circle never fits "
+                f"{zid} will fail with {tech} ({seen}): its largest inscribed circle is {_fmt(across)} m "
+                f"across, but a {tech} fix is only good to ~{_fmt(acc)} m, so its accuracy circle never fits "
                 f"inside; enlarge it to at least {_fmt(2 * acc)} m across{alt}")})
         elif recall is not None and recall < 0.8:
             out.append({"zone": zid, "verdict": "fails", "text": (
@@ -174,6 +174,10 @@ def markdown(report: dict) -> str:
         ok = lat["p99"] <= lat["budget_ms"]
         lines.append(f"p50 {_cell(lat['p50'])} ms, p99 {_cell(lat['p99'])} ms, max {_cell(lat['max'])} ms over "
                      f"{lat['n']} offers — {'within' if ok else 'OVER'} the {_fmt(lat['budget_ms'])} ms budget.")
+        rate = r["timing"].get("pings_per_s")
+        if rate:
+            lines.append(f"Measured while the simulator pushed {rate:.0f} pings/s (`--speed 0` pushes as fast as "
+                         "the agent takes them, so this is latency under that load; `--speed` paces the replay).")
     else:
         lines.append("No offer was caused by a ping in this run.")
     lines += ["", "## Advice", ""]
