@@ -212,9 +212,7 @@ class Agent:
                 was = before.consent if before is not None else None
                 if was is not None and ((was.offers and not effective.offers)
                                         or (was.tracking and not effective.tracking)):
-                    self.ledger.event("consent", now, pseudo, offers=effective.offers,
-                                      tracking=effective.tracking, source="profile")
-                    self._purge_device(device, pseudo)
+                    self._purge_device(device, pseudo)  # central sent this profile: no event back
                 continue
             cur = override[0]
             merged = replace(cur, offers=cur.offers and prof.consent.offers,

@@ -180,6 +180,9 @@ async def test_profile_reload_opt_out_applies_but_opt_in_never_undoes_a_device_o
     phone = mqtt_client()
     R = cfg.root_topic
     await phone.subscribe(f"{R}/deadletter")
+    await phone.subscribe(f"{R}/offer/a")
+    await phone.publish(f"{R}/ping/uwb/a", AISLE, qos=0)
+    offer = await phone.next_json(f"{R}/offer/a")
     await phone.publish(f"{R}/consent/b", {"offers": False}, qos=1)
     await phone.publish(f"{R}/consent/b", b"x", qos=1)
     await phone.next(f"{R}/deadletter")
@@ -187,6 +190,7 @@ async def test_profile_reload_opt_out_applies_but_opt_in_never_undoes_a_device_o
     write_json(cfg.files["profiles"], [{"device": "a", "consent": no}, {"device": "b", "consent": yes}])
     assert agent.reload_from_files() == (True, [])
     assert agent.consent_for("a", agent.pseudonym("a"))[1].offers is False  # the profile's opt-out holds
+    assert agent.ledger.get_offer(offer["offer_id"]).zone is None and "a" not in agent.tracks  # and purges
     assert agent.consent_for("b", agent.pseudonym("b"))[1].offers is False  # the device's opt-out holds
 
 
