@@ -133,6 +133,34 @@ def _lint_outline(cfg: StoreConfig, file: str) -> list[Problem]:
     return out
 
 
+def _lint_reachable(cfg: StoreConfig, file: str) -> list[Problem]:
+    """Fences a shopper cannot reach from an entrance: on the entrance's floor,
+    the outline minus ``staff_only`` areas splits into pieces; a fence that
+    touches none of the pieces holding an entrance is unreachable."""
+    if cfg.outline is None:
+        return []
+    out = []
+    for floor in sorted({f.floor for f in cfg.fences if f.kind == "entrance"}):
+        staff = [f.geometry for f in cfg.fences if f.floor == floor and f.kind == "staff_only"]
+        if not staff:
+            continue
+        free = cfg.outline.difference(shapely.union_all(staff))
+        pieces = list(getattr(free, "geoms", [free]))
+        entrances = [f.geometry for f in cfg.fences if f.floor == floor and f.kind == "entrance"]
+        open_ = [p for p in pieces if any(p.intersection(e).area > _AREA_EPS for e in entrances)]
+        if not open_:
+            continue
+        reach = shapely.union_all(open_)
+        for f in cfg.fences:
+            if f.floor != floor or f.kind in ("staff_only", "entrance"):
+                continue
+            if f.geometry.intersection(reach).area <= _AREA_EPS:
+                out.append(Problem(file, f'feature "{f.id}"', "geometry",
+                                   "is unreachable from an entrance (staff-only areas or the outline cut it off), "
+                                   "so no shopper can ever enter it", severity="warning"))
+    return out
+
+
 def _lint_promotions(cfg: StoreConfig, file: str) -> list[Problem]:
     out = []
     ids = {f.id for f in cfg.fences}
@@ -196,6 +224,7 @@ def lint(cfg: StoreConfig, *, tech: str | None = None) -> list[Problem]:
         _lint_sizes(cfg, tech, layout_file)
         + _lint_overlaps(cfg, layout_file)
         + _lint_outline(cfg, layout_file)
+        + _lint_reachable(cfg, layout_file)
         + _lint_promotions(cfg, promo_file)
     )
 

@@ -158,3 +158,21 @@ async def test_attach_drives_a_running_agent(tmp_path, mosquitto, agent_factory)
     assert report["totals"]["enters"] > 0
     visited = [v for v in report["zones"].values() if v["visits"]]
     assert visited and np.mean([v["recall"] for v in visited]) >= 0.8
+
+
+def test_lint_flags_fences_unreachable_from_an_entrance(store_factory):
+    from tests.conftest import BASE_LAYOUT
+
+    layout = json.loads(json.dumps(BASE_LAYOUT))
+    layout["features"] += [
+        {"type": "Feature", "properties": {"id": "outline", "kind": "outline"},
+         "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [30, 0], [30, 20], [0, 20], [0, 0]]]}},
+        # a staff-only ring walls the coffee display off
+        {"type": "Feature", "properties": {"id": "stock", "kind": "staff_only"},
+         "geometry": {"type": "Polygon", "coordinates": [
+             [[2, 9], [8, 9], [8, 15], [2, 15], [2, 9]], [[3, 10], [3, 14], [7, 14], [7, 10], [3, 10]]]}},
+    ]
+    cfg = store_factory(layout=layout)
+    unreachable = [p.where for p in lint(cfg) if "unreachable" in p.message]
+    assert unreachable == ['feature "coffee-display"']
+    assert not [p for p in lint(load_store(sample_path())) if "unreachable" in p.message]
