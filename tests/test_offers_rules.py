@@ -302,3 +302,36 @@ async def test_malformed_promotions_on_reload_are_refused_and_old_ones_serve(sto
     offer = await shop.offer("s")
     assert offer["promotion_id"] == "chips" and offer["title"] == "Chips"
     assert agent.cfg.version == version
+
+
+async def test_daily_cap_and_holdout_survive_a_restart(store_factory, agent_factory, mqtt_client):
+    cfg = store_factory(toml_extra="""
+        [offers]
+        daily_cap = 1
+    """, promotions=[
+        {"id": "chips", "title": "Chips", "zones": ["aisle-1"]},
+        {"id": "fruit", "title": "Fruit", "zones": ["produce"]},
+        {"id": "control", "title": "Held out", "zones": ["entrance"], "holdout_pct": 100},
+    ])
+    server = await agent_factory(cfg)
+    shop = Shop(server, mqtt_client(), cfg)
+    await shop.phone.subscribe(f"{shop.R}/offer/+")
+    await shop.phone.subscribe(f"{shop.R}/deadletter")
+    await shop.ping("regular", "aisle-1")
+    assert (await shop.offer("regular"))["promotion_id"] == "chips"
+    await shop.ping("held", "entrance")
+    await shop.settle("held")
+    await server.stop()
+    server2 = await agent_factory(cfg)
+    shop2 = Shop(server2, shop.phone, cfg)
+    await shop2.walk("regular", "aisle-1", "produce")
+    await shop2.ping("held", "entrance")
+    await shop2.settle("regular")
+    await shop2.settle("held")
+    assert shop2.no_offers()
+    assert shop2.decisions("suppressed", "cap") == 1  # the day's one offer was before the restart
+    # chips (re-entering aisle-1) and control: the holdout record still cools "control" down.
+    assert shop2.decisions("suppressed", "cooldown") == 2
+    audit = [(r["promotion_id"], r["reason"]) for r in server2.agent.ledger.read_audit()]
+    assert ("control", "cooldown") in audit and ("fruit", "cap") in audit
+    assert len(shop2.outbox("would_offer")) == 1
