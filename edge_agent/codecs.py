@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import msgpack
+import orjson
 
 from store_config.model import EdgeError
 
@@ -59,24 +60,40 @@ def decode_object(payload: bytes, *, max_bytes: int = 16384) -> dict[str, Any]:
         raise PayloadError("too_large", f"{len(payload)} bytes > {max_bytes}")
     if not payload:
         raise PayloadError("decode", "empty payload")
-    stripped = payload.lstrip()
-    if stripped[:1] in (b"{", b"["):  # JSON (an array is valid JSON of the wrong shape)
+    first = payload[:1]
+    if first == b"{":
         try:
-            obj = json.loads(stripped)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PayloadError("decode", f"invalid JSON: {exc}") from exc
+            obj = orjson.loads(payload)  # the hot path: strict RFC 8259, fast
+        except orjson.JSONDecodeError:
+            obj = _json_lenient(payload)  # NaN/Infinity literals reach the range check
+    elif first in (b"[", b" ", b"\t", b"\r", b"\n"):  # JSON (an array is valid JSON of the wrong shape)
+        obj = _json_lenient(payload.lstrip())
     else:
         try:
             obj = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_str_len=max_bytes, max_bin_len=max_bytes)
         except Exception as exc:  # msgpack raises several unrelated types
             raise PayloadError("decode", f"neither JSON nor msgpack: {type(exc).__name__}") from exc
-    if not isinstance(obj, dict):
+    if obj.__class__ is not dict:
         raise PayloadError("schema", f"expected an object, got {type(obj).__name__}")
     return obj
 
 
+def _json_lenient(payload: bytes) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PayloadError("decode", f"invalid JSON: {exc}") from exc
+
+
 def _num(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float | None:
     v = obj.get(key)
+    cls = v.__class__
+    if cls is float:
+        if v - v != 0.0:  # NaN or ±inf
+            raise PayloadError("range", f"'{key}' is not finite")
+        return v
+    if cls is int:
+        return float(v)
     if v is None:
         if required:
             raise PayloadError("no_position", f"missing '{key}'")
@@ -97,6 +114,9 @@ def _num(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float |
 
 
 def _int(obj: Mapping[str, Any], key: str) -> int | None:
+    raw = obj.get(key)
+    if raw is None or raw.__class__ is int:
+        return raw
     v = _num(obj, key)
     if v is None:
         return None
@@ -116,7 +136,7 @@ def parse_ping(
     """Validate one decoded ping object (native, HTML5 GeolocationPosition)."""
     ping = Ping(device=device, source=source, received=received)
     coords = obj.get("coords")
-    if isinstance(coords, Mapping):
+    if coords is not None and isinstance(coords, dict):
         # A serialised HTML5 GeolocationPosition.
         ping.lat = _num(coords, "latitude", required=True)
         ping.lon = _num(coords, "longitude", required=True)
@@ -142,7 +162,9 @@ def parse_ping(
         ping.ts = _num(obj, "ts")
         ping.seq = _int(obj, "seq")
     # Mock-location flags as apps report them (Android Location.isMock()).
-    mock = next((obj[k] for k in ("mock", "mocked", "isMock") if k in obj), None)
+    mock = obj.get("mock")
+    if mock is None:
+        mock = obj.get("mocked", obj.get("isMock"))
     ping.mock = bool(mock) if isinstance(mock, bool) else False
     _check_ranges(ping, received, max_future_skew_s)
     return ping
