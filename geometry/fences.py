@@ -19,14 +19,13 @@ How (all numpy, no per-ping Python):
   vectorised over (pair, edge); bigger polygons through shapely (prepared).
 * **Results** come out as CSR arrays (:class:`Hits`: per ping, the fences its
   disc reaches and a code per fence) from :meth:`FenceIndex.classify_hits`;
-  :meth:`FenceIndex.classify` turns them into :class:`Match` values (with an
-  interning cache, because most pings share their relation to the fences
-  with other pings).
+  :meth:`FenceIndex.classify` wraps them in lazy :class:`Match` values
+  (the frozensets are built only when read).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -38,25 +37,113 @@ __all__ = ["Match", "Hits", "FenceIndex", "EMPTY_MATCH", "INSIDE", "STRADDLE", "
 INSIDE, STRADDLE, CENTRE_IN = 1, 2, 4
 
 
-@dataclass(frozen=True, slots=True)
 class Match:
-    """One ping's relation to the fences on its floor.
+    """One ping's relation to the fences on its floor (immutable).
 
     ``inside``: fences whose accuracy disc lies wholly inside the fence.
     ``straddle``: fences whose accuracy disc crosses the fence boundary.
     ``centre_in``: fences containing the disc's centre (a subset of
     ``inside | straddle``).  Every other fence is wholly outside the disc.
+
+    The values :meth:`FenceIndex.classify` returns are lazy: each frozenset
+    is built from the batch's arrays the first time it is read (a tracker
+    reads ``straddle`` only for devices already in a fence), so a batch
+    allocates one small object per ping.  Equality, hashing and ``repr`` are
+    by value, as for a frozen dataclass.
     """
 
-    inside: frozenset[str] = frozenset()
-    straddle: frozenset[str] = frozenset()
-    centre_in: frozenset[str] = frozenset()
+    __slots__ = ("_v", "_b", "_r")  # values [inside, straddle, centre_in] (None: lazy), batch, row
+    __match_args__ = ("inside", "straddle", "centre_in")
+
+    def __init__(self, inside: Iterable[str] = (), straddle: Iterable[str] = (),
+                 centre_in: Iterable[str] = ()):
+        _set_v(self, [_fz(inside), _fz(straddle), _fz(centre_in)])
+        _set_b(self, None)
+
+    def _get(self, k: int) -> frozenset[str]:
+        v = self._v
+        if v is None:
+            v = [None, None, None]
+            _set_v(self, v)
+        x = v[k]
+        if x is None:
+            x = v[k] = self._b.get(k, self._r)
+        return x
+
+    @property
+    def inside(self) -> frozenset[str]:
+        return self._get(0)
+
+    @property
+    def straddle(self) -> frozenset[str]:
+        return self._get(1)
+
+    @property
+    def centre_in(self) -> frozenset[str]:
+        return self._get(2)
+
+    def _key(self) -> tuple:
+        return (self._get(0), self._get(1), self._get(2))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Match):
+            return NotImplemented
+        return self is other or self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        i, s, c = self._key()
+        return f"Match(inside={i!r}, straddle={s!r}, centre_in={c!r})"
+
+    def __reduce__(self):
+        return (Match, self._key())
+
+    def __setattr__(self, name, value):
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name):
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+# slot setters that bypass the frozen __setattr__
+_set_v, _set_b, _set_r = Match._v.__set__, Match._b.__set__, Match._r.__set__
+_EMPTY: frozenset[str] = frozenset()
+
+
+def _fz(v) -> frozenset[str]:
+    if isinstance(v, frozenset):
+        return v if v else _EMPTY
+    v = frozenset(v)
+    return v if v else _EMPTY
 
 
 EMPTY_MATCH = Match()
-_EMPTY: frozenset[str] = frozenset()
-# Bound on the cross-call interning cache of Match values.
-_CACHE_MAX = 1 << 16
+
+
+class _Batch:
+    """A classified batch behind lazy :class:`Match` values: per code bit, the
+    CSR of the fence ids with that bit, built on first use."""
+
+    __slots__ = ("ids", "hits", "cats")
+
+    def __init__(self, ids: np.ndarray, hits: "Hits"):
+        self.ids = ids
+        self.hits = hits
+        self.cats: list = [None, None, None]
+
+    def get(self, k: int, row: int) -> frozenset[str]:
+        cat = self.cats[k]
+        if cat is None:
+            indptr, fence, code = self.hits
+            m = (code & (INSIDE, STRADDLE, CENTRE_IN)[k]) != 0
+            cum = np.zeros(m.size + 1, dtype=np.int64)
+            np.cumsum(m, out=cum[1:])
+            cat = self.cats[k] = (cum[indptr].tolist(), self.ids[fence[m]].tolist())
+        ptr, names = cat
+        s, e = ptr[row], ptr[row + 1]
+        return frozenset(names[s:e]) if e > s else _EMPTY
 
 
 class Hits(NamedTuple):
@@ -115,9 +202,13 @@ class _Group:
 
 
 def _codes(contains, dist, a):
-    ins = contains & (dist >= a)
-    strad = ~ins & (dist < a)
-    return ins * np.int8(INSIDE) | strad * np.int8(STRADDLE) | contains * np.int8(CENTRE_IN)
+    """Pair codes from "centre inside" and the centre's distance to the boundary:
+    inside when the disc fits (``dist >= a``), else straddle when it reaches
+    the boundary (``dist < a``), else (centre outside, far) nothing."""
+    cv = contains.view(np.int8)
+    code = np.where(dist < a, np.int8(STRADDLE), cv)
+    code += cv << 2
+    return code
 
 
 class _Boxes(_Group):
@@ -128,15 +219,17 @@ class _Boxes(_Group):
         my = np.minimum(py - self.ey0[r], self.ey1[r] - py)
         d_in = np.minimum(mx, my)
         contains = d_in > 0
-        np.negative(mx, out=mx)
-        np.negative(my, out=my)
-        np.maximum(mx, 0.0, out=mx)
-        np.maximum(my, 0.0, out=my)
+        # outside: distance to the rectangle, compared squared
+        np.minimum(mx, 0.0, out=mx)
+        np.minimum(my, 0.0, out=my)
         mx *= mx
         my *= my
         mx += my
-        dist = np.where(contains, d_in, np.sqrt(mx))
-        return _codes(contains, dist, a)
+        lt = np.where(contains, d_in < a, mx < a * a)
+        cv = contains.view(np.int8)
+        code = np.where(lt, np.int8(STRADDLE), cv)
+        code += cv << 2
+        return code
 
 
 class _Circles(_Group):
@@ -168,13 +261,23 @@ class _Polygons(_Group):
         with np.errstate(divide="ignore", invalid="ignore"):
             il2 = np.where(l2 > 0, 1.0 / l2, 0.0)
             slope = np.where(dy != 0, dx / dy, 0.0)
-        # one contiguous row per edge slot: gathers stay 1-D
+        # small batches: (pair, edge) 2-D arrays; large: one 1-D pass per edge slot
         self.E = x0.shape[1]
-        self.edges = [tuple(np.ascontiguousarray(v[:, k]) for v in (x0, y0, y1, dx, dy, il2, slope))
-                      for k in range(self.E)]
+        self.grid2d = (x0, y0, y1, dx, dy, il2, slope)
+        self.edges = [tuple(np.ascontiguousarray(v[:, k]) for v in self.grid2d) for k in range(self.E)]
 
     def test(self, px, py, a, r):
         m = px.size
+        if m * self.E <= 4096:
+            X0, Y0, Y1, DX, DY, IL2, SLOPE = (v[r] for v in self.grid2d)
+            px2, py2 = px[:, None], py[:, None]
+            ux, uy = px2 - X0, py2 - Y0
+            odd = np.count_nonzero(((Y0 > py2) != (Y1 > py2)) & (ux < uy * SLOPE), axis=1) & 1
+            t = np.minimum(np.maximum((ux * DX + uy * DY) * IL2, 0.0), 1.0)
+            ux -= t * DX
+            uy -= t * DY
+            dist = np.sqrt((ux * ux + uy * uy).min(axis=1))
+            return _codes(odd.astype(bool) & (dist > 0), dist, a)
         best = np.full(m, np.inf)
         odd = np.zeros(m, dtype=bool)
         for X0, Y0, Y1, DX, DY, IL2, SLOPE in self.edges:
@@ -187,7 +290,8 @@ class _Polygons(_Group):
             t = ux * dx
             t += uy * dy
             t *= IL2[r]
-            np.clip(t, 0.0, 1.0, out=t)
+            np.maximum(t, 0.0, out=t)
+            np.minimum(t, 1.0, out=t)
             ux -= t * dx
             uy -= t * dy
             ux *= ux
@@ -349,12 +453,6 @@ class FenceIndex:
         self._g_off = np.zeros(nk, dtype=np.int64)
         self._ncells = 1  # global cell 0 is the empty cell
 
-        # per-pair interning of Match values (see _matches)
-        rng = np.random.default_rng(0x6E0F)
-        nkeys = 8 * max(n, 1)
-        self._r1 = rng.integers(0, 2**63, nkeys, dtype=np.int64)
-        self._r2 = rng.integers(0, 2**63, nkeys, dtype=np.int64)
-        self._cache: dict[int, tuple[int, Match]] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -446,8 +544,10 @@ class FenceIndex:
             tot = int(cnt.sum())
             if tot == 0:
                 continue
+            it = np.int32 if gr.cf.size < 2**31 and tot < 2**31 else np.int64
             pi = np.repeat(np.arange(n, dtype=np.int32), cnt)
-            pos = np.repeat(start - (np.cumsum(cnt) - cnt), cnt) + np.arange(tot)
+            pos = np.repeat((start - (np.cumsum(cnt) - cnt)).astype(it), cnt)
+            pos += np.arange(tot, dtype=it)
             r = gr.cf[pos]
             code = gr.codes(x[pi], y[pi], acc[pi], r)
             keep = np.flatnonzero(code)
@@ -474,69 +574,22 @@ class FenceIndex:
         return self.classify([x], [y], [floor], [acc])[0]
 
     def _matches(self, hits: Hits) -> list[Match]:
-        """Match values from :class:`Hits`.
-
-        Many pings share the same relation to the fences (same aisle, same
-        accuracy class), so pings are grouped by a 128-bit set hash of their
-        ``(fence, code)`` pairs (two random 63-bit lanes summed; a collision
-        would need both lanes to collide) and one interned :class:`Match` is
-        built per distinct set.  The interning cache also spans calls
-        (bounded), so steady streams allocate almost nothing.
-        """
-        indptr, fence, code = hits
+        """Lazy :class:`Match` values over ``hits`` (EMPTY_MATCH for pings
+        that reach no fence)."""
+        indptr = hits.indptr
         n = indptr.size - 1
         out = [EMPTY_MATCH] * n
-        if fence.size == 0:
+        if hits.fence.size == 0:
             return out
-        cnt = np.diff(indptr)
-        rows = np.flatnonzero(cnt)
-        starts = indptr[rows]
-        key = fence.astype(np.int64) * 8 + code
-        with np.errstate(over="ignore"):
-            h1 = np.add.reduceat(self._r1[key], starts)
-            h2 = np.add.reduceat(self._r2[key], starts)
-        cache = self._cache
-        if len(cache) > _CACHE_MAX:
-            cache.clear()
-        get = cache.get
-        miss: dict[tuple[int, int], list[int]] = {}
-        for r, a, b in zip(rows.tolist(), h1.tolist(), h2.tolist()):
-            hit = get(a)
-            if hit is not None and hit[0] == b:
-                out[r] = hit[1]
-            else:
-                lst = miss.get((a, b))
-                if lst is None:
-                    miss[(a, b)] = [r]
-                else:
-                    lst.append(r)
-        if miss:
-            reps = np.array([v[0] for v in miss.values()], dtype=np.int64)
-            for (a, b), m, rs in zip(miss, self._build(indptr, fence, code, reps), miss.values()):
-                cache[a] = (b, m)
-                for r in rs:
-                    out[r] = m
+        batch = _Batch(self._ids_arr, hits)
+        new, set_v, set_b, set_r = Match.__new__, _set_v, _set_b, _set_r
+        for r in np.flatnonzero(indptr[1:] != indptr[:-1]).tolist():
+            m = new(Match)
+            set_v(m, None)
+            set_b(m, batch)
+            set_r(m, r)
+            out[r] = m
         return out
-
-    def _build(self, indptr, fence, code, rows) -> list[Match]:
-        """New Match values for ``rows`` (vectorised up to the frozensets)."""
-        s, e = indptr[rows], indptr[rows + 1]
-        cnt = e - s
-        tot = int(cnt.sum())
-        first = np.cumsum(cnt) - cnt
-        pidx = np.repeat(s - first, cnt) + np.arange(tot)
-        f, c = fence[pidx], code[pidx]
-        names = self._ids_arr[f]
-        cats = []
-        for bit in (INSIDE, STRADDLE, CENTRE_IN):
-            m = (c & bit) != 0
-            cum = np.zeros(tot + 1, dtype=np.int64)
-            np.cumsum(m, out=cum[1:])
-            cats.append((names[m].tolist(), cum[first].tolist(), cum[first + cnt].tolist()))
-        (li, si, ei), (ls, ss, es), (lc, sc, ec) = cats
-        return [Match(frozenset(li[a:b]) if b > a else _EMPTY, frozenset(ls[c:d]) if d > c else _EMPTY,
-                      frozenset(lc[g:h]) if h > g else _EMPTY)
-                for a, b, c, d, g, h in zip(si, ei, ss, es, sc, ec)]
 
 
 def _validate(x, y, floor, acc):
