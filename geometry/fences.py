@@ -25,6 +25,8 @@ How (all numpy, no per-ping Python):
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from dataclasses import FrozenInstanceError
 from typing import Iterable, NamedTuple
 
@@ -166,6 +168,7 @@ class Hits(NamedTuple):
 # infinite) accuracies use class _NCLS, "every fence of the floor".
 _ACC = 0.5 * 2.0 ** (np.arange(23) / 2)
 _NCLS = len(_ACC)
+_ACC_L = _ACC.tolist()
 _CELL_FRAC = 0.25  # cell side of class A: max(A * _CELL_FRAC, a typical fence's size / 2)
 _MAX_CELLS = 1 << 18  # per grid
 _MAX_EDGES = 64  # polygons with more edges are tested through shapely
@@ -452,6 +455,8 @@ class FenceIndex:
         self._g_ny = np.zeros(nk, dtype=np.int64)
         self._g_off = np.zeros(nk, dtype=np.int64)
         self._ncells = 1  # global cell 0 is the empty cell
+        self._gpy: dict[int, tuple] = {}  # the same grid geometry as Python numbers (one-ping path)
+        self._slot = {int(f): k for k, f in enumerate(self._floor_ids.tolist())}
 
 
     def __len__(self) -> int:
@@ -506,6 +511,7 @@ class FenceIndex:
         self._g_ox[key], self._g_oy[key], self._g_inv[key] = ox, oy, inv
         self._g_nx[key], self._g_ny[key], self._g_off[key] = nx, ny, off
         self._g_built[key] = True
+        self._gpy[key] = (float(ox), float(oy), float(inv), int(nx), int(ny), int(off))
 
     def _cells(self, x, y, fl, acc) -> np.ndarray:
         """Global grid cell of every ping (0: no fence can be reached)."""
@@ -536,6 +542,8 @@ class FenceIndex:
         n = x.size
         if n == 0 or not self._groups:
             return Hits(np.zeros(n + 1, dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, np.int8))
+        if n == 1:
+            return self._hits_one(float(x[0]), float(y[0]), int(fl[0]), float(acc[0]))
         cell = self._cells(x, y, fl, acc)
         parts = []
         for gr in self._groups:
@@ -558,6 +566,38 @@ class FenceIndex:
             parts.append((pi, gr.gidx[r], code))
         return _merge(n, parts)
 
+    def _hits_one(self, x: float, y: float, fl: int, acc: float) -> Hits:
+        """:meth:`classify_hits` for a batch of one, with as few numpy calls
+        as possible (latency at low load).  ``acc`` is already clamped."""
+        cell = 0
+        slot = self._slot.get(fl)
+        if slot is not None and math.isfinite(x) and math.isfinite(y):
+            key = slot * (_NCLS + 1) + bisect_left(_ACC_L, acc)
+            g = self._gpy.get(key)
+            if g is None:
+                self._build_grid(key)
+                g = self._gpy[key]
+            ox, oy, inv, nx, ny, off = g
+            fx, fy = math.floor((x - ox) * inv), math.floor((y - oy) * inv)
+            if 0 <= fx < nx and 0 <= fy < ny:
+                cell = off + fy * nx + fx
+        fences, codes = [], []
+        if cell:
+            for gr in self._groups:
+                s, e = gr.cs[cell], gr.cs[cell + 1]
+                if s == e:
+                    continue
+                r = gr.cf[s:e]
+                m = int(e - s)
+                code = gr.codes(np.full(m, x), np.full(m, y), np.full(m, acc), r)
+                keep = code != 0
+                fences.append(gr.gidx[r[keep]])
+                codes.append(code[keep])
+        if not fences:
+            return Hits(np.zeros(2, dtype=np.int64), np.zeros(0, np.int32), np.zeros(0, np.int8))
+        fence, code = np.concatenate(fences), np.concatenate(codes)
+        return Hits(np.array([0, fence.size], dtype=np.int64), fence, code)
+
     def classify(self, x, y, floor, acc) -> list[Match]:
         """Classify a batch of pings; returns one :class:`Match` per ping.
 
@@ -571,7 +611,11 @@ class FenceIndex:
 
     def classify_one(self, x: float, y: float, floor: int, acc: float) -> Match:
         """Classify a single ping (see :meth:`classify`)."""
-        return self.classify([x], [y], [floor], [acc])[0]
+        acc = float(acc)
+        acc = math.inf if math.isnan(acc) else max(acc, 0.0)
+        if not self._groups:
+            return EMPTY_MATCH
+        return self._matches(self._hits_one(float(x), float(y), int(floor), acc))[0]
 
     def _matches(self, hits: Hits) -> list[Match]:
         """Lazy :class:`Match` values over ``hits`` (EMPTY_MATCH for pings
