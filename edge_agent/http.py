@@ -104,6 +104,20 @@ async def admin_forget(request: web.Request) -> web.Response:
     return web.json_response({"forgotten": agent.pseudonym(device)})
 
 
+async def admin_requeue(request: web.Request) -> web.Response:
+    """Put events central refused (set aside) back in the outbox, e.g. after
+    fixing ``[sync] token``."""
+    require_admin(request)
+    agent = request.app[AGENT]
+    agent.ledger.begin()
+    n = agent.ledger.outbox.requeue_aside()
+    agent.ledger.commit()
+    wake = getattr(getattr(agent.sync, "uplink", None), "wake", None)
+    if wake is not None:
+        wake.set()
+    return web.json_response({"requeued": n})
+
+
 async def admin_audit(request: web.Request) -> web.Response:
     require_admin(request)
     agent = request.app[AGENT]
@@ -134,6 +148,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     app.router.add_post("/v1/admin/reload", admin_reload)
     app.router.add_delete("/v1/admin/devices/{device}", admin_forget)
     app.router.add_get("/v1/admin/audit", admin_audit)
+    app.router.add_post("/v1/admin/outbox/requeue", admin_requeue)
     from .sources import add_routes as add_source_routes  # here: the adapters import AGENT from this module
     add_source_routes(app)  # /v1/ingest/meraki, /v1/ingest/aruba
     alerts.setup_routes(app, AGENT, require_associate)  # /associates, /associates/ws, /v1/alerts/...

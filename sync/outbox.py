@@ -148,3 +148,14 @@ class Outbox:
                     dropped[kind] = dropped.get(kind, 0) + 1
                 left -= len(rows)
         return dropped
+
+    def requeue_aside(self) -> int:
+        """Put every set-aside event back in the outbox under its original
+        ``seq`` (so order is kept) and key (so central still dedupes)."""
+        rows = self.conn.execute("SELECT seq, key, kind, device, ts, body FROM outbox_aside ORDER BY seq").fetchall()
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO outbox(seq, key, kind, cls, device, ts, body) VALUES (?,?,?,?,?,?,?)",
+            [(seq, key, kind, KIND_CLASS.get(kind, SHED_NORMAL), device, ts, body)
+             for seq, key, kind, device, ts, body in rows])
+        self.conn.execute("DELETE FROM outbox_aside")
+        return len(rows)

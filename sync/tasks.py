@@ -91,7 +91,9 @@ class Sync:
                  "none" if self.uplink is None else sc.transport, "on" if sc.central_url else "off",
                  sc.max_outbox_mb, sc.retention_days)
 
-    async def stop(self) -> None:
+    async def stop(self, *, final_flush_s: float = 5.0) -> None:
+        """Stop the sync tasks; with an HTTP uplink, first try one last flush
+        of the outbox (bounded: what central does not take stays in SQLite)."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -102,6 +104,20 @@ class Sync:
             except Exception:
                 log.exception("sync task %s failed while stopping", t.get_name())
         self._tasks.clear()
+        if (isinstance(self.uplink, HttpUplink) and self._session is not None and self.agent.ledger is not None
+                and final_flush_s > 0):
+            try:
+                self.agent.ledger.commit()
+                if self.agent.ledger.outbox.pending():
+                    # central already failing: one quick try, don't hold the shutdown up
+                    budget = min(final_flush_s, 1.0) if self.uplink.failures else final_flush_s
+                    sent = await asyncio.wait_for(self.uplink.flush(self._session), budget)
+                    log.info("final outbox flush: %d events delivered", sent)
+            except asyncio.TimeoutError:
+                log.warning("final outbox flush timed out; %d events stay in the outbox for the next start",
+                            self.agent.ledger.outbox.pending())
+            except Exception:
+                log.exception("final outbox flush failed; the events stay in the outbox")
         if self._session is not None:
             await self._session.close()
             self._session = None

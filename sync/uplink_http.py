@@ -9,11 +9,14 @@ central answers:
 * 5xx, 408, 425, 429, time-outs, connection errors — retried with
   exponential backoff from 1 s with jitter, capped at 30 s (a ``Retry-After``
   on 429/503 is honoured, up to 5 minutes);
-* 401, 403, 404 — the credentials or the URL are wrong, not the batch:
-  retried with backoff like a 5xx and logged as errors;
-* any other 4xx — the batch is set aside (``outbox_aside``, with the status
+* any other 4xx — 401, 403 and 404 included, as the contract says — the
+  batch is set aside (``outbox_aside``, with the status
   and central's answer), counted in ``edge_sync_errors_total{kind="rejected"}``
-  and ``edge_outbox_set_aside``, logged, and the next batch goes.
+  and ``edge_outbox_set_aside``, logged, and the next batch goes.  For
+  401/403/404 the log says to check ``[sync] central_url`` and ``token``;
+  once fixed, ``POST /v1/admin/outbox/requeue`` puts every set-aside event
+  back in the outbox (in its original order), so a wrong token parks events
+  but never loses them.
 
 All SQLite work runs on the loop thread on the agent's ledger connection,
 each in its own short transaction.  Nothing is kept in memory that is not
@@ -38,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("sync.uplink")
 
-RETRY_STATUSES = frozenset({401, 403, 404, 408, 425, 429})
+RETRY_STATUSES = frozenset({408, 425, 429})
 MAX_BACKOFF_S = 30.0
 MAX_RETRY_AFTER_S = 300.0
 
@@ -175,11 +178,12 @@ class HttpUplink:
             errors.inc("http_5xx")
             return f"HTTP {status}", ra if status == 503 else None
         if status in RETRY_STATUSES:
-            errors.inc("auth" if status in (401, 403) else f"http_{status}")
-            if status in (401, 403, 404):
-                log.error("central answered %d to %s: check [sync] central_url and token; retrying", status,
-                          self.url)
+            errors.inc(f"http_{status}")
             return f"HTTP {status}", ra
+        if status in (401, 403, 404):
+            errors.inc("auth" if status in (401, 403) else "http_404")
+            log.error("central answered %d to %s: check [sync] central_url and token; the batch is set aside "
+                      "(POST /v1/admin/outbox/requeue sends it again)", status, self.url)
         # Any other 4xx: central will never take this batch as it is. Keep it aside, go on.
         now = agent.clock()
         self.sync.write(lambda led: led.outbox.set_aside([seq for seq, _ in rows], status=status,

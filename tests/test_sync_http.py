@@ -97,6 +97,34 @@ async def test_400_batch_is_set_aside_and_reported(store_factory, agent_factory,
     assert not set(refused.keys) & set(central.events)
 
 
+async def test_401_batch_is_set_aside_then_requeued_once_fixed(store_factory, agent_factory, mqtt_client, central):
+    import aiohttp
+
+    await central.start()
+    central.script.append(401)
+    cfg = store_factory(toml_extra=sync_toml(central))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    phone = mqtt_client()
+    R = cfg.root_topic
+    aside = asyncio.Event()
+    agent.sync.listeners.append(lambda kind, data: kind == "set_aside" and aside.set())
+    await walk(phone, R, "wrong-token-1")
+    await asyncio.wait_for(aside.wait(), 10)
+    refused = central.deliveries[0]
+    assert refused.status == 401 and agent.metrics.sync_errors.get("auth") == 1
+    assert agent.ledger.outbox.aside_count() == len(refused.keys)
+    # The operator fixes the token, then requeues: every parked event arrives, once.
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + "/v1/admin/outbox/requeue") as r:
+            assert r.status == 401
+        async with http.post(server.url + "/v1/admin/outbox/requeue",
+                             headers={"Authorization": "Bearer admin-secret"}) as r:
+            assert (await r.json())["requeued"] == len(refused.keys)
+    await until(agent, lambda: set(refused.keys) <= set(central.events))
+    assert agent.ledger.outbox.aside_count() == 0
+
+
 async def test_outbox_bound_sheds_analytics_first_never_redemptions_or_consent(
         store_factory, agent_factory, mqtt_client, central):
     # Central is down; a tiny bound (about 31 KB) forces shedding.
