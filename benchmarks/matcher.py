@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,8 +57,14 @@ def bench_size(n_fences: int, args, pg) -> dict:
     t0 = time.perf_counter()
     idx = FenceIndex(fences)
     res["build_s"] = time.perf_counter() - t0
-    idx.classify_hits(x[:1000], y[:1000], fl[:1000], acc[:1000])  # warm: lazily built grids
-    idx.classify_hits(x, y, fl, acc)
+    # memory of the index with the grids of every accuracy class in the mix (built lazily)
+    tracemalloc.start()
+    probe = FenceIndex(fences)
+    probe.classify_hits(x[:20000], y[:20000], fl[:20000], acc[:20000])
+    res["index_mb"] = tracemalloc.get_traced_memory()[0] / 1e6
+    tracemalloc.stop()
+    del probe
+    idx.classify_hits(x, y, fl, acc)  # warm: lazily built grids
     res["ours_hits_s"] = best_of(lambda: idx.classify_hits(x, y, fl, acc), args.repeat)
     res["ours_hits_pps"] = args.points / res["ours_hits_s"]
     res["ours_match_s"] = best_of(lambda: idx.classify(x, y, fl, acc), args.repeat)
@@ -183,11 +190,11 @@ def main(argv=None) -> int:
         if pg_ctx is not None:
             pg_ctx.__exit__()
 
-    rows = [[r["fences"], r["build_s"] * 1000, r["pairs_per_ping"], r["ours_hits_pps"], r["ours_match_pps"],
+    rows = [[r["fences"], r["build_s"] * 1000, r["index_mb"], r["pairs_per_ping"], r["ours_hits_pps"], r["ours_match_pps"],
              r["ours_one_us"], r["strtree_pps"], r["brute_pps"], r.get("postgis_pps"), r.get("hits_vs_postgis"),
              r.get("match_vs_postgis"), r.get("hits_vs_brute"), r["agree_brute"], r.get("agree_postgis")]
             for r in out["results"]]
-    print(table(["fences", "build ms", "hits/ping", "ours hits pts/s", "ours Match pts/s", "one ping µs",
+    print(table(["fences", "build ms", "index MB", "hits/ping", "ours hits pts/s", "ours Match pts/s", "one ping µs",
                  "STRtree centre pts/s", "brute pts/s", "PostGIS pts/s", "hits ÷ PostGIS", "Match ÷ PostGIS",
                  "hits ÷ brute", "agree brute", "agree PostGIS"], rows))
     p = write_json("matcher.json", out, args.json)

@@ -169,7 +169,8 @@ class Hits(NamedTuple):
 _ACC = 0.5 * 2.0 ** (np.arange(23) / 2)
 _NCLS = len(_ACC)
 _ACC_L = _ACC.tolist()
-_CELL_FRAC = 0.25  # cell side of class A: max(A * _CELL_FRAC, a typical fence's size / 2)
+_CELL_FRAC = 0.5  # cell side of class A: max(A * _CELL_FRAC, a typical fence's size * _CBASE)
+_CBASE = 1.0
 _MAX_CELLS = 1 << 18  # per grid
 _MAX_EDGES = 64  # polygons with more edges are tested through shapely
 _EDGE_BUCKETS = (4, 8, 16, 32, 64)
@@ -185,7 +186,7 @@ class _Group:
         self.gidx = gidx.astype(np.int32)
         self.floor = floor
         self.ex0, self.ey0, self.ex1, self.ey1 = (np.ascontiguousarray(env[:, i]) for i in range(4))
-        self.cs = np.zeros(2, dtype=np.int64)  # global cell 0: always empty
+        self.cs = np.zeros(2, dtype=np.int32)  # global cell 0: always empty
         self.cf = np.zeros(0, dtype=np.int32)
 
     def near(self, px, py, a, r):
@@ -442,7 +443,7 @@ class FenceIndex:
         if n:
             allenv = np.concatenate([np.column_stack([gr.ex0, gr.ey0, gr.ex1, gr.ey1]) for gr in groups])
             side = np.sqrt(np.maximum(allenv[:, 2] - allenv[:, 0], 0.1) * np.maximum(allenv[:, 3] - allenv[:, 1], 0.1))
-            self._cbase = float(np.clip(np.median(side) / 2, 0.5, 25.0))
+            self._cbase = float(np.clip(np.median(side) * _CBASE, 0.5, 25.0))
         else:
             self._cbase = 1.0
         # grid geometry per key = floor slot * (_NCLS + 1) + class; built lazily
@@ -504,7 +505,7 @@ class FenceIndex:
             else:
                 cf = rows
                 per_cell = np.array([rows.size])
-            cs = gr.cs[-1] + np.cumsum(per_cell)
+            cs = (int(gr.cs[-1]) + np.cumsum(per_cell)).astype(np.int32)
             gr.cs = np.concatenate([gr.cs, cs])
             gr.cf = np.concatenate([gr.cf, cf])
         self._ncells += ncell

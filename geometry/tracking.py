@@ -103,10 +103,12 @@ class DeviceTrack:
     ``inside``: fence id -> ts entered.  ``dwelled``: fences whose dwell fired
     this visit.  ``evidence``: fence id -> consecutive centre-inside pings.
     ``last_seen``: ts of the last ping.  To keep 100k tracks small,
-    ``dwelled`` and ``evidence`` stay shared empty immutables until needed.
+    ``inside``, ``dwelled`` and ``evidence`` stay shared empty immutables
+    until needed (and ``inside`` goes back to one when the device has left
+    every fence).
     """
 
-    inside: dict[str, float]
+    inside: dict[str, float] | Mapping[str, float]
     dwelled: set[str] | frozenset[str]
     evidence: dict[str, int] | Mapping[str, int]
     last_seen: float
@@ -114,7 +116,7 @@ class DeviceTrack:
     @classmethod
     def new(cls, now: float) -> "DeviceTrack":
         """A fresh track for a device first seen at ``now``."""
-        return cls({}, _NO_DWELLED, _NO_MAP, now)  # type: ignore[arg-type]
+        return cls(_NO_MAP, _NO_DWELLED, _NO_MAP, now)  # type: ignore[arg-type]
 
 
 def _dwells(track: DeviceTrack, until: float, params: TrackParams, events: list) -> None:
@@ -192,10 +194,13 @@ def step(
         if gone:
             gone.sort()
             for fid in gone:
-                del inside_now[fid]
+                del inside_now[fid]  # type: ignore[attr-defined]
                 events.append(Exited(fid, now, "left"))
             if track.dwelled:
                 track.dwelled.difference_update(gone)  # type: ignore[union-attr]
+            if not inside_now:
+                track.inside = inside_now = _NO_MAP
+                track.dwelled = _NO_DWELLED
 
     # entries: disc wholly inside
     new = [f for f in m_inside if f not in inside_now]
@@ -224,8 +229,10 @@ def step(
 
     if new:
         new.sort()
+        if not inside_now:
+            track.inside = inside_now = {}
         for fid in new:
-            inside_now[fid] = now
+            inside_now[fid] = now  # type: ignore[index]
             events.append(Entered(fid, now))
         _dwells(track, now, params, events)
     return track, events
