@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from dataclasses import FrozenInstanceError
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 import shapely
@@ -349,6 +350,31 @@ def _pad_edges(nrows: int, E: int, owner, x0, y0, x1, y1):
     return out
 
 
+class _HalfWidth(Mapping):
+    """fence id -> largest inscribed radius; exact for circles and rectangles,
+    shapely's maximum_inscribed_circle for other polygons, computed the first
+    time a fence is asked for (it dominates building an index otherwise)."""
+
+    def __init__(self, ids: list[str], values: np.ndarray, geoms: np.ndarray):
+        self._pos = {fid: k for k, fid in enumerate(ids)}
+        self._ids = ids
+        self._v = values
+        self._geoms = geoms
+
+    def __getitem__(self, fid: str) -> float:
+        k = self._pos[fid]
+        v = self._v[k]
+        if v != v:  # NaN: not computed yet
+            v = self._v[k] = shapely.length(shapely.maximum_inscribed_circle(self._geoms[k]))
+        return float(v)
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 class FenceIndex:
     """A static spatial index of fences, built once per configuration.
 
@@ -405,7 +431,7 @@ class FenceIndex:
             oi = np.flatnonzero(~is_box)
             if oi.size:
                 og = g[oi]
-                halfwidth[poly[oi]] = shapely.length(shapely.maximum_inscribed_circle(og))
+                halfwidth[poly[oi]] = np.nan  # computed on first use (start-up time)
                 owner, x0, y0, x1, y1 = _edges(og)
                 ne = np.bincount(owner, minlength=oi.size)
                 lo = 0
@@ -424,7 +450,7 @@ class FenceIndex:
                 if big.size:
                     rows = poly[oi[big]]
                     groups.append(_Shapes(rows, floor[rows], env[oi[big]], og[big]))
-        self.halfwidth: dict[str, float] = dict(zip(self.ids, halfwidth.tolist()))
+        self.halfwidth: Mapping[str, float] = _HalfWidth(self.ids, halfwidth, geoms)
         self._groups = groups
 
         # floors and their envelopes

@@ -129,19 +129,79 @@ def _where_obj(kind: str, i: int, obj: Any, key: str) -> str:
 # layout
 
 
+def _pos_ok(p: Any) -> bool:
+    """A GeoJSON position: a list of 2 or 3 finite numbers (not booleans)."""
+    if not isinstance(p, list) or not 2 <= len(p) <= 3:
+        return False
+    for c in p:
+        t = type(c)
+        if t is float:
+            if c - c != 0.0:  # NaN or infinity
+                return False
+        elif t is int:
+            if not -1e300 < c < 1e300:
+                return False
+        elif not (isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)):
+            return False
+    return True
+
+
 def _coords_ok(coords: Any, depth: int) -> bool:
     """Check a GeoJSON coordinate array of the given nesting depth
     (0 = a position) holds finite numbers."""
     if depth == 0:
-        return (
-            isinstance(coords, list)
-            and 2 <= len(coords) <= 3
-            and all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in coords)
-        )
-    return isinstance(coords, list) and len(coords) > 0 and all(_coords_ok(c, depth - 1) for c in coords)
+        return _pos_ok(coords)
+    if not isinstance(coords, list) or not coords:
+        return False
+    if depth == 1:
+        return all(map(_pos_ok, coords))
+    return all(_coords_ok(c, depth - 1) for c in coords)
 
 
 _DEPTH = {"Point": 0, "Polygon": 2, "MultiPolygon": 3}
+_DEFERRED = object()
+
+
+def _simple_shape(gtype: str, coords: list) -> bool:
+    """A 2-D Point, or a hole-free 2-D Polygon with a closed-able ring of at
+    least 4 positions: shapes that can be built in bulk (coordinates already
+    checked by :func:`_coords_ok`)."""
+    if gtype == "Point":
+        return len(coords) == 2
+    if gtype == "Polygon" and len(coords) == 1:
+        ring = coords[0]
+        return len(ring) >= 4 and all(len(p) == 2 for p in ring)
+    return False
+
+
+def _build_deferred(c: Collector, parsed: list[dict], deferred: list[tuple[int, str]], features: list,
+                    local: bool) -> None:
+    """Build the simple shapes of the first pass in bulk: points in one call,
+    hole-free polygons in one call per ring length."""
+    groups: dict[object, list[int]] = {}
+    for k, _ in deferred:
+        e = parsed[k]
+        coords = features[e["i"]]["geometry"]["coordinates"]
+        key = "Point" if e["gtype"] == "Point" else len(coords[0])
+        groups.setdefault(key, []).append(k)
+    for key, ks in groups.items():
+        coords = [features[parsed[k]["i"]]["geometry"]["coordinates"] for k in ks]
+        arr = np.array(coords, dtype=float)
+        geoms = shapely.points(arr) if key == "Point" else shapely.polygons(arr[:, 0])
+        for k, g in zip(ks, geoms):
+            e = parsed[k]
+            if e["geom"] is _DEFERRED:  # not dropped meanwhile
+                e["geom"] = g
+    if not local:
+        for k, where in deferred:
+            g = parsed[k]["geom"]
+            if g is None:
+                continue
+            xy = shapely.get_coordinates(g)
+            if (np.abs(xy[:, 0]) > 180).any() or (np.abs(xy[:, 1]) > 90).any():
+                c.err(where, "geometry", "longitude/latitude out of range (coordinates in metres? "
+                                         "add \"frame\": \"local\" to the FeatureCollection)")
+                parsed[k]["geom"] = None
 
 
 def parse_layout(obj: Any, *, file: str, anchor: Anchor):
@@ -174,6 +234,7 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
     # First pass: properties and raw (untransformed) shapes.
     # Each entry: (index, where, role, props-derived values, shapely geom)
     parsed: list[dict] = []
+    deferred: list[tuple[int, str]] = []  # (index in parsed, where) of simple shapes built in bulk
     seen_ids: dict[str, int] = {}
     seen_beacons: dict[str, int] = {}
     for i, feat in enumerate(features):
@@ -205,12 +266,15 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
         elif not _coords_ok(geom_obj.get("coordinates"), _DEPTH[gtype]):
             c.err(where, "geometry", f"coordinates are not a valid {gtype} (finite numbers, "
                                      "[x, y] positions, non-empty rings)")
+        elif _simple_shape(gtype, geom_obj["coordinates"]):
+            geom = _DEFERRED  # built below, vectorised with the others of its shape
+            deferred.append((len(parsed), where))
         else:
             try:
                 geom = shapely.force_2d(shapely.geometry.shape(geom_obj))
             except Exception as exc:  # shapely raises various errors on malformed input
                 c.err(where, "geometry", f"cannot build {gtype}: {exc}")
-        if geom is not None and not local and gtype is not None:
+        if geom is not None and geom is not _DEFERRED and not local and gtype is not None:
             coords = shapely.get_coordinates(geom)
             if (np.abs(coords[:, 0]) > 180).any() or (np.abs(coords[:, 1]) > 90).any():
                 c.err(where, "geometry", "longitude/latitude out of range (coordinates in metres? "
@@ -292,6 +356,8 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
         entry["radius"] = radius
         parsed.append(entry)
 
+    _build_deferred(c, parsed, deferred, features, local)
+
     # Convert everything to local metres in one vectorised call.
     with_geom = [e for e in parsed if e["geom"] is not None]
     if with_geom and not local:
@@ -306,14 +372,31 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
         converted = shapely.transform(np.array([e["geom"] for e in with_geom], dtype=object), _to_local)
         for e, g in zip(with_geom, converted):
             e["geom"] = g
-    for e in with_geom:
-        coords = shapely.get_coordinates(e["geom"])
-        if len(coords) and np.hypot(coords[:, 0], coords[:, 1]).max() > MAX_LAYOUT_EXTENT_M:
+    if with_geom:  # extent check, vectorised over every coordinate
+        xy, owner = shapely.get_coordinates(np.array([e["geom"] for e in with_geom], dtype=object),
+                                            return_index=True)
+        far = np.zeros(len(with_geom), dtype=bool)
+        far[owner[np.hypot(xy[:, 0], xy[:, 1]) > MAX_LAYOUT_EXTENT_M]] = True
+        for k in np.flatnonzero(far).tolist():
+            e = with_geom[k]
             hint = (" (coordinates in metres? add \"frame\": \"local\")" if not local
                     else " (WGS84 coordinates? remove \"frame\": \"local\")")
             c.err(e["where"], "geometry", f"lies more than {MAX_LAYOUT_EXTENT_M / 1000:g} km from the "
                                           f"store anchor{hint}")
             e["geom"] = None
+    # validity, area and circle polygons, vectorised
+    polys = [e for e in parsed if e["geom"] is not None and e["gtype"] in ("Polygon", "MultiPolygon")]
+    if polys:
+        arr = np.array([e["geom"] for e in polys], dtype=object)
+        for e, ok, area in zip(polys, shapely.is_valid(arr).tolist(), shapely.area(arr).tolist()):
+            e["valid"], e["area"] = ok, area
+    circ = [e for e in parsed if e["role"] == "fence" and e["geom"] is not None and e["gtype"] == "Point"
+            and e.get("radius") is not None]
+    if circ:
+        bufs = shapely.buffer(np.array([e["geom"] for e in circ], dtype=object),
+                              np.array([e["radius"] for e in circ], dtype=float), quad_segs=32)
+        for e, b in zip(circ, bufs):
+            e["disc"] = b
 
     fences: list[Fence] = []
     beacons: list[Beacon] = []
@@ -327,10 +410,10 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
                                       floor=e["floor"], tx_power=e["tx_power"]))
             continue
         if g is not None and e["gtype"] in ("Polygon", "MultiPolygon"):
-            if not shapely.is_valid(g):
+            if not e["valid"]:
                 c.err(where, "geometry", f"invalid polygon: {shapely.is_valid_reason(g)}")
                 g = None
-            elif g.is_empty or g.area <= 0:
+            elif not e["area"] > 0:
                 c.err(where, "geometry", "polygon is empty (zero area)")
                 g = None
         if e["role"] == "outline":
@@ -340,7 +423,7 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
         circle = None
         if g is not None and e["gtype"] == "Point" and e["radius"] is not None:
             circle = (float(g.x), float(g.y), float(e["radius"]))
-            g = g.buffer(e["radius"], quad_segs=32)
+            g = e["disc"]
         if g is None or e["id"] is None:
             continue
         fences.append(Fence(
