@@ -50,6 +50,25 @@ def _centre_sets_ours(hits, rows) -> list[set[int]]:
     return out
 
 
+def load_git_fences(rev: str):
+    """geometry/fences.py as of git revision ``rev``, as a module (for a
+    before/after comparison in the same run)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    src = subprocess.run(["git", "show", f"{rev}:geometry/fences.py"], cwd=root, check=True,
+                         capture_output=True, text=True).stdout
+    tmp = Path(tempfile.mkdtemp(prefix="fences-")) / "fences_at_rev.py"
+    tmp.write_text(src)
+    spec = importlib.util.spec_from_file_location("fences_at_rev", tmp)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["fences_at_rev"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def bench_size(n_fences: int, args, pg) -> dict:
     fences = make_fences(n_fences, seed=args.seed)
     x, y, fl, acc = make_points(fences, args.points, seed=args.seed + 1, acc=args.acc)
@@ -74,6 +93,12 @@ def bench_size(n_fences: int, args, pg) -> dict:
     res["ours_one_us"] = (time.perf_counter() - t0) / len(lat) * 1e6
     hits = idx.classify_hits(x, y, fl, acc)
     res["pairs_per_ping"] = hits.fence.size / args.points
+    if args.compare_git:
+        old = args.old_module.FenceIndex(fences)
+        old.classify(x[:1000], y[:1000], fl[:1000], acc[:1000])
+        res["old_match_pps"] = args.points / best_of(lambda: old.classify(x, y, fl, acc), args.repeat)
+        res["match_vs_old"] = res["ours_match_pps"] / res["old_match_pps"]
+        del old
 
     # shapely: batched STRtree (centre only)
     geoms = np.array([f.geometry for f in fences], dtype=object)
@@ -163,12 +188,17 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="best of N timed runs (default %(default)s)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-postgis", action="store_true", help="skip PostGIS")
+    ap.add_argument("--compare-git", metavar="REV", default=None,
+                    help="also time FenceIndex.classify of geometry/fences.py at git revision REV "
+                         "(before/after, same run)")
     ap.add_argument("--json", default=None, help="output file (default benchmarks/results/matcher.json)")
     args = ap.parse_args(argv)
     if args.acc != "mix":
         args.acc = float(args.acc)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    out = {"benchmark": "matcher", "machine": machine(), "args": vars(args), "results": []}
+    out = {"benchmark": "matcher", "machine": machine(), "args": dict(vars(args)), "results": []}
+    if args.compare_git:
+        args.old_module = load_git_fences(args.compare_git)
 
     pg_ctx = None
     if not args.no_postgis:
@@ -197,6 +227,10 @@ def main(argv=None) -> int:
     print(table(["fences", "build ms", "index MB", "hits/ping", "ours hits pts/s", "ours Match pts/s", "one ping µs",
                  "STRtree centre pts/s", "brute pts/s", "PostGIS pts/s", "hits ÷ PostGIS", "Match ÷ PostGIS",
                  "hits ÷ brute", "agree brute", "agree PostGIS"], rows))
+    if args.compare_git:
+        print(f"\nbefore/after ({args.compare_git}): " + ", ".join(
+            f"{r['fences']} fences: Match {r['old_match_pps']:,.0f} -> {r['ours_match_pps']:,.0f} pts/s "
+            f"(x{r['match_vs_old']:.2f})" for r in out["results"]))
     p = write_json("matcher.json", out, args.json)
     print(f"\nwritten {p}")
     return 0
