@@ -93,7 +93,28 @@ def promotion_matches(fence: Fence, promo: Promotion) -> bool:
 def promotions_by_fence(fences: Iterable[Fence], promotions: Sequence[Promotion]) -> dict[str, tuple[Promotion, ...]]:
     """Matching promotions per fence id, ranked (priority desc, id asc)."""
     ranked = sorted(promotions, key=rank_key)
-    return {f.id: tuple(p for p in ranked if promotion_matches(f, p)) for f in fences}
+    # Index by zone, category and sku: linear in fences + promotions, not their
+    # product (10k fences x 1k promotions would otherwise cost seconds at start).
+    by_zone: dict[str, list[int]] = {}
+    by_cat: dict[str, list[int]] = {}
+    by_sku: dict[str, list[int]] = {}
+    for r, p in enumerate(ranked):
+        for z in p.zones:
+            by_zone.setdefault(z, []).append(r)
+        for c in p.categories:
+            by_cat.setdefault(c, []).append(r)
+        for k in p.skus:
+            by_sku.setdefault(k, []).append(r)
+    out: dict[str, tuple[Promotion, ...]] = {}
+    empty: tuple[Promotion, ...] = ()
+    for f in fences:
+        hits = set(by_zone.get(f.id, ()))
+        if f.category is not None:
+            hits.update(by_cat.get(f.category, ()))
+        for k in f.skus:
+            hits.update(by_sku.get(k, ()))
+        out[f.id] = tuple(ranked[r] for r in sorted(hits)) if hits else empty
+    return out
 
 
 def offer_sku(fence: Fence, promo: Promotion) -> str | None:

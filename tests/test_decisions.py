@@ -287,3 +287,23 @@ def test_holdout_fraction_matches_pct(pct):
     assert groups == [ps.fraction(f"d_{i}", "spring") * 100 < pct for i in range(200)]
     other = [ps.fraction(f"d_{i}", "autumn") * 100 < pct for i in range(200)]
     assert groups != other
+
+
+def test_promotions_by_fence_index_matches_the_definition():
+    """The indexed lookup gives exactly promotion_matches(), ranked."""
+    import random
+
+    from edge_agent.decisions import promotion_matches, promotions_by_fence, rank_key
+    from store_config.model import Fence as F, Promotion as P
+
+    rng = random.Random(3)
+    cats, skus = ["a", "b", "c", None], [f"s{i}" for i in range(8)]
+    fences = [F(id=f"f{i}", kind="aisle", floor=0, geometry=None, category=rng.choice(cats),
+                skus=tuple(rng.sample(skus, rng.randint(0, 3)))) for i in range(60)]
+    promos = [P(id=f"p{i}", title="t", zones=tuple(rng.sample([f.id for f in fences], rng.randint(0, 2))),
+                categories=tuple(c for c in rng.sample(cats[:3], rng.randint(0, 2))),
+                skus=tuple(rng.sample(skus, rng.randint(0, 2))), priority=rng.randint(0, 3)) for i in range(40)]
+    got = promotions_by_fence(fences, promos)
+    for f in fences:
+        want = tuple(sorted((p for p in promos if promotion_matches(f, p)), key=rank_key))
+        assert got[f.id] == want
