@@ -10,11 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
-import time
-from dataclasses import replace
-from pathlib import Path
 
 log = logging.getLogger("edge_agent.cli")
 

@@ -13,7 +13,6 @@ import logging
 import math
 import random
 import signal
-import sys
 import tempfile
 import time
 from dataclasses import replace

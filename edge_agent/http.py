@@ -8,16 +8,13 @@ started and stopped by one ``cleanup_ctx`` and shared under a typed
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import time
-from typing import Awaitable, Callable
+from typing import Callable
 
 from aiohttp import web
 
 from . import alerts
 from .audit import AuditError, parse_since
-from .codecs import PayloadError
 from .mqtt import Message
 from .service import Agent
 

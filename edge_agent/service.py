@@ -35,7 +35,7 @@ from paho.mqtt.client import topic_matches_sub as topic_matches
 from geometry import beacons as beaconing
 from geometry.fences import FenceIndex, Match
 from geometry.frames import LocalFrame
-from geometry.tracking import DeviceTrack, Dwelled, Entered, Exited, TrackParams, step, tick
+from geometry.tracking import DeviceTrack, Entered, Exited, TrackParams, step, tick
 from store_config.model import Consent, Profile, StoreConfig
 from sync.pseudonym import Pseudonymizer, load_or_create_secret
 from sync.tasks import Sync
@@ -421,6 +421,10 @@ class Agent:
                 self.deadletter(m, exc.reason, exc.detail, device=self._topic_device(m.topic))
                 if m.qos:
                     acks.append(m)
+        self._run_pings(pings)
+
+    def _run_pings(self, pings: list[Ping]) -> None:
+        """Shed stale pings under overload, process the batch, commit once, publish."""
         if pings:
             pings, shed = shed_stale(pings, self.cfg.ingest.shed_above)
             if shed:
@@ -603,12 +607,7 @@ class Agent:
         """Run already-decoded pings (vendor adapters: Meraki, Aruba) through
         the same pipeline as MQTT pings, then commit and publish once."""
         try:
-            if pings:
-                pings, shed = shed_stale(pings, self.cfg.ingest.shed_above)
-                if shed:
-                    self.metrics.pings_shed.inc("stale", n=shed)
-                self._process_pings(pings)
-            self._commit_and_flush()
+            self._run_pings(pings)
         except sqlite3.Error as exc:
             # Same policy as MQTT batches: roll back, never publish an unrecorded offer.
             self._storage_failed(exc, [])

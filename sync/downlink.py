@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +46,7 @@ from store_config.load import (  # the same validation as the files
 )
 from store_config.model import ConfigError, Problem, StoreConfig
 
+from .pseudonym import write_atomically
 from .uplink_http import backoff_delay
 from .wire import decode
 
@@ -115,22 +115,6 @@ def build_config(base: StoreConfig, bundle: dict[str, Any]) -> StoreConfig:
     return replace(base, fences=fences, beacons=beacons, outline=outline, promotions=promotions,
                    profiles=profiles, inventory=inventory,
                    version=config_version({"files": base.version, "bundle": parts}))
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename + fsync(dir): after a crash the file is the old or the new one, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class Downlink:

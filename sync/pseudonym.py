@@ -27,14 +27,25 @@ def load_or_create_secret(path: Path) -> bytes:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     data = secrets.token_bytes(32)
-    tmp = path.with_suffix(".tmp")
+    write_atomically(path, data)
+    return data
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """tmp + fsync + rename + fsync(dir), mode 0600: after a crash the file is
+    the old or the new one, whole."""
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return data
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class Pseudonymizer:

@@ -183,6 +183,13 @@ async def mqtt_client(mosquitto):
         c.close()
 
 
+async def wait_until(cond, interval: float = 0.02) -> None:
+    """Wait for a condition on the agent's own state (it has no event for
+    these); callers bound it with ``asyncio.wait_for``."""
+    while not cond():
+        await asyncio.sleep(interval)
+
+
 # A small store: 30 x 20 m, local frame; an aisle, a section with a hole,
 # a display circle, an entrance.
 BASE_LAYOUT = {

@@ -31,7 +31,7 @@ async def test_walk_in_gets_exactly_one_offer(store_factory, agent_factory, mqtt
     assert set(offer) >= {"offer_id", "promotion_id", "zone", "title", "message", "sku", "ts", "expires"}
     assert math.isclose(offer["expires"] - offer["ts"], 900.0)
     # A later ping proves every earlier one was processed; still only one offer.
-    events = await phone.subscribe(f"{R}/deadletter")
+    await phone.subscribe(f"{R}/deadletter")
     await phone.publish(f"{R}/ping/uwb/shopper-1", b"not a ping", qos=0)
     await phone.next(f"{R}/deadletter")
     assert offers.empty()
@@ -74,7 +74,7 @@ async def test_hole_is_not_inside(store_factory, agent_factory, mqtt_client):
     server = await agent_factory(cfg)
     phone = mqtt_client()
     R = cfg.root_topic
-    dl = await phone.subscribe(f"{R}/deadletter")
+    await phone.subscribe(f"{R}/deadletter")
     await phone.publish(f"{R}/ping/uwb/hole", {"x": 15.0, "y": 10.0, "acc": 0.2}, qos=0)
     await phone.publish(f"{R}/ping/uwb/hole", b"\xc1", qos=0)  # a fence: processed after the first
     await phone.next(f"{R}/deadletter")

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from shapely.geometry import box
 
-from edge_agent.decisions import OFFERED, SUPPRESSED, OfferHistory, decide, in_window, promotions_by_fence
+from edge_agent.decisions import OFFERED, OfferHistory, decide, in_window, promotions_by_fence
 from store_config.load import parse_promotions
 from store_config.model import Consent, Fence, OffersConfig, Profile, Promotion
 from sync.pseudonym import Pseudonymizer

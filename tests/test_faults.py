@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from store_config import load_store
 
-from .conftest import write_store
+from .conftest import wait_until, write_store
 
 
 async def test_broker_restart_mid_load(tmp_path, mosquitto_factory, agent_factory, mqtt_client):
@@ -29,7 +28,7 @@ async def test_broker_restart_mid_load(tmp_path, mosquitto_factory, agent_factor
 
     await asyncio.to_thread(broker.restart)
     # The agent reconnects (with backoff), resubscribes and publishes `online` again.
-    await asyncio.wait_for(_until(lambda: agent.mqtt.connects > connects and agent.mqtt.subscribed.is_set()), 20)
+    await asyncio.wait_for(wait_until(lambda: agent.mqtt.connects > connects and agent.mqtt.subscribed.is_set()), 20)
     watcher = mqtt_client(broker.url)
     await watcher.subscribe(f"{R}/status")
     assert (await watcher.next(f"{R}/status")).payload == b"online"
@@ -50,7 +49,7 @@ async def test_offer_while_broker_down_is_delivered_after_reconnect(tmp_path, mo
     phone = mqtt_client(broker.url)
     await phone.subscribe(f"{R}/offer/+")
     await asyncio.to_thread(broker.stop)
-    await asyncio.wait_for(_until(lambda: not agent.mqtt.connected.is_set()), 10)
+    await asyncio.wait_for(wait_until(lambda: not agent.mqtt.connected.is_set()), 10)
     # A ping arrives by HTTP while the broker is down: the offer is committed, queued, not lost.
     from edge_agent.mqtt import Message
     import json, time
@@ -59,8 +58,8 @@ async def test_offer_while_broker_down_is_delivered_after_reconnect(tmp_path, mo
     row = agent.ledger.conn.execute("SELECT offer_id, delivered FROM offers").fetchone()
     assert row[1] == 0
     await asyncio.to_thread(broker.start)
-    await asyncio.wait_for(_until(lambda: agent.mqtt.subscribed.is_set()), 20)
-    await asyncio.wait_for(_until(lambda: not agent._pending), 10)
+    await asyncio.wait_for(wait_until(lambda: agent.mqtt.subscribed.is_set()), 20)
+    await asyncio.wait_for(wait_until(lambda: not agent._pending), 10)
     agent.ledger.commit()
     agent.tick()
     assert agent.ledger.conn.execute("SELECT delivered FROM offers WHERE offer_id = ?", (row[0],)).fetchone()[0] == 1
@@ -74,7 +73,7 @@ async def test_undeliverable_offer_expires_and_is_counted(tmp_path, mosquitto_fa
     agent = server.agent
     R = cfg.root_topic
     await asyncio.to_thread(broker.stop)
-    await asyncio.wait_for(_until(lambda: not agent.mqtt.connected.is_set()), 10)
+    await asyncio.wait_for(wait_until(lambda: not agent.mqtt.connected.is_set()), 10)
     from edge_agent.mqtt import Message
     import json, time
     agent.on_batch([Message(f"{R}/ping/uwb/p", json.dumps({"x": 24.0, "y": 10.0, "acc": 0.5}).encode(),
@@ -86,9 +85,3 @@ async def test_undeliverable_offer_expires_and_is_counted(tmp_path, mosquitto_fa
     agent.ledger.commit()
     assert agent.metrics.offers_expired.get() == 1
     assert agent.ledger.undelivered(time.time()) == []  # never re-sent after a restart
-
-
-async def _until(cond, interval: float = 0.02) -> None:
-    """Wait for a condition on the agent's own state (it has no event for these)."""
-    while not cond():
-        await asyncio.sleep(interval)

@@ -4,7 +4,6 @@ admin tokens, SIGTERM drain, and no raw ids or coordinates in logs."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -62,7 +61,7 @@ def secure_broker(tmp_path, mosquitto_factory):
 
 async def test_tls_password_and_acl(tmp_path, secure_broker, agent_factory):
     broker, ca, store_id, users = secure_broker
-    cfg = load_store(write_store(tmp_path, broker_url=broker.url, store_id=store_id, toml_extra=f"""
+    cfg = load_store(write_store(tmp_path, broker_url=broker.url, store_id=store_id, toml_extra="""
         """))
     cfg = replace(cfg, mqtt=replace(cfg.mqtt, username="edge-agent", password="agent-pw", tls_ca=ca))
     server = await agent_factory(cfg)

@@ -10,7 +10,7 @@ import sqlite3
 
 from store_config import load_store
 
-from .conftest import write_store
+from .conftest import wait_until, write_store
 
 
 async def test_disk_full_withholds_unrecorded_offers(store_factory, agent_factory, mqtt_client, caplog):
@@ -28,11 +28,11 @@ async def test_disk_full_withholds_unrecorded_offers(store_factory, agent_factor
     with caplog.at_level(logging.ERROR, logger="edge_agent"):
         for i in range(30):  # enough writes to need a new page
             await phone.publish(f"{R}/ping/uwb/late-{i}", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
-        await asyncio.wait_for(_until(lambda: agent.metrics.storage_errors.values), 5)
+        await asyncio.wait_for(wait_until(lambda: agent.metrics.storage_errors.values), 5)
     assert any("storage error" in r.getMessage() and "full" in r.getMessage() for r in caplog.records)
     agent.ledger.conn.execute("PRAGMA max_page_count = 1073741823")
     await phone.publish(f"{R}/ping/uwb/after", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
-    await asyncio.wait_for(_until(lambda: any(m.topic.endswith("/after") for m in phone.all)), 5)
+    await asyncio.wait_for(wait_until(lambda: any(m.topic.endswith("/after") for m in phone.all)), 5)
     # Every offer that reached a phone has its ledger row (the early one included).
     published = [m for m in phone.all if "/offer/" in m.topic]
     import json
@@ -50,10 +50,10 @@ async def test_read_only_storage_keeps_qos1_for_retry_and_recovers(store_factory
     await phone.subscribe(f"{R}/offer/+")
     agent.ledger.conn.execute("PRAGMA query_only = 1")  # the filesystem went read-only
     await phone.publish(f"{R}/consent/late", {"offers": False, "ts": 1.0}, qos=1)
-    await asyncio.wait_for(_until(lambda: agent._retry), 5)
+    await asyncio.wait_for(wait_until(lambda: agent._retry), 5)
     assert agent._storage_down
     await phone.publish(f"{R}/ping/uwb/ro", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
-    await asyncio.wait_for(_until(lambda: agent.metrics.pings.get("uwb") == 1), 5)
+    await asyncio.wait_for(wait_until(lambda: agent.metrics.pings.get("uwb") == 1), 5)
     assert phone.queues[f"{R}/offer/+"].empty()  # no offer without a record
     agent.ledger.conn.execute("PRAGMA query_only = 0")
     agent.tick()  # the retry: applied, committed, then acknowledged
@@ -77,7 +77,7 @@ async def test_locked_database_is_an_error_not_a_hang(store_factory, agent_facto
         phone = mqtt_client()
         await phone.subscribe(f"{R}/offer/+")
         await phone.publish(f"{R}/ping/uwb/locked", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
-        await asyncio.wait_for(_until(lambda: agent.metrics.storage_errors.values), 10)
+        await asyncio.wait_for(wait_until(lambda: agent.metrics.storage_errors.values), 10)
         assert phone.queues[f"{R}/offer/+"].empty()
     finally:
         other.execute("ROLLBACK")
@@ -99,8 +99,3 @@ async def test_corrupt_database_is_moved_aside(tmp_path, mosquitto, agent_factor
     await phone.subscribe(f"{R}/offer/+")
     await phone.publish(f"{R}/ping/uwb/fresh", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
     assert (await phone.next_json(f"{R}/offer/+"))["zone"] == "aisle-1"
-
-
-async def _until(cond, interval: float = 0.02) -> None:
-    while not cond():
-        await asyncio.sleep(interval)

@@ -9,7 +9,8 @@ import pytest
 
 from edge_agent.ledger import Ledger
 from store_config.model import ConfigError
-from sync.downlink import build_config, write_atomically
+from sync.downlink import build_config
+from sync.pseudonym import write_atomically
 from sync.retention import enforce_bound, purge
 from sync.uplink_http import backoff_delay, retry_after
 from sync.wire import decode, encode, idempotency_key, outgoing

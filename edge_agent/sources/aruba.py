@@ -25,7 +25,6 @@ store's key; ``sta_eth_mac.addr`` when ALE runs without anonymisation).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from typing import Any, Callable, Mapping
