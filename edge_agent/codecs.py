@@ -52,6 +52,7 @@ class Ping:
     ts: float | None = None
     seq: int | None = None
     mock: bool = False
+    raw: bytes | None = None  # the payload as received, for a later dead letter
 
 
 def decode_object(payload: bytes, *, max_bytes: int = 16384) -> dict[str, Any]:

@@ -212,7 +212,7 @@ def decide(
         if reason is not None:
             decisions.append(Decision(p.id, SUPPRESSED, reason, sku))
         else:
-            eligible.append((p, Decision(p.id, OFFERED, "alternative_zone" if alt else "offered", sku, alt)))
+            eligible.append((p, Decision(p.id, OFFERED, "offered", sku, alt)))
 
     if not eligible:
         return Outcome(tuple(decisions), None, None)

@@ -27,7 +27,7 @@ import math
 class SpoofGuard:
     __slots__ = ("max_speed", "strikes", "last")
 
-    def __init__(self, max_speed: float = 7.0, strikes: int = 3):
+    def __init__(self, max_speed: float = 50.0, strikes: int = 3):
         self.max_speed = max_speed
         self.strikes = strikes
         # device -> (x, y, floor, t, acc, consecutive rejections)

@@ -28,7 +28,8 @@ def _bearer_ok(request: web.Request, token: str | None, *, allow_query: bool = F
     if not token:
         return False
     header = request.headers.get("Authorization", "")
-    given = header[7:] if header.startswith("Bearer ") else None
+    scheme, _, credentials = header.partition(" ")
+    given = credentials.strip() if scheme.lower() == "bearer" and credentials else None
     if given is None and allow_query:
         given = request.query.get("token")
     return given is not None and hmac.compare_digest(given.encode(), token.encode())

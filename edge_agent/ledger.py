@@ -92,8 +92,14 @@ class Ledger:
         self._migrate()
         self.outbox = Outbox(self.conn)
         self.conn.execute("BEGIN")
-        # A boot epoch per start + a monotonic sequence make event keys unique
-        # and stable: once written, an event's key never changes.
+        # A random id per ledger file + a boot epoch per start + a monotonic
+        # sequence make event keys unique — also across a wiped data dir, a
+        # replaced gateway or a corrupt ledger moved aside — and stable: once
+        # written, an event's key never changes.
+        row = self.conn.execute("SELECT v FROM meta WHERE k='install'").fetchone()
+        self.install = row[0] if row else secrets.token_hex(4)
+        if not row:
+            self.conn.execute("INSERT INTO meta(k, v) VALUES ('install', ?)", (self.install,))
         row = self.conn.execute("SELECT v FROM meta WHERE k='boot'").fetchone()
         self.boot = int(row[0]) + 1 if row else 1
         self.conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('boot', ?)", (str(self.boot),))
@@ -134,7 +140,7 @@ class Ledger:
     # -- events
     def new_key(self) -> str:
         self._seq += 1
-        return f"{self.store_id}:{self.boot}:{self._seq}"
+        return f"{self.store_id}:{self.install}:{self.boot}:{self._seq}"
 
     def event(self, kind: str, ts: float, device: str | None, **fields: Any) -> Event:
         """Build an outbox event (key, kind, ts, store, device + fields) and append it."""

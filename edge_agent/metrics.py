@@ -109,7 +109,7 @@ class Metrics:
         self.actions_refused = Counter("edge_actions_refused_total", "Refused offer actions (apply/dismiss) by reason.",
                                        ("reason",))
         self.commit_seconds = Gauge("edge_commit_seconds", "Duration of the last SQLite commit.")
-        self.queue_depth = Gauge("edge_queue_depth", "Messages waiting to be processed.")
+        self.queue_depth = Gauge("edge_queue_depth", "Messages in the batch last drained from the broker (grows when the agent falls behind) plus QoS 1 messages awaiting a storage retry.")
         self.tracked_devices = Gauge("edge_tracked_devices", "Devices currently tracked.")
         self.offers_expired = Counter("edge_offers_expired_total", "Offers dropped undelivered at expiry.")
         self.last_sync = Gauge("edge_last_sync_timestamp_seconds", "Time of the last successful sync.")

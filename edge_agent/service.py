@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
+import msgpack
 import numpy as np
 from paho.mqtt.client import topic_matches_sub as topic_matches
 
@@ -107,6 +108,12 @@ def open_ledger(path: Path, *, store_id: str, metrics: Metrics) -> Ledger:
                   "Offers, codes and unsent events in the old file are not lost: recover them with "
                   "`sqlite3 %s .recover`", path, exc, aside, aside)
         return Ledger(path, store_id=store_id)
+
+
+def _undated(m: Message) -> Message:
+    """A retained consent/inventory message may be old: without its own
+    ``ts`` it must never beat a newer state, so it counts as time 0."""
+    return Message(m.topic, m.payload, m.qos, m.mid, 0.0, True) if m.retain else m
 
 
 @dataclass(slots=True)
@@ -358,6 +365,7 @@ class Agent:
         QoS 1 messages are kept and retried every second until storage works.
         """
         acks: list[Message] = []
+        self.metrics.queue_depth.set(len(msgs) + len(self._retry))
         try:
             self._handle(msgs, acks)
         except sqlite3.Error as exc:
@@ -397,16 +405,16 @@ class Agent:
                     rest = m.topic[len(root):]
                     if rest.startswith("ping/"):
                         ping = self._decode_ping(m, rest)
-                        if ping is not None:
+                        if ping is not None and not (m.retain and self._stale_retained(ping)):
                             pings.append(ping)
                     elif rest.startswith("action/"):
                         self._on_action(m, rest[len("action/"):])
                         acks.append(m)
                     elif rest.startswith("consent/"):
-                        self._on_consent(m, rest[len("consent/"):])
+                        self._on_consent(_undated(m), rest[len("consent/"):])
                         acks.append(m)
                     elif rest == "inventory":
-                        self._on_inventory(m)
+                        self._on_inventory(_undated(m))
                         acks.append(m)
                     elif rest == "alert/claim":
                         self.alerts.on_claim_message(m)
@@ -415,7 +423,7 @@ class Agent:
                         acks.append(m)
                 elif m.topic.startswith("owntracks/"):
                     ping = self._decode_owntracks(m)
-                    if ping is not None:
+                    if ping is not None and not (m.retain and self._stale_retained(ping)):
                         pings.append(ping)
             except PayloadError as exc:
                 self.deadletter(m, exc.reason, exc.detail, device=self._topic_device(m.topic))
@@ -433,8 +441,16 @@ class Agent:
         self._commit_and_flush()
 
     def _topic_device(self, topic: str) -> str | None:
+        """The device a topic names ({R}/ping/{src}/{d}, {R}/action|consent/{d},
+        owntracks/{user}/{d}), or None for topics that name no device."""
         parts = topic.split("/")
-        return parts[-1] if len(parts) >= 3 else None
+        if parts[0] == "owntracks" and len(parts) == 3:
+            return f"owntracks:{parts[1]}:{parts[2]}"
+        if len(parts) == 5 and parts[2] == "ping":
+            return parts[4]
+        if len(parts) == 4 and parts[2] in ("action", "consent"):
+            return parts[3]
+        return None
 
     def _decode_ping(self, m: Message, rest: str) -> Ping | None:
         parts = rest.split("/")
@@ -447,8 +463,10 @@ class Agent:
         claimed = obj.get("device")
         if claimed is not None and claimed != device:
             raise PayloadError("device_mismatch", "payload device differs from the topic's")
-        return codecs.parse_ping(obj, device=device, source=source, received=m.received,
+        ping = codecs.parse_ping(obj, device=device, source=source, received=m.received,
                                  max_future_skew_s=self.cfg.tracking.max_future_skew_s)
+        ping.raw = m.payload  # kept for a dead letter after positioning (e.g. no known beacon)
+        return ping
 
     def _decode_owntracks(self, m: Message) -> Ping | None:
         parts = m.topic.split("/")
@@ -534,8 +552,17 @@ class Agent:
             if events:
                 self._on_events(p.device, events, p.received, now)
 
+    def _stale_retained(self, ping: Ping) -> bool:
+        """A retained ping is the broker's memory of an old position (the
+        OwnTracks app, for one, publishes locations retained). Use it only when
+        its own ``ts`` says it is recent; otherwise skip it and count it."""
+        if ping.ts is not None and ping.received - ping.ts <= self.cfg.tracking.timeout_s:
+            return False
+        self.metrics.pings_shed.inc("retained")
+        return True
+
     def _dead_ping(self, p: Ping, reason: str, detail: str) -> None:
-        payload = json.dumps({"device": p.device, "source": p.source}).encode()
+        payload = p.raw if p.raw is not None else json.dumps({"device": p.device, "source": p.source}).encode()
         topic = f"{self.root}/ping/{p.source}/{p.device}"
         self.deadletter(Message(topic, payload, 0, 0, p.received), reason, detail, device=p.device)
 
@@ -548,7 +575,7 @@ class Agent:
         for ev in events:
             kind = "enter" if isinstance(ev, Entered) else "exit" if isinstance(ev, Exited) else "dwell"
             self.metrics.transitions.inc(kind)
-            if cfg.tracking.publish_events and consent.tracking is not False:
+            if cfg.tracking.publish_events:  # the in-store broker: nothing leaves the store
                 self.mqtt.publish(f"{self.root}/event/{device}",
                                   json.dumps({"event": kind, "zone": ev.fence, "ts": ev.ts}).encode(), qos=0)
             if consent.tracking:
@@ -722,11 +749,17 @@ class Agent:
         limit = max(self.cfg.ingest.max_payload_bytes, INVENTORY_MAX_BYTES)  # POS may send many skus at once
         if len(payload) > limit:
             raise PayloadError("too_large", f"{len(payload)} bytes > {limit}")
-        if payload.lstrip()[:1] == b"[":
+        first = payload.lstrip()[:1]
+        if first == b"[":
             try:
                 obj = json.loads(payload)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise PayloadError("decode", f"invalid JSON: {exc}") from exc
+        elif first != b"{" and payload and 0x90 <= payload[0] <= 0x9F or payload[:1] in (b"\xdc", b"\xdd"):
+            try:  # a msgpack array of updates
+                obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            except Exception as exc:  # msgpack raises several unrelated types
+                raise PayloadError("decode", f"invalid msgpack: {type(exc).__name__}") from exc
         else:
             obj = codecs.decode_object(payload, max_bytes=limit)
         items = obj if isinstance(obj, list) else [obj]

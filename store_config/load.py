@@ -932,7 +932,7 @@ def load_store(path: str | Path) -> StoreConfig:
         publish_events=c.boolean(t, "publish_events", W, default=False),
         max_future_skew_s=c.number(t, "max_future_skew_s", W, default=300.0, positive=True),
         sustained_pings=c.integer(t, "sustained_pings", W, default=3, minimum=0),
-        max_speed_mps=c.number(t, "max_speed_mps", W, default=7.0, positive=True),
+        max_speed_mps=c.number(t, "max_speed_mps", W, default=50.0, positive=True),
     )
 
     g = _section(c, doc, "ingest")
@@ -946,7 +946,7 @@ def load_store(path: str | Path) -> StoreConfig:
     W = "[offers]"
     offers = OffersConfig(
         ttl_s=c.number(o, "ttl_s", W, default=900.0, positive=True),
-        per_visit_cap=c.integer(o, "per_visit_cap", W, default=3, minimum=0),
+        per_visit_cap=c.integer(o, "per_visit_cap", W, default=0, minimum=0),
         min_gap_s=c.number(o, "min_gap_s", W, default=0.0, minimum=0),
         daily_cap=c.integer(o, "daily_cap", W, default=0, minimum=0),
     )

@@ -173,9 +173,10 @@ class TrackingConfig:
     # Sustained-evidence entry: this many consecutive pings whose centre is
     # inside and whose acc is below the fence's half-width enter it (0 = off).
     sustained_pings: int = 3
-    # A ping implying a faster move than this (beyond both accuracies) is a
-    # teleport: ignored for triggering and counted.
-    max_speed_mps: float = 7.0
+    # A ping implying a faster move than this (beyond both accuracies, on the
+    # devices' own ts) is a teleport: ignored for triggering and counted.
+    # 50 m/s is far beyond anyone on foot yet tolerant of quick test moves.
+    max_speed_mps: float = 50.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +191,7 @@ class IngestConfig:
 @dataclass(frozen=True, slots=True)
 class OffersConfig:
     ttl_s: float = 900.0
-    per_visit_cap: int = 3  # offers per device per visit (0 = unlimited)
+    per_visit_cap: int = 0  # offers per device per visit (0 = unlimited)
     min_gap_s: float = 0.0  # minimum seconds between two offers to one device
     daily_cap: int = 0  # offers per device per store day (0 = unlimited)
 

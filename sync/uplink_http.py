@@ -8,7 +8,7 @@ central answers:
 * 2xx — the batch is acknowledged: its rows are deleted;
 * 5xx, 408, 425, 429, time-outs, connection errors — retried with
   exponential backoff from 1 s with jitter, capped at 30 s (a ``Retry-After``
-  on 429/503 is honoured, up to 5 minutes);
+  on 429/503 is honoured, up to the same 30 s cap);
 * any other 4xx — 401, 403 and 404 included, as the contract says — the
   batch is set aside (``outbox_aside``, with the status
   and central's answer), counted in ``edge_sync_errors_total{kind="rejected"}``
@@ -43,7 +43,7 @@ log = logging.getLogger("sync.uplink")
 
 RETRY_STATUSES = frozenset({408, 425, 429})
 MAX_BACKOFF_S = 30.0
-MAX_RETRY_AFTER_S = 300.0
+MAX_RETRY_AFTER_S = 30.0  # the contract caps retries at 30 s, Retry-After included
 
 
 def backoff_delay(failures: int, rand: float) -> float:

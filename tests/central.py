@@ -173,9 +173,9 @@ async def barrier(phone, R: str) -> None:
 
 
 def produced_keys(agent) -> set[str]:
-    """Every event key the agent's ledger handed out in this boot ({store}:{boot}:{1..seq})."""
+    """Every event key the agent's ledger handed out in this boot ({store}:{install}:{boot}:{1..seq})."""
     led = agent.ledger
-    return {f"{led.store_id}:{led.boot}:{i}" for i in range(1, led._seq + 1)}  # noqa: SLF001
+    return {f"{led.store_id}:{led.install}:{led.boot}:{i}" for i in range(1, led._seq + 1)}  # noqa: SLF001
 
 
 async def until(agent, pred, timeout: float = 15.0) -> None:

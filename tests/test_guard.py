@@ -40,7 +40,10 @@ def test_shed_stale_keeps_newest_per_device():
 
 
 async def test_spoofed_pings_do_not_trigger(store_factory, agent_factory, mqtt_client):
-    cfg = store_factory()
+    cfg = store_factory(toml_extra="""
+        [tracking]
+        max_speed_mps = 7
+    """)
     server = await agent_factory(cfg)
     agent = server.agent
     R = cfg.root_topic
