@@ -992,9 +992,10 @@ def load_store(path: str | Path) -> StoreConfig:
         c.err(W, "roles", f"must be a table role -> list of zone ids, not {type_name(raw_roles)}")
     else:
         for role in raw_roles:
-            if not ID_RE.fullmatch(role) or role == "all":
+            if not ID_RE.fullmatch(role) or role in ("all", "claim"):
                 c.err("[associates.roles]", role, "role names may only contain letters, digits, '.', '_', '-' "
-                                                  "and must not be 'all'")
+                                                  "and must not be 'all' or 'claim' (topics {R}/alert/all, "
+                                                  "{R}/alert/claim)")
                 continue
             zones = c.str_list(raw_roles, role, "[associates.roles]")
             roles[role] = zones
