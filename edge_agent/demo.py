@@ -1,8 +1,9 @@
 """`edge-agent demo`: an embedded broker, the sample store, simulated shoppers.
 
-Everything runs in one process with no set-up.  The shoppers are plain MQTT
-clients publishing pings exactly as phones do; the agent answers them over
-the same broker.
+Everything runs in one process with no set-up.  The shoppers are the
+simulator's (walking the aisles, stopping at sections and displays), replayed
+at 3x real time by a plain MQTT client publishing pings exactly as phones do;
+the agent answers them over the same broker.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-import random
 import signal
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -38,38 +38,6 @@ def _port_free(port: int) -> bool:
             return True
         except OSError:
             return False
-
-
-class Shopper:
-    """A shopper walking from the entrance through a few fences and out again."""
-
-    def __init__(self, device: str, route: list[tuple[float, float]], speed: float, start: float):
-        self.device = device
-        self.route = route
-        self.speed = speed
-        self.start = start
-        self.leg = 0
-        self.pos = route[0]
-        self.pause_until = start
-
-    def advance(self, now: float, dt: float) -> tuple[float, float] | None:
-        if now < self.start:
-            return None
-        if self.leg >= len(self.route) - 1:
-            return None
-        if now < self.pause_until:
-            return self.pos
-        tx, ty = self.route[self.leg + 1]
-        x, y = self.pos
-        d = math.hypot(tx - x, ty - y)
-        step = self.speed * dt
-        if d <= step:
-            self.pos = (tx, ty)
-            self.leg += 1
-            self.pause_until = now + random.uniform(3, 10)  # browse a while
-        else:
-            self.pos = (x + (tx - x) * step / d, y + (ty - y) * step / d)
-        return self.pos
 
 
 async def run_demo(*, duration: float | None = None, shoppers: int = 6, port: int = 8080) -> int:
@@ -127,40 +95,43 @@ edge-agent demo — store {cfg.store_id} ({cfg.name}), embedded broker at {url}
     return 0
 
 
-async def _walk(cfg, port: int, n: int, stop: asyncio.Event) -> None:
-    rng = random.Random(42)
-    fences = [f for f in cfg.fences if f.kind not in ("staff_only", "entrance", "checkout")]
-    entrance = next((f for f in cfg.fences if f.kind == "entrance"), None)
-    door = entrance.geometry.representative_point() if entrance else None
-    start_xy = (door.x, door.y) if door else (0.0, 0.0)
-    known = list(cfg.profiles)[:3]
+async def _walk(cfg, port: int, n: int, stop: asyncio.Event, *, pace: float = 3.0) -> None:
+    """Replay the simulator's shoppers (walking the aisles, never through
+    shelves, stopping at sections and displays) at ``pace`` x real time, in
+    rounds; the first shoppers of the first round are the sample profiles'
+    devices, so VIP alerts and loyalty offers show too."""
+    from simulator.shoppers import make_shoppers
+    from simulator.space import build_space
+
+    space = await asyncio.to_thread(build_space, cfg)
+    known = list(cfg.profiles)
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"demo-shoppers-{free_port()}")
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        people: list[Shopper] = []
-        t0 = time.monotonic()
-        for i in range(n):
-            stops = rng.sample(fences, k=min(len(fences), rng.randint(3, 5)))
-            route = [start_xy] + [(p.x, p.y) for p in (f.geometry.representative_point() for f in stops)] + [start_xy]
-            device = known[i] if i < len(known) else f"demo-phone-{i + 1}"
-            people.append(Shopper(device, route, rng.uniform(0.8, 1.4), t0 + i * 4.0))
+        round_no = 0
         while not stop.is_set():
-            now = time.monotonic()
-            for s in people:
-                pos = s.advance(now, 0.5)
-                if pos is not None:
-                    payload = json.dumps({"x": round(pos[0], 2), "y": round(pos[1], 2), "acc": 0.5})
-                    client.publish(f"{cfg.root_topic}/ping/uwb/{s.device}", payload, qos=0)
-                elif s.leg >= len(s.route) - 1:  # done: a new shopper takes the slot
-                    stops = rng.sample(fences, k=min(len(fences), rng.randint(3, 5)))
-                    s.route = [start_xy] + [(p.x, p.y) for p in (f.geometry.representative_point() for f in stops)] + [start_xy]
-                    s.leg, s.pos, s.start = 0, start_xy, now + rng.uniform(2, 8)
-                    s.device = f"demo-phone-{rng.randint(100, 999)}"
-            try:
-                await asyncio.wait_for(stop.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+            round_s = max(240.0, 40.0 * n)  # simulated seconds per round
+            people = make_shoppers(cfg, space, n=n, duration=round_s, seed=round_no + 1)
+            ids = [known[i] if round_no == 0 and i < len(known) else f"demo-phone-{round_no}-{i + 1}"
+                   for i in range(len(people))]
+            t0 = time.monotonic()
+            while not stop.is_set():
+                sim_t = (time.monotonic() - t0) * pace
+                active = 0
+                for shopper, device in zip(people, ids):
+                    if shopper.arrive <= sim_t <= shopper.leave:
+                        active += 1
+                        x, y = shopper.position(np.array([sim_t]))
+                        payload = json.dumps({"x": round(float(x[0]), 2), "y": round(float(y[0]), 2), "acc": 0.5})
+                        client.publish(f"{cfg.root_topic}/ping/uwb/{device}", payload, qos=0)
+                if sim_t > max(p.leave for p in people) and not active:
+                    break
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+            round_no += 1
     finally:
         client.loop_stop()
         client.disconnect()
