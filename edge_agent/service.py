@@ -198,9 +198,13 @@ class Agent:
             known = self.inventory.get(sku)
             if known is not None and (ts is None or ts < known[1]):
                 continue
+            before = self._inv_view.get(sku)
             self.inventory[sku] = (int(qty), 0.0 if ts is None else float(ts))
             self._inv_view[sku] = int(qty)
             taken.append(sku)
+            if getattr(self, "ledger", None) is not None and getattr(self, "alerts", None) is not None:
+                # a file reload or a central bundle can run a promoted sku out too
+                self.alerts.on_inventory(sku, before, int(qty))
         return taken
 
     def _profile_consents_changed(self, old: StoreConfig, new: StoreConfig) -> None:

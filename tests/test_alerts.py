@@ -420,3 +420,29 @@ async def test_websocket_snapshot_and_live_updates(make_store, agent_factory, mq
             st = await ws.receive_json(timeout=5)
             assert (st["type"], st["alert_id"], st["state"], st["by"]) == ("state", second["alert_id"],
                                                                            "claimed", "Jo")
+
+
+async def test_stock_out_alert_from_a_reloaded_inventory_file(store_factory, agent_factory, mqtt_client):
+    """A promoted sku run out by a file reload (or a bundle) alerts too, not only POS updates over MQTT."""
+    import json
+    import os
+
+    cfg = store_factory(inventory={"apple": 4, "chips": 9}, toml_extra="""
+        [associates]
+        token = "t"
+        [reload]
+        poll_s = 0
+    """)
+    server = await agent_factory(cfg)
+    phone = mqtt_client()
+    R = cfg.root_topic
+    await phone.subscribe(f"{R}/alert/+")
+    inv = cfg.path.parent / "inventory.json"
+    inv.write_text(json.dumps({"apple": 0, "chips": 9}))
+    st = inv.stat()
+    os.utime(inv, (st.st_atime, st.st_mtime + 5))  # newer than anything the agent holds
+    ok, problems = server.agent.reload_from_files()
+    assert ok, problems
+    server.agent.tick()  # commits and publishes what the reload raised
+    alert = await phone.next_json(f"{R}/alert/+")
+    assert alert["kind"] == "stock_out" and "apple" in alert["text"]
