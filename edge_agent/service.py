@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import logging
 import math
@@ -666,6 +667,22 @@ class Agent:
         mid = self.mqtt.publish(f"{self.root}/offer/{device}",
                                 json.dumps(payload, separators=(",", ":")).encode(), qos=1)
         self._pending[mid] = PendingOffer(payload["offer_id"], received, payload["expires"])
+        if device.startswith("owntracks:") and self.cfg.ingest.owntracks and self.cfg.ingest.owntracks_cmd:
+            self._owntracks_cmd(device, payload)
+
+    def _owntracks_cmd(self, device: str, offer: dict) -> None:
+        """Show the offer in the stock OwnTracks app: its documented ``cmd``
+        ``action`` message (a notification plus HTML in the Featured tab),
+        sent to the device's own cmd topic (remote commands must be enabled)."""
+        _, user, dev = device.split(":", 2)
+        esc = html.escape
+        content = f"<h2>{esc(offer['title'])}</h2><p>{esc(offer['message'] or '')}</p>"
+        if offer.get("alternative_zone"):
+            content += f"<p>Out of stock here: find it at {esc(offer['alternative_zone'])}.</p>"
+        content += f"<p><small>Offer {esc(offer['offer_id'])}</small></p>"
+        cmd = {"_type": "cmd", "action": "action", "notification": offer["title"], "content": content,
+               "tst": int(offer["ts"])}
+        self.mqtt.publish(f"owntracks/{user}/{dev}/cmd", json.dumps(cmd).encode(), qos=1)
 
     def _on_published(self, mid: int) -> None:
         p = self._pending.pop(mid, None)

@@ -717,7 +717,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "data": frozenset({"dir"}),
     "tracking": frozenset({"clock", "timeout_s", "publish_events", "sustained_pings", "default_acc",
                            "max_future_skew_s", "max_speed_mps"}),
-    "ingest": frozenset({"owntracks", "max_payload_bytes", "shed_above"}),
+    "ingest": frozenset({"owntracks", "owntracks_cmd", "max_payload_bytes", "shed_above"}),
     "offers": frozenset({"ttl_s", "per_visit_cap", "min_gap_s", "daily_cap"}),
     "privacy": frozenset({"anonymous_offers", "anonymous_tracking", "position_retention_s"}),
     "sync": frozenset({"central_url", "token", "interval_s", "transport", "mqtt_url", "encoding", "batch_size",
@@ -938,6 +938,7 @@ def load_store(path: str | Path) -> StoreConfig:
     g = _section(c, doc, "ingest")
     ingest = IngestConfig(
         owntracks=c.boolean(g, "owntracks", "[ingest]", default=False),
+        owntracks_cmd=c.boolean(g, "owntracks_cmd", "[ingest]", default=True),
         max_payload_bytes=c.integer(g, "max_payload_bytes", "[ingest]", default=16384, minimum=64),
         shed_above=c.integer(g, "shed_above", "[ingest]", default=5000, minimum=1),
     )

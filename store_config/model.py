@@ -182,6 +182,9 @@ class TrackingConfig:
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
     owntracks: bool = False
+    # Offers to owntracks:{user}:{device} devices also go to
+    # owntracks/{user}/{device}/cmd as the app's "action" command.
+    owntracks_cmd: bool = True
     max_payload_bytes: int = 16384
     # Overload: when one batch holds more pings than this, only the newest
     # ping of each device is processed (stale ones are shed and counted).

@@ -242,3 +242,21 @@ async def test_status_retained_and_http(store_factory, agent_factory, mqtt_clien
     await server.stop()
     m = await phone.next(f"{R}/status")
     assert m.payload == b"offline"
+
+
+async def test_owntracks_phone_gets_the_offer_as_an_app_command(store_factory, agent_factory, mqtt_client):
+    """The stock OwnTracks app shows the offer: the booklet's cmd 'action' (notification + Featured content)."""
+    cfg = store_factory(toml_extra="""
+        [ingest]
+        owntracks = true
+    """, promotions=[{"id": "chips", "title": "Chips <2 for 1>", "message": "Crunchy & cheap", "skus": ["chips"]}])
+    await agent_factory(cfg)
+    phone = mqtt_client()
+    lon, lat = LocalFrame(49.1875, 16.6130, 0.0).to_wgs84(24.0, 10.0)
+    await phone.subscribe("owntracks/bob/iphone/cmd")
+    await phone.publish("owntracks/bob/iphone", {"_type": "location", "lat": float(lat), "lon": float(lon),
+                                                 "acc": 1, "tst": 1700000000})
+    cmd = await phone.next_json("owntracks/bob/iphone/cmd")
+    assert cmd["_type"] == "cmd" and cmd["action"] == "action"
+    assert cmd["notification"] == "Chips <2 for 1>"
+    assert "Chips &lt;2 for 1&gt;" in cmd["content"] and "Crunchy &amp; cheap" in cmd["content"]
