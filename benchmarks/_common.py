@@ -6,8 +6,12 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,3 +93,67 @@ def write_json(name: str, data: dict, path: str | None = None) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(data, indent=2, default=float) + "\n")
     return p
+
+
+# -- processes the end-to-end benchmarks (e2e, soak, sync_load) start
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
+    """A private Mosquitto on a free loopback port, waited for until it listens."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+                    "max_queued_messages 1000000\nmax_inflight_messages 1000\nset_tcp_nodelay true\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+def start_agent(config: Path, http_port: int, *, timeout: float = 20.0) -> subprocess.Popen:
+    """`edge-agent run` as its own process, returned once /readyz answers 200."""
+    agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--log-level", "warning", "run",
+                              "--config", str(config)], cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status == 200:
+                return agent
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            agent.kill()
+            raise RuntimeError("agent did not become ready")
+        time.sleep(0.1)
+
+
+def scrape(http_port: int) -> dict[str, float]:
+    """The agent's /metrics as {series (name with labels): value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        try:
+            out[name] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def metric_total(series: dict[str, float], name: str) -> float:
+    """Sum of a metric over all its label sets."""
+    return sum(v for k, v in series.items() if k == name or k.startswith(name + "{"))

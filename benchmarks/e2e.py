@@ -21,39 +21,13 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
-                    "max_queued_messages 1000000\nmax_inflight_messages 1000\nset_tcp_nodelay true\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
+from _common import RESULTS, ROOT, free_port, metric_total, scrape, start_agent, start_mosquitto  # noqa: E402,F401
 
 
 # A grid of 2 m x 2 m fences, 4 m apart: plenty of "inside nothing" space.
@@ -201,12 +175,7 @@ def bare_subscriber(port: int, store_id: str, ready, stop, out: "mp.Queue") -> N
 
 
 def agent_pings(http_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("edge_pings_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric_total(scrape(http_port), "edge_pings_total")
 
 
 def run_load(port, store_id, rate, seconds, workers, devices, entry_share):
@@ -263,18 +232,7 @@ def main() -> int:
             sdir = work / sid
             sdir.mkdir()
             cfg = write_store(sdir, port, http_port, sid)
-            agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--log-level", "warning", "run",
-                                      "--config", str(cfg)], cwd=ROOT)
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status == 200:
-                        break
-                except Exception:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("agent did not become ready")
-                time.sleep(0.1)
+            agent = start_agent(cfg, http_port)
             q2: mp.Queue = mp.Queue()
             ready, stop = mp.Event(), mp.Event()
             lst = mp.Process(target=offer_listener, args=(port, sid, ready, stop, q2))

@@ -18,38 +18,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, free_port, scrape as metrics, start_agent, start_mosquitto  # noqa: E402
 
 from store_config import sample_path  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metrics(http_port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        try:
-            out[name] = float(value)
-        except ValueError:
-            pass
-    return out
 
 
 def rss_mb(pid: int) -> float:
@@ -90,11 +67,8 @@ def main() -> int:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="edge-soak-"))
-    port, http_port = free_port(), free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nset_tcp_nodelay true\n")
-    mosq = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mosq, port = start_mosquitto(work)
+    http_port = free_port()
     store = work / "store"
     shutil.copytree(sample_path().parent, store, ignore=shutil.ignore_patterns("var"))
     toml = (store / "store.toml").read_text()
@@ -102,21 +76,10 @@ def main() -> int:
     toml = toml.replace('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{http_port}"')
     toml += "\n[tracking]\npublish_events = true\n"
     (store / "store.toml").write_text(toml)
-    agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--log-level", "warning", "run",
-                              "--config", str(store / "store.toml")], cwd=ROOT)
     samples = []
     sim = None
+    agent = start_agent(store / "store.toml", http_port)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status == 200:
-                    break
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("agent did not become ready")
-            time.sleep(0.2)
         t0 = time.monotonic()
         end = t0 + args.minutes * 60
         seed = 1

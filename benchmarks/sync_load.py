@@ -15,7 +15,6 @@ import argparse
 import json
 import multiprocessing as mp
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,7 +23,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import ROOT, free_port, run_load, start_mosquitto, write_store  # noqa: E402
+from _common import ROOT, free_port, metric_total, scrape, start_agent, start_mosquitto  # noqa: E402
+from e2e import run_load, write_store  # noqa: E402
 
 
 def central(port: int) -> None:
@@ -52,9 +52,7 @@ def central(port: int) -> None:
 
 
 def metric(http_port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + " ") or line.startswith(name + "{"))
+    return metric_total(scrape(http_port), name)
 
 
 def main() -> int:
@@ -72,20 +70,9 @@ def main() -> int:
     cfg = write_store(work, port, hport, "SL1")
     cfg.write_text(cfg.read_text() + f'\n[sync]\ncentral_url = "http://127.0.0.1:{cport}"\ninterval_s = 1\n'
                    "\n[privacy]\nanonymous_tracking = true\n")
-    agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--log-level", "warning", "run",
-                              "--config", str(cfg)], cwd=ROOT)
     samples = []
+    agent = start_agent(cfg, hport)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=1).status == 200:
-                    break
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("agent did not become ready")
-            time.sleep(0.2)
         stop = threading.Event()
         t0 = time.time()
 
