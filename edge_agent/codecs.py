@@ -57,6 +57,15 @@ class Ping:
 
 def decode_object(payload: bytes, *, max_bytes: int = 16384) -> dict[str, Any]:
     """JSON (a payload starting with ``{``) or msgpack map → dict."""
+    obj = decode_value(payload, max_bytes=max_bytes)
+    if obj.__class__ is not dict:
+        raise PayloadError("schema", f"expected an object, got {type(obj).__name__}")
+    return obj
+
+
+def decode_value(payload: bytes, *, max_bytes: int = 16384) -> Any:
+    """JSON or msgpack → whatever it holds (``decode_object`` wants a map;
+    inventory also takes a list)."""
     if len(payload) > max_bytes:
         raise PayloadError("too_large", f"{len(payload)} bytes > {max_bytes}")
     if not payload:
@@ -74,8 +83,6 @@ def decode_object(payload: bytes, *, max_bytes: int = 16384) -> dict[str, Any]:
             obj = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_str_len=max_bytes, max_bin_len=max_bytes)
         except Exception as exc:  # msgpack raises several unrelated types
             raise PayloadError("decode", f"neither JSON nor msgpack: {type(exc).__name__}") from exc
-    if obj.__class__ is not dict:
-        raise PayloadError("schema", f"expected an object, got {type(obj).__name__}")
     return obj
 
 

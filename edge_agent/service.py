@@ -27,10 +27,9 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 from zoneinfo import ZoneInfo
 
-import msgpack
 import numpy as np
 from paho.mqtt.client import topic_matches_sub as topic_matches
 
@@ -541,17 +540,13 @@ class Agent:
                 self.metrics.spoofed.inc(spoof)
                 continue
             track = self.tracks.get(p.device)
-            if track is None:
+            if track is not None and now < track.last_seen:
+                continue  # out of order: an older ping never undoes a newer one
+            if track is None or now - track.last_seen > rt.params.timeout_s:
                 # A new visit (first ping, or the first after a silence timeout).
                 h = self.histories.get(self.pseudonym(p.device))
                 if h is not None:
                     h.visit_count = 0
-            elif now - track.last_seen > rt.params.timeout_s:
-                h = self.histories.get(self.pseudonym(p.device))
-                if h is not None:
-                    h.visit_count = 0
-            elif now < track.last_seen:
-                continue  # out of order: an older ping never undoes a newer one
             track, events = step(track, matches[j], now, rt.params, acc=float(accs[i]))
             self.tracks[p.device] = track
             if events:
@@ -765,24 +760,8 @@ class Agent:
         return float(ts)
 
     def _on_inventory(self, m: Message) -> None:
-        obj: Any
-        payload = m.payload
         limit = max(self.cfg.ingest.max_payload_bytes, INVENTORY_MAX_BYTES)  # POS may send many skus at once
-        if len(payload) > limit:
-            raise PayloadError("too_large", f"{len(payload)} bytes > {limit}")
-        first = payload.lstrip()[:1]
-        if first == b"[":
-            try:
-                obj = json.loads(payload)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise PayloadError("decode", f"invalid JSON: {exc}") from exc
-        elif first != b"{" and payload and 0x90 <= payload[0] <= 0x9F or payload[:1] in (b"\xdc", b"\xdd"):
-            try:  # a msgpack array of updates
-                obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-            except Exception as exc:  # msgpack raises several unrelated types
-                raise PayloadError("decode", f"invalid msgpack: {type(exc).__name__}") from exc
-        else:
-            obj = codecs.decode_object(payload, max_bytes=limit)
+        obj = codecs.decode_value(m.payload, max_bytes=limit)  # one update, or a list (JSON or msgpack)
         items = obj if isinstance(obj, list) else [obj]
         parsed = []
         for it in items:

@@ -10,6 +10,8 @@ import tracemalloc
 
 import msgpack
 
+from .conftest import wait_until
+
 
 def _garbage(rng: random.Random, i: int) -> bytes:
     kind = i % 8
@@ -66,10 +68,7 @@ async def test_flood_of_bad_payloads(store_factory, agent_factory, mqtt_client):
 
 
 async def _wait_deadletters(agent, n: int, timeout: float = 60) -> None:
-    async def wait():
-        while sum(agent.metrics.deadletters.values.values()) < n:
-            await asyncio.sleep(0.05)  # polling the agent's counter: the event we wait for
-    await asyncio.wait_for(wait(), timeout)
+    await asyncio.wait_for(wait_until(lambda: sum(agent.metrics.deadletters.values.values()) >= n, 0.05), timeout)
 
 
 def _agent_bytes(snapshot: tracemalloc.Snapshot) -> int:
