@@ -178,6 +178,7 @@ class Agent:
         self.merge_inventory(cfg.inventory, inventory_ts)
         old = self.rt.cfg
         self.rt = rt
+        self.guard.max_speed = cfg.tracking.max_speed_mps
         if self.ledger is not None and old.profiles is not cfg.profiles:
             self._profile_consents_changed(old, cfg)
         self.metrics.config_info.values.clear()
@@ -526,7 +527,6 @@ class Agent:
                 accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
         sel = np.flatnonzero(ok)
         guard = self.guard
-        guard.max_speed = cfg.tracking.max_speed_mps
         matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
         ping_clock = cfg.tracking.clock == "ping"
         for j, i in enumerate(sel):
@@ -596,14 +596,14 @@ class Agent:
             outcome = decide(trigger=kind, fence=fence, candidates=candidates, profile=profile, consent=consent,
                              history=history, inventory=self._inv_view, now=now, tz=rt.tz, offers=cfg.offers,
                              holdout=lambda pid: self.pseudo.fraction(pseudo, pid))
-            self._apply_outcome(device, pseudo, kind, fence, outcome, received, now)
+            self._apply_outcome(device, pseudo, kind, fence, outcome, received, now, tracking=consent.tracking)
 
     def _apply_outcome(self, device: str, pseudo: str, trigger: str, fence, outcome: Outcome,
-                       received: float, now: float) -> None:
+                       received: float, now: float, *, tracking: bool) -> None:
         audit = []
         # Without tracking consent no zone of the device is stored or sent with a
         # suppression (the promotion and the reason still are).
-        where = fence.id if self.consent_for(device, pseudo)[1].tracking else None
+        where = fence.id if tracking else None
         for d in outcome.decisions:
             self.metrics.decisions.inc(d.outcome, d.reason)
             audit.append((now, pseudo, trigger, where, d.promotion_id, d.outcome, d.reason, None))
