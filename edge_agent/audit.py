@@ -23,7 +23,8 @@ from store_config import load_store
 from store_config.model import ConfigError
 from sync.pseudonym import Pseudonymizer
 
-COLUMNS = ("ts", "device", "event", "zone", "promotion_id", "outcome", "reason", "offer_id")
+from .ledger import read_audit
+
 LEDGER_FILE = "edge.sqlite3"
 KEY_FILE = "pseudonym.key"
 
@@ -84,18 +85,6 @@ def pseudonym_for(data_dir: Path, device: str) -> str:
     return Pseudonymizer(secret).device(device)
 
 
-def read(conn: sqlite3.Connection, *, device: str | None, since: float, limit: int) -> list[dict[str, Any]]:
-    """Audit rows (oldest first) since ``since``, for one pseudonym or all."""
-    q = f"SELECT {', '.join(COLUMNS)} FROM audit WHERE ts >= ?"
-    args: list[Any] = [since]
-    if device:
-        q += " AND device = ?"
-        args.append(device)
-    q += " ORDER BY id LIMIT ?"
-    args.append(limit)
-    return [dict(zip(COLUMNS, r)) for r in conn.execute(q, args).fetchall()]
-
-
 def format_table(rows: list[dict[str, Any]], tz: ZoneInfo, *, with_device: bool) -> str:
     cols = [("time", 25), ("event", 5), ("zone", 14), ("promotion", 16), ("outcome", 10), ("reason", 16),
             ("offer", 18)]
@@ -121,7 +110,7 @@ def run_audit(args: argparse.Namespace) -> int:
         conn = open_readonly(data_dir / LEDGER_FILE)
         try:
             device = pseudonym_for(data_dir, args.device) if args.device else None
-            rows = read(conn, device=device, since=since, limit=args.limit)
+            rows = read_audit(conn, device=device, since=since, limit=args.limit)
         finally:
             conn.close()
     except (AuditError, sqlite3.Error) as exc:

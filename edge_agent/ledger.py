@@ -216,15 +216,7 @@ class Ledger:
             "VALUES (?,?,?,?,?,?,?,?)", rows)
 
     def read_audit(self, *, device: str | None = None, since: float = 0.0, limit: int = 1000) -> list[dict]:
-        q = "SELECT ts, device, event, zone, promotion_id, outcome, reason, offer_id FROM audit WHERE ts >= ?"
-        args: list[Any] = [since]
-        if device:
-            q += " AND device = ?"
-            args.append(device)
-        q += " ORDER BY id LIMIT ?"
-        args.append(limit)
-        cols = ("ts", "device", "event", "zone", "promotion_id", "outcome", "reason", "offer_id")
-        return [dict(zip(cols, r)) for r in self.conn.execute(q, args).fetchall()]
+        return read_audit(self.conn, device=device, since=since, limit=limit)
 
     def forget_device(self, device: str) -> None:
         """Purge stored zones of a device (consent withdrawn); keeps offer
@@ -233,3 +225,19 @@ class Ledger:
         self.conn.execute("UPDATE offers SET zone = NULL WHERE device = ?", (device,))
         self.conn.execute("UPDATE audit SET zone = NULL WHERE device = ?", (device,))
         self.conn.execute("DELETE FROM outbox WHERE device = ? AND kind = 'transition'", (device,))
+
+
+AUDIT_COLUMNS = ("ts", "device", "event", "zone", "promotion_id", "outcome", "reason", "offer_id")
+
+
+def read_audit(conn: sqlite3.Connection, *, device: str | None, since: float, limit: int) -> list[dict[str, Any]]:
+    """Audit rows (oldest first) since ``since``, for one pseudonym or all; on
+    any connection to the ledger file (``edge-agent audit`` opens it read-only)."""
+    q = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit WHERE ts >= ?"
+    args: list[Any] = [since]
+    if device:
+        q += " AND device = ?"
+        args.append(device)
+    q += " ORDER BY id LIMIT ?"
+    args.append(limit)
+    return [dict(zip(AUDIT_COLUMNS, r)) for r in conn.execute(q, args).fetchall()]
