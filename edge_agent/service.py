@@ -39,7 +39,7 @@ from geometry.frames import LocalFrame
 from geometry.tracking import DeviceTrack, Entered, Exited, TrackParams, step, tick
 from store_config.model import Consent, Profile, StoreConfig
 from sync.pseudonym import Pseudonymizer, load_or_create_secret
-from sync.tasks import Sync
+from sync.tasks import Sync, cancel_and_wait
 
 from . import codecs, sources
 from .alerts import AlertManager
@@ -284,14 +284,7 @@ class Agent:
 
     async def stop(self) -> None:
         self.ready = False
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
-        self._tasks.clear()
+        await cancel_and_wait(self._tasks, log)
         if self.sync is not None:
             await self.sync.stop()
         if self.mqtt:

@@ -35,6 +35,21 @@ log = logging.getLogger("sync")
 RETENTION_EVERY_S = 3600.0
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task], logger: logging.Logger) -> None:
+    """Cancel long-lived tasks and wait for each; a task that had already died
+    of an exception is logged, never allowed to abort the caller's shutdown."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        try:
+            await t
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("task %s failed while stopping", t.get_name())
+    tasks.clear()
+
+
 class Sync:
     def __init__(self, agent):
         self.agent = agent
@@ -94,16 +109,7 @@ class Sync:
     async def stop(self, *, final_flush_s: float = 5.0) -> None:
         """Stop the sync tasks; with an HTTP uplink, first try one last flush
         of the outbox (bounded: what central does not take stays in SQLite)."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("sync task %s failed while stopping", t.get_name())
-        self._tasks.clear()
+        await cancel_and_wait(self._tasks, log)
         if (isinstance(self.uplink, HttpUplink) and self._session is not None and self.agent.ledger is not None
                 and final_flush_s > 0):
             try:
