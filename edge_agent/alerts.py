@@ -1,17 +1,18 @@
 """Associates' alerts: raise, deduplicate, deliver, claim, escalate, resolve.
 
-The :class:`AlertManager` is owned by the :class:`~edge_agent.service.Agent`
-and runs on its loop thread.  The agent calls it with a few one-line hooks:
+The :class:`AlertManager` is one room of the pipeline
+(:mod:`edge_agent.pipeline`) and, like it, does no I/O: what it raises is
+added to the pipeline's effects.  The pipeline calls it with a few hooks:
 
-* ``on_enter`` / ``on_dwell`` from ``_on_events`` (``vip_arrival``, ``assist``);
-* ``on_offer`` from ``_apply_outcome`` (promotions with ``associate_alert``);
-* ``on_inventory`` from ``_on_inventory`` (``stock_out`` of a promoted sku);
+* ``on_enter`` / ``on_dwell`` on transitions (``vip_arrival``, ``assist``);
+* ``on_offer`` when an offer goes out (promotions with ``associate_alert``);
+* ``on_inventory`` when a sku's quantity changes (``stock_out``);
 * ``on_claim_message`` for ``{R}/alert/claim``;
-* ``tick`` every second (long presence in ``assist`` fences, escalation);
-* ``flush`` right after each commit: publishes what was committed.
+* ``tick`` every second (long presence in ``assist`` fences, escalation).
 
 Every alert and every state change is an outbox event (kind ``alert``)
-committed *before* it is published, like offers.  Claims live in memory (and
+committed *before* it is published, like offers (the shell commits the
+effects, then publishes).  Claims live in memory (and
 in the outbox for central): a restart forgets open alerts, so a claim for an
 alert raised before the restart gets 404.
 
@@ -29,7 +30,6 @@ is at the end of this module; :func:`setup_routes` adds it to the app.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import weakref
@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiohttp import WSMsgType, web
 
 from .codecs import PayloadError, decode_object
+from .effects import Notice, Publish
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mqtt import Message
-    from .service import Agent
+    from .pipeline import Pipeline
 
 log = logging.getLogger("edge_agent.alerts")
 
@@ -90,15 +91,14 @@ class Alert:
 class AlertManager:
     """Alerts of one agent.  Call only from the agent's loop thread."""
 
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
+    def __init__(self, agent: "Pipeline"):
+        self.agent = agent  # the pipeline: config, consent, trackers, and the effects alerts add to
         self.alerts: dict[str, Alert] = {}
         self._seen: dict[tuple[str, str], float] = {}  # (kind, shopper pseudonym | sku) -> last raised
         self._visiting: set[str] = set()  # raw device ids with a VIP check done this visit
         self._assisted: set[tuple[str, str, float]] = set()  # (device, fence, entered) already alerted
-        self._outgoing: list[tuple[str, dict[str, Any]]] = []  # (topic, payload) after commit
-        self._notices: list[tuple[str, dict[str, Any]]] = []  # (listener kind, data) after commit
         self.watchers: set[asyncio.Queue] = set()
+        self.commit: Callable[[], None] = lambda: None  # the shell's: commit, then publish what was raised
 
     # -- configuration helpers
     @property
@@ -190,7 +190,7 @@ class AlertManager:
         promos = [p for p in self.agent.cfg.promotions if sku in p.skus]
         if not promos:
             return
-        now = self.agent.clock()
+        now = self.agent.wall
         if not self._fresh(("stock_out", sku), now):
             return
         zones = [f.id for f in self.agent.cfg.fences if sku in f.skus]
@@ -205,29 +205,31 @@ class AlertManager:
     def raise_alert(self, kind: str, zone: str | None, shopper: str | None, text: str, device: str | None,
                     *, audiences: tuple[str, ...] | None = None, **extra: Any) -> Alert:
         agent = self.agent
-        alert = Alert("a_" + secrets.token_hex(8), kind, zone, shopper, text, agent.clock(),
+        alert = Alert("a_" + secrets.token_hex(8), kind, zone, shopper, text, agent.wall,
                       audiences or self.audiences([zone]), device, extra)
         self.alerts[alert.alert_id] = alert
         self._prune()
         agent.metrics.alerts.inc(kind)
-        agent.ledger.event("alert", alert.ts, device, alert_id=alert.alert_id, alert_kind=kind, zone=zone,
+        fx = agent.fx
+        fx.event("alert", alert.ts, device, alert_id=alert.alert_id, alert_kind=kind, zone=zone,
                            state=OPEN, audience=list(alert.audiences), **extra)
         for aud in alert.audiences:
-            self._outgoing.append((f"{agent.root}/alert/{aud}", alert.payload()))
-        self._notices.append(("alert", alert.payload()))
-        self._notices.append(("_ws", {"type": "alert", "alert": alert.view()}))
+            fx.publish.append(Publish(f"{agent.root}/alert/{aud}", alert.payload()))
+        fx.notices.append(Notice("alert", alert.payload()))
+        fx.notices.append(Notice("_ws", {"type": "alert", "alert": alert.view()}))
         log.info("alert %s %s in %s → %s", alert.alert_id, kind, zone, ",".join(alert.audiences))
         return alert
 
     def _announce(self, alert: Alert, state: str, by: str | None, topics: tuple[str, ...]) -> None:
-        now = self.agent.clock()
-        self.agent.ledger.event("alert", now, alert.device, alert_id=alert.alert_id, alert_kind=alert.kind,
+        now = self.agent.wall
+        fx = self.agent.fx
+        fx.event("alert", now, alert.device, alert_id=alert.alert_id, alert_kind=alert.kind,
                                 zone=alert.zone, state=state, by=by)
         msg = {"alert_id": alert.alert_id, "kind": alert.kind, "state": state, "by": by, "ts": now}
         for aud in topics:
-            self._outgoing.append((f"{self.agent.root}/alert/{aud}", msg))
-        self._notices.append(("alert_state", msg))
-        self._notices.append(("_ws", {"type": "state", **msg}))
+            fx.publish.append(Publish(f"{self.agent.root}/alert/{aud}", msg))
+        fx.notices.append(Notice("alert_state", msg))
+        fx.notices.append(Notice("_ws", {"type": "state", **msg}))
 
     def claim(self, alert_id: str, associate: str) -> Alert:
         """First claim wins; later claims raise ClaimError(409).  Caller commits + flushes."""
@@ -261,7 +263,7 @@ class AlertManager:
         self._announce(alert, ESCALATED, None, alert.audiences)
         if "all" not in alert.audiences:
             payload = {**alert.payload(), "escalated": True}
-            self._outgoing.append((f"{self.agent.root}/alert/all", payload))
+            self.agent.fx.publish.append(Publish(f"{self.agent.root}/alert/all", payload))
         log.info("alert %s escalated (unclaimed for %.0f s)", alert.alert_id, self.cfg.escalate_after_s)
 
     def open_alerts(self) -> list[dict[str, Any]]:
@@ -294,7 +296,7 @@ class AlertManager:
     # -- time: escalation (wall clock) and long presence (tracker time)
     def tick(self, now: float | None) -> None:
         """Every second.  ``now`` is the tracker's time (None before any ping on the ping clock)."""
-        wall = self.agent.clock()
+        wall = self.agent.wall
         after = self.cfg.escalate_after_s
         for alert in list(self.alerts.values()):
             if alert.state == OPEN and not alert.escalated and wall - alert.ts >= after:
@@ -313,33 +315,15 @@ class AlertManager:
             self._seen = {k: t for k, t in self._seen.items()
                           if (wall if k[0] == "stock_out" or now is None else now) - t < window}
 
-    def flush(self) -> None:
-        """After a commit: publish what was committed and tell listeners and pages."""
-        if self._outgoing:
-            out, self._outgoing = self._outgoing, []
-            for topic, payload in out:
-                self.agent.mqtt.publish(topic, json.dumps(payload, separators=(",", ":")).encode(), qos=1)
-        if self._notices:
-            notes, self._notices = self._notices, []
-            for kind, data in notes:
-                if kind == "_ws":
-                    for q in list(self.watchers):
-                        try:
-                            q.put_nowait(data)
-                        except asyncio.QueueFull:  # a stalled page: start it over from a snapshot
-                            while not q.empty():
-                                q.get_nowait()
-                            q.put_nowait({"type": "snapshot", "alerts": self.open_alerts()})
-                    continue
-                for fn in self.agent.listeners:
-                    try:
-                        fn(kind, data)
-                    except Exception:
-                        log.exception("alert listener failed")
-
-    def commit(self) -> None:
-        self.agent.ledger.commit()
-        self.flush()
+    def notify_pages(self, data: dict[str, Any]) -> None:
+        """After a commit: hand an alert change to the associates' pages."""
+        for q in list(self.watchers):
+            try:
+                q.put_nowait(data)
+            except asyncio.QueueFull:  # a stalled page: start it over from a snapshot
+                while not q.empty():
+                    q.get_nowait()
+                q.put_nowait({"type": "snapshot", "alerts": self.open_alerts()})
 
 
 def valid_associate(v: Any) -> bool:
@@ -405,6 +389,7 @@ def setup_routes(app: web.Application, agent_key: web.AppKey, require_associate:
         if not valid_associate(associate):
             raise web.HTTPBadRequest(text=f"'associate' must be a non-empty string of at most "
                                           f"{MAX_ASSOCIATE_LEN} characters\n")
+        request.app[agent_key].touch()  # the pipeline's time for this out-of-batch change
         alerts = manager(request)
         try:
             alert = getattr(alerts, fn_name)(alert_id, associate.strip())

@@ -10,6 +10,7 @@ Pure: no I/O, no clock reads (``received`` is a parameter).
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from dataclasses import dataclass
@@ -226,3 +227,17 @@ def parse_owntracks(obj: Mapping[str, Any], *, user: str, device: str, received:
     ping.ts = _num(obj, "tst")
     _check_ranges(ping, received, max_future_skew_s)
     return ping
+
+
+def owntracks_cmd(device: str, offer: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """An offer for the stock OwnTracks app: its documented ``cmd`` ``action``
+    message (a notification plus HTML in the Featured tab) on the device's own
+    cmd topic (remote commands must be enabled).  Returns ``(topic, message)``."""
+    _, user, dev = device.split(":", 2)
+    esc = html.escape
+    content = f"<h2>{esc(offer['title'])}</h2><p>{esc(offer['message'] or '')}</p>"
+    if offer.get("alternative_zone"):
+        content += f"<p>Out of stock here: find it at {esc(offer['alternative_zone'])}.</p>"
+    content += f"<p><small>Offer {esc(offer['offer_id'])}</small></p>"
+    return f"owntracks/{user}/{dev}/cmd", {"_type": "cmd", "action": "action", "notification": offer["title"],
+                                          "content": content, "tst": int(offer["ts"])}

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sync.outbox import Event, Outbox
+from sync.schema import migrate
+
+from .pipeline.ids import CODE_ALPHABET, CODE_LEN  # noqa: F401 - the code format, re-exported
 
 log = logging.getLogger("edge_agent.ledger")
 
-CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L
-CODE_LEN = 10
-SCHEMA_VERSION = 1
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -89,7 +89,7 @@ class Ledger:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=2000")  # bounded: the loop thread waits on it
-        self._migrate()
+        migrate(self.conn, "ledger", MIGRATIONS)
         self.outbox = Outbox(self.conn)
         self.conn.execute("BEGIN")
         # A random id per ledger file + a boot epoch per start + a monotonic
@@ -108,13 +108,6 @@ class Ledger:
         self._in_tx = False
         self.last_commit_s = 0.0
 
-    def _migrate(self) -> None:
-        current = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        for version in sorted(MIGRATIONS):
-            if version > current:
-                log.info("migrating %s to schema %d", self.path.name, version)
-                self.conn.executescript("BEGIN;" + MIGRATIONS[version] + f"PRAGMA user_version={version}; COMMIT;")
-
     # -- transactions
     def begin(self) -> None:
         if not self._in_tx:
@@ -129,9 +122,12 @@ class Ledger:
             self._in_tx = False
 
     def rollback(self) -> None:
+        """End the open transaction; also after SQLite already rolled it back
+        itself (a disk I/O error or a full disk does that)."""
         if self._in_tx:
-            self.conn.execute("ROLLBACK")
             self._in_tx = False
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self.commit()
@@ -161,9 +157,10 @@ class Ledger:
             "INSERT INTO offers(offer_id, device, promotion_id, zone, ts, expires, payload) VALUES (?,?,?,?,?,?,?)",
             (offer_id, device, promotion_id, zone, ts, expires, json.dumps(payload, separators=(",", ":"))))
 
-    def mark_delivered(self, offer_ids: Iterable[str]) -> None:
+    def mark_delivered(self, offer_ids: Iterable[str], state: int = 1) -> None:
+        """1: the broker acknowledged the offer; 2: it expired unacknowledged (never re-sent)."""
         self.begin()
-        self.conn.executemany("UPDATE offers SET delivered = 1 WHERE offer_id = ?", [(o,) for o in offer_ids])
+        self.conn.executemany("UPDATE offers SET delivered = ? WHERE offer_id = ?", [(state, o) for o in offer_ids])
 
     def undelivered(self, now: float) -> list[OfferRow]:
         rows = self.conn.execute(
@@ -187,20 +184,18 @@ class Ledger:
         return self.conn.execute(
             "SELECT device, promotion_id, ts FROM offers WHERE ts >= ? ORDER BY ts", (since,)).fetchall()
 
-    def redeem(self, offer_id: str, now: float) -> str:
-        """The offer's redemption code: created once, the same ever after."""
-        row = self.conn.execute("SELECT code FROM offers WHERE offer_id = ?", (offer_id,)).fetchone()
-        if row and row[0]:
-            return row[0]
+    def recent_holdouts(self, since: float) -> list[tuple[str, str, float]]:
+        """(device pseudonym, promotion id, last ts) of holdout decisions since
+        ``since``: a holdout cools a promotion down like an offer."""
+        return self.conn.execute(
+            "SELECT device, promotion_id, max(ts) FROM audit WHERE reason = 'holdout' AND ts >= ? "
+            "GROUP BY device, promotion_id", (since,)).fetchall()
+
+    def set_code(self, offer_id: str, code: str, now: float) -> None:
+        """Store an ``apply``'s redemption code (drawn by the pipeline), once."""
         self.begin()
-        while True:
-            code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LEN))
-            try:
-                self.conn.execute("UPDATE offers SET code = ?, action = 'apply', action_ts = ? WHERE offer_id = ?",
-                                  (code, now, offer_id))
-                return code
-            except sqlite3.IntegrityError:  # astronomically rare collision: draw again
-                continue
+        self.conn.execute("UPDATE offers SET code = ?, action = 'apply', action_ts = ? "
+                          "WHERE offer_id = ? AND code IS NULL", (code, now, offer_id))
 
     def set_action(self, offer_id: str, action: str, now: float) -> None:
         self.begin()

@@ -17,6 +17,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .schema import migrate
+
 SHED_ANALYTICS, SHED_NORMAL, NEVER_SHED = 0, 1, 2
 KIND_CLASS = {
     "transition": SHED_ANALYTICS,
@@ -27,7 +29,7 @@ KIND_CLASS = {
 
 ROW_OVERHEAD = 48  # bytes per row beyond its text: record header, rowid, ts, cls, index entry
 
-SCHEMA = """
+MIGRATIONS: dict[int, str] = {1: """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL UNIQUE,
@@ -48,7 +50,7 @@ CREATE TABLE IF NOT EXISTS outbox_aside (
     error TEXT,
     set_aside_at REAL NOT NULL
 );
-"""
+"""}
 
 
 @dataclass(slots=True)
@@ -65,7 +67,7 @@ class Outbox:
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
-        conn.executescript(SCHEMA)
+        migrate(conn, "outbox", MIGRATIONS)
 
     def append(self, events: Iterable[Event]) -> None:
         """Insert events; the caller commits (with the state they describe)."""

@@ -1,0 +1,144 @@
+"""What a pipeline step asks the shell to do: plain data, no I/O.
+
+The shell (:mod:`edge_agent.service`) applies an :class:`Effects` in one
+order that the delivery guarantees rest on:
+
+1. ``rows`` — ledger, audit, consent, inventory and outbox writes — in one
+   SQLite transaction, committed once;
+2. only then ``offers`` (QoS 1, tracked until the broker acknowledges),
+   ``publish`` (codes, refusals, alerts, transitions, dead letters) and
+   ``notices`` (the demo, the associates' page);
+3. then ``acks`` — the QoS 1 messages whose effects were just committed.
+
+If the commit fails nothing of 2 happens (never an offer without a record)
+and the shell keeps the batch's QoS 1 messages to retry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Effects", "Event", "Audit", "OfferRow", "ConsentRow", "InventoryRow", "Forget", "Code",
+           "Action", "Publish", "OfferOut", "Notice"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An outbox event for central (the store assigns its ``key``)."""
+
+    kind: str
+    ts: float
+    device: str | None  # a pseudonym, never a raw id
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    ts: float
+    device: str
+    event: str
+    zone: str | None
+    promotion_id: str
+    outcome: str
+    reason: str
+    offer_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OfferRow:
+    offer_id: str
+    device: str  # pseudonym
+    promotion_id: str
+    zone: str | None
+    ts: float
+    expires: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRow:
+    device: str  # pseudonym
+    offers: bool
+    tracking: bool
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryRow:
+    sku: str
+    qty: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Consent withdrawn or a forget request: purge the device's stored zones."""
+
+    device: str  # pseudonym
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """An ``apply``: the offer's redemption code, stored once."""
+
+    offer_id: str
+    code: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A ``dismiss`` (only while the offer has no code)."""
+
+    offer_id: str
+    action: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A message for the broker after the commit (JSON-encoded by the shell)."""
+
+    topic: str
+    payload: Any
+    qos: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OfferOut:
+    """An offer to publish on ``{R}/offer/{device}`` once its row is committed."""
+
+    device: str  # the raw id: it names the topic, it is never stored
+    payload: dict[str, Any]
+    received: float | None  # receipt of the ping that caused it (None: a re-send)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """For in-process listeners (the demo, the associates' page)."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Effects:
+    rows: list[Any] = field(default_factory=list)
+    offers: list[OfferOut] = field(default_factory=list)
+    publish: list[Publish] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    acks: list[Any] = field(default_factory=list)  # transport messages to acknowledge
+
+    def event(self, kind: str, ts: float, device: str | None, **fields: Any) -> None:
+        self.rows.append(Event(kind, ts, device, fields))
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.offers or self.publish or self.notices or self.acks)
+
+    def extend(self, other: "Effects") -> None:
+        self.rows += other.rows
+        self.offers += other.offers
+        self.publish += other.publish
+        self.notices += other.notices
+        self.acks += other.acks

@@ -1,0 +1,545 @@
+"""The batch step: messages and state in, effects out — no I/O, no clock.
+
+One call of :meth:`Pipeline.step` takes what the transport drained (MQTT
+messages, or pings a vendor adapter already decoded) and the time, and
+returns an :class:`~edge_agent.pipeline.effects.Effects`: rows to commit,
+then offers, messages and notices to publish, then QoS 1 messages to
+acknowledge.  The path of a ping:
+
+    route (topic) → decode (``codecs``) → position (frames, beacons) →
+    classify the batch (fence index) → step each tracker → on enter/dwell:
+    alerts and ``decisions.decide`` → offer rows and the offer to publish
+
+Actions, consent and inventory are handled here too (``control``).  What
+cannot be used becomes a dead letter effect with its reason.  The pipeline
+mutates its :class:`~edge_agent.pipeline.state.State` (trackers, histories,
+consent, inventory) and collects effects in ``self.fx`` until the shell
+takes them (:meth:`take`); calls from outside a step (an HTTP claim, a
+reload's inventory, a forget) collect there too and go with the next commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from geometry import beacons as beaconing
+from geometry.tracking import Entered, Exited, step as track_step, tick as track_tick
+from store_config.model import Consent, StoreConfig
+
+from .. import codecs
+from ..alerts import AlertManager
+from ..codecs import PayloadError, Ping
+from ..decisions import decide
+from ..guard import shed_stale
+from .ids import new_code, new_offer_id
+from ..effects import (Action, Audit, Code, ConsentRow, Effects, Forget, InventoryRow, Notice, OfferOut,
+                      OfferRow, Publish)
+from .state import Runtime, State, build_runtime
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..metrics import Metrics
+
+INVENTORY_MAX_BYTES = 1 << 20
+
+
+class Offers(Protocol):
+    """Read access to the offer ledger (actions check the offer they name)."""
+
+    def get_offer(self, offer_id: str) -> Any: ...
+
+
+class Message(Protocol):
+    topic: str
+    payload: bytes
+    qos: int
+    received: float
+    retain: bool
+
+
+Route = Callable[[Any], list[Ping]]
+
+
+class Pipeline:
+    """The store's decisions over its in-memory state."""
+
+    def __init__(self, state: State, *, metrics: "Metrics", offers: Offers):
+        self.state = state
+        self.metrics = metrics
+        self.offers = offers
+        self.fx = Effects()
+        self.wall = 0.0  # the time of the current call (the shell's clock)
+        self.source_routes: list[tuple[Callable[[str], bool], Route]] = []
+        self._codes: dict[str, str] = {}  # codes drawn in this batch, not committed yet
+        self.alerts = AlertManager(self)
+
+    # -- what alerts and adapters read
+    @property
+    def rt(self) -> Runtime:
+        return self.state.rt
+
+    @property
+    def cfg(self) -> StoreConfig:
+        return self.state.rt.cfg
+
+    @property
+    def root(self) -> str:
+        return self.state.rt.cfg.root_topic
+
+    @property
+    def tracks(self):
+        return self.state.tracks
+
+    def pseudonym(self, device: str) -> str:
+        return self.state.pseudonym(device)
+
+    def consent_for(self, device: str, pseudo: str):
+        return self.state.consent_for(device, pseudo)
+
+    def take(self) -> Effects:
+        """The effects collected so far (the shell commits them, then publishes)."""
+        fx, self.fx = self.fx, Effects()
+        self._codes.clear()
+        return fx
+
+    # -- config
+    def install(self, cfg: StoreConfig, now: float) -> None:
+        """Swap in a validated config (index built once per version).  An opt-out
+        a new profile brings takes effect at once (timed ``now``) and purges."""
+        old = self.state.rt.cfg
+        self.state.rt = build_runtime(cfg)
+        self.state.guard.max_speed = cfg.tracking.max_speed_mps
+        if old.profiles is not cfg.profiles:
+            self._profile_consents_changed(old, cfg, now)
+
+    def merge_inventory(self, items, ts: float | None, now: float) -> list[str]:
+        """Take ``{sku: qty}`` as of ``ts`` (newest wins); ``ts=None`` only fills
+        skus not known yet.  A promoted sku run out raises ``stock_out``."""
+        self.wall = now
+        taken = []
+        for sku, before, qty in self.state.newer_inventory(items, ts):
+            self.alerts.on_inventory(sku, before, qty)
+            taken.append(sku)
+        return taken
+
+    # -- the batch step
+    def step(self, msgs: Sequence[Message], now: float) -> Effects:
+        """Handle one batch of transport messages received by ``now``."""
+        self.wall = now
+        root = self.root + "/"
+        fx = self.fx
+        pings: list[Ping] = []
+        for m in msgs:
+            try:
+                route = self._source_route(m.topic) if self.source_routes else None
+                if route is not None:
+                    pings.extend(route(m))
+                elif m.topic.startswith(root):
+                    rest = m.topic[len(root):]
+                    if rest.startswith("ping/"):
+                        ping = self._decode_ping(m, rest)
+                        if ping is not None and not (m.retain and self._stale_retained(ping)):
+                            pings.append(ping)
+                    elif rest.startswith("action/"):
+                        self.on_action(m, rest[len("action/"):], now)
+                        fx.acks.append(m)
+                    elif rest.startswith("consent/"):
+                        self.on_consent(m, rest[len("consent/"):])
+                        fx.acks.append(m)
+                    elif rest == "inventory":
+                        self.on_inventory(m)
+                        fx.acks.append(m)
+                    elif rest == "alert/claim":
+                        self.alerts.on_claim_message(m)
+                        fx.acks.append(m)
+                    else:
+                        fx.acks.append(m)
+                elif m.topic.startswith("owntracks/"):
+                    ping = self._decode_owntracks(m)
+                    if ping is not None and not (m.retain and self._stale_retained(ping)):
+                        pings.append(ping)
+            except PayloadError as exc:
+                self.deadletter(m.topic, m.payload, m.received, exc.reason, exc.detail,
+                                device=topic_device(m.topic))
+                if m.qos:
+                    fx.acks.append(m)
+        self.run_pings(pings)
+        return self.take()
+
+    def ingest(self, pings: list[Ping], now: float) -> Effects:
+        """Already-decoded pings (vendor adapters: Meraki, Aruba) through the same path."""
+        self.wall = now
+        self.run_pings(pings)
+        return self.take()
+
+    def _source_route(self, topic: str) -> Route | None:
+        for matches, decode in self.source_routes:
+            if matches(topic):
+                return decode
+        return None
+
+    def run_pings(self, pings: list[Ping]) -> None:
+        """Shed stale pings under overload, then position, match and track the batch."""
+        if pings:
+            pings, shed = shed_stale(pings, self.cfg.ingest.shed_above)
+            if shed:
+                self.metrics.pings_shed.inc("stale", n=shed)
+            self._process_pings(pings)
+
+    # -- decoding
+    def _decode_ping(self, m: Message, rest: str) -> Ping | None:
+        parts = rest.split("/")
+        if len(parts) != 3 or not parts[2]:
+            raise PayloadError("schema", "ping topic must be {root}/ping/{source}/{device}")
+        source, device = parts[1], parts[2]
+        if source not in codecs.SOURCES:
+            raise PayloadError("unknown_source", f"source {source!r}")
+        cfg = self.cfg
+        obj = codecs.decode_object(m.payload, max_bytes=cfg.ingest.max_payload_bytes)
+        claimed = obj.get("device")
+        if claimed is not None and claimed != device:
+            raise PayloadError("device_mismatch", "payload device differs from the topic's")
+        ping = codecs.parse_ping(obj, device=device, source=source, received=m.received,
+                                 max_future_skew_s=cfg.tracking.max_future_skew_s)
+        ping.raw = m.payload  # kept for a dead letter after positioning (e.g. no known beacon)
+        return ping
+
+    def _decode_owntracks(self, m: Message) -> Ping | None:
+        parts = m.topic.split("/")
+        if len(parts) != 3:
+            return None  # owntracks/+/+ only; cmd/event subtopics are not pings
+        cfg = self.cfg
+        obj = codecs.decode_object(m.payload, max_bytes=cfg.ingest.max_payload_bytes)
+        return codecs.parse_owntracks(obj, user=parts[1], device=parts[2], received=m.received,
+                                      max_future_skew_s=cfg.tracking.max_future_skew_s)
+
+    def _stale_retained(self, ping: Ping) -> bool:
+        """A retained ping is the broker's memory of an old position (the
+        OwnTracks app, for one, publishes locations retained). Use it only when
+        its own ``ts`` says it is recent; otherwise skip it and count it."""
+        if ping.ts is not None and ping.received - ping.ts <= self.cfg.tracking.timeout_s:
+            return False
+        self.metrics.pings_shed.inc("retained")
+        return True
+
+    # -- pings
+    def _process_pings(self, pings: list[Ping]) -> None:
+        st = self.state
+        rt = st.rt
+        cfg = rt.cfg
+        n = len(pings)
+        xs = np.empty(n)
+        ys = np.empty(n)
+        floors = np.zeros(n, dtype=np.int64)
+        accs = np.empty(n)
+        ok = np.ones(n, dtype=bool)
+        default_acc = cfg.tracking.default_acc
+        ble = cfg.sources.get("ble", {})
+        ble_n, ble_k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 4)
+        geo_idx = []
+        for i, p in enumerate(pings):
+            if p.x is not None:
+                xs[i], ys[i] = p.x, p.y
+            elif p.lat is not None:
+                geo_idx.append(i)
+            else:
+                located, unknown = beaconing.locate_detail(p.beacons, rt.beacons, n=ble_n, strongest=ble_k)
+                if unknown:
+                    self.metrics.unknown_beacons.inc(n=unknown)
+                if located is None:
+                    ok[i] = False
+                    self._dead_ping(p, "no_position", "no known beacon in the sighting")
+                    continue
+                xs[i], ys[i], fl, acc = located
+                if p.floor is None:
+                    p.floor = fl
+                if p.acc is None or p.acc < acc:
+                    p.acc = acc
+            floors[i] = p.floor if p.floor is not None else 0
+            accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
+        if geo_idx:
+            lon = np.array([pings[i].lon for i in geo_idx])
+            lat = np.array([pings[i].lat for i in geo_idx])
+            gx, gy = rt.frame.to_local(lon, lat)
+            xs[geo_idx] = gx
+            ys[geo_idx] = gy
+            for i in geo_idx:
+                p = pings[i]
+                floors[i] = p.floor if p.floor is not None else 0
+                accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
+        sel = np.flatnonzero(ok)
+        guard = st.guard
+        tracks = st.tracks
+        matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
+        ping_clock = cfg.tracking.clock == "ping"
+        for j, i in enumerate(sel):
+            p = pings[i]
+            self.metrics.pings.inc(p.source)
+            now = (p.ts if p.ts is not None else p.received) if ping_clock else p.received
+            if ping_clock and now > st.sim_now:
+                st.sim_now = now
+            spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts, p.mock)
+            if spoof is not None:
+                self.metrics.spoofed.inc(spoof)
+                continue
+            track = tracks.get(p.device)
+            if track is not None and now < track.last_seen:
+                continue  # out of order: an older ping never undoes a newer one
+            if track is None or now - track.last_seen > rt.params.timeout_s:
+                # A new visit (first ping, or the first after a silence timeout).
+                h = st.histories.get(st.pseudonym(p.device))
+                if h is not None:
+                    h.visit_count = 0
+            track, events = track_step(track, matches[j], now, rt.params, acc=float(accs[i]))
+            tracks[p.device] = track
+            if events:
+                self.on_transitions(p.device, events, p.received, now)
+
+    def _dead_ping(self, p: Ping, reason: str, detail: str) -> None:
+        payload = p.raw if p.raw is not None else json.dumps({"device": p.device, "source": p.source}).encode()
+        topic = f"{self.root}/ping/{p.source}/{p.device}"
+        self.deadletter(topic, payload, p.received, reason, detail, device=p.device)
+
+    # -- time-driven transitions (dwell, silence)
+    def tick(self, now: float | None, wall: float) -> Effects:
+        """Dwell thresholds and silence timeouts due by ``now`` (the tracker's
+        clock; None on the ping clock before any ping), escalations by ``wall``."""
+        self.wall = wall
+        st = self.state
+        if now is not None:
+            ping_clock = self.cfg.tracking.clock == "ping"
+            params = st.rt.params
+            for device, track in list(st.tracks.items()):
+                new, events = track_tick(track, now, params)
+                if new is None:
+                    del st.tracks[device]
+                    st.guard.forget(device)
+                if events:
+                    # clock = "ping": simulated time runs far ahead of this 1 s tick, so decide at the
+                    # event's own time (a dwell's threshold), not at the newest ping of any device
+                    self.on_transitions(device, events, wall, min(e.ts for e in events) if ping_clock else now)
+        self.alerts.tick(now)  # long presence in assist fences, escalation of unclaimed alerts
+        return self.take()
+
+    # -- transitions → alerts and decisions
+    def on_transitions(self, device: str, events: list, received: float, now: float) -> None:
+        st = self.state
+        rt = st.rt
+        cfg = rt.cfg
+        fx = self.fx
+        pseudo = st.pseudonym(device)
+        profile, consent = st.consent_for(device, pseudo)
+        for ev in events:
+            kind = "enter" if isinstance(ev, Entered) else "exit" if isinstance(ev, Exited) else "dwell"
+            self.metrics.transitions.inc(kind)
+            if cfg.tracking.publish_events:  # the in-store broker: nothing leaves the store
+                fx.publish.append(Publish(f"{self.root}/event/{device}",
+                                          {"event": kind, "zone": ev.fence, "ts": ev.ts}, 0))
+            if consent.tracking:
+                fx.event("transition", ev.ts, pseudo, event=kind, zone=ev.fence)
+            fx.notices.append(Notice("transition", {"device": pseudo, "event": kind, "zone": ev.fence,
+                                                    "ts": ev.ts}))
+            if kind == "exit":
+                continue
+            fence = rt.fences.get(ev.fence)
+            if fence is not None:  # associates' alerts: vip_arrival on enter, assist on long presence
+                (self.alerts.on_enter if kind == "enter" else self.alerts.on_dwell)(device, pseudo, fence, now)
+            candidates = rt.promos.get(ev.fence, ())
+            if fence is None or not candidates:
+                continue
+            outcome = decide(trigger=kind, fence=fence, candidates=candidates, profile=profile, consent=consent,
+                             history=st.history(pseudo), inventory=st.inv_view, now=now, tz=rt.tz,
+                             offers=cfg.offers, holdout=lambda pid: st.fraction(pseudo, pid))
+            self._outcome(device, pseudo, kind, fence, outcome, received, now, tracking=consent.tracking)
+
+    def _outcome(self, device: str, pseudo: str, trigger: str, fence, outcome, received: float, now: float,
+                 *, tracking: bool) -> None:
+        fx = self.fx
+        audit = []
+        # Without tracking consent no zone of the device is stored or sent with a
+        # suppression (the promotion and the reason still are).
+        where = fence.id if tracking else None
+        for d in outcome.decisions:
+            self.metrics.decisions.inc(d.outcome, d.reason)
+            audit.append(Audit(now, pseudo, trigger, where, d.promotion_id, d.outcome, d.reason))
+            if d.outcome == "suppressed" and d.reason != "outranked":
+                fx.event("would_offer" if d.reason == "holdout" else "suppressed", now, pseudo,
+                         promotion_id=d.promotion_id, zone=where, reason=d.reason)
+        if outcome.offer is not None:
+            promo = outcome.promotion
+            d = outcome.offer
+            offer_id = new_offer_id()
+            expires = now + self.cfg.offers.ttl_s
+            payload = {"offer_id": offer_id, "promotion_id": promo.id, "zone": fence.id, "title": promo.title,
+                       "message": promo.message, "sku": d.sku, "ts": now, "expires": expires}
+            if d.alternative_zone:
+                payload["alternative_zone"] = d.alternative_zone
+            audit[-1] = replace(audit[-1], offer_id=offer_id)
+            fx.rows.append(OfferRow(offer_id, pseudo, promo.id, fence.id, now, expires,
+                                    {**payload, "_device": device}))
+            fx.event("offer", now, pseudo, offer_id=offer_id, promotion_id=promo.id, zone=fence.id,
+                     sku=d.sku, alternative_zone=d.alternative_zone)
+            fx.offers.append(OfferOut(device, payload, received))
+            fx.notices.append(Notice("offer", {"device": pseudo, **payload}))
+            self.alerts.on_offer(device, pseudo, promo, fence.id, now)
+        fx.rows.extend(audit)
+
+    # -- actions, consent, inventory (QoS 1: acknowledged after their commit)
+    def on_action(self, m: Message, device: str, now: float) -> None:
+        cfg = self.cfg
+        obj = codecs.decode_object(m.payload, max_bytes=cfg.ingest.max_payload_bytes)
+        offer_id, action = obj.get("offer_id"), obj.get("action")
+        topic = f"{self.root}/offer/{device}"
+        fx = self.fx
+        if not isinstance(offer_id, str) or action not in ("apply", "dismiss"):
+            if isinstance(offer_id, str):  # the phone hears why, the operator sees a dead letter
+                fx.publish.append(Publish(topic, {"offer_id": offer_id, "error": "bad_action"}))
+            raise PayloadError("schema", "action needs a string 'offer_id' and 'action' apply|dismiss")
+        pseudo = self.pseudonym(device)
+        row = self.offers.get_offer(offer_id)
+        code = (row.code or self._codes.get(offer_id)) if row is not None else None
+        error = None
+        if row is None:
+            error = "unknown_offer"
+        elif row.device != pseudo:
+            error = "not_your_offer"
+        elif action == "apply" and code is None and row.expires < (
+                self.state.sim_now if cfg.tracking.clock == "ping" else now):
+            error = "expired"
+        if error:
+            self.metrics.actions_refused.inc(error)
+            fx.publish.append(Publish(topic, {"offer_id": offer_id, "error": error}))
+            return
+        if action == "apply":
+            if code is None:
+                code = self._codes[offer_id] = new_code()
+                fx.rows.append(Code(offer_id, code, now))
+                fx.event("redemption", now, pseudo, offer_id=offer_id, code=code, promotion_id=row.promotion_id)
+            fx.publish.append(Publish(topic, {"offer_id": offer_id, "code": code}))
+        elif row.action != "dismiss" and code is None:
+            fx.rows.append(Action(offer_id, "dismiss", now))
+            fx.event("dismissal", now, pseudo, offer_id=offer_id, promotion_id=row.promotion_id)
+
+    def on_consent(self, m: Message, device: str) -> None:
+        obj = codecs.decode_object(m.payload, max_bytes=self.cfg.ingest.max_payload_bytes)
+        keys = {k: obj[k] for k in ("offers", "tracking") if k in obj}
+        if not keys or not all(isinstance(v, bool) for v in keys.values()):
+            raise PayloadError("schema", "consent needs 'offers' and/or 'tracking' as booleans")
+        ts = self._update_ts(obj, m)
+        pseudo = self.pseudonym(device)
+        _, current = self.consent_for(device, pseudo)
+        prev = self.state.consents.get(pseudo)
+        if prev is not None and prev[1] > ts:
+            return  # an older change never undoes a newer one
+        # One key may be sent; the other stays as it is.
+        self.store_consent(device, pseudo, replace(current, **keys), ts)
+
+    def store_consent(self, device: str, pseudo: str, consent: Consent, ts: float, **extra) -> None:
+        """Record a consent change (newest wins) and purge on an opt-out."""
+        st = self.state
+        prev = st.consents.get(pseudo)
+        st.consents[pseudo] = (consent, float(ts))
+        self.fx.rows.append(ConsentRow(pseudo, consent.offers, consent.tracking, float(ts)))
+        self.fx.event("consent", float(ts), pseudo, offers=consent.offers, tracking=consent.tracking, **extra)
+        if not consent.tracking or not consent.offers:
+            if prev is None or prev[0].offers != consent.offers or prev[0].tracking != consent.tracking:
+                self._purge(device, pseudo)
+
+    def _purge(self, device: str, pseudo: str) -> None:
+        """Consent withdrawn: forget the device's stored zones and live position state."""
+        self.fx.rows.append(Forget(pseudo))
+        self.state.tracks.pop(device, None)
+
+    def _profile_consents_changed(self, old: StoreConfig, new: StoreConfig, now: float) -> None:
+        """Profiles (files, bundles) carry no consent time.  An opt-out that a
+        new profile brings takes effect at once (timed now) and purges; an
+        opt-in in a profile never undoes an opt-out the device sent itself."""
+        st = self.state
+        for device, prof in new.profiles.items():
+            before = old.profiles.get(device)
+            if before is not None and before.consent == prof.consent:
+                continue
+            pseudo = st.pseudonym(device)
+            override = st.consents.get(pseudo)
+            if override is None:
+                effective = prof.consent
+                was = before.consent if before is not None else None
+                if was is not None and ((was.offers and not effective.offers)
+                                        or (was.tracking and not effective.tracking)):
+                    self._purge(device, pseudo)  # central sent this profile: no event back
+                continue
+            cur = override[0]
+            merged = replace(cur, offers=cur.offers and prof.consent.offers,
+                             tracking=cur.tracking and prof.consent.tracking)
+            if merged != cur:
+                self.store_consent(device, pseudo, merged, now, source="profile")
+
+    def _update_ts(self, obj: dict, m: Message) -> float:
+        """The ``ts`` of a consent or inventory update (receipt time when absent).
+        A retained message without its own ``ts`` may be old: it never beats a
+        newer state, so it counts as time 0."""
+        received = m.received
+        ts = obj.get("ts", 0.0 if m.retain else received)
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not np.isfinite(ts):
+            raise PayloadError("schema", "'ts' is not a finite number")
+        if ts > received + self.cfg.tracking.max_future_skew_s:
+            raise PayloadError("clock_skew", f"'ts' is {ts - received:.0f} s in the future")
+        return float(ts)
+
+    def on_inventory(self, m: Message) -> None:
+        limit = max(self.cfg.ingest.max_payload_bytes, INVENTORY_MAX_BYTES)  # POS may send many skus at once
+        obj = codecs.decode_value(m.payload, max_bytes=limit)  # one update, or a list (JSON or msgpack)
+        items = obj if isinstance(obj, list) else [obj]
+        parsed = []
+        for it in items:
+            if not isinstance(it, dict) or not isinstance(it.get("sku"), str):
+                raise PayloadError("schema", "inventory update needs a string 'sku'")
+            qty = it.get("qty")
+            if (isinstance(qty, bool) or not isinstance(qty, (int, float)) or not np.isfinite(qty)
+                    or qty < 0 or qty != int(qty)):
+                raise PayloadError("schema", "inventory 'qty' must be a non-negative integer")
+            parsed.append((it["sku"], int(qty), self._update_ts(it, m)))
+        st = self.state
+        for sku, qty, ts in parsed:
+            if ts < st.inventory.get(sku, (0, 0.0))[1]:
+                continue
+            self.alerts.on_inventory(sku, st.inv_view.get(sku), qty)
+            st.set_inventory(sku, qty, ts)
+            self.fx.rows.append(InventoryRow(sku, qty, ts))
+
+    # -- dead letters
+    def deadletter(self, topic: str, payload: bytes, received: float, reason: str, detail: str = "", *,
+                   device: str | None = None) -> None:
+        self.metrics.deadletters.inc(reason)
+        self.fx.publish.append(Publish(f"{self.root}/deadletter", {
+            "reason": reason, "detail": detail, "topic": topic,
+            "payload_b64": base64.b64encode(payload[:65536]).decode()}, 0))
+        self.fx.event("deadletter", received, self.pseudonym(device) if device else None, reason=reason)
+
+    # -- admin
+    def forget(self, device: str) -> None:
+        """Forget a device: purge its stored zones, transitions and live state."""
+        st = self.state
+        pseudo = st.pseudonym(device)
+        st.tracks.pop(device, None)
+        st.guard.forget(device)
+        st.histories.pop(pseudo, None)
+        self.fx.rows.append(Forget(pseudo))
+
+
+def topic_device(topic: str) -> str | None:
+    """The device a topic names ({R}/ping/{src}/{d}, {R}/action|consent/{d},
+    owntracks/{user}/{d}), or None for topics that name no device."""
+    parts = topic.split("/")
+    if parts[0] == "owntracks" and len(parts) == 3:
+        return f"owntracks:{parts[1]}:{parts[2]}"
+    if len(parts) == 5 and parts[2] == "ping":
+        return parts[4]
+    if len(parts) == 4 and parts[2] in ("action", "consent"):
+        return parts[3]
+    return None
+

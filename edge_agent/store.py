@@ -1,0 +1,132 @@
+"""The agent's durable state in one SQLite file, and how effects land in it.
+
+One file, so an offer's ledger row, its audit rows and its outbox event
+commit in one transaction before the offer is published.  Each owner keeps
+its own tables and migrations (``sync.schema``): the offer ledger and audit
+trail (:class:`~edge_agent.ledger.Ledger`), the outbox
+(:class:`~sync.outbox.Outbox`), and here consent overrides and inventory.
+:meth:`Store.apply` writes a pipeline step's rows with plain ``executemany``
+per kind (the hot path), inside the transaction the shell commits once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable
+
+from store_config.model import Consent
+from sync.schema import migrate
+
+from .ledger import Ledger
+from . import effects as fx
+
+log = logging.getLogger("edge_agent.store")
+
+
+class ConsentTable:
+    """Consent changes a device sent (newest wins over its profile)."""
+
+    MIGRATIONS = {1: "CREATE TABLE IF NOT EXISTS consent "
+                     "(device TEXT PRIMARY KEY, offers INTEGER, tracking INTEGER, ts REAL)"}
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        migrate(conn, "consent", self.MIGRATIONS)
+
+    def load(self) -> dict[str, tuple[Consent, float]]:
+        return {device: (Consent(offers=bool(offers), tracking=bool(tracking)), ts)
+                for device, offers, tracking, ts in self.conn.execute(
+                    "SELECT device, offers, tracking, ts FROM consent")}
+
+    def put(self, rows: Iterable[fx.ConsentRow]) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO consent(device, offers, tracking, ts) VALUES (?,?,?,?)",
+                              [(r.device, int(r.offers), int(r.tracking), r.ts) for r in rows])
+
+
+class InventoryTable:
+    """The newest quantity per sku (POS over MQTT), with its time."""
+
+    MIGRATIONS = {1: "CREATE TABLE IF NOT EXISTS inventory (sku TEXT PRIMARY KEY, qty INTEGER, ts REAL)"}
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        migrate(conn, "inventory", self.MIGRATIONS)
+
+    def load(self) -> list[tuple[str, int, float]]:
+        return self.conn.execute("SELECT sku, qty, ts FROM inventory").fetchall()
+
+    def put(self, rows: Iterable[fx.InventoryRow]) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO inventory(sku, qty, ts) VALUES (?,?,?)",
+                              [(r.sku, r.qty, r.ts) for r in rows])
+
+
+class Store:
+    """The ledger file with every table the agent keeps."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+        self.consent = ConsentTable(ledger.conn)
+        self.inventory = InventoryTable(ledger.conn)
+
+    @property
+    def path(self) -> Path:
+        return self.ledger.path
+
+    def apply(self, rows: list) -> None:
+        """Write a step's rows in the open transaction (begun here if needed).
+        Order matters only within a kind; kinds go in this order."""
+        if not rows:
+            return
+        led = self.ledger
+        led.begin()
+        by: dict[type, list] = {}
+        for r in rows:
+            by.setdefault(type(r), []).append(r)
+        for r in by.get(fx.OfferRow, ()):
+            led.add_offer(r.offer_id, r.device, r.promotion_id, r.zone, r.ts, r.expires, r.payload)
+        for r in by.get(fx.Code, ()):
+            led.set_code(r.offer_id, r.code, r.ts)
+        for r in by.get(fx.Action, ()):
+            led.set_action(r.offer_id, r.action, r.ts)
+        if fx.ConsentRow in by:
+            self.consent.put(by[fx.ConsentRow])
+        if fx.InventoryRow in by:
+            self.inventory.put(by[fx.InventoryRow])
+        if fx.Audit in by:
+            led.audit([(a.ts, a.device, a.event, a.zone, a.promotion_id, a.outcome, a.reason, a.offer_id)
+                       for a in by[fx.Audit]])
+        # Events last but in their own order: a forget purges transitions written before it.
+        for r in rows:
+            if isinstance(r, fx.Event):
+                led.event(r.kind, r.ts, r.device, **r.fields)
+            elif isinstance(r, fx.Forget):
+                led.forget_device(r.device)
+
+    def commit(self) -> None:
+        self.ledger.commit()
+
+    def rollback(self) -> None:
+        self.ledger.rollback()
+
+
+def open_ledger(path: Path, *, store_id: str, on_corrupt=None) -> Ledger:
+    """Open the ledger; a file that is not a usable SQLite database is moved
+    aside (kept for forensics, never deleted) and a fresh one is started."""
+    try:
+        return Ledger(path, store_id=store_id)
+    except sqlite3.DatabaseError as exc:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(path) + suffix)
+            if src.exists():
+                src.rename(Path(str(aside) + suffix))
+        if on_corrupt is not None:
+            on_corrupt()
+        log.error("%s is not a usable database (%s): moved to %s; starting a fresh ledger. "
+                  "Offers, codes and unsent events in the old file are not lost: recover them with "
+                  "`sqlite3 %s .recover`", path, exc, aside, aside)
+        return Ledger(path, store_id=store_id)
