@@ -1,4 +1,6 @@
-"""Small typed field readers that record problems instead of raising.
+"""Small typed field readers that record problems instead of raising, and the
+helpers every section parser shares (:func:`raise_if`, :func:`where_obj`,
+:func:`check_timezone`).
 
 Every reader returns the value (or the default when the value is missing or
 wrong) and appends a :class:`Problem` to the collector on error, so one pass
@@ -7,14 +9,49 @@ over a file reports every problem in it.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from .model import Problem
+from .model import ConfigError, Problem
 
 ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _MISSING = object()
+
+
+def raise_if(problems: list[Problem]) -> None:
+    """Raise :class:`ConfigError` listing ``problems`` when there are any."""
+    if problems:
+        raise ConfigError(problems)
+
+
+def where_obj(kind: str, i: int, obj: Any, key: str) -> str:
+    """``promotion "p1"`` when ``obj[key]`` is a non-empty string, else ``promotion #i``."""
+    if isinstance(obj, dict) and isinstance(obj.get(key), str) and obj[key]:
+        return f'{kind} "{obj[key]}"'
+    return f"{kind} #{i}"
+
+
+@functools.lru_cache(maxsize=1)
+def _zone_keys() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def check_timezone(tz: Any) -> str | None:
+    """Return an error message when ``tz`` is not a valid zoneinfo key."""
+    if not isinstance(tz, str) or not tz:
+        return f"must be an IANA time zone name such as 'Europe/Prague', not {type_name(tz)}"
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return f"unknown time zone {tz!r} (use an IANA name such as 'Europe/Prague')"
+    if tz not in _zone_keys() and tz != "UTC":
+        # ZoneInfo accepts some odd keys (e.g. lowercase on case-insensitive
+        # file systems); insist on a canonical key.
+        return f"unknown time zone {tz!r} (use an IANA name such as 'Europe/Prague')"
+    return None
 
 
 def type_name(value: Any) -> str:

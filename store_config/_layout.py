@@ -1,0 +1,354 @@
+"""The layout section: ``layout.geojson`` (a GeoJSON FeatureCollection) into
+fences, beacons and the store outline, in the store's local frame.
+
+Simple shapes (points, hole-free polygons) are built in bulk and every
+check that can be is vectorised (see BENCHMARKS.md, "Start-up with 10,000
+fences"); the results and errors are the same as building them one by one
+(``tests/test_config_layout_bulk.py``).  Pure.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import shapely
+import shapely.geometry
+
+from ._checks import ID_RE, Collector, raise_if, type_name
+from .model import FENCE_KINDS, Anchor, Beacon, Fence
+
+__all__ = ["parse_layout", "raw_fence_ids", "MAX_LAYOUT_EXTENT_M"]
+
+# A layout point farther than this from the anchor is almost certainly a
+# frame mix-up (local metres read as lon/lat, or the wrong anchor).
+MAX_LAYOUT_EXTENT_M = 10_000.0
+
+
+def _where_feature(i: int, props: Any) -> str:
+    if isinstance(props, dict) and isinstance(props.get("id"), str) and props["id"]:
+        return f'feature "{props["id"]}"'
+    return f"feature #{i}"
+
+
+def _pos_ok(p: Any) -> bool:
+    """A GeoJSON position: a list of 2 or 3 finite numbers (not booleans)."""
+    if not isinstance(p, list) or not 2 <= len(p) <= 3:
+        return False
+    for c in p:
+        t = type(c)
+        if t is float:
+            if c - c != 0.0:  # NaN or infinity
+                return False
+        elif t is int:
+            if not -1e300 < c < 1e300:
+                return False
+        elif not (isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)):
+            return False
+    return True
+
+
+def _coords_ok(coords: Any, depth: int) -> bool:
+    """Check a GeoJSON coordinate array of the given nesting depth
+    (0 = a position) holds finite numbers."""
+    if depth == 0:
+        return _pos_ok(coords)
+    if not isinstance(coords, list) or not coords:
+        return False
+    if depth == 1:
+        return all(map(_pos_ok, coords))
+    return all(_coords_ok(c, depth - 1) for c in coords)
+
+
+_DEPTH = {"Point": 0, "Polygon": 2, "MultiPolygon": 3}
+_DEFERRED = object()
+
+
+def _simple_shape(gtype: str, coords: list) -> bool:
+    """A 2-D Point, or a hole-free 2-D Polygon with a closed-able ring of at
+    least 4 positions: shapes that can be built in bulk (coordinates already
+    checked by :func:`_coords_ok`)."""
+    if gtype == "Point":
+        return len(coords) == 2
+    if gtype == "Polygon" and len(coords) == 1:
+        ring = coords[0]
+        return len(ring) >= 4 and all(len(p) == 2 for p in ring)
+    return False
+
+
+def _build_deferred(c: Collector, parsed: list[dict], deferred: list[tuple[int, str]], features: list,
+                    local: bool) -> None:
+    """Build the simple shapes of the first pass in bulk: points in one call,
+    hole-free polygons in one call per ring length."""
+    groups: dict[object, list[int]] = {}
+    for k, _ in deferred:
+        e = parsed[k]
+        coords = features[e["i"]]["geometry"]["coordinates"]
+        key = "Point" if e["gtype"] == "Point" else len(coords[0])
+        groups.setdefault(key, []).append(k)
+    for key, ks in groups.items():
+        coords = [features[parsed[k]["i"]]["geometry"]["coordinates"] for k in ks]
+        arr = np.array(coords, dtype=float)
+        geoms = shapely.points(arr) if key == "Point" else shapely.polygons(arr[:, 0])
+        for k, g in zip(ks, geoms):
+            e = parsed[k]
+            if e["geom"] is _DEFERRED:  # not dropped meanwhile
+                e["geom"] = g
+    if not local:
+        for k, where in deferred:
+            g = parsed[k]["geom"]
+            if g is None:
+                continue
+            xy = shapely.get_coordinates(g)
+            if (np.abs(xy[:, 0]) > 180).any() or (np.abs(xy[:, 1]) > 90).any():
+                c.err(where, "geometry", "longitude/latitude out of range (coordinates in metres? "
+                                         "add \"frame\": \"local\" to the FeatureCollection)")
+                parsed[k]["geom"] = None
+
+
+def parse_layout(obj: Any, *, file: str, anchor: Anchor):
+    """Parse a GeoJSON FeatureCollection into ``(fences, beacons, outline)``.
+
+    A top-level ``"frame": "local"`` means coordinates are local metres;
+    otherwise they are RFC 7946 WGS84 ``[lon, lat]`` and are converted with
+    :class:`geometry.frames.LocalFrame` on the anchor (all coordinates in one
+    vectorised call).  ``outline`` is the union of the features with
+    ``kind: "outline"`` or ``outline: true`` (None when there are none).
+    Raises :class:`ConfigError` listing every problem.
+    """
+    c = Collector(file)
+    where_top = "layout"
+    if not isinstance(obj, dict):
+        c.err(where_top, "", f"must be a GeoJSON FeatureCollection object, not {type_name(obj)}")
+        raise_if(c.problems)
+    if obj.get("type") != "FeatureCollection":
+        c.err(where_top, "type", f"must be 'FeatureCollection', not {obj.get('type')!r}")
+    frame = obj.get("frame", "wgs84")
+    if frame not in ("local", "wgs84"):
+        c.err(where_top, "frame", f"must be 'local' (metres) or absent (WGS84 lon/lat), not {frame!r}")
+        frame = "local"
+    local = frame == "local"
+    features = obj.get("features")
+    if not isinstance(features, list):
+        c.err(where_top, "features", f"must be a list of features, not {type_name(features)}")
+        features = []
+
+    # First pass: properties and raw (untransformed) shapes.
+    # Each entry: (index, where, role, props-derived values, shapely geom)
+    parsed: list[dict] = []
+    deferred: list[tuple[int, str]] = []  # (index in parsed, where) of simple shapes built in bulk
+    seen_ids: dict[str, int] = {}
+    seen_beacons: dict[str, int] = {}
+    for i, feat in enumerate(features):
+        props = feat.get("properties") if isinstance(feat, dict) else None
+        where = _where_feature(i, props)
+        if not isinstance(feat, dict) or feat.get("type") != "Feature":
+            c.err(where, "type", "must be a GeoJSON Feature object")
+            continue
+        if props is None:
+            props = {}
+        if not isinstance(props, dict):
+            c.err(where, "properties", f"must be an object, not {type_name(props)}")
+            continue
+        geom_obj = feat.get("geometry")
+        gtype = geom_obj.get("type") if isinstance(geom_obj, dict) else None
+        kind = props.get("kind", "other")
+        is_outline = kind == "outline" or props.get("outline") is True
+        is_beacon = kind == "beacon"
+        if "outline" in props and not isinstance(props["outline"], bool):
+            c.err(where, "outline", f"must be true or false, not {type_name(props['outline'])}")
+
+        # geometry
+        geom = None
+        if not isinstance(geom_obj, dict):
+            c.err(where, "geometry", f"must be a GeoJSON geometry object, not {type_name(geom_obj)}")
+        elif gtype not in _DEPTH:
+            c.err(where, "geometry", f"type {gtype!r} is not supported (use Polygon, MultiPolygon, "
+                                     "or Point with radius_m / kind 'beacon')")
+        elif not _coords_ok(geom_obj.get("coordinates"), _DEPTH[gtype]):
+            c.err(where, "geometry", f"coordinates are not a valid {gtype} (finite numbers, "
+                                     "[x, y] positions, non-empty rings)")
+        elif _simple_shape(gtype, geom_obj["coordinates"]):
+            geom = _DEFERRED  # built below, vectorised with the others of its shape
+            deferred.append((len(parsed), where))
+        else:
+            try:
+                geom = shapely.force_2d(shapely.geometry.shape(geom_obj))
+            except Exception as exc:  # shapely raises various errors on malformed input
+                c.err(where, "geometry", f"cannot build {gtype}: {exc}")
+        if geom is not None and geom is not _DEFERRED and not local and gtype is not None:
+            coords = shapely.get_coordinates(geom)
+            if (np.abs(coords[:, 0]) > 180).any() or (np.abs(coords[:, 1]) > 90).any():
+                c.err(where, "geometry", "longitude/latitude out of range (coordinates in metres? "
+                                         "add \"frame\": \"local\" to the FeatureCollection)")
+                geom = None
+
+        entry: dict[str, Any] = {"i": i, "where": where, "geom": geom, "gtype": gtype}
+        floor = c.integer(props, "floor", where, default=0)
+        entry["floor"] = floor
+
+        if is_beacon:
+            entry["role"] = "beacon"
+            if gtype is not None and gtype != "Point":
+                c.err(where, "geometry", f"a beacon must be a Point, not {gtype}")
+            bid = c.string(props, "beacon_id", where, required=True, nonempty=True)
+            if bid is not None:
+                bid = bid.strip().lower()
+                parts = bid.split(":")
+                ok = len(parts) == 3 and parts[0] and all(p.isdigit() and int(p) <= 65535 for p in parts[1:])
+                if not ok:
+                    c.err(where, "beacon_id", f"must be 'uuid:major:minor' (major/minor 0–65535), not {bid!r}")
+                    bid = None
+                elif bid in seen_beacons:
+                    c.err(where, "beacon_id", f"duplicate beacon {bid!r} (also feature #{seen_beacons[bid]})")
+                else:
+                    seen_beacons[bid] = i
+            entry["beacon_id"] = bid
+            entry["tx_power"] = c.number(props, "tx_power", where, default=-59.0, minimum=-127, maximum=20)
+            parsed.append(entry)
+            continue
+
+        if is_outline:
+            entry["role"] = "outline"
+            if gtype not in (None, "Polygon", "MultiPolygon"):
+                c.err(where, "geometry", f"the store outline must be a Polygon or MultiPolygon, not {gtype}")
+                entry["geom"] = None
+            parsed.append(entry)
+            continue
+
+        entry["role"] = "fence"
+        fid = props.get("id")
+        if fid is None:
+            c.err(where, "id", "is required")
+        elif not isinstance(fid, str):
+            c.err(where, "id", f"must be a string, not {type_name(fid)}")
+            fid = None
+        elif not ID_RE.fullmatch(fid):
+            c.err(where, "id", f"{fid!r} may only contain letters, digits, '.', '_' and '-'")
+            fid = None
+        elif fid == "all":
+            c.err(where, "id", "'all' is reserved (it is the alert audience for everyone)")
+            fid = None
+        elif fid in seen_ids:
+            c.err(where, "id", f"duplicate id {fid!r} (also feature #{seen_ids[fid]})")
+            fid = None
+        else:
+            seen_ids[fid] = i
+        entry["id"] = fid
+        if not isinstance(kind, str) or kind not in FENCE_KINDS:
+            c.err(where, "kind", f"must be one of {', '.join(FENCE_KINDS)} (or 'beacon', 'outline'), "
+                                 f"not {kind!r}")
+            kind = "other"
+        entry["kind"] = kind
+        entry["name"] = c.string(props, "name", where, default="")
+        entry["category"] = c.string(props, "category", where, default=None, nonempty=True)
+        entry["skus"] = c.str_list(props, "skus", where)
+        entry["dwell_s"] = c.number(props, "dwell_s", where, default=None, positive=True)
+        entry["assist"] = c.boolean(props, "assist", where, default=False)
+        radius = None
+        if gtype == "Point":
+            if "radius_m" not in props:
+                c.err(where, "radius_m", "a Point fence needs radius_m > 0 (or kind 'beacon')")
+            else:
+                radius = c.number(props, "radius_m", where, default=None, required=True, positive=True)
+            if radius is None:
+                entry["geom"] = None
+        elif "radius_m" in props:
+            c.warn(where, "radius_m", f"ignored on a {gtype}")
+        entry["radius"] = radius
+        parsed.append(entry)
+
+    _build_deferred(c, parsed, deferred, features, local)
+
+    # Convert everything to local metres in one vectorised call.
+    with_geom = [e for e in parsed if e["geom"] is not None]
+    if with_geom and not local:
+        from geometry.frames import LocalFrame  # local import: geometry is only needed for WGS84
+
+        frame_obj = LocalFrame(anchor.lat, anchor.lon, anchor.bearing)
+
+        def _to_local(xy: np.ndarray) -> np.ndarray:
+            x, y = frame_obj.to_local(xy[:, 0], xy[:, 1])
+            return np.column_stack([x, y])
+
+        converted = shapely.transform(np.array([e["geom"] for e in with_geom], dtype=object), _to_local)
+        for e, g in zip(with_geom, converted):
+            e["geom"] = g
+    if with_geom:  # extent check, vectorised over every coordinate
+        xy, owner = shapely.get_coordinates(np.array([e["geom"] for e in with_geom], dtype=object),
+                                            return_index=True)
+        far = np.zeros(len(with_geom), dtype=bool)
+        far[owner[np.hypot(xy[:, 0], xy[:, 1]) > MAX_LAYOUT_EXTENT_M]] = True
+        for k in np.flatnonzero(far).tolist():
+            e = with_geom[k]
+            hint = (" (coordinates in metres? add \"frame\": \"local\")" if not local
+                    else " (WGS84 coordinates? remove \"frame\": \"local\")")
+            c.err(e["where"], "geometry", f"lies more than {MAX_LAYOUT_EXTENT_M / 1000:g} km from the "
+                                          f"store anchor{hint}")
+            e["geom"] = None
+    # validity, area and circle polygons, vectorised
+    polys = [e for e in parsed if e["geom"] is not None and e["gtype"] in ("Polygon", "MultiPolygon")]
+    if polys:
+        arr = np.array([e["geom"] for e in polys], dtype=object)
+        for e, ok, area in zip(polys, shapely.is_valid(arr).tolist(), shapely.area(arr).tolist()):
+            e["valid"], e["area"] = ok, area
+    circ = [e for e in parsed if e["role"] == "fence" and e["geom"] is not None and e["gtype"] == "Point"
+            and e.get("radius") is not None]
+    if circ:
+        bufs = shapely.buffer(np.array([e["geom"] for e in circ], dtype=object),
+                              np.array([e["radius"] for e in circ], dtype=float), quad_segs=32)
+        for e, b in zip(circ, bufs):
+            e["disc"] = b
+
+    fences: list[Fence] = []
+    beacons: list[Beacon] = []
+    outlines = []
+    for e in parsed:
+        g = e["geom"]
+        where = e["where"]
+        if e["role"] == "beacon":
+            if g is not None and e["beacon_id"] and e["floor"] is not None and e["tx_power"] is not None:
+                beacons.append(Beacon(beacon_id=e["beacon_id"], x=float(g.x), y=float(g.y),
+                                      floor=e["floor"], tx_power=e["tx_power"]))
+            continue
+        if g is not None and e["gtype"] in ("Polygon", "MultiPolygon"):
+            if not e["valid"]:
+                c.err(where, "geometry", f"invalid polygon: {shapely.is_valid_reason(g)}")
+                g = None
+            elif not e["area"] > 0:
+                c.err(where, "geometry", "polygon is empty (zero area)")
+                g = None
+        if e["role"] == "outline":
+            if g is not None:
+                outlines.append(g)
+            continue
+        circle = None
+        if g is not None and e["gtype"] == "Point" and e["radius"] is not None:
+            circle = (float(g.x), float(g.y), float(e["radius"]))
+            g = e["disc"]
+        if g is None or e["id"] is None:
+            continue
+        fences.append(Fence(
+            id=e["id"], kind=e["kind"], floor=e["floor"] if e["floor"] is not None else 0, geometry=g,
+            name=e["name"] or "", category=e["category"], skus=e["skus"], dwell_s=e["dwell_s"],
+            circle=circle, assist=bool(e["assist"]),
+        ))
+    raise_if(c.problems)
+    outline = None
+    if outlines:
+        outline = outlines[0] if len(outlines) == 1 else shapely.union_all(outlines)
+    return tuple(fences), tuple(beacons), outline
+
+
+def raw_fence_ids(layout: Any) -> set[str] | None:
+    """Every string ``properties.id`` in a raw layout (None when unusable)."""
+    if not isinstance(layout, dict) or not isinstance(layout.get("features"), list):
+        return None
+    ids = set()
+    for feat in layout["features"]:
+        props = feat.get("properties") if isinstance(feat, dict) else None
+        if isinstance(props, dict) and isinstance(props.get("id"), str):
+            ids.add(props["id"])
+    return ids
+

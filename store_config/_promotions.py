@@ -1,0 +1,190 @@
+"""The promotions section: ``promotions.json`` (a list of promotion objects),
+and the check that the fence ids promotions name exist in the layout.  Pure.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterable
+from zoneinfo import ZoneInfo
+
+from ._checks import Collector, check_timezone, raise_if, type_name, where_obj
+from .model import Fence, Problem, Promotion
+
+__all__ = ["parse_promotions", "parse_hours", "cross_check", "cross_check_raw"]
+
+
+_PROMO_KEYS = frozenset({
+    "id", "title", "message", "zones", "categories", "skus", "trigger", "segments",
+    "min_loyalty_score", "starts", "ends", "hours", "requires_stock", "alternative_zone",
+    "priority", "cooldown_s", "holdout_pct", "associate_alert", "vip_only",
+})
+
+
+def _parse_hhmm(s: str, *, is_end: bool) -> int | None:
+    parts = s.strip().split(":")
+    if len(parts) != 2 or not all(p.isdigit() and 1 <= len(p) <= 2 for p in parts):
+        return None
+    h, m = int(parts[0]), int(parts[1])
+    if h == 24 and m == 0 and is_end:
+        return 1440
+    if h > 23 or m > 59:
+        return None
+    return h * 60 + m
+
+
+def parse_hours(value: Any) -> tuple[tuple[tuple[int, int], ...], str | None]:
+    """Parse ``["08:00-12:00", "22:00-02:00"]`` into ``((480, 720), (1320, 120))``.
+
+    Minutes are store-local minutes since midnight.  ``24:00`` is allowed as
+    an end (→ 1440).  A window whose end is before its start wraps midnight
+    and is kept as given: ``(1320, 120)`` means 22:00 until 02:00 the next
+    day, so a consumer tests ``start <= m < end`` when ``start < end`` and
+    ``m >= start or m < end`` otherwise.  Returns ``(windows, error)``.
+    """
+    if not isinstance(value, list):
+        return (), f"must be a list of 'HH:MM-HH:MM' strings, not {type_name(value)}"
+    out = []
+    for item in value:
+        if not isinstance(item, str) or item.count("-") != 1:
+            return (), f"{item!r} is not a window like '08:00-12:00'"
+        a, b = item.split("-")
+        start, end = _parse_hhmm(a, is_end=False), _parse_hhmm(b, is_end=True)
+        if start is None or end is None:
+            return (), f"{item!r} is not a window like '08:00-12:00' (hours 00–23, minutes 00–59, 24:00 as end)"
+        if start == end:
+            return (), f"{item!r} is an empty window (start equals end)"
+        out.append((start, end))
+    return tuple(out), None
+
+
+def _parse_dt(value: Any, tz: ZoneInfo | None) -> tuple[datetime | None, str | None]:
+    if not isinstance(value, str):
+        return None, f"must be an ISO 8601 date-time string, not {type_name(value)}"
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None, f"{value!r} is not an ISO 8601 date-time (e.g. '2025-12-01T08:00:00+01:00')"
+    if dt.tzinfo is None and tz is not None:
+        dt = dt.replace(tzinfo=tz)
+    return dt, None
+
+
+def parse_promotions(obj: Any, *, file: str, timezone: str,
+                     warnings: list[Problem] | None = None) -> tuple[Promotion, ...]:
+    """Parse a list of promotion objects.
+
+    ``starts``/``ends`` without an offset are store-local time (``timezone``
+    attached).  ``hours`` windows are described in :func:`parse_hours`.
+    Unknown keys are reported as warnings in ``warnings`` when given (a typo
+    such as ``segmnets`` would otherwise silently widen the audience).
+    """
+    c = Collector(file)
+    tz_err = check_timezone(timezone)
+    tz = None
+    if tz_err:
+        c.err("store", "timezone", tz_err)
+    else:
+        tz = ZoneInfo(timezone)
+    if not isinstance(obj, list):
+        c.err("promotions", "", f"must be a list of promotion objects, not {type_name(obj)}")
+        raise_if(c.problems)
+    out: list[Promotion] = []
+    seen: dict[str, int] = {}
+    for i, p in enumerate(obj):
+        where = where_obj("promotion", i, p, "id")
+        if not isinstance(p, dict):
+            c.err(where, "", f"must be an object, not {type_name(p)}")
+            continue
+        n_before = len(c.problems)
+        c.unknown_keys(p, _PROMO_KEYS, where)
+        pid = c.string(p, "id", where, required=True, nonempty=True)
+        if pid is not None:
+            if pid in seen:
+                c.err(where, "id", f"duplicate id {pid!r} (also promotion #{seen[pid]})")
+            else:
+                seen[pid] = i
+        title = c.string(p, "title", where, required=True, nonempty=True)
+        message = c.string(p, "message", where, default="")
+        zones = c.str_list(p, "zones", where)
+        categories = c.str_list(p, "categories", where)
+        skus = c.str_list(p, "skus", where)
+        segments = c.str_list(p, "segments", where)
+        trigger = c.string(p, "trigger", where, default="enter", choices=("enter", "dwell"))
+        min_loyalty = c.number(p, "min_loyalty_score", where, default=None)
+        starts = ends = None
+        for key in ("starts", "ends"):
+            if p.get(key) is not None:
+                dt, err = _parse_dt(p[key], tz)
+                if err:
+                    c.err(where, key, err)
+                elif key == "starts":
+                    starts = dt
+                else:
+                    ends = dt
+        if starts is not None and ends is not None and starts >= ends:
+            c.err(where, "ends", f"must be after starts ({p['starts']} → {p['ends']})")
+        hours: tuple = ()
+        if p.get("hours") is not None:
+            hours, err = parse_hours(p["hours"])
+            if err:
+                c.err(where, "hours", err)
+        requires_stock = c.boolean(p, "requires_stock", where)
+        alternative_zone = c.string(p, "alternative_zone", where, default=None, nonempty=True)
+        priority = c.integer(p, "priority", where, default=0)
+        cooldown_s = c.number(p, "cooldown_s", where, default=3600.0, minimum=0)
+        holdout_pct = c.number(p, "holdout_pct", where, default=0.0, minimum=0, maximum=100)
+        associate_alert = c.boolean(p, "associate_alert", where)
+        vip_only = c.boolean(p, "vip_only", where)
+        if len(c.problems) > n_before or pid is None or title is None:
+            continue
+        out.append(Promotion(
+            id=pid, title=title, message=message, zones=zones, categories=categories, skus=skus,
+            trigger=trigger, segments=segments, min_loyalty_score=min_loyalty, starts=starts, ends=ends,
+            hours=hours, requires_stock=requires_stock, alternative_zone=alternative_zone,
+            priority=priority, cooldown_s=cooldown_s, holdout_pct=holdout_pct,
+            associate_alert=associate_alert, vip_only=vip_only,
+        ))
+    if warnings is not None:
+        warnings.extend(c.warnings)
+    raise_if(c.problems)
+    return tuple(out)
+
+
+
+def cross_check(fences: Iterable[Fence], promotions: Iterable[Promotion], *, file: str) -> list[Problem]:
+    """Errors for promotions whose ``zones`` or ``alternative_zone`` name a
+    fence the layout does not have."""
+    return _cross_check_ids({f.id for f in fences}, promotions, file=file)
+
+
+
+def cross_check_raw(ids: set[str], raw: list, *, file: str) -> list[Problem]:
+    problems = []
+    for i, p in enumerate(raw):
+        if not isinstance(p, dict):
+            continue
+        where = where_obj("promotion", i, p, "id")
+        zones = p.get("zones")
+        if isinstance(zones, list):
+            missing = [z for z in zones if isinstance(z, str) and z not in ids]
+            if missing:
+                problems.append(Problem(file, where, "zones", f"unknown fence id(s): {', '.join(missing)}"))
+        alt = p.get("alternative_zone")
+        if isinstance(alt, str) and alt and alt not in ids:
+            problems.append(Problem(file, where, "alternative_zone", f"unknown fence id {alt!r}"))
+    return problems
+
+
+def _cross_check_ids(ids: set[str], promotions: Iterable[Promotion], *, file: str) -> list[Problem]:
+    problems = []
+    for p in promotions:
+        where = f'promotion "{p.id}"'
+        missing = [z for z in p.zones if z not in ids]
+        if missing:
+            problems.append(Problem(file, where, "zones", f"unknown fence id(s): {', '.join(missing)}"))
+        if p.alternative_zone is not None and p.alternative_zone not in ids:
+            problems.append(Problem(file, where, "alternative_zone",
+                                    f"unknown fence id {p.alternative_zone!r}"))
+    return problems
+
