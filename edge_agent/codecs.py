@@ -56,6 +56,9 @@ class Ping:
     raw: bytes | None = None  # the payload as received, for a later dead letter
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def decode_object(payload: bytes, *, max_bytes: int = 16384) -> dict[str, Any]:
     """JSON (a payload starting with ``{``) or msgpack map → dict."""
     obj = decode_value(payload, max_bytes=max_bytes)
@@ -71,6 +74,8 @@ def decode_value(payload: bytes, *, max_bytes: int = 16384) -> Any:
         raise PayloadError("too_large", f"{len(payload)} bytes > {max_bytes}")
     if not payload:
         raise PayloadError("decode", "empty payload")
+    if payload[:3] == UTF8_BOM:  # some HTTP clients and editors prepend one to JSON
+        payload = payload[3:]
     first = payload[:1]
     if first == b"{":
         try:
@@ -83,6 +88,10 @@ def decode_value(payload: bytes, *, max_bytes: int = 16384) -> Any:
         try:
             obj = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_str_len=max_bytes, max_bin_len=max_bytes)
         except Exception as exc:  # msgpack raises several unrelated types
+            try:  # a JSON scalar ("42", "true", a string) is JSON of the wrong shape, not garbage
+                return json.loads(payload)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                pass
             raise PayloadError("decode", f"neither JSON nor msgpack: {type(exc).__name__}") from exc
     return obj
 
@@ -108,14 +117,10 @@ def _num(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float |
             raise PayloadError("no_position", f"missing '{key}'")
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        # Some location engines send numbers as strings; accept clean ones.
-        if isinstance(v, str):
-            try:
-                v = float(v)
-            except ValueError:
-                raise PayloadError("schema", f"'{key}' is not a number") from None
-        else:
-            raise PayloadError("schema", f"'{key}' is not a number")
+        # The contract's numbers are JSON numbers: a string is refused, with a hint
+        # (vendor adapters such as Meraki's convert their own documented quirks).
+        hint = " (a string: send it as a JSON number)" if isinstance(v, str) else ""
+        raise PayloadError("schema", f"'{key}' is not a number{hint}")
     v = float(v)
     if not math.isfinite(v):
         raise PayloadError("range", f"'{key}' is not finite")
@@ -212,6 +217,8 @@ def _check_ranges(ping: Ping, received: float, max_future_skew_s: float) -> None
         if ping.ts < 0:
             raise PayloadError("range", "negative ts")
         if ping.ts > received + max_future_skew_s:
+            if abs(ping.ts / 1000.0 - received) <= max_future_skew_s + 86400.0:
+                raise PayloadError("clock_skew", f"ts {ping.ts:.0f} looks like milliseconds: send epoch seconds")
             raise PayloadError("clock_skew", f"ts {ping.ts - received:.0f} s in the future")
 
 

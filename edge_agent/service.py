@@ -190,7 +190,8 @@ class Agent:
         self.metrics.broker_connected.fn = lambda: 1.0 if self.mqtt and self.mqtt.connected.is_set() else 0.0
         self.metrics.tracked_devices.fn = lambda: len(self.state.tracks)
         self.metrics.commit_seconds.fn = lambda: self.ledger.last_commit_s if self.ledger else 0.0
-        subs = [(f"{self.root}/ping/+/+", 0), (f"{self.root}/action/+", 1),
+        # ping/#: a ping topic with extra levels becomes a dead letter (reason "topic"), not silence
+        subs = [(f"{self.root}/ping/#", 0), (f"{self.root}/action/+", 1),
                 (f"{self.root}/consent/+", 1), (f"{self.root}/inventory", 1), (f"{self.root}/alert/claim", 1)]
         if cfg.ingest.owntracks:
             subs.append(("owntracks/+/+", 0))

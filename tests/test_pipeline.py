@@ -137,3 +137,40 @@ def test_a_storage_failure_withholds_the_offer_and_keeps_qos1_for_retry(tmp_path
     assert agent.mqtt.sent == [] and agent.mqtt.acked == []  # no offer without its record, no ack
     assert agent._retry == [consent] and agent._storage_down
     assert agent.metrics.storage_errors.values[("OperationalError",)] == 1
+
+
+def dead_reasons(fx) -> list[tuple[str, str]]:
+    return [(m.payload["reason"], m.payload["detail"]) for m in fx.publish if m.topic.endswith("/deadletter")]
+
+
+def test_every_dropped_input_is_a_dead_letter_with_its_own_reason(tmp_path):
+    p = make(tmp_path)
+    cases = [
+        (Msg("store/S1/ping/uwb/d1/extra", b'{"x": 1, "y": 1}'), "topic"),
+        (Msg("store/S1/ping/uwb/d1", b'{"x": 12, "y": 7, "floor": 3}'), "floor"),
+        (Msg("store/S1/ping/uwb/d1", b'{"x": "12", "y": 7}'), "schema"),
+        (Msg("store/S1/ping/uwb/d1", b'42'), "schema"),
+        (Msg("store/S1/ping/uwb/d1", b'"hello"'), "schema"),
+        (Msg("store/S1/ping/uwb/d1", json.dumps({"x": 12, "y": 7, "ts": T0 * 1000}).encode()), "clock_skew"),
+    ]
+    for msg, reason in cases:
+        fx = p.step([msg], T0)
+        [(got, detail)] = dead_reasons(fx)
+        assert got == reason, (msg, detail)
+        assert not fx.offers
+    assert p.metrics.deadletters.values[("topic",)] == 1 and p.metrics.deadletters.values[("floor",)] == 1
+
+
+def test_dead_letter_details_say_what_to_fix(tmp_path):
+    p = make(tmp_path)
+    [(_, detail)] = dead_reasons(p.step([Msg("store/S1/ping/uwb/d1", b'{"x": "12", "y": 7}')], T0))
+    assert "JSON number" in detail
+    ms = json.dumps({"x": 12, "y": 7, "ts": T0 * 1000}).encode()
+    [(_, detail)] = dead_reasons(p.step([Msg("store/S1/ping/uwb/d1", ms)], T0))
+    assert "milliseconds" in detail
+
+
+def test_a_json_ping_with_a_byte_order_mark_is_used(tmp_path):
+    p = make(tmp_path)
+    fx = p.step([Msg("store/S1/ping/uwb/d1", b'\xef\xbb\xbf{"x": 12, "y": 7, "acc": 0.5}')], T0)
+    assert not dead_reasons(fx) and [o.payload["zone"] for o in fx.offers] == ["produce"]

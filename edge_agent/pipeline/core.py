@@ -194,7 +194,8 @@ class Pipeline:
     def _decode_ping(self, m: Message, rest: str) -> Ping | None:
         parts = rest.split("/")
         if len(parts) != 3 or not parts[2]:
-            raise PayloadError("schema", "ping topic must be {root}/ping/{source}/{device}")
+            raise PayloadError("topic", f"ping topic must be {self.root}/ping/{{source}}/{{device}} "
+                                        f"({len(parts) + 2} levels after the store id, got {len(parts)})")
         source, device = parts[1], parts[2]
         if source not in codecs.SOURCES:
             raise PayloadError("unknown_source", f"source {source!r}")
@@ -259,6 +260,11 @@ class Pipeline:
                     p.floor = fl
                 if p.acc is None or p.acc < acc:
                     p.acc = acc
+            if p.floor is not None and p.floor not in rt.floors:
+                ok[i] = False
+                self._dead_ping(p, "floor", f"floor {p.floor} is not in the layout (floors: "
+                                            f"{', '.join(map(str, sorted(rt.floors)))})")
+                continue
             floors[i] = p.floor if p.floor is not None else 0
             accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
         if geo_idx:
@@ -269,6 +275,10 @@ class Pipeline:
             ys[geo_idx] = gy
             for i in geo_idx:
                 p = pings[i]
+                if p.floor is not None and p.floor not in rt.floors:
+                    ok[i] = False
+                    self._dead_ping(p, "floor", f"floor {p.floor} is not in the layout")
+                    continue
                 floors[i] = p.floor if p.floor is not None else 0
                 accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
         sel = np.flatnonzero(ok)

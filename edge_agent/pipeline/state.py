@@ -33,6 +33,7 @@ class Runtime:
     promos: dict
     beacons: dict
     tz: ZoneInfo
+    floors: frozenset  # floors of fences, beacons and vendor plans; ground floor always
 
 
 def build_runtime(cfg: StoreConfig) -> Runtime:
@@ -52,6 +53,8 @@ def build_runtime(cfg: StoreConfig) -> Runtime:
         promos=promotions_by_fence(cfg.fences, cfg.promotions),
         beacons={b.beacon_id: b for b in cfg.beacons},
         tz=ZoneInfo(cfg.timezone),
+        floors=frozenset([0, *(f.floor for f in cfg.fences), *(b.floor for b in cfg.beacons),
+                           *(p.floor for p in cfg.floorplans)]),
     )
 
 
