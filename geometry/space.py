@@ -37,7 +37,7 @@ import shapely
 from shapely.geometry import LineString, Point
 from shapely.ops import nearest_points, unary_union
 
-__all__ = ["Space", "build_space", "infer_shelves", "evidence_shapes", "CLEARANCE_M", "GRID_M"]
+__all__ = ["CLEARANCE_M", "GRID_M", "Space", "build_space", "evidence_shapes", "infer_shelves"]
 
 CLEARANCE_M = 0.35
 GRID_M = 0.5
