@@ -101,8 +101,10 @@ Pure: no I/O, no clock; numpy only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -113,6 +115,7 @@ from .space import evidence_shapes
 __all__ = ["EvidenceFence", "Fused", "FusionParams", "FusionState", "evidence_fences", "fuse", "z_for"]
 
 
+@lru_cache(maxsize=16)
 def z_for(confidence: float) -> float:
     """Disc radius in σ for a confidence: ``Φ⁻¹(confidence)`` (1.2816 at 0.9)."""
     if not 0.5 < confidence < 1.0:
@@ -273,10 +276,13 @@ def fuse(state: FusionState, rows, x, y, floor, acc, ts, params: FusionParams = 
     if n == 0:
         return Fused(ex, ey, eacc, sigma, passed)
     usable = np.isfinite(x) & np.isfinite(y) & np.isfinite(acc) & np.isfinite(ts)
-    if n == 1:
+    if n == 1:  # a batch of one (low load): plain floats, ~15x fewer numpy calls
         if usable[0]:
-            _round(state, rows, x, y, fl, np.maximum(acc, 0.0), ts, params, ex, ey, eacc, sigma, passed,
-                   np.zeros(1, dtype=np.int64))
+            o = _one(state, int(rows[0]), float(x[0]), float(y[0]), int(fl[0]), max(float(acc[0]), 0.0),
+                     float(ts[0]), params)
+            if o is not None:
+                ex[0], ey[0], eacc[0], sigma[0] = o
+                passed[0] = False
         return Fused(ex, ey, eacc, sigma, passed)
     idx = np.flatnonzero(usable)
     order = idx[np.lexsort((ts[idx], rows[idx]))]
@@ -352,13 +358,12 @@ def _round(st: FusionState, r, zx, zy, fl, acc, ts, p: FusionParams, ex, ey, eac
     miss = np.where(out_l, st.miss[r] + 1, 0)
     restart = (out_l & (miss >= 2)) | (bad & precise)
     skip = out_l & ~restart
-    keep_old = skip[:, None]
-    # a skipped fix leaves the filters as predicted (mixed, no update)
-    new = np.where(keep_old, np.stack([cm, x0s, y0s, p0s, x0m, y0m, p0m], 1),
-                   np.stack([mu1, xs1, ys1, ps1, xm1, ym1, pm1], 1))
-    new[restart] = np.stack([np.full(restart.sum(), 0.5), zx[restart], zy[restart], R[restart],
-                             zx[restart], zy[restart], R[restart]], 1)
-    mu1, xs1, ys1, ps1, xm1, ym1, pm1 = new.T
+    cols = [mu1, xs1, ys1, ps1, xm1, ym1, pm1]
+    if skip.any():  # a skipped fix leaves the filters as predicted (mixed, no update)
+        cols = [np.where(skip, o, c) for o, c in zip((cm, x0s, y0s, p0s, x0m, y0m, p0m), cols)]
+    if restart.any():
+        cols = [np.where(restart, o, c) for o, c in zip((0.5, zx, zy, R, zx, zy, R), cols)]
+    mu1, xs1, ys1, ps1, xm1, ym1, pm1 = cols
     miss = np.where(restart, 0, miss)
 
     st.mu[r], st.xs[r], st.ys[r], st.ps[r], st.xm[r], st.ym[r], st.pm[r] = mu1, xs1, ys1, ps1, xm1, ym1, pm1
@@ -379,6 +384,70 @@ def _round(st: FusionState, r, zx, zy, fl, acc, ts, p: FusionParams, ex, ey, eac
     o = out[fused]
     ex[o], ey[o], eacc[o], sigma[o] = cx[fused], cy[fused], ea[fused], sg[fused]
     passed[out] = through
+
+
+def _one(st: FusionState, r: int, zx: float, zy: float, fl: int, acc: float, ts: float, p: FusionParams):
+    """:func:`_round` for one fix with Python floats (the same arithmetic;
+    tests check both agree).  Returns ``(x, y, acc, sigma)`` of the fused
+    estimate, or None when the fix passes through as it came."""
+    sf = max(acc / p.acc_sigmas, 1e-3)
+    R = sf * sf
+    t0 = float(st.t[r])
+    gap = ts - t0
+    fresh = not (abs(gap) <= p.max_gap_s) or int(st.floor[r]) != fl
+    if fresh:
+        dt = late = 0.0
+        mu, xs, ys, ps, xm, ym, pm = 0.5, zx, zy, _VAGUE, zx, zy, _VAGUE
+    else:
+        dt, late = max(gap, 0.0), max(-gap, 0.0)
+        mu, xs, ys, ps = float(st.mu[r]), float(st.xs[r]), float(st.ys[r]), float(st.ps[r])
+        xm, ym, pm = float(st.xm[r]), float(st.ym[r]), float(st.pm[r])
+    a, b = 1.0 / p.to_move_s, 1.0 / p.to_still_s
+    e = 1.0 - math.exp(-(a + b) * dt)
+    p_sm, p_ms = a / (a + b) * e, b / (a + b) * e
+    mus = 1.0 - mu
+    cs = (1.0 - p_sm) * mus + p_ms * mu
+    cm = p_sm * mus + (1.0 - p_ms) * mu
+    cs_, cm_ = max(cs, 1e-300), max(cm, 1e-300)
+    wss = (1.0 - p_sm) * mus / cs_
+    wsm = p_sm * mus / cm_
+    x0s, y0s = wss * xs + (1 - wss) * xm, wss * ys + (1 - wss) * ym
+    x0m, y0m = wsm * xs + (1 - wsm) * xm, wsm * ys + (1 - wsm) * ym
+    d2 = (xs - xm) ** 2 + (ys - ym) ** 2
+    p0s = wss * ps + (1 - wss) * pm + wss * (1 - wss) * d2 / 2 + p.q_still * dt
+    p0m = wsm * ps + (1 - wsm) * pm + wsm * (1 - wsm) * d2 / 2 + p.q_move * dt
+    Ss, Sm = p0s + R + p.q_still * late, p0m + R + p.q_move * late
+    nxs, nys, nxm, nym = zx - x0s, zy - y0s, zx - x0m, zy - y0m
+    nis_s = (nxs * nxs + nys * nys) / Ss
+    nis_m = (nxm * nxm + nym * nym) / Sm
+    Ks, Km = p0s / Ss, p0m / Sm
+    d = min(max(-0.5 * nis_s - math.log(Ss) + math.log(cs_) - (-0.5 * nis_m - math.log(Sm) + math.log(cm_)),
+                -700.0), 700.0)
+    new = (1.0 / (1.0 + math.exp(d)), x0s + Ks * nxs, y0s + Ks * nys, (1 - Ks) * p0s,
+           x0m + Km * nxm, y0m + Km * nym, (1 - Km) * p0m)
+    precise = acc <= p.precise_acc
+    bad = not fresh and nis_m > p.gate
+    out_l = bad and not precise
+    miss = int(st.miss[r]) + 1 if out_l else 0
+    restart = (out_l and miss >= 2) or (bad and precise)
+    skip = out_l and not restart
+    if skip:
+        new = (cm, x0s, y0s, p0s, x0m, y0m, p0m)
+    if restart:
+        new = (0.5, zx, zy, R, zx, zy, R)
+        miss = 0
+    mu1, xs1, ys1, ps1, xm1, ym1, pm1 = new
+    st.mu[r], st.xs[r], st.ys[r], st.ps[r], st.xm[r], st.ym[r], st.pm[r] = new
+    st.t[r] = ts if (fresh or restart) else max(t0, ts)
+    st.floor[r] = fl
+    st.miss[r] = miss
+    w = 1.0 - mu1
+    cx, cy = w * xs1 + mu1 * xm1, w * ys1 + mu1 * ym1
+    sg = math.sqrt(w * ps1 + mu1 * pm1 + w * mu1 * ((xs1 - xm1) ** 2 + (ys1 - ym1) ** 2) / 2)
+    ea = z_for(p.confidence) * sg
+    if not skip and (precise or acc <= ea):
+        return None
+    return cx, cy, ea, sg
 
 
 class EvidenceFence(NamedTuple):

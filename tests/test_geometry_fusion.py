@@ -73,6 +73,28 @@ def test_batch_equals_one_fix_at_a_time():
     assert np.allclose(fa.x, [o.x[0] for o in outs]) and np.allclose(fa.acc, [o.acc[0] for o in outs])
 
 
+def test_one_fix_path_agrees_with_the_batch_path():
+    """A batch of one takes a plain-float path; it must match the vectorised one
+    through fresh starts, late fixes, gaps, floor changes, outliers and precise fixes."""
+    rng = np.random.default_rng(11)
+    n = 300
+    t = np.cumsum(rng.choice([0.5, 2.0, 5.0, 70.0], n, p=[0.3, 0.5, 0.17, 0.03]))
+    t[rng.random(n) < 0.1] -= 9.0  # late fixes
+    x, y = np.cumsum(rng.normal(0, 1, n)) + rng.normal(0, 3, n), rng.normal(0, 3, n)
+    x[rng.random(n) < 0.03] += 300.0  # outliers
+    acc = rng.choice([0.3, 3.0, 8.0, 16.0], n)
+    fl = (rng.random(n) < 0.02).astype(int)
+    a, b = FusionState(), FusionState()
+    ra, rb = a.rows(["d"]), b.rows(["d", "other"])
+    for i in range(n):
+        fa = fuse(a, ra, x[i:i + 1], y[i:i + 1], fl[i:i + 1], acc[i:i + 1], t[i:i + 1], P)
+        fb = fuse(b, rb, np.r_[x[i], 0.0], np.r_[y[i], 0.0], np.r_[fl[i], 0], np.r_[acc[i], 8.0], np.r_[t[i], t[i]], P)
+        for u, v in zip(fa, fb):
+            assert np.allclose(u[0], v[0], rtol=1e-9, atol=1e-9), i
+        for c in ("t", "mu", "xs", "ys", "ps", "xm", "ym", "pm", "floor", "miss"):
+            assert np.allclose(getattr(a, c)[0], getattr(b, c)[0], rtol=1e-9, atol=1e-9), (i, c)
+
+
 def test_out_of_order_in_one_batch_is_applied_in_time_order():
     t, fx, fy = _fixes(12, 5.0, 5.0, 3.5, 2)
     perm = np.random.default_rng(0).permutation(t.size)
