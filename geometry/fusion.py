@@ -93,7 +93,11 @@ Integration (what the pipeline does per batch)
     state.forget(device)                                    # on timeout / erase
 
 ``ts`` must be the clock the tracker uses (the fix's own time with the ping
-clock).  Per device the state is 10 numbers (~70 bytes in flat arrays),
+clock).  Run ``step`` with ``sustained_pings = 0`` on fused fixes: the
+estimate already *is* the sustained evidence, and counting consecutive
+centre-inside estimates (which are correlated) would enter below the
+configured confidence (measured: HTML5 passers-by 3 m off entered 8 in 60
+with it, 1 in 60 without).  Per device the state is 10 numbers (~70 bytes in flat arrays),
 plus the ``rows`` dict entry.
 
 Pure: no I/O, no clock; numpy only.
