@@ -154,6 +154,18 @@ def infer_shelves(aisles: Iterable[object]):
     return shelves.buffer(-1e-3, join_style="mitre").buffer(1e-3, join_style="mitre")
 
 
+def obstacles_on(fences: Iterable[object], floor: int, extra: Iterable[object] = ()) -> list:
+    """The not-walkable shapes of ``floor``: fences (objects with ``kind``,
+    ``floor``, ``geometry``) of kind ``staff_only`` or ``obstacle``, the
+    ``extra`` shapes, and the shelving inferred between the floor's aisles."""
+    on = [f for f in fences if f.floor == floor]
+    parts = [f.geometry for f in on if f.kind in ("staff_only", "obstacle")] + list(extra)
+    shelves = infer_shelves([f.geometry for f in on if f.kind == "aisle"])
+    if not shelves.is_empty:
+        parts.append(shelves)
+    return parts
+
+
 def _union(parts: Iterable[object]):
     parts = [p for p in parts if p is not None and not p.is_empty]
     return unary_union(parts) if parts else shapely.GeometryCollection()

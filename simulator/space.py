@@ -10,7 +10,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from geometry.space import CLEARANCE_M, GRID_M, Space, infer_shelves
+from geometry.space import CLEARANCE_M, GRID_M, Space, obstacles_on
 from geometry.space import build_space as _build_space
 
 __all__ = ["Space", "build_space", "obstacle_shapes"]
@@ -18,13 +18,8 @@ __all__ = ["Space", "build_space", "obstacle_shapes"]
 
 def obstacle_shapes(cfg, floor: int) -> list:
     """The config's not-walkable shapes on ``floor`` (see the module docstring)."""
-    on = [f for f in cfg.fences if f.floor == floor]
-    parts = [f.geometry for f in on if f.kind in ("staff_only", "obstacle")]
-    parts += [g.geometry for g in getattr(cfg, "obstacles", ()) if getattr(g, "floor", 0) == floor]
-    shelves = infer_shelves([f.geometry for f in on if f.kind == "aisle"])
-    if not shelves.is_empty:
-        parts.append(shelves)
-    return parts
+    extra = [g.geometry for g in getattr(cfg, "obstacles", ()) if getattr(g, "floor", 0) == floor]
+    return obstacles_on(cfg.fences, floor, extra)
 
 
 def build_space(cfg, floor: int = 0, *, clearance: float = CLEARANCE_M, grid_m: float = GRID_M) -> Space:

@@ -45,7 +45,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "http": frozenset({"listen", "admin_token", "tls_cert", "tls_key"}),
     "data": frozenset({"dir"}),
     "tracking": frozenset({"clock", "timeout_s", "publish_events", "sustained_pings", "default_acc",
-                           "max_future_skew_s", "max_speed_mps"}),
+                           "max_future_skew_s", "max_speed_mps", "fusion", "confidence", "acc_sigmas"}),
     "ingest": frozenset({"owntracks", "owntracks_cmd", "max_payload_bytes", "shed_above"}),
     "offers": frozenset({"ttl_s", "per_visit_cap", "min_gap_s", "daily_cap"}),
     "privacy": frozenset({"anonymous_offers", "anonymous_tracking", "position_retention_s"}),
@@ -199,7 +199,18 @@ def parse_tracking(c: Collector, doc: dict) -> TrackingConfig:
         max_future_skew_s=c.number(t, "max_future_skew_s", W, default=300.0, positive=True),
         sustained_pings=c.integer(t, "sustained_pings", W, default=3, minimum=0),
         max_speed_mps=c.number(t, "max_speed_mps", W, default=50.0, positive=True),
+        fusion=c.boolean(t, "fusion", W, default=True),
+        confidence=_confidence(c, t, W),
+        acc_sigmas=c.number(t, "acc_sigmas", W, default=2.0, positive=True),
     )
+
+
+def _confidence(c: Collector, t: dict, where: str) -> float:
+    v = c.number(t, "confidence", where, default=0.9, positive=True)
+    if v is not None and not 0.5 < v < 1.0:
+        c.err(where, "confidence", f"must be between 0.5 and 1 (exclusive), not {v}")
+        return 0.9
+    return v
 
 
 def parse_ingest(c: Collector, doc: dict) -> IngestConfig:

@@ -18,7 +18,9 @@ from typing import Any, Mapping
 
 from geometry.floorplans import PlanTransform
 
-FENCE_KINDS = ("aisle", "section", "display", "entrance", "checkout", "staff_only", "other")
+FENCE_KINDS = ("aisle", "section", "display", "entrance", "checkout", "staff_only", "other", "obstacle")
+# kind "obstacle": a shelf, wall or counter no shopper stands in — not a fence (never entered); the
+# fused tracker and the simulator treat it as not walkable.
 SOURCES = ("wifi", "ble", "html5", "gps", "uwb")
 DEFAULT_ACC = MappingProxyType({"uwb": 0.5, "ble": 3.0, "wifi": 8.0, "gps": 10.0, "html5": 25.0})
 
@@ -177,6 +179,11 @@ class TrackingConfig:
     # devices' own ts) is a teleport: ignored for triggering and counted.
     # 50 m/s is far beyond anyone on foot yet tolerant of quick test moves.
     max_speed_mps: float = 50.0
+    # The fused tracker (geometry.fusion): successive coarse fixes averaged per
+    # device; enter when P(inside) >= confidence, exit when <= 1 - confidence.
+    fusion: bool = True
+    confidence: float = 0.9
+    acc_sigmas: float = 2.0  # a fix's acc is this many sigma (2: a 95 % radius; phones report ~1.5)
 
 
 @dataclass(frozen=True, slots=True)

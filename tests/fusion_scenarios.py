@@ -108,11 +108,11 @@ def entered(events, fid):
 
 # -- scenarios -----------------------------------------------------------------
 
-def browse_zone(seed, zone, *, sigma, acc, every, dwell, approach=15.0, margin=1.0, fused=True,
-                params=None, stops=3):
+def browse_fixes(seed, zone, *, sigma, every, dwell, approach=15.0, margin=1.0, stops=3):
     """A shopper walks ``approach`` m from outside into ``zone`` (a box),
     browses ``dwell`` s among ``stops`` points at least ``margin`` inside,
-    and walks away.  Returns (entered while browsing, delay from crossing in)."""
+    and walks away.  Returns (t, fx, fy, t_in, t_leave): the noisy fixes and
+    when she truly crossed in and last was inside."""
     rng = np.random.default_rng(seed)
     x0, y0, x1, y1 = zone.bounds
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -129,6 +129,14 @@ def browse_zone(seed, zone, *, sigma, acc, every, dwell, approach=15.0, margin=1
     inside = shapely.contains_xy(zone, x, y)
     t_in = t[np.argmax(inside)] if inside.any() else None
     t_leave = t[np.flatnonzero(inside)[-1]] if inside.any() else None
+    return t, fx, fy, t_in, t_leave
+
+
+def browse_zone(seed, zone, *, sigma, acc, every, dwell, approach=15.0, margin=1.0, fused=True,
+                params=None, stops=3):
+    """:func:`browse_fixes` judged.  Returns (entered while browsing, delay from crossing in)."""
+    t, fx, fy, t_in, t_leave = browse_fixes(seed, zone, sigma=sigma, every=every, dwell=dwell,
+                                            approach=approach, margin=margin, stops=stops)
     ev = judge([Fence("zone", zone)], t, fx, fy, acc, fused=fused, params=params)
     te = first_enter(ev, "zone", t_to=t_leave + 1e-9)
     return te is not None, (te - t_in) if te is not None else None
@@ -137,6 +145,12 @@ def browse_zone(seed, zone, *, sigma, acc, every, dwell, approach=15.0, margin=1
 def pass_by(seed, zone, *, sigma, acc, every, gap=3.0, beyond=10.0, fused=True, params=None):
     """A shopper walks past ``zone`` (a box) parallel to a random side,
     ``gap`` m from it.  Returns whether the zone was entered."""
+    t, fx, fy = pass_by_fixes(seed, zone, sigma=sigma, every=every, gap=gap, beyond=beyond)
+    return entered(judge([Fence("zone", zone)], t, fx, fy, acc, fused=fused, params=params), "zone")
+
+
+def pass_by_fixes(seed, zone, *, sigma, every, gap=3.0, beyond=10.0):
+    """The noisy fixes (t, fx, fy) of a shopper walking past ``zone``."""
     rng = np.random.default_rng(seed)
     x0, y0, x1, y1 = zone.bounds
     side = int(rng.integers(4))
@@ -150,7 +164,7 @@ def pass_by(seed, zone, *, sigma, acc, every, gap=3.0, beyond=10.0, fused=True, 
         a, b = b, a
     knots = walk([a, b], [rng.uniform(1.0, 1.3)])
     t, _, _, fx, fy = sample(knots, every, rng, sigma)
-    return entered(judge([Fence("zone", zone)], t, fx, fy, acc, fused=fused, params=params), "zone")
+    return t, fx, fy
 
 
 def aisle_layout(n=5, width=2.0, shelf=1.2, length=14.0, y0=4.0):

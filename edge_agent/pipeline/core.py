@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 import numpy as np
 
 from geometry import beacons as beaconing
+from geometry.fusion import fuse
 from geometry.tracking import Entered, Exited, step as track_step, tick as track_tick
 from store_config.model import Consent, StoreConfig
 
@@ -284,12 +285,32 @@ class Pipeline:
         sel = np.flatnonzero(ok)
         guard = st.guard
         tracks = st.tracks
-        matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
         ping_clock = cfg.tracking.clock == "ping"
+        times = np.array([((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
+                          for p in (pings[i] for i in sel)], dtype=float)
+        params = rt.params
+        if rt.fusion is not None and len(sel):
+            # Coarse fixes are fused per device into an estimate whose disc (z sigma) is judged
+            # against the fences grown over their shelves; precise fixes pass unchanged (raw fences).
+            fused = fuse(st.fusion, st.fusion.rows([pings[i].device for i in sel]), xs[sel], ys[sel],
+                         floors[sel], accs[sel], times, rt.fusion)
+            fl = floors[sel]
+            matches = [None] * len(sel)
+            for idx, index in ((np.flatnonzero(fused.passed), rt.index),
+                               (np.flatnonzero(~fused.passed), rt.fused_index)):
+                if len(idx):
+                    for j, m in zip(idx, index.classify(fused.x[idx], fused.y[idx], fl[idx], fused.acc[idx])):
+                        matches[j] = m
+            eff_acc = fused.acc
+            passed = fused.passed
+        else:
+            matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
+            eff_acc = accs[sel]
+            passed = None
         for j, i in enumerate(sel):
             p = pings[i]
             self.metrics.pings.inc(p.source)
-            now = (p.ts if p.ts is not None else p.received) if ping_clock else p.received
+            now = float(times[j])
             if ping_clock and now > st.sim_now:
                 st.sim_now = now
             spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts, p.mock)
@@ -304,7 +325,8 @@ class Pipeline:
                 h = st.histories.get(st.pseudonym(p.device))
                 if h is not None:
                     h.visit_count = 0
-            track, events = track_step(track, matches[j], now, rt.params, acc=float(accs[i]))
+            step_params = params if passed is None or passed[j] else rt.fused_params
+            track, events = track_step(track, matches[j], now, step_params, acc=float(eff_acc[j]))
             tracks[p.device] = track
             if events:
                 self.on_transitions(p.device, events, p.received, now)
@@ -326,8 +348,7 @@ class Pipeline:
             for device, track in list(st.tracks.items()):
                 new, events = track_tick(track, now, params)
                 if new is None:
-                    del st.tracks[device]
-                    st.guard.forget(device)
+                    st.drop_device(device)
                 if events:
                     # clock = "ping": simulated time runs far ahead of this 1 s tick, so decide at the
                     # event's own time (a dwell's threshold), not at the newest ping of any device
@@ -462,7 +483,7 @@ class Pipeline:
     def _purge(self, device: str, pseudo: str) -> None:
         """Consent withdrawn: forget the device's stored zones and live position state."""
         self.fx.rows.append(Forget(pseudo))
-        self.state.tracks.pop(device, None)
+        self.state.drop_device(device)
 
     def _profile_consents_changed(self, old: StoreConfig, new: StoreConfig, now: float) -> None:
         """Profiles (files, bundles) carry no consent time.  An opt-out that a
@@ -535,8 +556,7 @@ class Pipeline:
         """Forget a device: purge its stored zones, transitions and live state."""
         st = self.state
         pseudo = st.pseudonym(device)
-        st.tracks.pop(device, None)
-        st.guard.forget(device)
+        st.drop_device(device)
         st.histories.pop(pseudo, None)
         self.fx.rows.append(Forget(pseudo))
 

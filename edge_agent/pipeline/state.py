@@ -8,11 +8,15 @@ nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
+
+from shapely.ops import unary_union
 from zoneinfo import ZoneInfo
 
 from geometry.fences import FenceIndex
+from geometry.fusion import FusionParams, FusionState, evidence_fences
+from geometry.space import obstacles_on
 from geometry.frames import LocalFrame
 from geometry.tracking import DeviceTrack, TrackParams
 from store_config.model import Consent, Profile, StoreConfig
@@ -33,26 +37,46 @@ class Runtime:
     promos: dict
     beacons: dict
     tz: ZoneInfo
+    # The fused tracker ([tracking] fusion): effective fixes are judged against the
+    # fences grown over the shelves beside them, with sustained-evidence entry off.
+    fusion: FusionParams | None
+    fused_index: FenceIndex | None
+    fused_params: TrackParams | None
     floors: frozenset  # floors of fences, beacons and vendor plans; ground floor always
 
 
 def build_runtime(cfg: StoreConfig) -> Runtime:
-    index = FenceIndex(cfg.fences)
+    fences = [f for f in cfg.fences if f.kind != "obstacle"]  # an obstacle is never entered
+    index = FenceIndex(fences)
     params = TrackParams(
         timeout_s=cfg.tracking.timeout_s,
         sustained_pings=cfg.tracking.sustained_pings,
-        dwell_s={f.id: f.dwell_s for f in cfg.fences if f.dwell_s},
+        dwell_s={f.id: f.dwell_s for f in fences if f.dwell_s},
         halfwidth=index.halfwidth,
     )
+    t = cfg.tracking
+    fusion = fused_index = fused_params = None
+    if t.fusion:
+        fusion = FusionParams(confidence=t.confidence, acc_sigmas=t.acc_sigmas, max_gap_s=min(60.0, t.timeout_s))
+        obstacles = {}
+        for fl in {f.floor for f in fences}:
+            parts = obstacles_on(cfg.fences, fl)
+            if parts:
+                obstacles[fl] = unary_union(parts)
+        fused_index = FenceIndex(evidence_fences(fences, obstacles))
+        fused_params = replace(params, sustained_pings=0)
     return Runtime(
         cfg=cfg,
         frame=LocalFrame(cfg.anchor.lat, cfg.anchor.lon, cfg.anchor.bearing),
         index=index,
         params=params,
-        fences={f.id: f for f in cfg.fences},
-        promos=promotions_by_fence(cfg.fences, cfg.promotions),
+        fences={f.id: f for f in fences},
+        promos=promotions_by_fence(fences, cfg.promotions),
         beacons={b.beacon_id: b for b in cfg.beacons},
         tz=ZoneInfo(cfg.timezone),
+        fusion=fusion,
+        fused_index=fused_index,
+        fused_params=fused_params,
         floors=frozenset([0, *(f.floor for f in cfg.fences), *(b.floor for b in cfg.beacons),
                            *(p.floor for p in cfg.floorplans)]),
     )
@@ -77,6 +101,13 @@ class State:
     inventory: dict[str, tuple[int, float]] = field(default_factory=dict)
     inv_view: dict[str, int] = field(default_factory=dict)  # sku -> qty, what decisions read
     sim_now: float = 0.0  # latest ping time seen, for clock = "ping"
+    fusion: FusionState = field(default_factory=FusionState)  # per-device estimates (geometry.fusion)
+
+    def drop_device(self, device: str) -> None:
+        """Forget a device's live position state (tracker, estimate, spoof reference)."""
+        self.tracks.pop(device, None)
+        self.fusion.forget(device)
+        self.guard.forget(device)
 
     @property
     def cfg(self) -> StoreConfig:
