@@ -129,9 +129,15 @@ class Ledger:
             self._in_tx = False
 
     def rollback(self) -> None:
+        """End a failed transaction.  Tolerates a connection that SQLite has
+        already rolled back (after SQLITE_FULL, SQLITE_IOERR, ...): whatever
+        happened, no transaction of ours is open afterwards."""
         if self._in_tx:
-            self.conn.execute("ROLLBACK")
             self._in_tx = False
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.debug("rollback: %s (the connection had already rolled back)", exc)
 
     def close(self) -> None:
         self.commit()
