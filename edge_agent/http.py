@@ -3,7 +3,8 @@
 The application owns every long-lived resource (STYLE.md §4): the agent is
 started and stopped by one ``cleanup_ctx`` and shared under a typed
 ``web.AppKey`` (:data:`edge_agent.http_base.AGENT`).  Routes of their own
-modules are added here too: the vendor feeds (:mod:`.sources`).
+modules are added here too: the associates' page and alerts
+(:mod:`.http_associates`) and the vendor feeds (:mod:`.sources`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import alerts, sources
+from . import http_associates, sources
 from .audit import AuditError, parse_since
-from .http_base import AGENT, require_admin, require_associate
+from .http_base import AGENT, require_admin
 from .mqtt import Message
 from .service import Agent
 
@@ -127,7 +128,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     app.router.add_get("/v1/admin/audit", admin_audit)
     app.router.add_post("/v1/admin/outbox/requeue", admin_requeue)
     sources.add_routes(app)  # /v1/ingest/meraki, /v1/ingest/aruba
-    alerts.setup_routes(app, AGENT, require_associate)  # /associates, /associates/ws, /v1/alerts/...
+    http_associates.add_routes(app)  # /associates, /associates/ws, /v1/alerts/...
     for fn in extra or ():
         fn(app)
     return app
