@@ -132,6 +132,7 @@ class Downlink:
         self.version: str | None = None
         self._refused: str | None = None  # fingerprint of the last refused bundle (log once)
         self.failures = 0
+        self._saving: asyncio.Task | None = None  # the write of the last good bundle, if one is running
 
     @property
     def url(self) -> str:
@@ -272,11 +273,26 @@ class Downlink:
             log.error("bundle body refused: %s", exc)
         ok, _ = self.receive(obj, etag=etag, received_at=sync.clock())
         if ok:
+            # shielded: a stop in the middle lets the write finish (see saved()), so the
+            # bundle just applied is the one served after a restart
+            self._saving = asyncio.ensure_future(asyncio.to_thread(write_atomically, self.path,
+                                                                   self._state_bytes()))
             try:
-                await asyncio.to_thread(write_atomically, self.path, self._state_bytes())
+                await asyncio.shield(self._saving)
             except OSError as exc:
                 log.error("cannot save the last good bundle to %s: %s", self.path, exc)
+            self._saving = None
         return "applied" if ok else "refused"
+
+    async def saved(self) -> None:
+        """Let a save of the last good bundle that a stop interrupted finish (``Sync.stop``)."""
+        task, self._saving = self._saving, None
+        if task is None:
+            return
+        try:
+            await task
+        except OSError as exc:
+            log.error("cannot save the last good bundle to %s: %s", self.path, exc)
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         while True:

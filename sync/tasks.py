@@ -138,6 +138,7 @@ class Sync:
         """Stop the sync tasks; with an HTTP uplink, first try one last flush
         of the outbox (bounded: what central does not take stays in SQLite)."""
         await cancel_and_wait(self._tasks, log)
+        await self.downlink.saved()  # a bundle applied just before the stop is saved too
         if isinstance(self.uplink, HttpUplink) and self._session is not None and final_flush_s > 0:
             try:
                 self.store.commit()
