@@ -23,21 +23,18 @@ agent never uses a zone id as the audience (so a subscriber to
 after ``escalate_after_s``: the state ``escalated`` is announced on the
 alert's topics and the alert itself is re-sent to ``all``.
 
-The HTTP side (``/associates``, ``/associates/ws``, ``/v1/alerts/{id}/...``)
-is at the end of this module; :func:`setup_routes` adds it to the app.
+The manager knows nothing of HTTP: the associates' routes (``/associates``,
+``/associates/ws``, ``/v1/alerts/...``) live in :mod:`edge_agent.http_associates`
+and call its plain methods — :meth:`AlertManager.claim`, ``resolve``,
+``open_alerts``, and ``subscribe`` / ``unsubscribe`` for a page's live feed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
-
-from aiohttp import WSMsgType, web
 
 from .codecs import PayloadError, decode_object
 from .effects import Notice, Publish
@@ -52,7 +49,6 @@ KINDS = ("vip_arrival", "assist", "stock_out")
 OPEN, CLAIMED, ESCALATED, RESOLVED = "open", "claimed", "escalated", "resolved"
 MAX_ALERTS = 1000  # kept in memory; the oldest resolved/claimed ones go first
 MAX_ASSOCIATE_LEN = 64
-STATIC = Path(__file__).parent / "static"
 
 
 class ClaimError(Exception):
@@ -97,7 +93,7 @@ class AlertManager:
         self._seen: dict[tuple[str, str], float] = {}  # (kind, shopper pseudonym | sku) -> last raised
         self._visiting: set[str] = set()  # raw device ids with a VIP check done this visit
         self._assisted: set[tuple[str, str, float]] = set()  # (device, fence, entered) already alerted
-        self.watchers: set[asyncio.Queue] = set()
+        self._pages: list[Callable[[dict[str, Any]], None]] = []  # associates' pages (their WebSockets)
         self.commit: Callable[[], None] = lambda: None  # the shell's: commit, then publish what was raised
 
     # -- configuration helpers
@@ -269,6 +265,24 @@ class AlertManager:
     def open_alerts(self) -> list[dict[str, Any]]:
         return [a.view() for a in self.alerts.values() if a.state != RESOLVED]
 
+    # -- the associates' pages: each gets every change after it is committed
+    def subscribe(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``fn(change)`` for every committed change (``{"type": "alert" | "state", ...}``),
+        on the loop thread; it must not block."""
+        self._pages.append(fn)
+
+    def unsubscribe(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        if fn in self._pages:
+            self._pages.remove(fn)
+
+    def notify_pages(self, data: dict[str, Any]) -> None:
+        """After a commit: hand an alert change to the associates' pages."""
+        for fn in list(self._pages):
+            try:
+                fn(data)
+            except Exception:
+                log.exception("associates' page listener failed")
+
     def _prune(self) -> None:
         if len(self.alerts) <= MAX_ALERTS:
             return
@@ -315,107 +329,7 @@ class AlertManager:
             self._seen = {k: t for k, t in self._seen.items()
                           if (wall if k[0] == "stock_out" or now is None else now) - t < window}
 
-    def notify_pages(self, data: dict[str, Any]) -> None:
-        """After a commit: hand an alert change to the associates' pages."""
-        for q in list(self.watchers):
-            try:
-                q.put_nowait(data)
-            except asyncio.QueueFull:  # a stalled page: start it over from a snapshot
-                while not q.empty():
-                    q.get_nowait()
-                q.put_nowait({"type": "snapshot", "alerts": self.open_alerts()})
 
 
 def valid_associate(v: Any) -> bool:
     return isinstance(v, str) and 0 < len(v.strip()) <= MAX_ASSOCIATE_LEN
-
-
-# -- HTTP: the associates' page, its WebSocket, claim and resolve -------------------------------
-
-def setup_routes(app: web.Application, agent_key: web.AppKey, require_associate: Callable) -> None:
-    """Add ``/associates``, ``/associates/ws`` and ``/v1/alerts/{id}/claim|resolve`` to ``app``."""
-    sockets: weakref.WeakSet = weakref.WeakSet()
-
-    def manager(request: web.Request) -> AlertManager:
-        return request.app[agent_key].alerts
-
-    async def page(request: web.Request) -> web.Response:
-        require_associate(request, allow_query=True)
-        html = (STATIC / "associates.html").read_text(encoding="utf-8")
-        return web.Response(text=html, content_type="text/html", charset="utf-8", headers={
-            "Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
-            "X-Frame-Options": "DENY"})
-
-    async def ws(request: web.Request) -> web.WebSocketResponse:
-        require_associate(request, allow_query=True)
-        alerts = manager(request)
-        sock = web.WebSocketResponse(heartbeat=25)
-        await sock.prepare(request)
-        sockets.add(sock)
-        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        alerts.watchers.add(q)
-
-        async def pump() -> None:
-            await sock.send_json({"type": "snapshot", "alerts": alerts.open_alerts()})
-            while True:
-                msg = await q.get()
-                await sock.send_json(msg)
-
-        sender = asyncio.create_task(pump())
-        try:
-            async for msg in sock:
-                if msg.type == WSMsgType.ERROR:
-                    break
-                if sender.done():
-                    break
-        finally:
-            alerts.watchers.discard(q)
-            sender.cancel()
-            try:
-                await sender
-            except (asyncio.CancelledError, ConnectionError):
-                pass
-            await sock.close()
-        return sock
-
-    async def _change(request: web.Request, fn_name: str) -> web.Response:
-        require_associate(request)
-        alert_id = request.match_info["id"]
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(text='body must be JSON: {"associate": "..."}\n') from None
-        associate = body.get("associate") if isinstance(body, dict) else None
-        if not valid_associate(associate):
-            raise web.HTTPBadRequest(text=f"'associate' must be a non-empty string of at most "
-                                          f"{MAX_ASSOCIATE_LEN} characters\n")
-        request.app[agent_key].touch()  # the pipeline's time for this out-of-batch change
-        alerts = manager(request)
-        try:
-            alert = getattr(alerts, fn_name)(alert_id, associate.strip())
-        except ClaimError as exc:
-            return web.json_response({"alert_id": alert_id, "error": exc.error, "by": exc.by}, status=exc.status)
-        alerts.commit()
-        return web.json_response({"alert_id": alert.alert_id, "kind": alert.kind, "state": alert.state,
-                                  "by": alert.by})
-
-    async def claim(request: web.Request) -> web.Response:
-        return await _change(request, "claim")
-
-    async def resolve(request: web.Request) -> web.Response:
-        return await _change(request, "resolve")
-
-    async def list_alerts(request: web.Request) -> web.Response:
-        require_associate(request)
-        return web.json_response({"alerts": manager(request).open_alerts()})
-
-    async def close_sockets(app: web.Application) -> None:
-        for s in list(sockets):
-            await s.close(code=1001, message=b"server shutdown")
-
-    app.on_shutdown.append(close_sockets)
-    app.router.add_get("/associates", page)
-    app.router.add_get("/associates/ws", ws)
-    app.router.add_get("/v1/alerts", list_alerts)
-    app.router.add_post("/v1/alerts/{id}/claim", claim)
-    app.router.add_post("/v1/alerts/{id}/resolve", resolve)

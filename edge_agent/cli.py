@@ -110,7 +110,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ImportError as exc:  # pragma: no cover - during development
         print(f"simulator not available: {exc}", file=sys.stderr)
         return 2
-    return run_simulate(args)
+    return run_simulate(_load(args.config), args)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

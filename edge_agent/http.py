@@ -2,47 +2,27 @@
 
 The application owns every long-lived resource (STYLE.md §4): the agent is
 started and stopped by one ``cleanup_ctx`` and shared under a typed
-``web.AppKey``.
+``web.AppKey`` (:data:`edge_agent.http_base.AGENT`).  Routes of their own
+modules are added here too: the associates' page and alerts
+(:mod:`.http_associates`) and the vendor feeds (:mod:`.sources`).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Callable
 
 from aiohttp import web
 
-from . import alerts
+from . import http_associates, sources
 from .audit import AuditError, parse_since
+from .http_base import AGENT, require_admin
 from .mqtt import Message
 from .service import Agent
 
 log = logging.getLogger("edge_agent.http")
 
-AGENT: web.AppKey[Agent] = web.AppKey("agent", Agent)
 MAX_BODY = 64 * 1024
-
-
-def _bearer_ok(request: web.Request, token: str | None, *, allow_query: bool = False) -> bool:
-    if not token:
-        return False
-    header = request.headers.get("Authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    given = credentials.strip() if scheme.lower() == "bearer" and credentials else None
-    if given is None and allow_query:
-        given = request.query.get("token")
-    return given is not None and hmac.compare_digest(given.encode(), token.encode())
-
-
-def require_admin(request: web.Request) -> None:
-    if not _bearer_ok(request, request.app[AGENT].cfg.http.admin_token):
-        raise web.HTTPUnauthorized(text="admin token required\n", headers={"WWW-Authenticate": "Bearer"})
-
-
-def require_associate(request: web.Request, *, allow_query: bool = False) -> None:
-    if not _bearer_ok(request, request.app[AGENT].cfg.associates.token, allow_query=allow_query):
-        raise web.HTTPUnauthorized(text="associates token required\n", headers={"WWW-Authenticate": "Bearer"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -147,9 +127,8 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     app.router.add_delete("/v1/admin/devices/{device}", admin_forget)
     app.router.add_get("/v1/admin/audit", admin_audit)
     app.router.add_post("/v1/admin/outbox/requeue", admin_requeue)
-    from .sources import add_routes as add_source_routes  # here: the adapters import AGENT from this module
-    add_source_routes(app)  # /v1/ingest/meraki, /v1/ingest/aruba
-    alerts.setup_routes(app, AGENT, require_associate)  # /associates, /associates/ws, /v1/alerts/...
+    sources.add_routes(app)  # /v1/ingest/meraki, /v1/ingest/aruba
+    http_associates.add_routes(app)  # /associates, /associates/ws, /v1/alerts/...
     for fn in extra or ():
         fn(app)
     return app

@@ -184,7 +184,8 @@ class Agent:
                                   on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"))
         self.store = Store(self.ledger)
         self._restore()
-        self.sync = Sync(self)
+        self.sync = Sync(config=lambda: self.cfg, store=self.ledger, metrics=self.metrics, clock=self.clock,
+                         install=self.install, mqtt_client=MqttClient)
         self.sync.load_saved_bundle()  # the last good bundle from central, before serving
         self.metrics.outbox_pending.fn = self.ledger.outbox.pending
         self.metrics.broker_connected.fn = lambda: 1.0 if self.mqtt and self.mqtt.connected.is_set() else 0.0

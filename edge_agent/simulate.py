@@ -77,13 +77,11 @@ async def _self_contained(cfg, args: argparse.Namespace, out: Path) -> dict:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def run_simulate(args: argparse.Namespace) -> int:
+def run_simulate(cfg, args: argparse.Namespace) -> int:
+    """Simulate over ``cfg`` (the store the CLI loaded from ``--config``) with the CLI's options."""
     from simulator.drive import DriveError
     from simulator.run import simulate
 
-    from .cli import _load
-
-    cfg = _load(args.config)
     out = Path(args.out)
     if args.shoppers < 0 or args.duration <= 0 or args.speed < 0:
         print("--shoppers must be ≥ 0, --duration > 0 and --speed ≥ 0", file=sys.stderr)

@@ -12,9 +12,10 @@ must name fences of the layout in force, roles' zones must exist, ...).  Any
 problem refuses the whole bundle: the problems are logged, counted in
 ``edge_bundles_total{result="refused"}``, and the running rules stay.  A good
 bundle becomes a new :class:`StoreConfig` (``dataclasses.replace`` of the
-files' config) that ``Agent.install`` swaps in at once; inventory in a bundle
-is merged per sku with the bundle's ``ts`` (or its receipt time) so the
-newest value wins, and ``Agent.install`` keeps a device's own newer opt-out.
+files' config) that the host's ``install`` (``Agent.install``) swaps in at
+once; inventory in a bundle is merged per sku with the bundle's ``ts`` (or its
+receipt time) so the newest value wins, and ``Agent.install`` keeps a device's
+own newer opt-out.
 
 The last good bundle (every key received so far, newest value per key, with
 its ETag) is written atomically to ``{data dir}/bundle.json`` (tmp file,
@@ -51,7 +52,7 @@ from .uplink_http import backoff_delay
 from .wire import decode
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .tasks import Sync
+    from .host import SyncHost
 
 log = logging.getLogger("sync.downlink")
 
@@ -120,22 +121,22 @@ def build_config(base: StoreConfig, bundle: dict[str, Any]) -> StoreConfig:
 class Downlink:
     """Polls central for bundles and applies the good ones."""
 
-    def __init__(self, sync: "Sync", *, rand=random.random):
+    def __init__(self, sync: "SyncHost", *, rand=random.random):
         self.sync = sync
-        self.agent = sync.agent
         self.rand = rand
-        self.path = Path(self.agent.cfg.data_dir) / STATE_FILE
-        self.base = self.agent.cfg  # the configuration from files, before any bundle
+        self.path = Path(sync.cfg.data_dir) / STATE_FILE
+        self.base = sync.cfg  # the configuration from files, before any bundle
         self.merged: dict[str, Any] = {}  # every bundle key received so far, newest value per key
         self.key_ts: dict[str, float] = {}  # time of each key's value (bundle ts or receipt time)
         self.etag: str | None = None
         self.version: str | None = None
         self._refused: str | None = None  # fingerprint of the last refused bundle (log once)
         self.failures = 0
+        self._saving: asyncio.Task | None = None  # the write of the last good bundle, if one is running
 
     @property
     def url(self) -> str:
-        cfg = self.agent.cfg
+        cfg = self.sync.cfg
         return f"{cfg.sync.central_url.rstrip('/')}/v1/stores/{cfg.store_id}/bundle"
 
     # -- the last good bundle on disk
@@ -151,19 +152,19 @@ class Downlink:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("saved bundle %s is unreadable (%s); serving the files' rules until central answers",
                       self.path, exc)
-            self.agent.metrics.bundles.inc("refused")
+            self.sync.metrics.bundles.inc("refused")
             return False
         try:
             cfg = build_config(self.base, merged)
         except ConfigError as exc:
             self._log_refusal("saved bundle", exc.problems)
-            self.agent.metrics.bundles.inc("refused")
+            self.sync.metrics.bundles.inc("refused")
             return False
         inv_ts = key_ts.get("inventory") if "inventory" in merged else None
-        self.agent.install(cfg, inventory_ts=inv_ts)
+        self.sync.install(cfg, inventory_ts=inv_ts)
         self.merged, self.key_ts = merged, {k: float(v) for k, v in key_ts.items()}
         self.etag, self.version = state.get("etag"), state.get("version")
-        self.agent.metrics.bundles.inc("restored")
+        self.sync.metrics.bundles.inc("restored")
         log.info("restored the last good bundle (version %s, ETag %s) from %s", self.version, self.etag,
                  self.path)
         return True
@@ -181,7 +182,7 @@ class Downlink:
     # -- receiving
     def receive(self, obj: Any, *, etag: str | None, received_at: float) -> tuple[bool, list[str]]:
         """Validate a bundle whole and apply it; (applied, problems).  Synchronous, loop thread."""
-        agent = self.agent
+        sync = self.sync
         problems: list[Problem] = []
         if not isinstance(obj, dict):
             problems.append(Problem("bundle", "", "", f"must be an object, not {type(obj).__name__}"))
@@ -208,32 +209,32 @@ class Downlink:
             if fp != self._refused:
                 self._refused = fp
                 self._log_refusal(f"bundle {version!r} (ETag {etag})", problems)
-                agent.metrics.bundles.inc("refused")
-            self.sync.notify("bundle", {"result": "refused", "problems": [str(p) for p in problems]})
+                sync.metrics.bundles.inc("refused")
+            sync.notify("bundle", {"result": "refused", "problems": [str(p) for p in problems]})
             return False, [str(p) for p in problems]
         when = float(ts) if ts is not None else received_at
         inv_ts = when if "inventory" in new else None
-        agent.install(cfg, inventory_ts=inv_ts)
+        sync.install(cfg, inventory_ts=inv_ts)
         self.merged = merged
         self.key_ts.update({k: when for k in new})
         self.etag, self.version, self._refused = etag, None if version is None else str(version), None
-        agent.metrics.bundles.inc("applied")
+        sync.metrics.bundles.inc("applied")
         log.info("bundle %s applied (%s); config version %s", self.version, ", ".join(new) or "no changes",
                  cfg.version)
-        self.sync.notify("bundle", {"result": "applied", "version": self.version, "config_version": cfg.version})
+        sync.notify("bundle", {"result": "applied", "version": self.version, "config_version": cfg.version})
         return True, []
 
     def _log_refusal(self, what: str, problems: list) -> None:
         for p in problems:
             log.error("%s refused: %s", what, p)
         log.error("%s refused with %d problem(s); config version %s keeps serving", what, len(problems),
-                  self.agent.cfg.version)
+                  self.sync.cfg.version)
 
     # -- polling
     async def poll(self, session: aiohttp.ClientSession) -> str:
         """One GET; returns "applied", "unchanged", "refused" or an error kind."""
-        agent = self.agent
-        sc = agent.cfg.sync
+        sync = self.sync
+        sc = sync.cfg.sync
         headers = {"Accept": "application/json, application/msgpack"}
         if sc.token:
             headers["Authorization"] = f"Bearer {sc.token}"
@@ -247,36 +248,51 @@ class Downlink:
                 ctype = resp.headers.get("Content-Type")
                 body = await resp.content.read(MAX_BUNDLE_BYTES + 1) if status == 200 else b""
         except asyncio.TimeoutError:
-            agent.metrics.sync_errors.inc("bundle_timeout")
+            sync.metrics.sync_errors.inc("bundle_timeout")
             return "timeout"
         except (aiohttp.ClientError, OSError) as exc:
-            agent.metrics.sync_errors.inc("bundle_connection")
+            sync.metrics.sync_errors.inc("bundle_connection")
             log.debug("central unreachable for bundles: %s", exc)
             return "connection"
         if status == 304:
-            agent.metrics.bundles.inc("unchanged")
-            agent.metrics.last_sync.set(agent.clock())
+            sync.metrics.bundles.inc("unchanged")
+            sync.metrics.last_sync.set(sync.clock())
             return "unchanged"
         if status != 200:
-            agent.metrics.sync_errors.inc("bundle_http")
+            sync.metrics.sync_errors.inc("bundle_http")
             log.warning("central answered %d to GET %s", status, self.url)
             return f"http_{status}"
-        agent.metrics.last_sync.set(agent.clock())
+        sync.metrics.last_sync.set(sync.clock())
         if len(body) > MAX_BUNDLE_BYTES:
-            ok, _ = self.receive(None, etag=etag, received_at=agent.clock())
+            ok, _ = self.receive(None, etag=etag, received_at=sync.clock())
             return "refused"
         try:
             obj = decode(body, ctype)
         except ValueError as exc:
             obj = None
             log.error("bundle body refused: %s", exc)
-        ok, _ = self.receive(obj, etag=etag, received_at=agent.clock())
+        ok, _ = self.receive(obj, etag=etag, received_at=sync.clock())
         if ok:
+            # shielded: a stop in the middle lets the write finish (see saved()), so the
+            # bundle just applied is the one served after a restart
+            self._saving = asyncio.ensure_future(asyncio.to_thread(write_atomically, self.path,
+                                                                   self._state_bytes()))
             try:
-                await asyncio.to_thread(write_atomically, self.path, self._state_bytes())
+                await asyncio.shield(self._saving)
             except OSError as exc:
                 log.error("cannot save the last good bundle to %s: %s", self.path, exc)
+            self._saving = None
         return "applied" if ok else "refused"
+
+    async def saved(self) -> None:
+        """Let a save of the last good bundle that a stop interrupted finish (``Sync.stop``)."""
+        task, self._saving = self._saving, None
+        if task is None:
+            return
+        try:
+            await task
+        except OSError as exc:
+            log.error("cannot save the last good bundle to %s: %s", self.path, exc)
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         while True:
@@ -287,7 +303,7 @@ class Downlink:
             except Exception:
                 log.exception("bundle poll failed")
                 result = "error"
-            interval = self.agent.cfg.sync.interval_s
+            interval = self.sync.cfg.sync.interval_s
             if result in ("applied", "unchanged", "refused"):
                 self.failures = 0
                 await asyncio.sleep(interval)

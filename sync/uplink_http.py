@@ -37,7 +37,7 @@ import aiohttp
 from .wire import encode, idempotency_key, outgoing
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .tasks import Sync
+    from .host import SyncHost
 
 log = logging.getLogger("sync.uplink")
 
@@ -73,9 +73,8 @@ class HttpUplink:
     """Flushes the outbox to central every ``[sync] interval_s`` (sooner when
     a full batch is waiting)."""
 
-    def __init__(self, sync: "Sync", *, rand=random.random):
+    def __init__(self, sync: "SyncHost", *, rand=random.random):
         self.sync = sync
-        self.agent = sync.agent
         self.rand = rand
         self.failures = 0
         self._inflight: list[int] = []
@@ -83,15 +82,15 @@ class HttpUplink:
 
     @property
     def url(self) -> str:
-        cfg = self.agent.cfg
+        cfg = self.sync.cfg
         return f"{cfg.sync.central_url.rstrip('/')}/v1/stores/{cfg.store_id}/events"
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         loop = asyncio.get_running_loop()
         next_flush = 0.0
         while True:
-            sc = self.agent.cfg.sync
-            if loop.time() >= next_flush or self.agent.ledger.outbox.pending() >= sc.batch_size:
+            sc = self.sync.cfg.sync
+            if loop.time() >= next_flush or self.sync.store.outbox.pending() >= sc.batch_size:
                 try:
                     await self.flush(session)
                 except (asyncio.CancelledError, KeyboardInterrupt):
@@ -106,13 +105,13 @@ class HttpUplink:
                 pass
 
     def _next_batch(self) -> list[tuple[int, dict[str, Any]]]:
-        led = self.agent.ledger
+        led = self.sync.store
         led.commit()  # never read (and send) rows of a transaction that could still roll back
         rows: list[tuple[int, dict[str, Any]]] = []
         if self._inflight:
             rows = led.outbox.still_pending(self._inflight)
         if not rows:
-            rows = led.outbox.peek(self.agent.cfg.sync.batch_size)
+            rows = led.outbox.peek(self.sync.cfg.sync.batch_size)
         self._inflight = [seq for seq, _ in rows]
         return rows
 
@@ -126,15 +125,12 @@ class HttpUplink:
                 return sent
             result, delay = await self._send(session, rows)
             seqs = [seq for seq, _ in rows]
-            led = self.agent.ledger
-            if led is None:
-                return sent
             if result == "ok":
                 self.sync.write(lambda led: led.outbox.delete(seqs))
                 self._inflight = []
                 self.failures = 0
                 sent += len(seqs)
-                self.agent.metrics.last_sync.set(self.agent.clock())
+                self.sync.metrics.last_sync.set(self.sync.clock())
                 self.sync.notify("delivered", {"events": len(seqs), "transport": "http"})
             elif result == "aside":
                 self._inflight = []
@@ -151,14 +147,14 @@ class HttpUplink:
     async def _send(self, session: aiohttp.ClientSession,
                     rows: list[tuple[int, dict[str, Any]]]) -> tuple[str, float | None]:
         """POST one batch; returns ("ok" | "aside" | error kind, Retry-After seconds)."""
-        agent = self.agent
-        sc = agent.cfg.sync
+        sync = self.sync
+        sc = sync.cfg.sync
         events = [outgoing(body) for _, body in rows]
         data, ctype = encode({"events": events}, sc.encoding)
         headers = {"Content-Type": ctype, "Idempotency-Key": idempotency_key(events)}
         if sc.token:
             headers["Authorization"] = f"Bearer {sc.token}"
-        errors = agent.metrics.sync_errors
+        errors = sync.metrics.sync_errors
         try:
             async with session.post(self.url, data=data, headers=headers,
                                     timeout=aiohttp.ClientTimeout(total=sc.timeout_s)) as resp:
@@ -185,8 +181,8 @@ class HttpUplink:
             log.error("central answered %d to %s: check [sync] central_url and token; the batch is set aside "
                       "(POST /v1/admin/outbox/requeue sends it again)", status, self.url)
         # Any other 4xx: central will never take this batch as it is. Keep it aside, go on.
-        now = agent.clock()
-        self.sync.write(lambda led: led.outbox.set_aside([seq for seq, _ in rows], status=status,
+        now = sync.clock()
+        sync.write(lambda led: led.outbox.set_aside([seq for seq, _ in rows], status=status,
                                                          error=text[:1000], now=now))
         errors.inc("rejected")
         log.error("central refused a batch of %d events (keys %s .. %s) with HTTP %d: %s; set aside in "

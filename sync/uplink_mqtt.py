@@ -2,6 +2,10 @@
 
 Its own paho client (``edge-agent-{store}-uplink``) on the loop, a
 persistent session (``clean_session=False`` / MQTT 5 session expiry), QoS 1.
+The client is built by the host's ``mqtt_client`` factory (the composition
+root passes the agent's loop-driven client class), so ``sync/`` imports
+nothing of ``edge_agent``.
+
 One event per message on ``central/{store_id}/events/{kind}`` (JSON, or
 msgpack with ``[sync] encoding = "msgpack"``): one message is one record for
 a rule engine (AWS IoT Core rule → Kafka action, EMQX rule engine → Kafka
@@ -29,7 +33,7 @@ from store_config.model import MqttConfig
 from .wire import encode, outgoing
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .tasks import Sync
+    from .host import SyncHost, UplinkMqttClient
 
 log = logging.getLogger("sync.uplink_mqtt")
 
@@ -47,10 +51,9 @@ def uplink_mqtt_config(url: str) -> MqttConfig:
 
 
 class MqttUplink:
-    def __init__(self, sync: "Sync"):
+    def __init__(self, sync: "SyncHost"):
         self.sync = sync
-        self.agent = sync.agent
-        self.client = None
+        self.client: UplinkMqttClient | None = None
         self.inflight: dict[int, int] = {}  # mid -> outbox seq
         self.last_sent = 0  # highest seq published on this connection's lifetime
         self.acked: list[int] = []
@@ -63,12 +66,12 @@ class MqttUplink:
             self.wake.set()
 
     async def run(self) -> None:
-        from edge_agent.mqtt import MqttClient  # the same loop-driven paho client as the agent's
-
-        cfg = self.agent.cfg
-        self.client = MqttClient(uplink_mqtt_config(cfg.sync.mqtt_url), client_id=f"edge-agent-{cfg.store_id}-uplink",
-                                 subscriptions=[], on_batch=lambda batch: None,
-                                 on_published=self._on_published, clock=self.agent.clock)
+        cfg = self.sync.cfg
+        factory = self.sync.mqtt_client
+        assert factory is not None, "Sync.start checks it"
+        self.client = factory(uplink_mqtt_config(cfg.sync.mqtt_url), client_id=f"edge-agent-{cfg.store_id}-uplink",
+                              subscriptions=[], on_batch=lambda batch: None,
+                              on_published=self._on_published, clock=self.sync.clock)
         await self.client.start()
         try:
             while True:
@@ -82,7 +85,7 @@ class MqttUplink:
                     log.exception("MQTT uplink round failed")
                 self.wake.clear()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), timeout=min(self.agent.cfg.sync.interval_s, 1.0))
+                    await asyncio.wait_for(self.wake.wait(), timeout=min(self.sync.cfg.sync.interval_s, 1.0))
                 except asyncio.TimeoutError:
                     pass
         finally:
@@ -93,8 +96,7 @@ class MqttUplink:
 
     def _settle(self) -> None:
         """Delete the rows whose PUBACK arrived (one short transaction)."""
-        led = self.agent.ledger
-        if not self.acked or led is None:
+        if not self.acked:
             return
         seqs, self.acked = self.acked, []
         try:
@@ -102,16 +104,16 @@ class MqttUplink:
         except sqlite3.Error:
             self.acked[:0] = seqs  # delete them next time; until then they are not re-sent
             raise
-        self.agent.metrics.last_sync.set(self.agent.clock())
+        self.sync.metrics.last_sync.set(self.sync.clock())
         self.sync.notify("delivered", {"events": len(seqs), "transport": "mqtt"})
 
     def _publish_more(self) -> None:
-        agent = self.agent
-        sc = agent.cfg.sync
+        sync = self.sync
+        sc = sync.cfg.sync
         room = sc.batch_size - len(self.inflight)
         if room <= 0:
             return
-        led = agent.ledger
+        led = sync.store
         led.commit()  # only committed rows leave the store
         if not self.inflight:
             self.last_sent = 0  # nothing in flight: start again from the oldest row still pending
@@ -119,6 +121,6 @@ class MqttUplink:
         for seq, body in rows:
             ev = outgoing(body)
             data, _ = encode(ev, sc.encoding)
-            mid = self.client.publish(topic_for(agent.cfg.store_id, str(ev.get("kind", "event"))), data, qos=1)
+            mid = self.client.publish(topic_for(sync.cfg.store_id, str(ev.get("kind", "event"))), data, qos=1)
             self.inflight[mid] = seq
             self.last_sent = seq

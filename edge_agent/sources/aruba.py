@@ -34,6 +34,7 @@ from aiohttp import web
 from geometry.floorplans import UNITS
 
 from ..codecs import PayloadError, Ping, _check_ranges
+from ..http_base import AGENT, bearer_ok
 from ..mqtt import Message
 from ._common import Plans, device_id, num, parse_time, plans_for, records_counter
 
@@ -180,13 +181,11 @@ def mqtt_route(agent) -> tuple[str, int, Callable[[Message], list[Ping]]] | None
 
 
 async def post_records(request: web.Request) -> web.Response:
-    from ..http import AGENT, _bearer_ok
-
     agent = request.app[AGENT]
     conf = agent.cfg.sources.get("aruba")
     if conf is None:
         raise web.HTTPNotFound(text="Aruba ingest is not configured ([sources.aruba] in store.toml)\n")
-    if not _bearer_ok(request, conf.get("token")):
+    if not bearer_ok(request, conf.get("token")):
         raise web.HTTPUnauthorized(text="[sources.aruba] token required\n", headers={"WWW-Authenticate": "Bearer"})
     received = agent.clock()
     body = await request.content.read(MAX_BODY + 1)

@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping
 from aiohttp import web
 
 from ..codecs import PayloadError, Ping, _check_ranges
+from ..http_base import AGENT
 from ..mqtt import Message
 from ._common import device_id, num, parse_time, plans_for, records_counter, Plans
 
@@ -162,8 +163,6 @@ def _one(ob: Any, *, plans, aps, reporting, ap_acc, min_acc, wifi_acc, received,
 
 
 def _conf(request: web.Request):
-    from ..http import AGENT
-
     agent = request.app[AGENT]
     conf = agent.cfg.sources.get("meraki")
     if conf is None:
