@@ -103,9 +103,10 @@ def _unclosed(gtype: str, coords: list) -> str | None:
     return None
 
 
-def _build_deferred(parsed: list[dict], deferred: list[tuple[int, str]], features: list) -> None:
+def _build_deferred(c: Collector, parsed: list[dict], deferred: list[tuple[int, str]], features: list) -> None:
     """Build the simple shapes of the first pass in bulk: points in one call,
-    hole-free polygons in one call per ring length."""
+    hole-free polygons in one call per ring length (refusing open rings, as
+    :func:`_unclosed` does for the others)."""
     groups: dict[object, list[int]] = {}
     for k, _ in deferred:
         e = parsed[k]
@@ -115,7 +116,15 @@ def _build_deferred(parsed: list[dict], deferred: list[tuple[int, str]], feature
     for key, ks in groups.items():
         coords = [features[parsed[k]["i"]]["geometry"]["coordinates"] for k in ks]
         arr = np.array(coords, dtype=float)
-        geoms = shapely.points(arr) if key == "Point" else shapely.polygons(arr[:, 0])
+        if key == "Point":
+            geoms = shapely.points(arr)
+        else:
+            rings = arr[:, 0]
+            for j in np.flatnonzero((rings[:, 0] != rings[:, -1]).any(axis=1)).tolist():
+                e = parsed[ks[j]]
+                c.err(e["where"], "geometry", _unclosed("Polygon", coords[j]))
+                e["geom"] = None
+            geoms = shapely.polygons(rings)
         for k, g in zip(ks, geoms):
             e = parsed[k]
             if e["geom"] is _DEFERRED:  # not dropped meanwhile
@@ -296,11 +305,11 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
         elif not _coords_ok(geom_obj.get("coordinates"), _DEPTH[gtype]):
             c.err(where, "geometry", f"coordinates are not a valid {gtype} (finite numbers, "
                                      "[x, y] positions, non-empty rings)")
+        elif _simple_shape(gtype, geom_obj["coordinates"]):
+            geom = _DEFERRED  # built (and its ring checked) below, vectorised with the others of its shape
+            deferred.append((len(parsed), where))
         elif gtype != "Point" and (unclosed := _unclosed(gtype, geom_obj["coordinates"])):
             c.err(where, "geometry", unclosed)
-        elif _simple_shape(gtype, geom_obj["coordinates"]):
-            geom = _DEFERRED  # built below, vectorised with the others of its shape
-            deferred.append((len(parsed), where))
         else:
             try:
                 geom = shapely.force_2d(shapely.geometry.shape(geom_obj))
@@ -383,7 +392,7 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
         entry["radius"] = radius
         parsed.append(entry)
 
-    _build_deferred(parsed, deferred, features)
+    _build_deferred(c, parsed, deferred, features)
 
     # To local metres in one vectorised call; one error for a layout that is
     # systematically far from the anchor, else one per stray feature.
