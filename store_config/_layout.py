@@ -243,6 +243,153 @@ def _place(c: Collector, entries: list[dict], anchor: Anchor, local: bool) -> No
         entries[j]["geom"] = None
 
 
+def _geometry(c: Collector, geom_obj: Any, gtype: Any, where: str) -> Any:
+    """A feature's shape as written (not yet in the local frame): a shapely
+    geometry, ``_DEFERRED`` for a simple shape built later in bulk, or None
+    (the problem recorded)."""
+    if not isinstance(geom_obj, dict):
+        c.err(where, "geometry", f"must be a GeoJSON geometry object, not {type_name(geom_obj)}")
+    elif gtype not in _DEPTH:
+        c.err(where, "geometry", f"type {gtype!r} is not supported (use Polygon, MultiPolygon, "
+                                 "or Point with radius_m / kind 'beacon')")
+    elif not _coords_ok(geom_obj.get("coordinates"), _DEPTH[gtype]):
+        c.err(where, "geometry", f"coordinates are not a valid {gtype} (finite numbers, "
+                                 "[x, y] positions, non-empty rings)")
+    elif _simple_shape(gtype, geom_obj["coordinates"]):
+        return _DEFERRED  # built (and its ring checked) in _build_deferred, with the others of its shape
+    elif gtype != "Point" and (unclosed := _unclosed(gtype, geom_obj["coordinates"])):
+        c.err(where, "geometry", unclosed)
+    else:
+        try:
+            return shapely.force_2d(shapely.geometry.shape(geom_obj))
+        except Exception as exc:  # shapely raises various errors on malformed input
+            c.err(where, "geometry", f"cannot build {gtype}: {exc}")
+    return None
+
+
+def _beacon(c: Collector, entry: dict, props: dict, seen: dict[str, int], features: list) -> None:
+    """A ``kind: "beacon"`` Point: ``beacon_id`` (unique) and ``tx_power``."""
+    where, gtype, i = entry["where"], entry["gtype"], entry["i"]
+    entry["role"] = "beacon"
+    if gtype is not None and gtype != "Point":
+        c.err(where, "geometry", f"a beacon must be a Point, not {gtype}")
+    bid = c.string(props, "beacon_id", where, required=True, nonempty=True)
+    if bid is not None:
+        bid = bid.strip().lower()
+        parts = bid.split(":")
+        ok = len(parts) == 3 and parts[0] and all(p.isdigit() and int(p) <= 65535 for p in parts[1:])
+        if not ok:
+            c.err(where, "beacon_id", f"must be 'uuid:major:minor' (major/minor 0–65535), not {bid!r}")
+            bid = None
+        elif bid in seen:
+            j = seen[bid]
+            c.err(where, "beacon_id", f"duplicate beacon {bid!r} (also {_feature_ref(j, features[j])})")
+        else:
+            seen[bid] = i
+    entry["beacon_id"] = bid
+    entry["tx_power"] = c.number(props, "tx_power", where, default=-59.0, minimum=-127, maximum=20)
+
+
+def _fence(c: Collector, entry: dict, props: dict, kind: Any, seen_ids: dict[str, int]) -> None:
+    """A fence's properties: ``id`` (unique), ``kind``, ``name``, ``category``,
+    ``skus``, ``dwell_s``, ``assist`` and, for a Point, ``radius_m``."""
+    where, gtype, i = entry["where"], entry["gtype"], entry["i"]
+    entry["role"] = "fence"
+    fid = props.get("id")
+    if fid is None:
+        c.err(where, "id", "is required")
+    elif not isinstance(fid, str):
+        c.err(where, "id", f"must be a string, not {type_name(fid)}")
+        fid = None
+    elif not ID_RE.fullmatch(fid):
+        c.err(where, "id", f"{fid!r} may only contain letters, digits, '.', '_' and '-'")
+        fid = None
+    elif fid == "all":
+        c.err(where, "id", "'all' is reserved (it is the alert audience for everyone)")
+        fid = None
+    elif fid in seen_ids:
+        c.err(where, "id", f"duplicate id {fid!r} (feature #{i + 1}; also feature #{seen_ids[fid] + 1})")
+        fid = None
+    else:
+        seen_ids[fid] = i
+    entry["id"] = fid
+    if not isinstance(kind, str) or kind not in FENCE_KINDS:
+        c.err(where, "kind", f"must be one of {', '.join(FENCE_KINDS)} (or 'beacon', 'outline'), "
+                             f"not {kind!r}")
+        kind = "other"
+    entry["kind"] = kind
+    entry["name"] = c.string(props, "name", where, default="")
+    entry["category"] = c.string(props, "category", where, default=None, nonempty=True)
+    entry["skus"] = c.str_list(props, "skus", where)
+    entry["dwell_s"] = c.number(props, "dwell_s", where, default=None, positive=True)
+    entry["assist"] = c.boolean(props, "assist", where, default=False)
+    radius = None
+    if gtype == "Point":
+        if "radius_m" not in props:
+            c.err(where, "radius_m", "a Point fence needs radius_m > 0 (or kind 'beacon')")
+        else:
+            radius = c.number(props, "radius_m", where, default=None, required=True, positive=True)
+        if radius is None:
+            entry["geom"] = None
+    elif "radius_m" in props:
+        c.warn(where, "radius_m", f"ignored on a {gtype}")
+    entry["radius"] = radius
+
+
+def _assemble(c: Collector, parsed: list[dict]) -> tuple[list[Fence], list[Beacon], list]:
+    """The fences, beacons and outline parts of the parsed features (shapes in
+    the local frame): polygons checked for validity and area, circles
+    buffered, all vectorised."""
+    # validity, area and circle polygons, vectorised
+    polys = [e for e in parsed if e["geom"] is not None and e["gtype"] in ("Polygon", "MultiPolygon")]
+    if polys:
+        arr = np.array([e["geom"] for e in polys], dtype=object)
+        for e, ok, area in zip(polys, shapely.is_valid(arr).tolist(), shapely.area(arr).tolist()):
+            e["valid"], e["area"] = ok, area
+    circ = [e for e in parsed if e["role"] == "fence" and e["geom"] is not None and e["gtype"] == "Point"
+            and e.get("radius") is not None]
+    if circ:
+        bufs = shapely.buffer(np.array([e["geom"] for e in circ], dtype=object),
+                              np.array([e["radius"] for e in circ], dtype=float), quad_segs=32)
+        for e, b in zip(circ, bufs):
+            e["disc"] = b
+
+    fences: list[Fence] = []
+    beacons: list[Beacon] = []
+    outlines = []
+    for e in parsed:
+        g = e["geom"]
+        where = e["where"]
+        if e["role"] == "beacon":
+            if g is not None and e["beacon_id"] and e["floor"] is not None and e["tx_power"] is not None:
+                beacons.append(Beacon(beacon_id=e["beacon_id"], x=float(g.x), y=float(g.y),
+                                      floor=e["floor"], tx_power=e["tx_power"]))
+            continue
+        if g is not None and e["gtype"] in ("Polygon", "MultiPolygon"):
+            if not e["valid"]:
+                c.err(where, "geometry", f"invalid polygon: {shapely.is_valid_reason(g)}")
+                g = None
+            elif not e["area"] > 0:
+                c.err(where, "geometry", "polygon is empty (zero area)")
+                g = None
+        if e["role"] == "outline":
+            if g is not None:
+                outlines.append(g)
+            continue
+        circle = None
+        if g is not None and e["gtype"] == "Point" and e["radius"] is not None:
+            circle = (float(g.x), float(g.y), float(e["radius"]))
+            g = e["disc"]
+        if g is None or e["id"] is None:
+            continue
+        fences.append(Fence(
+            id=e["id"], kind=e["kind"], floor=e["floor"] if e["floor"] is not None else 0, geometry=g,
+            name=e["name"] or "", category=e["category"], skus=e["skus"], dwell_s=e["dwell_s"],
+            circle=circle, assist=bool(e["assist"]),
+        ))
+    return fences, beacons, outlines
+
+
 def parse_layout(obj: Any, *, file: str, anchor: Anchor):
     """Parse a GeoJSON FeatureCollection into ``(fences, beacons, outline)``.
 
@@ -295,101 +442,20 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
         if "outline" in props and not isinstance(props["outline"], bool):
             c.err(where, "outline", f"must be true or false, not {type_name(props['outline'])}")
 
-        # geometry
-        geom = None
-        if not isinstance(geom_obj, dict):
-            c.err(where, "geometry", f"must be a GeoJSON geometry object, not {type_name(geom_obj)}")
-        elif gtype not in _DEPTH:
-            c.err(where, "geometry", f"type {gtype!r} is not supported (use Polygon, MultiPolygon, "
-                                     "or Point with radius_m / kind 'beacon')")
-        elif not _coords_ok(geom_obj.get("coordinates"), _DEPTH[gtype]):
-            c.err(where, "geometry", f"coordinates are not a valid {gtype} (finite numbers, "
-                                     "[x, y] positions, non-empty rings)")
-        elif _simple_shape(gtype, geom_obj["coordinates"]):
-            geom = _DEFERRED  # built (and its ring checked) below, vectorised with the others of its shape
+        geom = _geometry(c, geom_obj, gtype, where)
+        if geom is _DEFERRED:
             deferred.append((len(parsed), where))
-        elif gtype != "Point" and (unclosed := _unclosed(gtype, geom_obj["coordinates"])):
-            c.err(where, "geometry", unclosed)
-        else:
-            try:
-                geom = shapely.force_2d(shapely.geometry.shape(geom_obj))
-            except Exception as exc:  # shapely raises various errors on malformed input
-                c.err(where, "geometry", f"cannot build {gtype}: {exc}")
-
-        entry: dict[str, Any] = {"i": i, "where": where, "geom": geom, "gtype": gtype}
-        floor = c.integer(props, "floor", where, default=0)
-        entry["floor"] = floor
-
+        entry: dict[str, Any] = {"i": i, "where": where, "geom": geom, "gtype": gtype,
+                                 "floor": c.integer(props, "floor", where, default=0)}
         if is_beacon:
-            entry["role"] = "beacon"
-            if gtype is not None and gtype != "Point":
-                c.err(where, "geometry", f"a beacon must be a Point, not {gtype}")
-            bid = c.string(props, "beacon_id", where, required=True, nonempty=True)
-            if bid is not None:
-                bid = bid.strip().lower()
-                parts = bid.split(":")
-                ok = len(parts) == 3 and parts[0] and all(p.isdigit() and int(p) <= 65535 for p in parts[1:])
-                if not ok:
-                    c.err(where, "beacon_id", f"must be 'uuid:major:minor' (major/minor 0–65535), not {bid!r}")
-                    bid = None
-                elif bid in seen_beacons:
-                    j = seen_beacons[bid]
-                    c.err(where, "beacon_id", f"duplicate beacon {bid!r} (also {_feature_ref(j, features[j])})")
-                else:
-                    seen_beacons[bid] = i
-            entry["beacon_id"] = bid
-            entry["tx_power"] = c.number(props, "tx_power", where, default=-59.0, minimum=-127, maximum=20)
-            parsed.append(entry)
-            continue
-
-        if is_outline:
+            _beacon(c, entry, props, seen_beacons, features)
+        elif is_outline:
             entry["role"] = "outline"
             if gtype not in (None, "Polygon", "MultiPolygon"):
                 c.err(where, "geometry", f"the store outline must be a Polygon or MultiPolygon, not {gtype}")
                 entry["geom"] = None
-            parsed.append(entry)
-            continue
-
-        entry["role"] = "fence"
-        fid = props.get("id")
-        if fid is None:
-            c.err(where, "id", "is required")
-        elif not isinstance(fid, str):
-            c.err(where, "id", f"must be a string, not {type_name(fid)}")
-            fid = None
-        elif not ID_RE.fullmatch(fid):
-            c.err(where, "id", f"{fid!r} may only contain letters, digits, '.', '_' and '-'")
-            fid = None
-        elif fid == "all":
-            c.err(where, "id", "'all' is reserved (it is the alert audience for everyone)")
-            fid = None
-        elif fid in seen_ids:
-            c.err(where, "id", f"duplicate id {fid!r} (feature #{i + 1}; also feature #{seen_ids[fid] + 1})")
-            fid = None
         else:
-            seen_ids[fid] = i
-        entry["id"] = fid
-        if not isinstance(kind, str) or kind not in FENCE_KINDS:
-            c.err(where, "kind", f"must be one of {', '.join(FENCE_KINDS)} (or 'beacon', 'outline'), "
-                                 f"not {kind!r}")
-            kind = "other"
-        entry["kind"] = kind
-        entry["name"] = c.string(props, "name", where, default="")
-        entry["category"] = c.string(props, "category", where, default=None, nonempty=True)
-        entry["skus"] = c.str_list(props, "skus", where)
-        entry["dwell_s"] = c.number(props, "dwell_s", where, default=None, positive=True)
-        entry["assist"] = c.boolean(props, "assist", where, default=False)
-        radius = None
-        if gtype == "Point":
-            if "radius_m" not in props:
-                c.err(where, "radius_m", "a Point fence needs radius_m > 0 (or kind 'beacon')")
-            else:
-                radius = c.number(props, "radius_m", where, default=None, required=True, positive=True)
-            if radius is None:
-                entry["geom"] = None
-        elif "radius_m" in props:
-            c.warn(where, "radius_m", f"ignored on a {gtype}")
-        entry["radius"] = radius
+            _fence(c, entry, props, kind, seen_ids)
         parsed.append(entry)
 
     _build_deferred(c, parsed, deferred, features)
@@ -399,53 +465,7 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
     with_geom = [e for e in parsed if e["geom"] is not None]
     if with_geom:
         _place(c, with_geom, anchor, local)
-    # validity, area and circle polygons, vectorised
-    polys = [e for e in parsed if e["geom"] is not None and e["gtype"] in ("Polygon", "MultiPolygon")]
-    if polys:
-        arr = np.array([e["geom"] for e in polys], dtype=object)
-        for e, ok, area in zip(polys, shapely.is_valid(arr).tolist(), shapely.area(arr).tolist()):
-            e["valid"], e["area"] = ok, area
-    circ = [e for e in parsed if e["role"] == "fence" and e["geom"] is not None and e["gtype"] == "Point"
-            and e.get("radius") is not None]
-    if circ:
-        bufs = shapely.buffer(np.array([e["geom"] for e in circ], dtype=object),
-                              np.array([e["radius"] for e in circ], dtype=float), quad_segs=32)
-        for e, b in zip(circ, bufs):
-            e["disc"] = b
-
-    fences: list[Fence] = []
-    beacons: list[Beacon] = []
-    outlines = []
-    for e in parsed:
-        g = e["geom"]
-        where = e["where"]
-        if e["role"] == "beacon":
-            if g is not None and e["beacon_id"] and e["floor"] is not None and e["tx_power"] is not None:
-                beacons.append(Beacon(beacon_id=e["beacon_id"], x=float(g.x), y=float(g.y),
-                                      floor=e["floor"], tx_power=e["tx_power"]))
-            continue
-        if g is not None and e["gtype"] in ("Polygon", "MultiPolygon"):
-            if not e["valid"]:
-                c.err(where, "geometry", f"invalid polygon: {shapely.is_valid_reason(g)}")
-                g = None
-            elif not e["area"] > 0:
-                c.err(where, "geometry", "polygon is empty (zero area)")
-                g = None
-        if e["role"] == "outline":
-            if g is not None:
-                outlines.append(g)
-            continue
-        circle = None
-        if g is not None and e["gtype"] == "Point" and e["radius"] is not None:
-            circle = (float(g.x), float(g.y), float(e["radius"]))
-            g = e["disc"]
-        if g is None or e["id"] is None:
-            continue
-        fences.append(Fence(
-            id=e["id"], kind=e["kind"], floor=e["floor"] if e["floor"] is not None else 0, geometry=g,
-            name=e["name"] or "", category=e["category"], skus=e["skus"], dwell_s=e["dwell_s"],
-            circle=circle, assist=bool(e["assist"]),
-        ))
+    fences, beacons, outlines = _assemble(c, parsed)
     raise_if(c.problems)
     outline = None
     if outlines:
