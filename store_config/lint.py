@@ -23,6 +23,14 @@ TECH_ACCURACY = {"exact": 0.1, "uwb": 0.3, "ble": 3.0, "wifi": 8.0, "html5": 25.
 # Intersections smaller than this (m²) are touching edges, not overlaps.
 _AREA_EPS = 1e-6
 
+# A fence may stick out of the store outline by this much (metres) without a
+# warning.  A fence drawn along the outline's edge pokes out by the rounding
+# of the coordinates: WGS84 with 7 decimals moves a position by up to ~1 cm,
+# with 6 decimals (what RFC 7946 suggests) by up to ~7 cm, so a fence and the
+# outline may disagree by twice that.  No positioning technology resolves
+# 20 cm (UWB is ~30 cm).
+OUTLINE_TOLERANCE_M = 0.2
+
 
 def inscribed_radius(fence: Fence) -> float:
     """Radius of the largest circle wholly inside the fence (metres)."""
@@ -113,16 +121,26 @@ def _lint_overlaps(cfg: StoreConfig, file: str) -> list[Problem]:
     return out
 
 
+def _pct(part: float, whole: float) -> str:
+    pct = 100 * part / whole
+    return "less than 1 %" if pct < 1 else f"{pct:.0f} %"
+
+
 def _lint_outline(cfg: StoreConfig, file: str) -> list[Problem]:
+    """Fences and beacons outside the outline by more than OUTLINE_TOLERANCE_M."""
     if cfg.outline is None:
         return []
     out = []
-    zone = cfg.outline.buffer(1e-6)
+    zone = cfg.outline.buffer(OUTLINE_TOLERANCE_M)
     for f in cfg.fences:
         if zone.covers(f.geometry):
             continue
-        inside = f.geometry.intersection(cfg.outline).area
-        how = "wholly" if inside <= _AREA_EPS else f"{_fmt(100 * (1 - inside / f.geometry.area))} % of it"
+        outside = f.geometry.difference(cfg.outline)
+        if outside.area >= f.geometry.area - _AREA_EPS:
+            how = "wholly"
+        else:
+            beyond = float(shapely.distance(shapely.points(shapely.get_coordinates(outside)), cfg.outline).max())
+            how = f"{_pct(outside.area, f.geometry.area)} of it, up to {_fmt(beyond)} m beyond"
         out.append(Problem(file, f'feature "{f.id}"', "geometry",
                            f"lies outside the store outline ({how}); check its coordinates (and the anchor)",
                            severity="warning"))

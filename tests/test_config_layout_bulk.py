@@ -24,7 +24,6 @@ def poly(*rings):
 def test_bulk_and_single_shapes_agree():
     geoms = {
         "box": poly([(0, 0), (4, 0), (4, 2), (0, 2), (0, 0)]),
-        "unclosed": poly([(10, 0), (14, 0), (14, 2), (10, 2)]),
         "tri": poly([(20, 0), (24, 0), (22, 3), (20, 0)]),
         "hole": poly([(30, 0), (40, 0), (40, 10), (30, 10), (30, 0)], [(33, 3), (36, 3), (36, 6), (33, 6), (33, 3)]),
         "z": poly([(50, 0, 1), (54, 0, 1), (54, 2, 1), (50, 2, 1), (50, 0, 1)]),
@@ -46,8 +45,11 @@ def test_bulk_and_single_shapes_agree():
 def test_bulk_shapes_keep_their_errors():
     layout = {"type": "FeatureCollection", "features": [
         feat("metres", poly([(0, 0), (400, 0), (400, 200), (0, 200), (0, 0)])),  # WGS84 expected
-        feat("ok", poly([(16.613, 49.1875), (16.6131, 49.1875), (16.6131, 49.1876), (16.613, 49.1876)])),
-        feat("bowtie", poly([(16.613, 49.1875), (16.6131, 49.1876), (16.6131, 49.1875), (16.613, 49.1876)])),
+        feat("ok", poly([(16.613, 49.1875), (16.6131, 49.1875), (16.6131, 49.1876), (16.613, 49.1876),
+                         (16.613, 49.1875)])),
+        feat("bowtie", poly([(16.613, 49.1875), (16.6131, 49.1876), (16.6131, 49.1875), (16.613, 49.1876),
+                             (16.613, 49.1875)])),
+        feat("unclosed", poly([(16.613, 49.1875), (16.6131, 49.1875), (16.6131, 49.1876), (16.613, 49.1876)])),
         feat("noradius", {"type": "Point", "coordinates": [16.613, 49.1875]}),
     ]}
     with pytest.raises(ConfigError) as ei:
@@ -55,5 +57,6 @@ def test_bulk_shapes_keep_their_errors():
     msgs = {(p.where, p.message.split(" (")[0].split(":")[0]) for p in ei.value.problems}
     assert ('feature "metres"', "longitude/latitude out of range") in msgs
     assert ('feature "bowtie"', "invalid polygon") in msgs
+    assert ('feature "unclosed"', "the outer ring is not closed") in msgs
     assert any(w == 'feature "noradius"' for w, _ in msgs)
     assert not any(w == 'feature "ok"' for w, _ in msgs)

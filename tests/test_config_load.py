@@ -271,7 +271,7 @@ def test_local_coordinates_without_frame_are_caught():
 
 def test_layout_problems_all_reported_with_names():
     fc = local_fc(
-        square(0, 0, 3, kind="aisle"),                          # #0: missing id
+        square(0, 0, 3, kind="aisle"),                          # #1: missing id
         square(0, 0, 3, id="dup"),
         square(5, 0, 3, id="dup"),                              # duplicate id
         square(0, 5, 3, id="bad-kind", kind="shelf"),           # bad kind
@@ -290,7 +290,7 @@ def test_layout_problems_all_reported_with_names():
     )
     probs = problems_of(parse_layout, fc, file="layout.geojson", anchor=ANCHOR)
     assert all(p.file == "layout.geojson" and p.severity == "error" for p in probs)
-    find(probs, where="feature #0", field="id", contains="required")
+    find(probs, where="feature #1", field="id", contains="required")
     find(probs, where='feature "dup"', field="id", contains="duplicate")
     find(probs, where='feature "bad-kind"', field="kind")
     find(probs, where='feature "bowtie"', field="geometry", contains="Self-intersection")
@@ -302,7 +302,7 @@ def test_layout_problems_all_reported_with_names():
     find(probs, where='feature "neg"', field="radius_m")
     for field in ("skus", "dwell_s", "assist", "category"):
         find(probs, where='feature "types"', field=field)
-    find(probs, where="feature #11", field="beacon_id")
+    find(probs, where="feature #12", field="beacon_id")
     assert len(probs) >= 15
 
 
@@ -506,7 +506,7 @@ def test_load_store_reports_every_file(store: Path):
     assert files == {"store.toml", "layout.geojson", "promotions.json", "profiles.json", "inventory.json"}
     find(probs, where="[store]", field="id")
     find(probs, field="kind", contains="shelf")
-    find(probs, where="feature #4", field="id")
+    find(probs, where="feature #5", field="id")
     assert "nowhere" in find(probs, where=f'promotion "{promos[0]["id"]}"', field="zones").message
     find(probs, where=f'promotion "{promos[1]["id"]}"', field="hours")
     find(probs, where=f'profile "{profs[0]["device"]}"', field="device", contains="duplicate")
