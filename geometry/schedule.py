@@ -14,10 +14,12 @@ How:
   last_seen + timeout_s``), or, if earlier, the first ``now`` at which
   ``now - entered >= dwell_s`` for a fence the device is in and has not
   dwelled in this visit.  Both are computed as the exact floats ``tick``'s
-  own comparisons switch at (``math.nextafter``), so for any ``now`` before
-  the due time ``tick`` is a no-op (no events, no change), and at or after it
-  ``tick`` fires a dwell or times out.  That is what makes skipping every
-  track that is not due give the same results as ticking them all.
+  own comparisons switch at (``math.nextafter``; for the dwell, a bisection
+  over consecutive floats when ``entered + dwell_s`` is off by more than an
+  ulp), so for any ``now`` before the due time ``tick`` is a no-op (no
+  events, no change), and at or after it ``tick`` fires a dwell or times
+  out.  That is what makes skipping every track that is not due give the
+  same results as ticking them all, and no track is ticked for nothing.
 * **A min-heap of keys** ``(key, device)``, one live entry per device, whose
   key is never later than the device's due time (a lower bound).  A ping
   (:meth:`Tracks.step`) recomputes the due time; it pushes a new entry only
@@ -43,6 +45,13 @@ How:
   (an identity check first, so the same ``TrackParams`` object costs
   nothing).
 
+* **Time need not increase.**  A due time is a function of the track alone,
+  so ``due(now)`` with an earlier ``now`` than a previous call just finds
+  less due (as ticking every track would); ``step`` applies a ping as
+  :func:`~geometry.tracking.step` does, older than ``last_seen`` or not
+  (dropping out-of-order pings is the caller's choice) and reschedules from
+  the result.  Times are finite floats.
+
 Cost: a ping adds one due-time computation (O(fences the device is in)) and
 rarely a heap push; a tick costs O((due + early keys) log n), where early
 keys are at most one per device per ``timeout_s`` of continuous pinging.
@@ -52,7 +61,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterator, ItemsView, Mapping
+import struct
+from collections.abc import ItemsView, Iterator, Mapping
 
 from .fences import Match
 from .tracking import DeviceTrack, Event, TrackParams, step, tick
@@ -65,7 +75,7 @@ _SLACK = 1024  # stale heap entries tolerated beyond one per live device before 
 
 def _after(t: float) -> float:
     """The smallest float greater than ``t`` (``tick``: ``now > t``); inf for NaN."""
-    if t != t:
+    if math.isnan(t):
         return _INF  # a NaN bound: ``now > nan`` is never true
     return math.nextafter(t, _INF)
 
@@ -73,24 +83,59 @@ def _after(t: float) -> float:
 def _first_at(entered: float, d: float) -> float:
     """The smallest float ``x`` with ``x - entered >= d`` (``tick``'s dwell test).
 
-    ``x - entered`` rounds monotonically in ``x``, so the answer is within a
-    few ulps of ``entered + d``: step down while the test still holds, or up
-    until it does.  NaN never passes the test: inf.
+    ``x - entered`` rounds monotonically in ``x``, so the floats passing the
+    test are all those from one point on.  Usually it is ``entered + d`` or
+    the float after it; otherwise bracket it (doubling a step from there) and
+    bisect over the floats in order (at most 64 steps: near zero the test
+    can stay flat over billions of consecutive floats).  Times are finite;
+    a NaN never passes the test: inf.
     """
     x = entered + d
-    if x != x:
+    if math.isnan(x):
         return _INF
     if x - entered >= d:
-        while True:
-            y = math.nextafter(x, -_INF)
-            if y == x or not (y - entered >= d):
-                return x
-            x = y
-    while not (x - entered >= d):
+        y = math.nextafter(x, -_INF)
+        if not (y - entered >= d) or not math.isfinite(x):
+            return x
+        hi, step = y, max(math.ulp(x), math.ulp(entered), math.ulp(d))
+        lo = hi - step
+        while lo - entered >= d:
+            step *= 2
+            lo = hi - step
+    else:
         y = math.nextafter(x, _INF)
-        if y == x:
+        if y - entered >= d:
+            return y
+        if not math.isfinite(x):
             return _INF
-        x = y
+        lo, step = y, max(math.ulp(x), math.ulp(entered), math.ulp(d))
+        hi = lo + step
+        while not (hi - entered >= d):
+            step *= 2
+            hi = lo + step
+    a, b = _order(lo), _order(hi)  # lo fails the test, hi passes it
+    while b - a > 1:
+        m = (a + b) // 2
+        if _unorder(m) - entered >= d:
+            b = m
+        else:
+            a = m
+    return _unorder(b)
+
+
+_SIGN = 1 << 63
+_PACK = struct.Struct("<d")
+_BITS = struct.Struct("<Q")
+
+
+def _order(x: float) -> int:
+    """An integer that orders floats as they compare, consecutive floats 1 apart."""
+    (b,) = _BITS.unpack(_PACK.pack(x))
+    return -(b ^ _SIGN) if b & _SIGN else b
+
+
+def _unorder(i: int) -> float:
+    (x,) = _PACK.unpack(_BITS.pack(-i | _SIGN if i < 0 else i))
     return x
 
 
@@ -107,8 +152,7 @@ def due_time(track: DeviceTrack, params: TrackParams) -> float:
             if d is None or fid in dwelled:
                 continue
             f = _first_at(entered, d)
-            if f < t:
-                t = f
+            t = min(t, f)
     return t
 
 
@@ -121,7 +165,7 @@ class Tracks(Mapping[str, DeviceTrack]):
     :meth:`pop` (forget).  See the module docstring for the method.
     """
 
-    __slots__ = ("_tracks", "_key", "_heap", "_params")
+    __slots__ = ("_heap", "_key", "_params", "_tracks")
 
     def __init__(self) -> None:
         self._tracks: dict[str, DeviceTrack] = {}
