@@ -29,7 +29,7 @@ import numpy as np
 
 from geometry import beacons as beaconing
 from geometry.fusion import fuse
-from geometry.tracking import Entered, Exited, step as track_step, tick as track_tick
+from geometry.tracking import Entered, Exited
 from store_config.model import Consent, StoreConfig
 
 from .. import codecs
@@ -113,6 +113,7 @@ class Pipeline:
         a new profile brings takes effect at once (timed ``now``) and purges."""
         old = self.state.rt.cfg
         self.state.rt = build_runtime(cfg)
+        self.state.tracks.reschedule(self.state.rt.params)
         self.state.guard.max_speed = cfg.tracking.max_speed_mps
         if old.profiles is not cfg.profiles:
             self._profile_consents_changed(old, cfg, now)
@@ -326,8 +327,7 @@ class Pipeline:
                 if h is not None:
                     h.visit_count = 0
             step_params = params if passed is None or passed[j] else rt.fused_params
-            track, events = track_step(track, matches[j], now, step_params, acc=float(eff_acc[j]))
-            tracks[p.device] = track
+            events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
             if events:
                 self.on_transitions(p.device, events, p.received, now)
 
@@ -344,10 +344,8 @@ class Pipeline:
         st = self.state
         if now is not None:
             ping_clock = self.cfg.tracking.clock == "ping"
-            params = st.rt.params
-            for device, track in list(st.tracks.items()):
-                new, events = track_tick(track, now, params)
-                if new is None:
+            for device, events in st.tracks.due(now, st.rt.params):  # what is due, not every track
+                if device not in st.tracks:  # timed out
                     st.drop_device(device)
                 if events:
                     # clock = "ping": simulated time runs far ahead of this 1 s tick, so decide at the

@@ -18,7 +18,8 @@ from geometry.fences import FenceIndex
 from geometry.fusion import FusionParams, FusionState, evidence_fences
 from geometry.space import obstacles_on
 from geometry.frames import LocalFrame
-from geometry.tracking import DeviceTrack, TrackParams
+from geometry.schedule import Tracks
+from geometry.tracking import TrackParams
 from store_config.model import Consent, Profile, StoreConfig
 
 from ..decisions import OfferHistory, promotions_by_fence
@@ -93,7 +94,7 @@ class State:
     rt: Runtime
     pseudonym: Callable[[str], str]
     fraction: Callable[[str, str], float]
-    tracks: dict[str, DeviceTrack] = field(default_factory=dict)
+    tracks: Tracks = field(default_factory=Tracks)  # per-device trackers, scheduled by due time
     guard: SpoofGuard = field(default_factory=SpoofGuard)
     histories: dict[str, OfferHistory] = field(default_factory=dict)  # pseudonym -> history
     consents: dict[str, tuple[Consent, float]] = field(default_factory=dict)  # pseudonym -> (consent, ts)
@@ -105,7 +106,7 @@ class State:
 
     def drop_device(self, device: str) -> None:
         """Forget a device's live position state (tracker, estimate, spoof reference)."""
-        self.tracks.pop(device, None)
+        self.tracks.pop(device)
         self.fusion.forget(device)
         self.guard.forget(device)
 
