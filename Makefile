@@ -37,7 +37,8 @@ mosquitto:
 		exit 1; \
 	fi
 
-# The associates' page is tested in headless Chromium (Debian's package), driven over CDP from Python.
+# The associates' page is tested in headless Chromium (Debian's package), driven by Playwright for Python
+# (launched with executable_path: `playwright install` is not needed).
 browser:
 	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

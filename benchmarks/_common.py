@@ -122,10 +122,10 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("mosquitto did not start")
 
 
-def start_agent(config: Path, http_port: int, *, timeout: float = 20.0) -> subprocess.Popen:
-    """`edge-agent run` as its own process, returned once /readyz answers 200."""
+def start_agent(config: Path, http_port: int, *, timeout: float = 20.0, root: Path = ROOT) -> subprocess.Popen:
+    """`edge-agent run` as its own process (the code under ``root``), returned once /readyz answers 200."""
     agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--log-level", "warning", "run",
-                              "--config", str(config)], cwd=ROOT)
+                              "--config", str(config)], cwd=root)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -8,6 +8,12 @@ same run, a bare paho subscriber takes the same load: the agent's ratio to
 it is the figure to quote.
 
     python benchmarks/e2e.py --rates 1000,5000,10000,25000 --seconds 8
+    python benchmarks/e2e.py --rates 27000,27000 --compare-git REV   # this tree vs REV, same load
+
+With ``--compare-git`` the agent of git revision REV (extracted with ``git
+archive``) takes every rate's load too, right before or after this tree's
+(alternating); each row also gives the agent's CPU time per ping (from
+/proc), the most sensitive figure for a change on the hot path.
 
 Prints a table and writes benchmarks/results/e2e.json.  Needs `mosquitto`.
 """
@@ -15,15 +21,19 @@ Prints a table and writes benchmarks/results/e2e.json.  Needs `mosquitto`.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing as mp
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
+import tarfile
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -197,6 +207,100 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def agent_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) the process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def git_tree(rev: str, into: Path) -> Path:
+    """The project as of git revision ``rev``, extracted under ``into`` (for a
+    before/after comparison in the same run)."""
+    dest = into / f"tree-{rev}"
+    dest.mkdir()
+    tar = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(dest, filter="data")
+    return dest
+
+
+def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str, run: int) -> dict:
+    """One agent (the code under ``root``) under the load at ``rate``: loss,
+    drain, ping→offer latency and the agent's CPU per ping."""
+    sid = f"A{int(rate)}r{run}" + "".join(c for c in variant if c.isalnum())
+    http_port = free_port()
+    sdir = work / sid
+    sdir.mkdir()
+    cfg = write_store(sdir, port, http_port, sid)
+    agent = start_agent(cfg, http_port, root=root)
+    q2: mp.Queue = mp.Queue()
+    ready, stop = mp.Event(), mp.Event()
+    lst = mp.Process(target=offer_listener, args=(port, sid, ready, stop, q2))
+    lst.start()
+    ready.wait(10)
+    # Sample the agent's processed count during the load (every --poll s).
+    samples: list[tuple[float, float]] = []
+    polling = threading.Event()
+
+    def poll():
+        while not polling.is_set():
+            try:
+                samples.append((time.time(), agent_pings(http_port)))
+            except OSError:
+                pass
+            polling.wait(args.poll)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    cpu0 = agent_cpu_s(agent.pid)
+    poller.start()
+    gens = run_load(port, sid, rate, args.seconds, args.workers, args.devices, args.entry_share)
+    a_published = sum(g["published"] for g in gens)
+    drain_deadline = time.monotonic() + 15
+    while (not samples or samples[-1][1] < a_published) and time.monotonic() < drain_deadline:
+        time.sleep(0.05)
+    polling.set()
+    poller.join()
+    cpu1 = agent_cpu_s(agent.pid)
+    processed = samples[-1][1] if samples else 0.0
+    done = [t for t, n in samples if n >= a_published]
+    drained_wall = done[0] if done else time.time()
+    stop.set()
+    offers = q2.get()
+    lst.join()
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(30)
+    # Latency: pair each entry with the next offer for that device.
+    by_dev: dict[str, list[float]] = {}
+    for dev, t in offers:
+        by_dev.setdefault(dev, []).append(t)
+    lat = []
+    for g in gens:
+        cursor: dict[str, int] = {}
+        for dev, t in g["entries"]:
+            lst_t = by_dev.get(dev, [])
+            k = cursor.get(dev, 0)
+            while k < len(lst_t) and lst_t[k] < t:
+                k += 1
+            if k < len(lst_t):
+                lat.append((lst_t[k] - t) * 1000)
+                cursor[dev] = k + 1
+    entries = sum(len(g["entries"]) for g in gens)
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return {
+        "variant": variant,
+        "rate": rate, "achieved_rate": round(a_published / max(g["seconds"] for g in gens)),
+        "published": a_published, "agent_processed": processed,
+        "agent_loss": round(1 - processed / a_published, 4) if a_published else None,
+        "entries": entries, "offers": len(offers),
+        "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "p999_ms": percentile(lat, 99.9),
+        "drain_s": round(max(0.0, drained_wall - max(g["end_wall"] for g in gens)), 2),
+        "agent_cpu_s": cpu, "cpu_us_per_ping": cpu / processed * 1e6 if cpu and processed else None,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="1000,5000,10000,20000", help="pings/s to try, comma separated")
@@ -204,18 +308,26 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="generator processes")
     ap.add_argument("--devices", type=int, default=4000, help="simulated devices")
     ap.add_argument("--entry-share", type=float, default=0.02, help="share of pings that are fresh entries")
+    ap.add_argument("--poll", type=float, default=0.05, help="seconds between scrapes of the agent's "
+                    "processed count (default %(default)s)")
+    ap.add_argument("--compare-git", metavar="REV", default=None,
+                    help="also run the agent as of git revision REV on the same load, right after this tree's "
+                         "(before/after, same run)")
     ap.add_argument("--out", default=str(RESULTS / "e2e.json"))
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     work = Path(tempfile.mkdtemp(prefix="edge-e2e-"))
+    roots = {"now": ROOT}
+    if args.compare_git:
+        roots[args.compare_git] = git_tree(args.compare_git, work)
     mosq, port = start_mosquitto(work)
     rows = []
     try:
-        for rate in rates:
+        for i, rate in enumerate(rates):
             # Baseline: bare paho subscriber.
             q: mp.Queue = mp.Queue()
             ready, stop = mp.Event(), mp.Event()
-            sid = f"B{int(rate)}"
+            sid = f"B{int(rate)}r{i}"
             bare = mp.Process(target=bare_subscriber, args=(port, sid, ready, stop, q))
             bare.start()
             ready.wait(10)
@@ -226,80 +338,18 @@ def main() -> int:
             bare_drain = max(0.0, bare_last - max(g["end_wall"] for g in gens))
             published = sum(g["published"] for g in gens)
 
-            # The agent on the same load.
-            sid = f"A{int(rate)}"
-            http_port = free_port()
-            sdir = work / sid
-            sdir.mkdir()
-            cfg = write_store(sdir, port, http_port, sid)
-            agent = start_agent(cfg, http_port)
-            q2: mp.Queue = mp.Queue()
-            ready, stop = mp.Event(), mp.Event()
-            lst = mp.Process(target=offer_listener, args=(port, sid, ready, stop, q2))
-            lst.start()
-            ready.wait(10)
-            # Sample the agent's processed count during the load (every 50 ms).
-            import threading
-            samples: list[tuple[float, float]] = []
-            polling = threading.Event()
-
-            def poll():
-                while not polling.is_set():
-                    try:
-                        samples.append((time.time(), agent_pings(http_port)))
-                    except OSError:
-                        pass
-                    polling.wait(0.05)
-
-            poller = threading.Thread(target=poll, daemon=True)
-            poller.start()
-            gens = run_load(port, sid, rate, args.seconds, args.workers, args.devices, args.entry_share)
-            a_published = sum(g["published"] for g in gens)
-            drain_deadline = time.monotonic() + 15
-            while (not samples or samples[-1][1] < a_published) and time.monotonic() < drain_deadline:
-                time.sleep(0.05)
-            polling.set()
-            poller.join()
-            processed = samples[-1][1] if samples else 0.0
-            done = [t for t, n in samples if n >= a_published]
-            drained_wall = done[0] if done else time.time()
-            stop.set()
-            offers = q2.get()
-            lst.join()
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(30)
-            # Latency: pair each entry with the next offer for that device.
-            by_dev: dict[str, list[float]] = {}
-            for dev, t in offers:
-                by_dev.setdefault(dev, []).append(t)
-            lat = []
-            for g in gens:
-                cursor: dict[str, int] = {}
-                for dev, t in g["entries"]:
-                    lst_t = by_dev.get(dev, [])
-                    k = cursor.get(dev, 0)
-                    while k < len(lst_t) and lst_t[k] < t:
-                        k += 1
-                    if k < len(lst_t):
-                        lat.append((lst_t[k] - t) * 1000)
-                        cursor[dev] = k + 1
-            entries = sum(len(g["entries"]) for g in gens)
-            row = {
-                "rate": rate, "achieved_rate": round(a_published / max(g["seconds"] for g in gens)),
-                "published": a_published, "agent_processed": processed,
-                "agent_loss": round(1 - processed / a_published, 4) if a_published else None,
-                "bare_published": published, "bare_received": bare_count,
-                "bare_loss": round(1 - bare_count / published, 4) if published else None,
-                "bare_drain_s": round(bare_drain, 2),
-                "entries": entries, "offers": len(offers),
-                "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "p999_ms": percentile(lat, 99.9),
-                "drain_s": round(max(0.0, drained_wall - max(g["end_wall"] for g in gens)), 2),
-            }
-            rows.append(row)
-            print(f"rate {rate:>7.0f}/s (achieved {row['achieved_rate']}/s)  agent loss {row['agent_loss']:.2%}  bare loss {row['bare_loss']:.2%} "
-                  f"(drain {row['bare_drain_s']} s)  "
-                  f"offers {len(offers)}/{entries}  p50 {row['p50_ms'] or 0:.2f} ms  p99 {row['p99_ms'] or 0:.2f} ms  "
-                  f"p999 {row['p999_ms'] or 0:.2f} ms  drain {row['drain_s']} s", flush=True)
+            # Alternate which tree goes first, so drift in the machine's load hits both alike.
+            for variant, root in (list(roots.items()) if i % 2 == 0 else list(roots.items())[::-1]):
+                row = run_agent(work, port, rate, args, root, variant, i)
+                row.update({"bare_published": published, "bare_received": bare_count,
+                            "bare_loss": round(1 - bare_count / published, 4) if published else None,
+                            "bare_drain_s": round(bare_drain, 2)})
+                rows.append(row)
+                cpu = f"  agent CPU {row['cpu_us_per_ping']:.1f} µs/ping" if row.get("cpu_us_per_ping") else ""
+                print(f"{variant:>8} rate {rate:>7.0f}/s (achieved {row['achieved_rate']}/s)  agent loss {row['agent_loss']:.2%}  bare loss {row['bare_loss']:.2%} "
+                      f"(drain {row['bare_drain_s']} s)  "
+                      f"offers {row['offers']}/{row['entries']}  p50 {row['p50_ms'] or 0:.2f} ms  p99 {row['p99_ms'] or 0:.2f} ms  "
+                      f"p999 {row['p999_ms'] or 0:.2f} ms  drain {row['drain_s']} s{cpu}", flush=True)
     finally:
         mosq.terminate()
         mosq.wait()
@@ -307,7 +357,7 @@ def main() -> int:
     # Sustained = nothing lost (by count against the generators' seq) AND the
     # backlog gone within 1 s of the load ending: a broker queue that is
     # still draining means the consumer did not keep up, even if it loses nothing.
-    sustained = [r["rate"] for r in rows if r["agent_loss"] is not None and r["agent_loss"] <= 0.001
+    sustained = [r["rate"] for r in rows if r["variant"] == "now" and r["agent_loss"] is not None and r["agent_loss"] <= 0.001
                  and r["drain_s"] <= 1.0]
     bare_sustained = [r["rate"] for r in rows if r["bare_loss"] is not None and r["bare_loss"] <= 0.001
                       and r["bare_drain_s"] <= 1.0]
@@ -320,11 +370,11 @@ def main() -> int:
     }
     if summary["agent_max_sustained"] and summary["bare_max_sustained"]:
         summary["ratio"] = round(summary["agent_max_sustained"] / summary["bare_max_sustained"], 3)
-    print(f"\n{'rate':>8} {'agent loss':>10} {'drain s':>7} {'bare loss':>9} {'drain s':>7} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'p999 ms':>8}")
+    print(f"\n{'variant':>8} {'rate':>8} {'agent loss':>10} {'drain s':>7} {'bare loss':>9} {'drain s':>7} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'p999 ms':>8} {'CPU µs/ping':>11}")
     for r in rows:
-        print(f"{r['rate']:>8.0f} {r['agent_loss']:>10.2%} {r['drain_s']:>7.2f} {r['bare_loss']:>9.2%} "
-              f"{r['bare_drain_s']:>7.2f} {r['p50_ms'] or 0:>7.2f} {r['p99_ms'] or 0:>7.2f} {r['p999_ms'] or 0:>8.2f}")
+        print(f"{r['variant']:>8} {r['rate']:>8.0f} {r['agent_loss']:>10.2%} {r['drain_s']:>7.2f} {r['bare_loss']:>9.2%} "
+              f"{r['bare_drain_s']:>7.2f} {r['p50_ms'] or 0:>7.2f} {r['p99_ms'] or 0:>7.2f} {r['p999_ms'] or 0:>8.2f} {r['cpu_us_per_ping'] or 0:>11.2f}")
     print(f"max sustained (loss <= 0.1%): agent {summary['agent_max_sustained']}, "
           f"bare paho {summary['bare_max_sustained']}, ratio {summary.get('ratio')}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

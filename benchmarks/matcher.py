@@ -9,6 +9,13 @@ accuracy mix) it measures, per fence count:
 * ``ours_match``  — FenceIndex.classify: the same, as one Match per ping;
 * ``strtree``     — shapely STRtree.query(points, predicate="within"),
   batched, centre only (the "batched shapely" limit);
+* ``strtree_dwithin`` — the R-tree baseline with the full answer: shapely
+  STRtree.query(points, predicate="dwithin", distance=acc) per floor, then
+  the exact check of every (ping, fence) pair (contains_xy and the distance
+  to the prepared boundary, vectorised over the pairs);
+* ``rtree``       — the same with the ``rtree`` package (libspatialindex):
+  one index per floor, bulk-loaded from numpy, ``intersection_v`` of the
+  accuracy boxes, then the same exact check;
 * ``brute``       — shapely brute force, per ping: contains_xy of the ping
   against every prepared fence of its floor (vectorised over the fences),
   centre only;
@@ -16,11 +23,14 @@ accuracy mix) it measures, per fence count:
   index, one ``ST_Contains`` query per ping over a local socket (prepared
   statement), centre only.
 
-The baselines answer less than we do (centre only, no accuracy disc); ours
-is still checked against brute force and PostGIS on the sampled pings.
+``strtree``, ``brute`` and ``postgis`` answer less than we do (centre only,
+no accuracy disc); ours is still checked against brute force and PostGIS on
+the sampled pings.  The two R-tree baselines give the full answer (the same
+CSR codes as ``ours_hits``), and agreement with ours is measured per ping.
 
     python benchmarks/matcher.py                      # 500, 5,000, 50,000 fences
     python benchmarks/matcher.py --sizes 5000 --points 100000 --no-postgis
+    python benchmarks/matcher.py --sizes 2000,10000 --no-postgis   # grid vs R-trees
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ import shapely  # noqa: E402
 
 from benchmarks._common import best_of, machine, table, write_json  # noqa: E402
 from benchmarks._synth import make_fences, make_points  # noqa: E402
-from geometry.fences import CENTRE_IN, FenceIndex  # noqa: E402
+from geometry.fences import CENTRE_IN, INSIDE, STRADDLE, FenceIndex  # noqa: E402
 
 
 def _centre_sets_ours(hits, rows) -> list[set[int]]:
@@ -48,6 +58,97 @@ def _centre_sets_ours(hits, rows) -> list[set[int]]:
         f, c = hits.fence[s:e], hits.code[s:e]
         out.append(set(f[(c & CENTRE_IN) != 0].tolist()))
     return out
+
+
+def _exact_codes(geoms, bounds, pi, fj, x, y, acc) -> np.ndarray:
+    """Code bits of candidate pairs (ping ``pi``, fence ``fj``) as FenceIndex
+    defines them; 0 where the disc does not reach the fence."""
+    contains = shapely.contains_xy(geoms[fj], x[pi], y[pi])
+    dist = shapely.distance(bounds[fj], shapely.points(x[pi], y[pi]))
+    a = acc[pi]
+    inside = contains & (dist >= a)
+    straddle = ~inside & (contains | (dist < a))
+    return (inside * INSIDE | straddle * STRADDLE | contains * CENTRE_IN).astype(np.int8)
+
+
+def _pair_keys(pi, fj, code, n_fences: int) -> np.ndarray:
+    keep = code != 0
+    return (pi[keep].astype(np.int64) * n_fences + fj[keep]) * 8 + code[keep]
+
+
+def _agreement(ours_keys: np.ndarray, keys: np.ndarray, n_fences: int, n: int) -> float:
+    """Share of pings whose (fence, code) pairs are identical in both answers."""
+    diff = np.setxor1d(ours_keys, keys, assume_unique=True)
+    return 1.0 - np.unique(diff // 8 // n_fences).size / n
+
+
+def rtree_baselines(fences, x, y, fl, acc, hits, args) -> dict:
+    """The R-tree alternatives to our grid, with the same full answer:
+    shapely STRtree ``dwithin`` and the ``rtree`` package's ``intersection_v``,
+    one tree per floor, each followed by the exact check of its pairs."""
+    import rtree
+
+    n = min(args.tree_points, x.size)
+    x, y, fl, acc = x[:n], y[:n], fl[:n], acc[:n]
+    nf = len(fences)
+    geoms = np.array([f.geometry for f in fences], dtype=object)
+    bounds = shapely.boundary(geoms)
+    shapely.prepare(geoms)
+    shapely.prepare(bounds)
+    floors = np.array([f.floor for f in fences])
+    by_floor = {int(f): np.flatnonzero(floors == f) for f in np.unique(floors)}
+    sel = {f: np.flatnonzero(fl == f) for f in by_floor}
+    res: dict = {"tree_points": n}
+
+    t0 = time.perf_counter()
+    strtrees = {f: shapely.STRtree(geoms[i]) for f, i in by_floor.items()}
+    res["strtree_build_s"] = time.perf_counter() - t0
+    pts = shapely.points(x, y)
+
+    def strtree_query():
+        pis, fjs = [], []
+        for f, tree in strtrees.items():
+            s = sel[f]
+            q, t = tree.query(pts[s], predicate="dwithin", distance=acc[s])
+            pis.append(s[q])
+            fjs.append(by_floor[f][t])
+        return np.concatenate(pis), np.concatenate(fjs)
+
+    env = shapely.bounds(geoms)
+    t0 = time.perf_counter()
+    rtrees = {}
+    for f, i in by_floor.items():
+        p = rtree.index.Property()
+        p.dimension = 2
+        rtrees[f] = rtree.index.Index((i.astype(np.int64), env[i, :2].copy(), env[i, 2:].copy()), properties=p)
+    res["rtree_build_s"] = time.perf_counter() - t0
+
+    def rtree_query():
+        pis, fjs = [], []
+        for f, tree in rtrees.items():
+            s = sel[f]
+            a = acc[s]
+            mins = np.column_stack([x[s] - a, y[s] - a])
+            maxs = np.column_stack([x[s] + a, y[s] + a])
+            ids, counts = tree.intersection_v(mins, maxs)
+            pis.append(np.repeat(s, counts.astype(np.int64)))
+            fjs.append(ids.astype(np.int64))
+        return np.concatenate(pis), np.concatenate(fjs)
+
+    o_pi = np.repeat(np.arange(n), np.diff(hits.indptr[: n + 1]))
+    ours_keys = np.sort(_pair_keys(o_pi, hits.fence[: o_pi.size], hits.code[: o_pi.size], nf))
+    for name, query in (("strtree_dwithin", strtree_query), ("rtree", rtree_query)):
+        def full(query=query):
+            pi, fj = query()
+            return pi, fj, _exact_codes(geoms, bounds, pi, fj, x, y, acc)
+
+        pi, fj, code = full()
+        res[f"{name}_pairs_per_ping"] = pi.size / n  # candidates before the exact check
+        res[f"agree_{name}"] = _agreement(ours_keys, np.sort(_pair_keys(pi, fj, code, nf)), nf, n)
+        res[f"{name}_query_pps"] = n / best_of(query, args.repeat)  # candidates only
+        res[f"{name}_s"] = best_of(full, args.repeat)
+        res[f"{name}_pps"] = n / res[f"{name}_s"]
+    return res
 
 
 def load_git_fences(rev: str):
@@ -131,9 +232,11 @@ def bench_size(n_fences: int, args, pg) -> dict:
     ours = _centre_sets_ours(hits, rows)
     res["agree_brute"] = sum(a == b for a, b in zip(ours, brute_sets)) / nb
 
+    if not args.no_rtree:
+        res.update(rtree_baselines(fences, x, y, fl, acc, hits, args))
     if pg is not None:
         res.update(bench_postgis(pg, fences, x, y, fl, hits, args))
-    for k in ("brute", "strtree", "postgis"):
+    for k in ("brute", "strtree", "postgis", "strtree_dwithin", "rtree"):
         if res.get(f"{k}_pps"):
             res[f"hits_vs_{k}"] = res["ours_hits_pps"] / res[f"{k}_pps"]
             res[f"match_vs_{k}"] = res["ours_match_pps"] / res[f"{k}_pps"]
@@ -184,6 +287,9 @@ def main(argv=None) -> int:
                     "(default %(default)s)")
     ap.add_argument("--brute-points", type=int, default=2_000, help="pings timed for brute force (default %(default)s)")
     ap.add_argument("--pg-points", type=int, default=3_000, help="pings timed for PostGIS (default %(default)s)")
+    ap.add_argument("--tree-points", type=int, default=50_000, help="pings timed for the R-tree baselines "
+                    "(STRtree dwithin, rtree intersection_v; default %(default)s)")
+    ap.add_argument("--no-rtree", action="store_true", help="skip the R-tree baselines")
     ap.add_argument("--acc", default="mix", help="accuracy: 'mix' (per-technology mix) or metres (default %(default)s)")
     ap.add_argument("--repeat", type=int, default=3, help="best of N timed runs (default %(default)s)")
     ap.add_argument("--seed", type=int, default=7)
@@ -227,6 +333,16 @@ def main(argv=None) -> int:
     print(table(["fences", "build ms", "index MB", "hits/ping", "ours hits pts/s", "ours Match pts/s", "one ping µs",
                  "STRtree centre pts/s", "brute pts/s", "PostGIS pts/s", "hits ÷ PostGIS", "Match ÷ PostGIS",
                  "hits ÷ brute", "agree brute", "agree PostGIS"], rows))
+    if not args.no_rtree:
+        rows = [[r["fences"], r["ours_hits_pps"], r["strtree_dwithin_pps"], r["rtree_pps"],
+                 r["hits_vs_strtree_dwithin"], r["hits_vs_rtree"], r["strtree_dwithin_query_pps"],
+                 r["rtree_query_pps"], r["strtree_dwithin_pairs_per_ping"], r["rtree_pairs_per_ping"],
+                 r["pairs_per_ping"], f"{r['agree_strtree_dwithin']:.2%}", f"{r['agree_rtree']:.2%}"]
+                for r in out["results"]]
+        print("\nFull answer (inside / straddle / centre-in): our grid vs R-trees, then the exact check")
+        print(table(["fences", "grid hits pts/s", "STRtree dwithin pts/s", "rtree pts/s", "grid ÷ STRtree",
+                     "grid ÷ rtree", "STRtree query only pts/s", "rtree query only pts/s", "STRtree cand/ping",
+                     "rtree cand/ping", "hits/ping", "agree STRtree", "agree rtree"], rows))
     if args.compare_git:
         print(f"\nbefore/after ({args.compare_git}): " + ", ".join(
             f"{r['fences']} fences: Match {r['old_match_pps']:,.0f} -> {r['ours_match_pps']:,.0f} pts/s "

@@ -85,6 +85,10 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 
 
 def _num(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
     if v == int(v) and abs(v) < 1e15:
         return str(int(v))
     return repr(float(v))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml  # PyYAML (installed with amqtt)
+import yaml  # PyYAML (the test extra)
 
 ROOT = Path(__file__).resolve().parent.parent
 
