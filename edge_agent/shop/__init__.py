@@ -44,7 +44,7 @@ from .texts import texts
 
 log = logging.getLogger("edge_agent.shop")
 
-__all__ = ["setup", "CHANNEL", "ShopChannel", "Sessions"]
+__all__ = ["setup", "CHANNEL", "ShopChannel", "Sessions", "checkin_point"]
 
 CHANNEL: web.AppKey[ShopChannel] = web.AppKey("shop_channel", ShopChannel)
 MAX_BODY = 64 * 1024
