@@ -13,7 +13,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import alerts, shop
+from . import alerts, delivery, shop
 from .audit import AuditError, parse_since
 from .service import Agent
 
@@ -128,6 +128,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     add_source_routes(app)  # /v1/ingest/meraki, /v1/ingest/aruba
     alerts.setup_routes(app, AGENT, require_associate)  # /associates, /associates/ws, /v1/alerts/...
     shop.setup(app, AGENT)  # /shop, /shop/ws, /v1/shop/session|checkin, /v1/ping (device session tokens)
+    delivery.setup(app, AGENT)  # [delivery] webhook_url: offers, codes and notices to the retailer's push service
     for fn in extra or ():
         fn(app)
     return app
