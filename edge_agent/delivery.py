@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -323,9 +324,10 @@ def setup(app: web.Application, agent_key: web.AppKey) -> None:
             pass
 
     async def requeue(request: web.Request) -> web.Response:
-        from .http import require_admin  # here: http imports this module
-
-        require_admin(request)
+        token = agent.cfg.http.admin_token
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise web.HTTPUnauthorized(text="admin token required\n", headers={"WWW-Authenticate": "Bearer"})
         n = hook._write(lambda t: t.requeue())
         hook.wake.set()
         return web.json_response({"requeued": n})

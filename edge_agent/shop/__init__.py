@@ -28,7 +28,7 @@ import html
 import json
 import logging
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 from shapely.geometry import MultiPolygon
@@ -36,11 +36,13 @@ from shapely.ops import polylabel
 
 from ..codecs import Ping
 from ..mqtt import Message
-from ..service import Agent
 from .channel import ShopChannel
 from .qr import code_svg
 from .sessions import Sessions
 from .texts import texts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..service import Agent
 
 log = logging.getLogger("edge_agent.shop")
 
@@ -79,7 +81,7 @@ def checkin_point(fence) -> tuple[float, float]:
     return p.x, p.y
 
 
-def setup(app: web.Application, agent_key: web.AppKey[Agent]) -> None:
+def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
     """Add the shop's routes to ``app`` and hook its channel into the agent."""
     agent = app[agent_key]
     channel = ShopChannel(agent)
