@@ -123,6 +123,27 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return run_audit(args)
 
 
+def cmd_qr(args: argparse.Namespace) -> int:
+    """Write the QR codes a store prints: one per zone (a shelf check-in,
+    {public_url}/shop?zone=ID) and one for the door ({public_url}/shop), plus
+    index.html to print them all.  The URL is [http] public_url (or --base-url).
+
+    Example: edge-agent qr --config store.toml --out qr/ --format png
+    """
+    from .shop.qr import public_url, write_store_codes
+
+    cfg = _load(args.config)
+    base = args.base_url or public_url(cfg)
+    if not args.base_url and not cfg.http.public_url:
+        print(f"note: [http] public_url is not set; the codes point at {base} "
+              "(set it to the address phones reach the gateway at)", file=sys.stderr)
+    paths = write_store_codes(cfg, args.out, fmt=args.format, base=base)
+    for p in paths:
+        print(p)
+    print(f"{len(paths)} codes for {base}/shop in {args.out} (print {args.out}/index.html)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="In-store geofencing edge service.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -167,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.set_defaults(fn=cmd_audit)
+
+    p = sub.add_parser("qr", help="write the shop page's QR codes (door and shelves)", description=cmd_qr.__doc__)
+    p.add_argument("--config", required=True, help="path of store.toml")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default="svg", choices=["svg", "png"], help="image format (default svg)")
+    p.add_argument("--base-url", default=None, help="URL of the gateway as phones reach it (default [http] public_url)")
+    p.set_defaults(fn=cmd_qr)
     return parser
 
 

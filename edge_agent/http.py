@@ -1,4 +1,4 @@
-"""The aiohttp application: health, metrics, browser ingest, admin.
+"""The aiohttp application: health, metrics, admin; the shop page and browser ingest (``shop``).
 
 The application owns every long-lived resource (STYLE.md §4): the agent is
 started and stopped by one ``cleanup_ctx`` and shared under a typed
@@ -14,10 +14,9 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import http_associates, sources
+from . import delivery, http_associates, shop, sources
 from .audit import AuditError, parse_since
 from .http_base import AGENT, require_admin
-from .mqtt import Message
 from .service import Agent
 
 log = logging.getLogger("edge_agent.http")
@@ -40,27 +39,6 @@ async def metrics(request: web.Request) -> web.Response:
     text = request.app[AGENT].metrics.render()
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
-
-
-async def post_ping(request: web.Request) -> web.Response:
-    """Browser ingest: ``POST /v1/ping?device=...&source=html5`` with any ping payload."""
-    agent = request.app[AGENT]
-    device = request.query.get("device", "")
-    source = request.query.get("source", "html5")
-    if not device or "/" in device or "+" in device or "#" in device:
-        raise web.HTTPBadRequest(text="query parameter 'device' is required (no '/', '+' or '#')\n")
-    body = await request.content.read(MAX_BODY + 1)
-    topic = f"{agent.root}/ping/{source}/{device}"
-    msg = Message(topic, body, 0, 0, agent.clock())
-    before = sum(agent.metrics.deadletters.values.values())
-    agent.on_batch([msg])
-    if sum(agent.metrics.deadletters.values.values()) > before:
-        return web.json_response({"accepted": False, "reason": _last_reason(agent)}, status=422)
-    return web.json_response({"accepted": True}, status=202)
-
-
-def _last_reason(agent: Agent) -> str:
-    return getattr(agent, "last_deadletter_reason", "rejected")
 
 
 async def admin_reload(request: web.Request) -> web.Response:
@@ -122,13 +100,14 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_post("/v1/ping", post_ping)
     app.router.add_post("/v1/admin/reload", admin_reload)
     app.router.add_delete("/v1/admin/devices/{device}", admin_forget)
     app.router.add_get("/v1/admin/audit", admin_audit)
     app.router.add_post("/v1/admin/outbox/requeue", admin_requeue)
     sources.add_routes(app)  # /v1/ingest/meraki, /v1/ingest/aruba
     http_associates.add_routes(app)  # /associates, /associates/ws, /v1/alerts/...
+    shop.setup(app, AGENT)  # /shop, /shop/ws, /v1/shop/session|checkin, /v1/ping (device session tokens)
+    delivery.setup(app, AGENT)  # [delivery] webhook_url: offers, codes and notices to the retailer's push service
     for fn in extra or ():
         fn(app)
     return app

@@ -127,6 +127,14 @@ class Metrics:
                                        "BLE readings naming a beacon not in the layout (ignored).")
         self.pings_shed = Counter("edge_pings_shed_total", "Pings shed under overload, by reason.", ("reason",))
         self.storage_errors = Counter("edge_storage_errors_total", "Failed SQLite writes, by error.", ("error",))
+        self.http_limited = Counter("edge_http_limited_total",
+                                    "Shop requests and page messages refused by a rate limit, by path and limit "
+                                    "(device or address).", ("path", "by"))
+        self.shop_sockets = Gauge("edge_shop_sockets", "Open WebSockets of the shop page.")
+        self.delivery_pending = Gauge("edge_delivery_pending",
+                                      "Offers, codes and notices waiting for the push webhook.")
+        self.delivery = Counter("edge_delivery_total", "Push webhook attempts by result (ok, retry, aside).",
+                                ("result",))
         self.extra: list = []
 
     def all(self) -> list:

@@ -91,6 +91,8 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self.ready = False
         self.listeners: list[Callable[[str, dict], None]] = []  # (kind, data) for demo / page
+        self.stagers: list[Callable[[Effects], None]] = []  # more rows for each commit: the push webhook's queue
+        self.outlets: list[Callable[[str, Any], None]] = []  # (topic, payload) after each commit: the shop page
 
     # -- what the rest of the service reads
     @property
@@ -297,6 +299,8 @@ class Agent:
         store = self.store
         try:
             store.apply(fx.rows)
+            for stage in self.stagers:
+                stage(fx)
             if self._delivered:
                 self.ledger.mark_delivered(self._delivered)
             store.commit()
@@ -313,9 +317,11 @@ class Agent:
     def _after_commit(self, fx: Effects) -> None:
         for o in fx.offers:
             self._publish_offer(o.device, o.payload, o.received)
+            self.deliver(f"{self.root}/offer/{o.device}", o.payload)
         mqtt = self.mqtt
         for p in fx.publish:
             mqtt.publish(p.topic, _dumps(p.payload), qos=p.qos)
+            self.deliver(p.topic, p.payload)
         for n in fx.notices:
             if n.kind == "_ws":
                 self.alerts.notify_pages(n.data)
@@ -327,6 +333,11 @@ class Agent:
                     log.exception("listener failed on %s", n.kind)
         for m in fx.acks:
             mqtt.ack(m.mid, m.qos)
+
+    def deliver(self, topic: str, payload: Any) -> None:
+        """A message just published, for in-process outlets (the shop page's WebSockets)."""
+        for fn in self.outlets:
+            fn(topic, payload)
 
     def _storage_failed(self, exc: Exception, msgs: list[Message]) -> None:
         self.ledger.rollback()

@@ -4,7 +4,9 @@ One file, so an offer's ledger row, its audit rows and its outbox event
 commit in one transaction before the offer is published.  Each owner keeps
 its own tables and migrations (``sync.schema``): the offer ledger and audit
 trail (:class:`~edge_agent.ledger.Ledger`), the outbox
-(:class:`~sync.outbox.Outbox`), and here consent overrides and inventory.
+(:class:`~sync.outbox.Outbox`), the push webhook's queue
+(:class:`~edge_agent.delivery.DeliveryTable`), and here consent overrides
+and inventory.
 :meth:`Store.apply` writes a pipeline step's rows with plain ``executemany``
 per kind (the hot path), inside the transaction the shell commits once.
 """
@@ -20,6 +22,7 @@ from typing import Iterable
 from store_config.model import Consent
 from sync.schema import migrate
 
+from .delivery import DeliveryTable
 from .ledger import Ledger
 from . import effects as fx
 
@@ -70,6 +73,7 @@ class Store:
         self.ledger = ledger
         self.consent = ConsentTable(ledger.conn)
         self.inventory = InventoryTable(ledger.conn)
+        self.delivery = DeliveryTable(ledger.conn)  # the push webhook's queue (edge_agent/delivery.py)
 
     @property
     def path(self) -> Path:

@@ -1,6 +1,6 @@
 """The service sections of ``store.toml``, one parser each: ``[mqtt]``,
 ``[http]``, ``[data]``, ``[tracking]``, ``[ingest]``, ``[offers]``,
-``[privacy]``, ``[sync]``, ``[associates]``, ``[reload]``.
+``[privacy]``, ``[sync]``, ``[associates]``, ``[reload]``, ``[shop]``, ``[delivery]``.
 
 Each parser takes the shared :class:`Collector` (so problems keep the order of
 the file's sections) and the parsed TOML document, and returns its frozen
@@ -21,6 +21,7 @@ from .model import (
     DEFAULT_ACC,
     SOURCES,
     AssociatesConfig,
+    DeliveryConfig,
     HttpConfig,
     IngestConfig,
     MqttConfig,
@@ -28,6 +29,7 @@ from .model import (
     PrivacyConfig,
     Problem,
     ReloadConfig,
+    ShopConfig,
     SyncConfig,
     TrackingConfig,
 )
@@ -35,14 +37,15 @@ from .model import (
 __all__ = [
     "SECTIONS", "section", "warn_unknown_sections", "parse_mqtt", "parse_http", "parse_data",
     "parse_tracking", "parse_ingest", "parse_offers", "parse_privacy", "parse_sync", "parse_associates",
-    "parse_reload", "check_roles",
+    "parse_reload", "parse_shop", "parse_delivery", "check_roles",
 ]
 
 SECTIONS: dict[str, frozenset[str]] = {
     "store": frozenset({"id", "name", "timezone", "layout", "promotions", "profiles", "inventory", "anchor"}),
     "mqtt": frozenset({"url", "username", "password", "client_id", "protocol", "tls_ca", "tls_cert", "tls_key",
                        "tls_insecure", "keepalive"}),
-    "http": frozenset({"listen", "admin_token", "tls_cert", "tls_key"}),
+    "http": frozenset({"listen", "admin_token", "tls_cert", "tls_key", "public_url", "ping_rate", "ping_burst",
+                       "address_rate"}),
     "data": frozenset({"dir"}),
     "tracking": frozenset({"clock", "timeout_s", "publish_events", "sustained_pings", "default_acc",
                            "max_future_skew_s", "max_speed_mps", "fusion", "confidence", "acc_sigmas"}),
@@ -56,6 +59,8 @@ SECTIONS: dict[str, frozenset[str]] = {
     "sources": frozenset({"meraki", "aruba", "ble"}),
     "floorplans": frozenset(),  # an array of tables, parsed by _sources.parse_floorplans
     "reload": frozenset({"poll_s"}),
+    "shop": frozenset({"language", "text"}),
+    "delivery": frozenset({"webhook_url", "webhook_token", "timeout_s", "retry_s"}),
 }
 
 
@@ -161,10 +166,24 @@ def parse_http(c: Collector, doc: dict, base: Path) -> HttpConfig:
         admin_token=c.string(h, "admin_token", W, nonempty=True),
         tls_cert=_file_key(c, base, W, "tls_cert", h.get("tls_cert")),
         tls_key=_file_key(c, base, W, "tls_key", h.get("tls_key")),
+        public_url=_http_url(c, W, "public_url", c.string(h, "public_url", W, nonempty=True)),
+        ping_rate=c.number(h, "ping_rate", W, default=5.0, positive=True),
+        ping_burst=c.integer(h, "ping_burst", W, default=10, minimum=1),
+        address_rate=c.number(h, "address_rate", W, default=50.0, positive=True),
     )
     if ("tls_cert" in h) != ("tls_key" in h):
         c.err(W, "tls_key" if "tls_cert" in h else "tls_cert", "tls_cert and tls_key go together")
     return http
+
+
+def _http_url(c: Collector, where: str, key: str, url: str | None) -> str | None:
+    if url is None:
+        return None
+    u = urllib.parse.urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        c.err(where, key, f"must be an http:// or https:// URL, not {url!r}")
+        return None
+    return url.rstrip("/")
 
 
 def parse_data(c: Collector, doc: dict, base: Path) -> Path:
@@ -319,3 +338,31 @@ def check_roles(associates: AssociatesConfig, fence_ids: Iterable[str], *, file:
 def parse_reload(c: Collector, doc: dict) -> ReloadConfig:
     rl = section(c, doc, "reload")
     return ReloadConfig(poll_s=c.number(rl, "poll_s", "[reload]", default=2.0, minimum=0))
+
+
+def parse_shop(c: Collector, doc: dict) -> ShopConfig:
+    s = section(c, doc, "shop")
+    W = "[shop]"
+    text: dict[str, str] = {}
+    raw = s.get("text", {})
+    if not isinstance(raw, dict):
+        c.err(W, "text", f"must be a table label -> text, not {type_name(raw)}")
+    else:
+        for k, v in raw.items():
+            if isinstance(v, str):
+                text[k] = v
+            else:
+                c.err("[shop.text]", k, f"must be a string, not {type_name(v)}")
+    return ShopConfig(language=c.string(s, "language", W, default="en", nonempty=True),
+                      text=MappingProxyType(text))
+
+
+def parse_delivery(c: Collector, doc: dict) -> DeliveryConfig:
+    d = section(c, doc, "delivery")
+    W = "[delivery]"
+    return DeliveryConfig(
+        webhook_url=_http_url(c, W, "webhook_url", c.string(d, "webhook_url", W, nonempty=True)),
+        webhook_token=c.string(d, "webhook_token", W, nonempty=True),
+        timeout_s=c.number(d, "timeout_s", W, default=10.0, positive=True),
+        retry_s=c.number(d, "retry_s", W, default=1.0, positive=True),
+    )

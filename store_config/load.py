@@ -9,7 +9,8 @@ One parser per section, each in its own module; this one composes them:
 
 - ``_store.py``      ``[store]``, ``[store.anchor]`` and the files named there;
 - ``_sections.py``   ``[mqtt]``, ``[http]``, ``[data]``, ``[tracking]``, ``[ingest]``,
-  ``[offers]``, ``[privacy]``, ``[sync]``, ``[associates]``, ``[reload]``;
+  ``[offers]``, ``[privacy]``, ``[sync]``, ``[associates]``, ``[reload]``, ``[shop]``,
+  ``[delivery]``;
 - ``_sources.py``    ``[sources.*]`` and ``[[floorplans]]``;
 - ``_layout.py``     ``layout.geojson`` (:func:`parse_layout`);
 - ``_promotions.py`` ``promotions.json`` (:func:`parse_promotions`, :func:`cross_check`);
@@ -121,6 +122,8 @@ def load_store(path: str | Path) -> StoreConfig:
     sync = sections.parse_sync(c, doc)
     associates = sections.parse_associates(c, doc)
     reload_cfg = sections.parse_reload(c, doc)
+    shop = sections.parse_shop(c, doc)
+    delivery = sections.parse_delivery(c, doc)
     sources = parse_sources(c, sections.section(c, doc, "sources"))
     floorplans = parse_floorplans(c, doc.get("floorplans"))
 
@@ -192,6 +195,8 @@ def load_store(path: str | Path) -> StoreConfig:
         privacy=privacy,
         sync=sync,
         associates=associates,
+        shop=shop,
+        delivery=delivery,
         reload=reload_cfg,
         data_dir=data_dir,
         outline=outline,

@@ -162,6 +162,12 @@ class HttpConfig:
     admin_token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    # The URL shoppers reach the gateway at (printed in the shelf QR codes), e.g.
+    # "https://shop.store.example:8443"; None: derived from listen and TLS.
+    public_url: str | None = None
+    ping_rate: float = 5.0  # pings per second per device (HTTP and the page's WebSocket)
+    ping_burst: int = 10  # bucket size of ping_rate
+    address_rate: float = 50.0  # requests per second per client address (bursts of twice that)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +250,24 @@ class AssociatesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ShopConfig:
+    """``[shop]``: the store's own page for shoppers without an app (``GET /shop``)."""
+
+    language: str = "en"  # the page's language (BCP 47); built-in labels for en, cs, de
+    text: Mapping[str, str] = field(default_factory=dict)  # label overrides, key -> text
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """``[delivery]``: hand every offer, code and notice to the retailer's push service."""
+
+    webhook_url: str | None = None
+    webhook_token: str | None = None
+    timeout_s: float = 10.0
+    retry_s: float = 1.0  # first retry delay; doubles per failure, capped at 30 s
+
+
+@dataclass(frozen=True, slots=True)
 class StoreConfig:
     """One store, validated.  ``version`` changes whenever anything that
     affects decisions changes (used to rebuild the fence index once)."""
@@ -266,6 +290,8 @@ class StoreConfig:
     privacy: PrivacyConfig = PrivacyConfig()
     sync: SyncConfig = SyncConfig()
     associates: AssociatesConfig = AssociatesConfig()
+    shop: ShopConfig = ShopConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     reload: ReloadConfig = ReloadConfig()
     data_dir: Path = Path("var")
     outline: Any = None  # shapely geometry of the store outline, if the layout has one

@@ -1,0 +1,336 @@
+"""Handing offers to the retailer's push service: ``[delivery] webhook_url``.
+
+Every offer, code and notice the agent publishes for a device is also
+``POST``ed to the webhook as ``{"device", "topic", "payload"}`` (the raw
+device id and the MQTT topic and JSON it went out on), with headers
+``Idempotency-Key`` and, with ``webhook_token``, ``Authorization: Bearer``.
+The retailer's backend turns it into an APNs/FCM push for its app.
+
+Durable: the message is written to the ``delivery`` table *in the same
+commit* as the offer (or code) it carries (``Agent.stagers``), so a crash
+or ``kill -9`` at any point loses nothing; a row is deleted only after a 2xx.
+A crash after the 2xx and before the delete sends it again with the same
+``Idempotency-Key``, so the receiver drops the duplicate.
+
+- keys: the ``offer_id`` for an offer, ``{offer_id}:code`` for its code
+  (a repeated apply sends the same code under the same key), and
+  ``notice:{hash}`` for a notice (its ``notice_id`` when it has one);
+- 2xx: delivered; 5xx, 408, 425, 429, time-outs and refused connections:
+  retried, ``[delivery] retry_s`` (default 1 s) doubling per failure with
+  jitter, capped at 30 s; any other 4xx: set aside (``aside = 1``), counted,
+  logged, and sent again by ``POST /v1/admin/delivery/requeue`` (admin);
+- metrics ``edge_delivery_pending`` (rows waiting, set-aside ones excluded)
+  and ``edge_delivery_total{result}`` (``ok``, ``retry``, ``aside``).
+
+Privacy: the table holds the device's pseudonym, and the raw id — which the
+body must carry — only encrypted (AES-256-GCM, the row's key as associated
+data) under ``{data_dir}/delivery.key``, created beside ``pseudonym.key``
+(back them up together; without the key, waiting rows cannot be sent and
+are set aside as ``undecryptable``).  A forgotten or opted-out device's
+waiting rows are deleted with the rest of its data; set-aside rows are
+deleted after ``[sync] retention_days``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sync.pseudonym import load_or_create_secret
+from sync.schema import migrate
+
+from .effects import Effects, Forget
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .service import Agent
+
+log = logging.getLogger("edge_agent.delivery")
+
+KEY_FILE = "delivery.key"
+RETRY_STATUSES = frozenset({408, 425, 429})
+MAX_BACKOFF_S = 30.0
+CONCURRENCY = 16
+
+MIGRATIONS: dict[int, str] = {1: """
+CREATE TABLE IF NOT EXISTS delivery (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    device TEXT NOT NULL,
+    device_enc BLOB NOT NULL,
+    payload TEXT NOT NULL,
+    ts REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    aside INTEGER NOT NULL DEFAULT 0,
+    status INTEGER,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS delivery_waiting ON delivery(aside, seq);
+CREATE INDEX IF NOT EXISTS delivery_device ON delivery(device);
+"""}
+
+
+@dataclass(slots=True)
+class Row:
+    seq: int
+    key: str
+    kind: str  # "offer" | "notice": the topic level
+    device_enc: bytes
+    payload: str
+
+
+class DeliveryTable:
+    """The webhook's queue, on the ledger's connection (the caller owns transactions)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        migrate(conn, "delivery", MIGRATIONS)
+
+    def put(self, rows: list[tuple]) -> None:
+        """rows: (key, kind, device pseudonym, encrypted raw id, payload JSON, ts); a known key is ignored."""
+        self.conn.executemany("INSERT OR IGNORE INTO delivery(key, kind, device, device_enc, payload, ts) "
+                              "VALUES (?,?,?,?,?,?)", rows)
+
+    def waiting(self, limit: int) -> list[Row]:
+        return [Row(*r) for r in self.conn.execute(
+            "SELECT seq, key, kind, device_enc, payload FROM delivery WHERE aside = 0 ORDER BY seq LIMIT ?",
+            (limit,))]
+
+    def pending(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM delivery WHERE aside = 0").fetchone()[0]
+
+    def aside_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM delivery WHERE aside = 1").fetchone()[0]
+
+    def delete(self, seqs: list[int]) -> None:
+        self.conn.executemany("DELETE FROM delivery WHERE seq = ?", [(s,) for s in seqs])
+
+    def attempted(self, seqs: list[int]) -> None:
+        self.conn.executemany("UPDATE delivery SET attempts = attempts + 1 WHERE seq = ?", [(s,) for s in seqs])
+
+    def set_aside(self, seq: int, status: int | None, error: str) -> None:
+        self.conn.execute("UPDATE delivery SET aside = 1, status = ?, error = ?, attempts = attempts + 1 "
+                          "WHERE seq = ?", (status, error[:1000], seq))
+
+    def requeue(self) -> int:
+        return self.conn.execute("UPDATE delivery SET aside = 0, status = NULL, error = NULL "
+                                 "WHERE aside = 1").rowcount
+
+    def forget(self, device: str) -> None:
+        self.conn.execute("DELETE FROM delivery WHERE device = ?", (device,))
+
+    def purge_aside(self, before: float) -> int:
+        return self.conn.execute("DELETE FROM delivery WHERE aside = 1 AND ts < ?", (before,)).rowcount
+
+
+def backoff(failures: int, first: float, rand: float) -> float:
+    """``first * 2**(failures-1)`` capped at 30 s, with equal jitter (half to all of it)."""
+    d = min(MAX_BACKOFF_S, first * 2.0 ** (failures - 1))
+    return d / 2 + rand * d / 2
+
+
+class Webhook:
+    """Stages messages into the queue in each commit and sends them from it."""
+
+    def __init__(self, agent: "Agent", *, rand=random.random):
+        self.agent = agent
+        self.rand = rand
+        self.wake = asyncio.Event()
+        self.failures = 0
+        self._aead: AESGCM | None = None
+        root = agent.root
+        self._offer = f"{root}/offer/"
+        self._notice = f"{root}/notice/"
+
+    @property
+    def table(self) -> DeliveryTable:
+        return self.agent.store.delivery
+
+    def _cipher(self) -> AESGCM:
+        if self._aead is None:
+            self._aead = AESGCM(load_or_create_secret(self.agent.cfg.data_dir / KEY_FILE)[:32])
+        return self._aead
+
+    def seal(self, key: str, device: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._cipher().encrypt(nonce, device.encode(), key.encode())
+
+    def open(self, key: str, blob: bytes) -> str:
+        return self._cipher().decrypt(blob[:12], blob[12:], key.encode()).decode()
+
+    # -- in the shell's commit (Agent.stagers)
+    def stage(self, fx: Effects) -> None:
+        agent = self.agent
+        table = agent.store.delivery
+        for r in fx.rows:
+            if type(r) is Forget:
+                table.forget(r.device)
+        if not agent.cfg.delivery.webhook_url:
+            return
+        items: list[tuple[str, str, str, Any]] = []  # (key, kind, raw device, payload)
+        for o in fx.offers:
+            items.append((o.payload["offer_id"], "offer", o.device, o.payload))
+        for p in fx.publish:
+            topic, payload = p.topic, p.payload
+            if topic.startswith(self._offer):
+                if isinstance(payload, dict) and payload.get("code") and payload.get("offer_id"):
+                    items.append((f"{payload['offer_id']}:code", "offer", topic[len(self._offer):], payload))
+            elif topic.startswith(self._notice) and isinstance(payload, dict):
+                device = topic[len(self._notice):]
+                nid = payload.get("notice_id")
+                if not isinstance(nid, str):
+                    canon = json.dumps([agent.pseudonym(device), payload], sort_keys=True, default=str)
+                    nid = hashlib.sha256(canon.encode()).hexdigest()[:32]
+                items.append((f"notice:{nid}", "notice", device, payload))
+        if not items:
+            return
+        agent.ledger.begin()
+        now = agent.clock()
+        table.put([(key, kind, agent.pseudonym(device), self.seal(key, device),
+                    json.dumps(payload, separators=(",", ":")), now) for key, kind, device, payload in items])
+        self.wake.set()  # the sender runs once this commit is done (same thread)
+
+    # -- the sender
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_purge = 0.0
+        async with aiohttp.ClientSession() as session:
+            while True:
+                self.wake.clear()
+                try:
+                    await self.flush(session)
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except Exception:  # the sender must outlive any surprise
+                    log.exception("delivery flush failed")
+                if loop.time() >= next_purge and self.agent.ledger is not None:
+                    next_purge = loop.time() + 3600
+                    days = self.agent.cfg.sync.retention_days
+                    self._write(lambda t: t.purge_aside(self.agent.clock() - days * 86400))
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=5.0)
+                except asyncio.TimeoutError:
+                    pass
+
+    def _write(self, fn) -> Any:
+        led = self.agent.ledger
+        led.commit()  # nothing of the agent's is open at an await point; be sure
+        led.begin()
+        try:
+            out = fn(self.table)
+            led.commit()
+            return out
+        except BaseException:
+            led.rollback()
+            raise
+
+    async def flush(self, session: aiohttp.ClientSession) -> int:
+        """Send what waits until the queue is empty or the webhook fails (then back off and go on)."""
+        sent = 0
+        while True:
+            cfg = self.agent.cfg.delivery
+            if not cfg.webhook_url or self.agent.ledger is None:
+                return sent
+            self.agent.ledger.commit()  # never send a row of a transaction that could still roll back
+            rows = self.table.waiting(CONCURRENCY)
+            if not rows:
+                return sent
+            results = await asyncio.gather(*(self._post(session, cfg, r) for r in rows))
+            if self.agent.ledger is None:
+                return sent
+            ok = [r.seq for r, (res, _, _) in zip(rows, results) if res == "ok"]
+            retry = [r.seq for r, (res, _, _) in zip(rows, results) if res == "retry"]
+            aside = [(r, st, err) for r, (res, st, err) in zip(rows, results) if res == "aside"]
+            m = self.agent.metrics.delivery
+
+            def write(t: DeliveryTable) -> None:
+                t.delete(ok)
+                t.attempted(retry)
+                for r, st, err in aside:
+                    t.set_aside(r.seq, st, err)
+
+            self._write(write)
+            sent += len(ok)
+            for res, n in (("ok", len(ok)), ("retry", len(retry)), ("aside", len(aside))):
+                if n:
+                    m.inc(res, n=n)
+            for r, st, err in aside:
+                log.error("push webhook refused %s (HTTP %s: %s); set aside — POST /v1/admin/delivery/requeue "
+                          "sends it again", r.key, st, err[:200])
+            if retry:
+                self.failures += 1
+                d = backoff(self.failures, cfg.retry_s, self.rand())
+                log.info("push webhook unavailable; retrying %d messages in %.1f s", len(retry), d)
+                await asyncio.sleep(d)
+            else:
+                self.failures = 0
+
+    async def _post(self, session: aiohttp.ClientSession, cfg, row: Row) -> tuple[str, int | None, str]:
+        """POST one message; returns ("ok" | "retry" | "aside", HTTP status, error text)."""
+        try:
+            device = self.open(row.key, row.device_enc)
+        except (InvalidTag, ValueError):
+            return "aside", None, "undecryptable: delivery.key changed or lost"
+        body = ('{"device":%s,"topic":%s,"payload":%s}' % (
+            json.dumps(device), json.dumps(f"{self.agent.root}/{row.kind}/{device}"), row.payload)).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": row.key}
+        if cfg.webhook_token:
+            headers["Authorization"] = f"Bearer {cfg.webhook_token}"
+        try:
+            async with session.post(cfg.webhook_url, data=body, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=cfg.timeout_s)) as resp:
+                status = resp.status
+                text = (await resp.content.read(1024)).decode("utf-8", "replace")
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return "retry", None, type(exc).__name__
+        if 200 <= status < 300:
+            return "ok", status, ""
+        if status >= 500 or status in RETRY_STATUSES:
+            return "retry", status, text
+        return "aside", status, text
+
+
+WEBHOOK: web.AppKey[Webhook] = web.AppKey("webhook", Webhook)
+
+
+def setup(app: web.Application, agent_key: web.AppKey) -> None:
+    """Stage into the queue in every commit; run the sender while the app runs;
+    add ``POST /v1/admin/delivery/requeue``."""
+    agent = app[agent_key]
+    hook = app[WEBHOOK] = Webhook(agent)
+    agent.stagers.append(hook.stage)
+
+    async def sender_ctx(app: web.Application):
+        agent.metrics.delivery_pending.fn = lambda: hook.table.pending() if agent.store else 0.0
+        task = asyncio.create_task(hook.run(), name="delivery-webhook")
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    async def requeue(request: web.Request) -> web.Response:
+        token = agent.cfg.http.admin_token
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise web.HTTPUnauthorized(text="admin token required\n", headers={"WWW-Authenticate": "Bearer"})
+        n = hook._write(lambda t: t.requeue())
+        hook.wake.set()
+        return web.json_response({"requeued": n})
+
+    app.cleanup_ctx.append(sender_ctx)
+    app.router.add_post("/v1/admin/delivery/requeue", requeue)
