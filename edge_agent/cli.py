@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import sys
+import tempfile
+from pathlib import Path
 
 log = logging.getLogger("edge_agent.cli")
 
@@ -61,9 +63,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.mqtt.url is None:
         print("[mqtt] url is required for `run` (an embedded broker is for `demo` only)", file=sys.stderr)
         return 2
-    from .runner import serve
+    from .runner import StartupError, serve
 
-    return asyncio.run(serve(cfg))
+    try:
+        return asyncio.run(serve(cfg))
+    except StartupError as exc:
+        if args.debug:
+            raise
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -97,7 +105,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """
     from .demo import run_demo
 
-    return asyncio.run(run_demo(duration=args.duration, shoppers=args.shoppers, port=args.port))
+    log_file = None
+    if not args.verbose:  # the story only on the terminal; the logs go to a file the banner names
+        log_file = Path(tempfile.gettempdir()) / "edge-agent-demo.log"
+        handler = logging.FileHandler(log_file, mode="w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        root.addHandler(handler)
+        logging.captureWarnings(True)
+    return asyncio.run(run_demo(duration=args.duration, shoppers=args.shoppers, port=args.port, log_file=log_file))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -144,10 +162,61 @@ def cmd_qr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker(args: argparse.Namespace) -> tuple[str, str]:
+    """(broker URL, the store's root topic) from --config, or --broker and --store."""
+    if args.config:
+        cfg = _load(args.config)
+        url = args.broker or cfg.mqtt.url
+        if url is None:
+            print("the config has no [mqtt] url: give --broker mqtt://HOST:PORT", file=sys.stderr)
+            raise SystemExit(2)
+        return url, cfg.root_topic
+    if not (args.broker and args.store):
+        print("give --config store.toml, or --broker URL and --store ID", file=sys.stderr)
+        raise SystemExit(2)
+    return args.broker, f"store/{args.store}"
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print what the store's topics carry, one line a message (Ctrl-C stops).
+
+    Example: edge-agent watch --broker mqtt://127.0.0.1:1883 --store S042
+    """
+    from .tools import watch
+
+    url, root = _broker(args)
+    print(f"watching {root}/# on {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    return watch(url, root, topics=args.topic or None, count=args.count)
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    """Publish one ping as a phone would (local metres, or --lat/--lon).
+
+    Example: edge-agent ping --broker mqtt://127.0.0.1:1883 --store S042 --device my-phone --x 6 --y 10
+    """
+    from .tools import ping
+
+    url, root = _broker(args)
+    if args.lat is not None and args.lon is not None:
+        body = {"lat": args.lat, "lon": args.lon}
+    elif args.x is not None and args.y is not None:
+        body = {"x": args.x, "y": args.y}
+    else:
+        print("give --x and --y (local metres) or --lat and --lon", file=sys.stderr)
+        return 2
+    body["acc"] = args.acc
+    if args.floor is not None:
+        body["floor"] = args.floor
+    topic = ping(url, root, args.device, body, source=args.source)
+    print(f"published {json.dumps(body)} to {topic}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="In-store geofencing edge service.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on failures")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the service", description=cmd_run.__doc__)
@@ -165,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
     p.add_argument("--shoppers", type=int, default=6, help="number of simulated shoppers (default 6)")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; a free one if taken)")
+    p.add_argument("--verbose", action="store_true", help="log to the terminal too (default: to a file)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("simulate", help="simulate shoppers and score fences", description=cmd_simulate.__doc__)
@@ -195,6 +265,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="svg", choices=["svg", "png"], help="image format (default svg)")
     p.add_argument("--base-url", default=None, help="URL of the gateway as phones reach it (default [http] public_url)")
     p.set_defaults(fn=cmd_qr)
+
+    for name, fn, help_ in (("watch", cmd_watch, "print the store's MQTT messages as they come"),
+                            ("ping", cmd_ping, "publish one ping by hand")):
+        p = sub.add_parser(name, help=help_, description=fn.__doc__)
+        p.add_argument("--config", help="path of store.toml (its broker and store id)")
+        p.add_argument("--broker", help="broker URL, e.g. mqtt://127.0.0.1:1883 (overrides the config's)")
+        p.add_argument("--store", help="store id (without --config)")
+        if name == "watch":
+            p.add_argument("--topic", action="append", help="topic filter (repeatable; default {root}/#)")
+            p.add_argument("--count", type=int, default=None, help="stop after N messages")
+        else:
+            p.add_argument("--device", required=True, help="the phone's device id")
+            p.add_argument("--source", default="uwb", choices=["uwb", "ble", "wifi", "gps", "html5"])
+            p.add_argument("--x", type=float, help="local metres")
+            p.add_argument("--y", type=float, help="local metres")
+            p.add_argument("--lat", type=float)
+            p.add_argument("--lon", type=float)
+            p.add_argument("--acc", type=float, default=0.5, help="accuracy in metres (default 0.5)")
+            p.add_argument("--floor", type=int, default=None)
+        p.set_defaults(fn=fn)
     return parser
 
 
@@ -213,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(markdown_help())
         return 0
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging("debug" if args.debug else args.log_level, args.log_format)
     try:
         return args.fn(args) or 0
     except KeyboardInterrupt:

@@ -40,7 +40,8 @@ def _port_free(port: int) -> bool:
             return False
 
 
-async def run_demo(*, duration: float | None = None, shoppers: int = 6, port: int = 8080) -> int:
+async def run_demo(*, duration: float | None = None, shoppers: int = 6, port: int = 8080,
+                   log_file: Path | None = None) -> int:
     broker = EmbeddedBroker()
     url = await broker.start()
     cfg = load_store(sample_path())
@@ -67,7 +68,9 @@ edge-agent demo — store {cfg.store_id} ({cfg.name}), embedded broker at {url}
   metrics:           {server.url}/metrics
   health:            {server.url}/readyz
   associates' page:  {server.url}/associates?token={cfg.associates.token or ''}
-  MQTT:              mosquitto_sub -h 127.0.0.1 -p {broker.port} -t 'store/{cfg.store_id}/#' -v
+  watch MQTT:        .venv/bin/edge-agent watch --broker {url} --store {cfg.store_id}
+  your own phone:    .venv/bin/edge-agent ping --broker {url} --store {cfg.store_id} --device my-phone --x 6 --y 10
+  logs:              {log_file or "this terminal"}
 {shoppers} simulated shoppers are walking in; transitions and offers follow. Ctrl-C to stop.
 """, flush=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from aiohttp import web
 from store_config.model import StoreConfig
 
 from .http import make_app
+from .instance import InstanceLocked
 from .service import Agent
 
 log = logging.getLogger("edge_agent")
@@ -54,10 +56,35 @@ class Server:
             self.runner = None
 
 
+class StartupError(Exception):
+    """The agent cannot start: one line for the operator (exit status 2)."""
+
+
+def check_port_free(listen: str) -> None:
+    """Refuse a taken HTTP port before the agent touches the broker."""
+    host, port = parse_listen(listen)
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {host}:{port} ([http] listen): {exc.strerror or exc}; "
+                               f"is another edge-agent running?") from exc
+
+
 async def serve(cfg: StoreConfig) -> int:
-    """Run until SIGINT/SIGTERM; SIGHUP reloads the configuration files."""
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the configuration files.
+    A start-up failure (the data dir locked by another agent, the HTTP port
+    taken, unreadable TLS files) raises :class:`StartupError`."""
+    check_port_free(cfg.http.listen)
     server = Server(cfg)
-    await server.start()
+    try:
+        await server.start()
+    except (InstanceLocked, OSError, ssl.SSLError) as exc:
+        await server.stop()
+        raise StartupError(str(exc)) from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

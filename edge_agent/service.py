@@ -41,6 +41,7 @@ from .alerts import AlertManager
 from .codecs import Ping, owntracks_cmd
 from .decisions import OfferHistory, store_day
 from .guard import SpoofGuard
+from .instance import lock_data_dir, unlock
 from .ledger import Ledger
 from .metrics import Metrics
 from .mqtt import Message, MqttClient
@@ -89,6 +90,7 @@ class Agent:
         self._pending: dict[int, PendingOffer] = {}
         self._delivered: list[str] = []
         self._tasks: list[asyncio.Task] = []
+        self._lock: int | None = None  # the data dir's lock (edge_agent.instance)
         self.ready = False
         self.listeners: list[Callable[[str, dict], None]] = []  # (kind, data) for demo / page
         self.stagers: list[Callable[[Effects], None]] = []  # more rows for each commit: the push webhook's queue
@@ -181,6 +183,7 @@ class Agent:
         cfg = self.cfg
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(data)  # before anything else: a second agent stops here
         self.pseudo = Pseudonymizer(load_or_create_secret(data / "pseudonym.key"))
         self.ledger = open_ledger(data / "edge.sqlite3", store_id=cfg.store_id,
                                   on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"))
@@ -227,6 +230,9 @@ class Agent:
             self.ledger.close()
             self.ledger = None
             self.store = None
+        if self._lock is not None:
+            unlock(self._lock)
+            self._lock = None
         log.info("agent stopped")
 
     def _restore(self) -> None:
