@@ -13,7 +13,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import alerts
+from . import alerts, privacy
 from .audit import AuditError, parse_since
 from .mqtt import Message
 from .service import Agent
@@ -94,14 +94,6 @@ async def admin_reload(request: web.Request) -> web.Response:
                              status=200 if ok else 422)
 
 
-async def admin_forget(request: web.Request) -> web.Response:
-    require_admin(request)
-    agent = request.app[AGENT]
-    device = request.match_info["device"]
-    agent.forget(device)
-    return web.json_response({"forgotten": agent.pseudonym(device)})
-
-
 async def admin_requeue(request: web.Request) -> web.Response:
     """Put events central refused (set aside) back in the outbox, e.g. after
     fixing ``[sync] token``."""
@@ -144,7 +136,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/ping", post_ping)
     app.router.add_post("/v1/admin/reload", admin_reload)
-    app.router.add_delete("/v1/admin/devices/{device}", admin_forget)
+    privacy.add_routes(app, AGENT, require_admin)  # DELETE /v1/admin/devices/{d}, GET .../{d}/export
     app.router.add_get("/v1/admin/audit", admin_audit)
     app.router.add_post("/v1/admin/outbox/requeue", admin_requeue)
     from .sources import add_routes as add_source_routes  # here: the adapters import AGENT from this module
