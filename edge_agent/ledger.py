@@ -187,14 +187,13 @@ class Ledger:
 
     def get_offer(self, offer_id: str) -> OfferRow | None:
         r = self.conn.execute(
-            "SELECT offer_id, device, promotion_id, zone, ts, expires, payload, delivered, code, action "
+            "SELECT offer_id, device, promotion_id, zone, ts, expires, payload, delivered, code, action, sealed "
             "FROM offers WHERE offer_id = ?", (offer_id,)).fetchone()
         return self._row(r) if r else None
 
     @staticmethod
     def _row(r) -> OfferRow:
-        return OfferRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), bool(r[7]), r[8], r[9],
-                        r[10] if len(r) > 10 else None)
+        return OfferRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), bool(r[7]), r[8], r[9], r[10])
 
     def recent_offers(self, since: float) -> list[tuple[str, str, float]]:
         """(device pseudonym, promotion id, ts) of offers since ``since`` — to

@@ -113,13 +113,16 @@ class TestClient:
     __test__ = False  # not a test class
 
     def __init__(self, url: str, loop: asyncio.AbstractEventLoop, client_id: str | None = None, *,
-                 username: str | None = None, password: str | None = None, ca: str | None = None):
+                 username: str | None = None, password: str | None = None, ca: str | None = None,
+                 clean_session: bool = True):
         scheme, rest = url.split("://")
         host, port = rest.split(":")
         self.loop = loop
         self.queues: dict[str, asyncio.Queue] = {}
         self.all: list[paho.MQTTMessage] = []
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{free_port()}")
+        # clean_session=False: a phone's persistent session (QoS 1 messages wait in the broker while it is away)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{free_port()}",
+                                  clean_session=clean_session)
         if username:
             self.client.username_pw_set(username, password)
         if scheme == "mqtts":
