@@ -105,7 +105,7 @@ async def _next_code(phone: TestClient, R: str, offer_id: str, known: set[str], 
             return msg
 
 
-def _store_with_central(tmp_path: Path, broker_url: str, central: Central) -> tuple[Path, int]:
+def _store_with_central(tmp_path: Path, broker_url: str, c: Central) -> tuple[Path, int]:
     port = free_port()
     path = write_store(tmp_path, broker_url=broker_url, toml_extra=f"""
         [ingest]
@@ -115,8 +115,8 @@ def _store_with_central(tmp_path: Path, broker_url: str, central: Central) -> tu
         anonymous_tracking = true
 
         [sync]
-        central_url = "{central.url}"
-        token = "{central.token}"
+        central_url = "{c.url}"
+        token = "{c.token}"
         interval_s = 0.2
         timeout_s = 0.5
     """)
