@@ -312,7 +312,7 @@ async def test_forget_removes_every_row_of_the_device_and_queues_one_forget_even
                                "consent_live": 1}
     after = rows(pseudo)
     assert after == {"offers": 0, "audit": 0, "consent": 0, "outbox": 1}
-    assert [k for (k,) in conn.execute("SELECT kind FROM outbox WHERE device = ?", (pseudo,))] == ["forget"]
+    assert conn.execute("SELECT kind, cls FROM outbox WHERE device = ?", (pseudo,)).fetchall() == [("forget", 2)]
     assert pseudo not in agent.tracks and pseudo not in agent.histories and WALKIN not in agent.tracks
     assert rows(other)["offers"] == 1  # the bystander is untouched
     # Forgotten means a new device: the next visit gets an offer again (no cooldown remembered).
