@@ -54,6 +54,7 @@ class OfferRow:
     ts: float
     expires: float
     payload: dict[str, Any]
+    topic_device: str | None = None  # the raw id: the store seals it (privacy.TopicSealer), never stores it
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +74,11 @@ class InventoryRow:
 
 @dataclass(frozen=True, slots=True)
 class Forget:
-    """Consent withdrawn or a forget request: purge the device's stored zones."""
+    """Consent withdrawn: purge the device's stored zones and transitions.
+    ``full`` (a forget request): delete every row that carries the pseudonym."""
 
     device: str  # pseudonym
+    full: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import delivery, http_associates, shop, sources
+from . import delivery, http_associates, privacy, shop, sources
 from .audit import AuditError, parse_since
 from .http_base import AGENT, require_admin
 from .service import Agent
@@ -50,14 +50,6 @@ async def admin_reload(request: web.Request) -> web.Response:
     ok, problems = reload()
     return web.json_response({"ok": ok, "version": agent.cfg.version, "problems": problems},
                              status=200 if ok else 422)
-
-
-async def admin_forget(request: web.Request) -> web.Response:
-    require_admin(request)
-    agent = request.app[AGENT]
-    device = request.match_info["device"]
-    agent.forget(device)
-    return web.json_response({"forgotten": agent.pseudonym(device)})
 
 
 async def admin_requeue(request: web.Request) -> web.Response:
@@ -101,7 +93,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/admin/reload", admin_reload)
-    app.router.add_delete("/v1/admin/devices/{device}", admin_forget)
+    privacy.add_routes(app, AGENT, require_admin)  # DELETE /v1/admin/devices/{d}, GET .../{d}/export
     app.router.add_get("/v1/admin/audit", admin_audit)
     app.router.add_post("/v1/admin/outbox/requeue", admin_requeue)
     sources.add_routes(app)  # /v1/ingest/meraki, /v1/ingest/aruba

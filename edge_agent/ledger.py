@@ -61,6 +61,9 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS audit_device_ts ON audit(device, ts);
     CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);
     """,
+    # The raw id an unacknowledged offer is re-published to, sealed (edge_agent.privacy);
+    # NULL once the broker acknowledged the offer, it expired, or the device was forgotten.
+    2: "ALTER TABLE offers ADD COLUMN sealed BLOB",
 }
 
 
@@ -76,6 +79,7 @@ class OfferRow:
     delivered: bool
     code: str | None
     action: str | None
+    sealed: bytes | None = None
 
 
 class Ledger:
@@ -89,6 +93,8 @@ class Ledger:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=2000")  # bounded: the loop thread waits on it
+        # A forgotten device's rows are overwritten on delete, not left in free pages.
+        self.conn.execute("PRAGMA secure_delete=ON")
         migrate(self.conn, "ledger", MIGRATIONS)
         self.outbox = Outbox(self.conn)
         self.conn.execute("BEGIN")
@@ -151,32 +157,43 @@ class Ledger:
 
     # -- offers
     def add_offer(self, offer_id: str, device: str, promotion_id: str, zone: str | None,
-                  ts: float, expires: float, payload: dict[str, Any]) -> None:
+                  ts: float, expires: float, payload: dict[str, Any], sealed: bytes | None = None) -> None:
+        """``device`` is the pseudonym; ``sealed`` the raw id encrypted (``privacy.TopicSealer``)."""
         self.begin()
         self.conn.execute(
-            "INSERT INTO offers(offer_id, device, promotion_id, zone, ts, expires, payload) VALUES (?,?,?,?,?,?,?)",
-            (offer_id, device, promotion_id, zone, ts, expires, json.dumps(payload, separators=(",", ":"))))
+            "INSERT INTO offers(offer_id, device, promotion_id, zone, ts, expires, payload, sealed) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (offer_id, device, promotion_id, zone, ts, expires, json.dumps(payload, separators=(",", ":")), sealed))
 
     def mark_delivered(self, offer_ids: Iterable[str], state: int = 1) -> None:
-        """1: the broker acknowledged the offer; 2: it expired unacknowledged (never re-sent)."""
+        """1: the broker acknowledged the offer; 2: it expired unacknowledged (never re-sent).
+        Either way its sealed topic is deleted: nothing will be re-sent."""
         self.begin()
-        self.conn.executemany("UPDATE offers SET delivered = ? WHERE offer_id = ?", [(state, o) for o in offer_ids])
+        self.conn.executemany("UPDATE offers SET delivered = ?, sealed = NULL WHERE offer_id = ?",
+                              [(state, o) for o in offer_ids])
+
+    def expire_unsent(self, now: float) -> int:
+        """Give up on unacknowledged offers past their ``expires`` that are not in
+        flight any more (e.g. from before a restart): state 2, sealed topic deleted."""
+        self.begin()
+        return self.conn.execute("UPDATE offers SET delivered = 2, sealed = NULL "
+                                 "WHERE delivered = 0 AND expires <= ?", (now,)).rowcount
 
     def undelivered(self, now: float) -> list[OfferRow]:
         rows = self.conn.execute(
-            "SELECT offer_id, device, promotion_id, zone, ts, expires, payload, delivered, code, action "
+            "SELECT offer_id, device, promotion_id, zone, ts, expires, payload, delivered, code, action, sealed "
             "FROM offers WHERE delivered = 0 AND expires > ? ORDER BY ts", (now,)).fetchall()
         return [self._row(r) for r in rows]
 
     def get_offer(self, offer_id: str) -> OfferRow | None:
         r = self.conn.execute(
-            "SELECT offer_id, device, promotion_id, zone, ts, expires, payload, delivered, code, action "
+            "SELECT offer_id, device, promotion_id, zone, ts, expires, payload, delivered, code, action, sealed "
             "FROM offers WHERE offer_id = ?", (offer_id,)).fetchone()
         return self._row(r) if r else None
 
     @staticmethod
     def _row(r) -> OfferRow:
-        return OfferRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), bool(r[7]), r[8], r[9])
+        return OfferRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), bool(r[7]), r[8], r[9], r[10])
 
     def recent_offers(self, since: float) -> list[tuple[str, str, float]]:
         """(device pseudonym, promotion id, ts) of offers since ``since`` — to

@@ -46,6 +46,7 @@ from .ledger import Ledger
 from .metrics import Metrics
 from .mqtt import Message, MqttClient
 from .pipeline import Effects, Pipeline, Runtime, State, build_runtime
+from .privacy import TopicSealer
 from .reload import Reloader, file_mtime
 from .store import Store, open_ledger
 
@@ -187,7 +188,8 @@ class Agent:
         self.pseudo = Pseudonymizer(load_or_create_secret(data / "pseudonym.key"))
         self.ledger = open_ledger(data / "edge.sqlite3", store_id=cfg.store_id,
                                   on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"))
-        self.store = Store(self.ledger)
+        self.sealer = TopicSealer.for_data_dir(data)  # offers' topics at rest (privacy.py)
+        self.store = Store(self.ledger, self.sealer)
         self._restore()
         self.sync = Sync(config=lambda: self.cfg, store=self.ledger, metrics=self.metrics, clock=self.clock,
                          install=self.install, mqtt_client=MqttClient)
@@ -263,9 +265,9 @@ class Agent:
         for row in self.ledger.undelivered(self.clock()):
             if row.offer_id in inflight:
                 continue  # paho re-sends its own in-flight messages
-            raw = row.payload.pop("_device", None)
+            raw = self.sealer.open(row.sealed, row.offer_id) if row.sealed else None
             if raw is None:
-                continue
+                continue  # sealed under a lost key: cannot be re-sent (it expires)
             self._publish_offer(raw, row.payload, None)
 
     # -- the batch entry points
@@ -373,6 +375,7 @@ class Agent:
     def expire_offers(self, now: float) -> int:
         """Give up on offers the broker has not acknowledged by their ``expires``:
         counted in ``edge_offers_expired_total`` and never re-sent after a restart."""
+        self.ledger.expire_unsent(now)  # e.g. from before a restart: their sealed topics go too
         gone = [mid for mid, p in self._pending.items() if p.expires <= now]
         if not gone:
             return 0
@@ -404,12 +407,22 @@ class Agent:
         now = self.state.sim_now if ping_clock else wall
         if ping_clock and not now:
             now = None  # no ping yet: only escalations (on the wall clock) run
-        elif self._pending:
+        else:
             self.expire_offers(now)
         self._commit(self.pipeline.tick(now, wall))
 
     # -- admin
-    def forget(self, device: str) -> None:
-        """Forget a device: purge its stored zones, transitions and live state."""
-        self.touch().forget(device)
-        self.commit()
+    def forget(self, device: str) -> dict[str, int | str] | None:
+        """Forget a device: every stored row and its live state; one ``forget`` event
+        for central.  Returns the pseudonym and counts per kind (None: storage failed)."""
+        dropped = self.touch().forget(device)
+        pseudo = dropped["device"]
+        if not self._commit(self.pipeline.take()):
+            return None
+        counts = self.store.forgotten.pop(pseudo, {})
+        log.info("forgot device %s: %s", pseudo, ", ".join(f"{n} {k}" for k, n in counts.items()))
+        return {**dropped, **counts}
+
+    @property
+    def last_deadletter_reason(self) -> str:
+        return self.pipeline.last_deadletter_reason or "rejected"

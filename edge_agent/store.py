@@ -13,6 +13,7 @@ per kind (the hot path), inside the transaction the shell commits once.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -25,6 +26,7 @@ from sync.schema import migrate
 from .delivery import DeliveryTable
 from .ledger import Ledger
 from . import effects as fx
+from . import privacy
 
 log = logging.getLogger("edge_agent.store")
 
@@ -69,11 +71,39 @@ class InventoryTable:
 class Store:
     """The ledger file with every table the agent keeps."""
 
-    def __init__(self, ledger: Ledger):
+    def __init__(self, ledger: Ledger, sealer: privacy.TopicSealer | None = None):
         self.ledger = ledger
+        self.sealer = sealer  # None: offers are stored without their topic (never re-sent after a restart)
         self.consent = ConsentTable(ledger.conn)
         self.inventory = InventoryTable(ledger.conn)
         self.delivery = DeliveryTable(ledger.conn)  # the push webhook's queue (edge_agent/delivery.py)
+        self.forgotten: dict[str, dict[str, int]] = {}  # pseudonym -> rows deleted by a full Forget
+        self._seal_legacy()
+
+    def _seal_legacy(self) -> None:
+        """A file written before topics were sealed keeps raw ids in ``offers.payload``
+        (``_device``): seal them (undelivered offers) or drop them, then vacuum so
+        no copy stays in free pages.  Runs once per file (``meta`` remembers)."""
+        conn = self.ledger.conn
+        if conn.execute("SELECT 1 FROM meta WHERE k = 'topics_sealed'").fetchone():
+            return
+        rows = conn.execute("SELECT offer_id, payload, delivered FROM offers WHERE payload LIKE '%\"_device\"%'"
+                            ).fetchall()
+        self.ledger.begin()
+        conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('topics_sealed', '1')")
+        for offer_id, payload, delivered in rows:
+            body = json.loads(payload)
+            raw = body.pop("_device", None)
+            sealed = (self.sealer.seal(raw, offer_id) if raw and self.sealer is not None and delivered == 0
+                      else None)
+            conn.execute("UPDATE offers SET payload = ?, sealed = ? WHERE offer_id = ?",
+                         (json.dumps(body, separators=(",", ":")), sealed, offer_id))
+        self.ledger.commit()
+        if not rows:
+            return
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.warning("sealed or removed the raw device ids of %d offers written by an older version", len(rows))
 
     @property
     def path(self) -> Path:
@@ -89,8 +119,10 @@ class Store:
         by: dict[type, list] = {}
         for r in rows:
             by.setdefault(type(r), []).append(r)
+        seal = self.sealer.seal if self.sealer is not None else None
         for r in by.get(fx.OfferRow, ()):
-            led.add_offer(r.offer_id, r.device, r.promotion_id, r.zone, r.ts, r.expires, r.payload)
+            sealed = seal(r.topic_device, r.offer_id) if seal is not None and r.topic_device else None
+            led.add_offer(r.offer_id, r.device, r.promotion_id, r.zone, r.ts, r.expires, r.payload, sealed)
         for r in by.get(fx.Code, ()):
             led.set_code(r.offer_id, r.code, r.ts)
         for r in by.get(fx.Action, ()):
@@ -107,7 +139,10 @@ class Store:
             if isinstance(r, fx.Event):
                 led.event(r.kind, r.ts, r.device, **r.fields)
             elif isinstance(r, fx.Forget):
-                led.forget_device(r.device)
+                if r.full:
+                    self.forgotten[r.device] = privacy.erase(led.conn, r.device)
+                else:
+                    led.forget_device(r.device)
 
     def commit(self) -> None:
         self.ledger.commit()

@@ -7,7 +7,7 @@ order, and deletes them only after central acknowledged them.
 Classes decide what is shed when the outbox is over its bound:
 ``0`` analytics (transitions), shed first, oldest first; ``1`` ordinary
 events (offers, suppressions, alerts, dead letters); ``2`` never shed
-(redemptions, dismissals, consent changes).
+(redemptions, dismissals, consent changes, forgets).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ KIND_CLASS = {
     "redemption": NEVER_SHED,
     "dismissal": NEVER_SHED,
     "consent": NEVER_SHED,
+    "forget": NEVER_SHED,  # central must hear it to erase its copy
 }
 
 ROW_OVERHEAD = 48  # bytes per row beyond its text: record header, rowid, ts, cls, index entry

@@ -179,7 +179,8 @@ class Sync:
         now = self.clock() if now is None else now
         horizon = max([p.cooldown_s for p in cfg.promotions] + [86400.0])
         counts = self.write(lambda led: purge(led.conn, now=now, retention_s=cfg.sync.retention_days * 86400.0,
-                                              keep_offers_s=horizon))
+                                              keep_offers_s=horizon,
+                                              position_retention_s=cfg.privacy.position_retention_s))
         if any(counts.values()):
             log.info("retention: deleted %s", ", ".join(f"{n} {k} rows" for k, n in counts.items() if n))
         return counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,12 @@ class Mosquitto:
 
     def __init__(self, workdir: Path, extra_conf: str = "", *, listener_conf: str | None = None,
                  scheme: str = "mqtt"):
-        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        # $MOSQUITTO names the binary (an empty or missing path: no broker, e.g. to prove the pure suite needs none)
+        exe = os.environ.get("MOSQUITTO")
+        if exe is None:
+            exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        elif not Path(exe).is_file():
+            exe = None
         if exe is None:
             raise RuntimeError("mosquitto is not installed: run `make test` (installs it) or "
                                "`apt-get install -y mosquitto`")
@@ -84,6 +90,18 @@ class Mosquitto:
         self.start()
 
 
+BROKER_FIXTURES = {"mosquitto", "mosquitto_factory"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs Mosquitto (directly or through another fixture) must carry
+    the ``broker`` marker, so ``pytest -m "not broker"`` runs with no broker at all."""
+    unmarked = [it.nodeid for it in items
+                if BROKER_FIXTURES & set(getattr(it, "fixturenames", ())) and it.get_closest_marker("broker") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that need a broker without @pytest.mark.broker: " + ", ".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory) -> Mosquitto:
     m = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
@@ -113,13 +131,16 @@ class TestClient:
     __test__ = False  # not a test class
 
     def __init__(self, url: str, loop: asyncio.AbstractEventLoop, client_id: str | None = None, *,
-                 username: str | None = None, password: str | None = None, ca: str | None = None):
+                 username: str | None = None, password: str | None = None, ca: str | None = None,
+                 clean_session: bool = True):
         scheme, rest = url.split("://")
         host, port = rest.split(":")
         self.loop = loop
         self.queues: dict[str, asyncio.Queue] = {}
         self.all: list[paho.MQTTMessage] = []
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{free_port()}")
+        # clean_session=False: a phone's persistent session (QoS 1 messages wait in the broker while it is away)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{free_port()}",
+                                  clean_session=clean_session)
         if username:
             self.client.username_pw_set(username, password)
         if scheme == "mqtts":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -135,7 +136,7 @@ def test_sample_loads():
 
 def test_config_is_frozen():
     cfg = load_store(sample_path())
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.store_id = "X"  # type: ignore[misc]
     with pytest.raises(TypeError):
         cfg.inventory["x"] = 1  # type: ignore[index]

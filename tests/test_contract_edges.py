@@ -10,10 +10,12 @@ import time
 
 import aiohttp
 import msgpack
+import pytest
 
 from edge_agent.ledger import Ledger
 
 
+@pytest.mark.broker
 async def test_stale_retained_ping_is_ignored_fresh_one_is_used(store_factory, agent_factory, mqtt_client):
     cfg = store_factory(toml_extra="""
         [ingest]
@@ -39,6 +41,7 @@ async def test_stale_retained_ping_is_ignored_fresh_one_is_used(store_factory, a
         await phone.publish(f"{R}/ping/uwb/{dev}", b"", retain=True)
 
 
+@pytest.mark.broker
 async def test_retained_consent_without_ts_never_beats_a_newer_one(store_factory, agent_factory, mqtt_client):
     cfg = store_factory()
     R = cfg.root_topic
@@ -63,6 +66,7 @@ def _msg(topic, obj):
     return Message(topic, json.dumps(obj).encode(), 1, 0, time.time(), True)
 
 
+@pytest.mark.broker
 async def test_events_published_for_anonymous_devices(store_factory, agent_factory, mqtt_client):
     cfg = store_factory(toml_extra="""
         [tracking]
@@ -77,6 +81,7 @@ async def test_events_published_for_anonymous_devices(store_factory, agent_facto
     assert ev["event"] == "enter" and ev["zone"] == "aisle-1" and isinstance(ev["ts"], float)
 
 
+@pytest.mark.broker
 async def test_inventory_as_msgpack_list_and_lowercase_bearer(store_factory, agent_factory, mqtt_client):
     cfg = store_factory(inventory={"chips": 5})
     server = await agent_factory(cfg)
@@ -94,6 +99,7 @@ async def test_inventory_as_msgpack_list_and_lowercase_bearer(store_factory, age
             assert r.status == 200
 
 
+@pytest.mark.broker
 async def test_unknown_beacon_dead_letter_carries_the_original_payload(store_factory, agent_factory, mqtt_client):
     cfg = store_factory()
     await agent_factory(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -265,8 +266,11 @@ def test_holdout_winner_is_not_replaced_by_runner_up():
 
 def test_holdout_assignment_is_deterministic_and_keyed():
     ps = Pseudonymizer(b"k" * 32)
-    assert ps.fraction("d_1", "promo") == ps.fraction("d_1", "promo")
-    assert Pseudonymizer(b"k" * 32).fraction("d_1", "promo") == ps.fraction("d_1", "promo")
+    # The documented assignment (HMAC-SHA256 of "holdout:" + parts, first 8 bytes): changing it would
+    # reshuffle every store's holdout groups, so it is pinned here.
+    keyed = hmac.new(b"k" * 32, b"holdout:d_1\x1fpromo", hashlib.sha256).digest()
+    assert ps.fraction("d_1", "promo") == int.from_bytes(keyed[:8], "big") / 2**64
+    assert Pseudonymizer(b"k" * 32).fraction("d_1", "promo") == ps.fraction("d_1", "promo")  # a restart
     assert Pseudonymizer(b"j" * 32).fraction("d_1", "promo") != ps.fraction("d_1", "promo")
     # Not a plain hash: without the key the group cannot be predicted.
     plain = int.from_bytes(hashlib.sha256(b"d_1\x1fpromo").digest()[:8], "big") / 2**64
@@ -284,7 +288,8 @@ def test_holdout_fraction_matches_pct(pct):
     assert abs(held / n - pct / 100) < 0.03
     # The same device lands in the same group for the same promotion, and independently per promotion.
     groups = [ps.fraction(f"d_{i}", "spring") * 100 < pct for i in range(200)]
-    assert groups == [ps.fraction(f"d_{i}", "spring") * 100 < pct for i in range(200)]
+    again = Pseudonymizer(b"store-secret-for-tests-000000000")  # the same key after a restart
+    assert groups == [again.fraction(f"d_{i}", "spring") * 100 < pct for i in range(200)]
     other = [ps.fraction(f"d_{i}", "autumn") * 100 < pct for i in range(200)]
     assert groups != other
 

@@ -5,11 +5,18 @@ comes back (same offer id), or dropped and counted once they expire."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
+import aiohttp
+import pytest
 
+from edge_agent.mqtt import Message
 from store_config import load_store
 
-from .conftest import wait_until, write_store
+from .conftest import TestClient, wait_until, write_store
+
+pytestmark = pytest.mark.broker
 
 
 async def test_broker_restart_mid_load(tmp_path, mosquitto_factory, agent_factory, mqtt_client):
@@ -38,32 +45,33 @@ async def test_broker_restart_mid_load(tmp_path, mosquitto_factory, agent_factor
     assert offer["zone"] == "aisle-1"
 
 
-async def test_offer_while_broker_down_is_delivered_after_reconnect(tmp_path, mosquitto_factory, agent_factory,
-                                                                   mqtt_client):
+async def test_offer_while_broker_down_is_delivered_after_reconnect(tmp_path, mosquitto_factory, agent_factory):
     broker = mosquitto_factory()
     cfg = load_store(write_store(tmp_path, broker_url=broker.url))
     server = await agent_factory(cfg)
     agent = server.agent
     R = cfg.root_topic
-    # A persistent-session phone (clean_session=False) so its QoS 1 offer waits in the broker.
-    phone = mqtt_client(broker.url)
-    await phone.subscribe(f"{R}/offer/+")
-    await asyncio.to_thread(broker.stop)
-    await asyncio.wait_for(wait_until(lambda: not agent.mqtt.connected.is_set()), 10)
-    # A ping arrives by HTTP while the broker is down: the offer is committed, queued, not lost.
-    from edge_agent.mqtt import Message
-    import json, time
-    agent.on_batch([Message(f"{R}/ping/uwb/offline-phone", json.dumps({"x": 24.0, "y": 10.0, "acc": 0.5}).encode(),
-                            0, 0, time.time())])
-    row = agent.ledger.conn.execute("SELECT offer_id, delivered FROM offers").fetchone()
-    assert row[1] == 0
-    await asyncio.to_thread(broker.start)
-    await asyncio.wait_for(wait_until(lambda: agent.mqtt.subscribed.is_set()), 20)
-    await asyncio.wait_for(wait_until(lambda: not agent._pending), 10)
-    agent.ledger.commit()
-    agent.tick()
-    assert agent.ledger.conn.execute("SELECT delivered FROM offers WHERE offer_id = ?", (row[0],)).fetchone()[0] == 1
-    assert agent.metrics.offers_expired.get() == 0
+    # A persistent-session phone (clean_session=False): its QoS 1 offer waits for it in the broker.
+    phone = TestClient(broker.url, asyncio.get_running_loop(), client_id="offline-phone", clean_session=False)
+    try:
+        await phone.subscribe(f"{R}/offer/offline-phone")
+        await asyncio.to_thread(broker.stop)
+        await asyncio.wait_for(wait_until(lambda: not agent.mqtt.connected.is_set()), 10)
+        # A ping arrives by HTTP while the broker is down: the offer is committed and queued, not lost.
+        async with aiohttp.ClientSession() as http:
+            async with http.post(server.url + "/v1/ping", params={"device": "offline-phone", "source": "uwb"},
+                                 json={"x": 24.0, "y": 10.0, "acc": 0.5}) as r:
+                assert r.status == 202
+        offer_id, delivered = agent.ledger.conn.execute("SELECT offer_id, delivered FROM offers").fetchone()
+        assert delivered == 0
+        await asyncio.to_thread(broker.start)
+        offer = await phone.next_json(f"{R}/offer/offline-phone", timeout=20)
+        assert offer["offer_id"] == offer_id  # the same offer, not a second one
+        await asyncio.wait_for(wait_until(lambda: agent.ledger.get_offer(offer_id).delivered), 10)
+        assert agent.metrics.offers_expired.get() == 0
+        assert phone.queues[f"{R}/offer/offline-phone"].empty()
+    finally:
+        phone.close()
 
 
 async def test_undeliverable_offer_expires_and_is_counted(tmp_path, mosquitto_factory, agent_factory):
@@ -74,8 +82,6 @@ async def test_undeliverable_offer_expires_and_is_counted(tmp_path, mosquitto_fa
     R = cfg.root_topic
     await asyncio.to_thread(broker.stop)
     await asyncio.wait_for(wait_until(lambda: not agent.mqtt.connected.is_set()), 10)
-    from edge_agent.mqtt import Message
-    import json, time
     agent.on_batch([Message(f"{R}/ping/uwb/p", json.dumps({"x": 24.0, "y": 10.0, "acc": 0.5}).encode(),
                             0, 0, time.time())])
     assert agent._pending

@@ -9,8 +9,11 @@ import random
 import tracemalloc
 
 import msgpack
+import pytest
 
 from .conftest import wait_until
+
+pytestmark = pytest.mark.broker
 
 
 def _garbage(rng: random.Random, i: int) -> bytes:

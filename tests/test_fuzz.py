@@ -54,9 +54,15 @@ def test_parse_ping_and_owntracks_raise_only_payload_errors(obj, as_msgpack):
         for v in (ping.x, ping.y, ping.lat, ping.lon, ping.acc):
             assert v is None or v == v  # never NaN
     try:
-        codecs.parse_owntracks(obj, user="u", device="d", received=1.7e9)
-    except PayloadError:
-        pass
+        ot = codecs.parse_owntracks(obj, user="u", device="d", received=1.7e9)
+    except PayloadError as exc:
+        assert obj.get("_type") == "location"  # other message types are ignored, never refused
+        assert exc.reason in {"schema", "range", "no_position", "clock_skew"}, exc
+    else:
+        if obj.get("_type") != "location":
+            assert ot is None
+        else:
+            assert ot.device == "owntracks:u:d" and ot.lat == ot.lat and ot.lon == ot.lon  # never NaN
 
 
 @FAST

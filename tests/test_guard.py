@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from edge_agent.codecs import Ping
 from edge_agent.guard import SpoofGuard, shed_stale
 from edge_agent.mqtt import Message
@@ -39,6 +41,7 @@ def test_shed_stale_keeps_newest_per_device():
     assert shed_stale(pings, limit=100) == (pings, 0)
 
 
+@pytest.mark.broker
 async def test_spoofed_pings_do_not_trigger(store_factory, agent_factory, mqtt_client):
     cfg = store_factory(toml_extra="""
         [tracking]
@@ -61,6 +64,7 @@ async def test_spoofed_pings_do_not_trigger(store_factory, agent_factory, mqtt_c
     assert agent.metrics.spoofed.get("teleport") == 1
 
 
+@pytest.mark.broker
 async def test_overloaded_batch_sheds_stale_pings_not_actions(store_factory, agent_factory):
     cfg = store_factory(toml_extra="""
         [ingest]

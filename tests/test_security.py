@@ -19,6 +19,8 @@ from store_config import load_store
 
 from .conftest import TestClient, write_store
 
+pytestmark = pytest.mark.broker
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -8,9 +8,13 @@ import asyncio
 import logging
 import sqlite3
 
+import pytest
+
 from store_config import load_store
 
 from .conftest import wait_until, write_store
+
+pytestmark = pytest.mark.broker
 
 
 async def test_disk_full_withholds_unrecorded_offers(store_factory, agent_factory, mqtt_client, caplog):

@@ -8,12 +8,15 @@ import json
 import pytest
 
 from edge_agent.ledger import Ledger
+from store_config import load_store
 from store_config.model import ConfigError
 from sync.downlink import build_config
 from sync.pseudonym import write_atomically
 from sync.retention import enforce_bound, purge
 from sync.uplink_http import backoff_delay, retry_after
 from sync.wire import decode, encode, idempotency_key, outgoing
+
+from .conftest import write_store
 
 
 def test_backoff_is_exponential_from_1s_with_jitter_capped_at_30s():
@@ -83,13 +86,34 @@ def test_retention_deletes_old_audit_offers_and_set_aside(tmp_path):
     led.outbox.set_aside([seq], status=400, error="bad", now=now - 31 * day)
     counts = purge(led.conn, now=now, retention_s=30 * day, keep_offers_s=day)
     led.commit()
-    assert counts == {"audit": 1, "offers": 1, "outbox_aside": 1}
+    assert counts == {"audit": 1, "offers": 1, "outbox_aside": 1}  # no position_retention_s: no transitions key
     assert led.get_offer("new") and not led.get_offer("old")
     assert ev.key
 
 
-def test_bundle_validated_against_the_rest_of_the_config(store_factory):
-    base = store_factory()
+def test_position_retention_deletes_old_transitions_only(tmp_path):
+    led = Ledger(tmp_path / "e.sqlite3", store_id="S1")
+    hour = 3600.0
+    now = 1000 * hour
+    led.event("transition", now - 25 * hour, "d_a", event="enter", zone="z")  # older than a day
+    led.event("transition", now - 23 * hour, "d_a", event="exit", zone="z")
+    led.event("offer", now - 25 * hour, "d_a", offer_id="o1")  # not a position: retention_days applies
+    led.event("transition", now - 48 * hour, "d_b", event="enter", zone="z")
+    led.commit()
+    aside = [seq for seq, b in led.outbox.peek(10) if b["device"] == "d_b"]
+    led.begin()
+    led.outbox.set_aside(aside, status=400, error="bad", now=now - hour)
+    counts = purge(led.conn, now=now, retention_s=30 * 86400.0, keep_offers_s=86400.0,
+                   position_retention_s=86400.0)
+    led.commit()
+    assert counts["transitions"] == 2
+    left = [(b["kind"], b["ts"]) for _, b in led.outbox.peek(10)]
+    assert left == [("transition", now - 23 * hour), ("offer", now - 25 * hour)]
+    assert led.outbox.aside_count() == 0
+
+
+def test_bundle_validated_against_the_rest_of_the_config(tmp_path):
+    base = load_store(write_store(tmp_path, broker_url=None))
     layout = {"type": "FeatureCollection", "frame": "local", "features": [
         {"type": "Feature", "properties": {"id": "entrance", "kind": "entrance"},
          "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [6, 0], [6, 3], [0, 3], [0, 0]]]}}]}
@@ -120,4 +144,4 @@ def test_openapi_describes_the_paths_and_event_kinds_the_agent_uses():
     assert set(doc["paths"]) == {"/v1/stores/{store_id}/events", "/v1/stores/{store_id}/bundle"}
     kinds = doc["components"]["schemas"]["EventBase"]["properties"]["kind"]["enum"]
     assert set(kinds) == {"transition", "offer", "suppressed", "would_offer", "redemption", "dismissal", "alert",
-                          "consent", "deadletter"}
+                          "consent", "deadletter", "forget"}

@@ -76,6 +76,7 @@ class Pipeline:
         self.wall = 0.0  # the time of the current call (the shell's clock)
         self.source_routes: list[tuple[Callable[[str], bool], Route]] = []
         self._codes: dict[str, str] = {}  # codes drawn in this batch, not committed yet
+        self.last_deadletter_reason = ""
         self.alerts = AlertManager(self)
 
     # -- what alerts and adapters read
@@ -408,8 +409,8 @@ class Pipeline:
             if d.alternative_zone:
                 payload["alternative_zone"] = d.alternative_zone
             audit[-1] = replace(audit[-1], offer_id=offer_id)
-            fx.rows.append(OfferRow(offer_id, pseudo, promo.id, fence.id, now, expires,
-                                    {**payload, "_device": device}))
+            fx.rows.append(OfferRow(offer_id, pseudo, promo.id, fence.id, now, expires, payload,
+                                    topic_device=device))  # sealed by the store, for a re-send
             fx.event("offer", now, pseudo, offer_id=offer_id, promotion_id=promo.id, zone=fence.id,
                      sku=d.sku, alternative_zone=d.alternative_zone)
             fx.offers.append(OfferOut(device, payload, received))
@@ -544,19 +545,27 @@ class Pipeline:
     def deadletter(self, topic: str, payload: bytes, received: float, reason: str, detail: str = "", *,
                    device: str | None = None) -> None:
         self.metrics.deadletters.inc(reason)
+        self.last_deadletter_reason = reason  # POST /v1/ping answers 422 with it
         self.fx.publish.append(Publish(f"{self.root}/deadletter", {
             "reason": reason, "detail": detail, "topic": topic,
             "payload_b64": base64.b64encode(payload[:65536]).decode()}, 0))
         self.fx.event("deadletter", received, self.pseudonym(device) if device else None, reason=reason)
 
     # -- admin
-    def forget(self, device: str) -> None:
-        """Forget a device: purge its stored zones, transitions and live state."""
+    def forget(self, device: str) -> dict[str, int | str]:
+        """Forget a device: drop its live state (tracker, offer history, consent
+        override) and ask the store to delete every row carrying its pseudonym;
+        then one ``forget`` event (pseudonym only) tells central to erase its copy.
+        Returns the pseudonym and what was dropped from memory."""
         st = self.state
         pseudo = st.pseudonym(device)
+        dropped = {"device": pseudo, "tracks": int(st.tracks.get(device) is not None),
+                   "histories": int(st.histories.pop(pseudo, None) is not None),
+                   "consent_live": int(st.consents.pop(pseudo, None) is not None)}
         st.drop_device(device)
-        st.histories.pop(pseudo, None)
-        self.fx.rows.append(Forget(pseudo))
+        self.fx.rows.append(Forget(pseudo, full=True))
+        self.fx.event("forget", self.wall, pseudo)  # after the Forget row: the store keeps this one
+        return dropped
 
 
 def topic_device(topic: str) -> str | None:
