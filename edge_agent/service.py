@@ -422,7 +422,3 @@ class Agent:
         counts = self.store.forgotten.pop(pseudo, {})
         log.info("forgot device %s: %s", pseudo, ", ".join(f"{n} {k}" for k, n in counts.items()))
         return {**dropped, **counts}
-
-    @property
-    def last_deadletter_reason(self) -> str:
-        return self.pipeline.last_deadletter_reason or "rejected"

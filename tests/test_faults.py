@@ -52,24 +52,29 @@ async def test_offer_while_broker_down_is_delivered_after_reconnect(tmp_path, mo
     agent = server.agent
     R = cfg.root_topic
     # A persistent-session phone (clean_session=False): its QoS 1 offer waits for it in the broker.
+    async with aiohttp.ClientSession() as http:  # the store page's device session (POST /v1/ping needs it)
+        async with http.post(server.url + "/v1/shop/session") as r:
+            session = await r.json()
+    device = session["device"]
     phone = TestClient(broker.url, asyncio.get_running_loop(), client_id="offline-phone", clean_session=False)
     try:
-        await phone.subscribe(f"{R}/offer/offline-phone")
+        await phone.subscribe(f"{R}/offer/{device}")
         await asyncio.to_thread(broker.stop)
         await asyncio.wait_for(wait_until(lambda: not agent.mqtt.connected.is_set()), 10)
         # A ping arrives by HTTP while the broker is down: the offer is committed and queued, not lost.
         async with aiohttp.ClientSession() as http:
-            async with http.post(server.url + "/v1/ping", params={"device": "offline-phone", "source": "uwb"},
-                                 json={"x": 24.0, "y": 10.0, "acc": 0.5}) as r:
+            async with http.post(server.url + "/v1/ping", params={"device": device, "source": "uwb"},
+                                 json={"x": 24.0, "y": 10.0, "acc": 0.5},
+                                 headers={"Authorization": f"Bearer {session['token']}"}) as r:
                 assert r.status == 202
         offer_id, delivered = agent.ledger.conn.execute("SELECT offer_id, delivered FROM offers").fetchone()
         assert delivered == 0
         await asyncio.to_thread(broker.start)
-        offer = await phone.next_json(f"{R}/offer/offline-phone", timeout=20)
+        offer = await phone.next_json(f"{R}/offer/{device}", timeout=20)
         assert offer["offer_id"] == offer_id  # the same offer, not a second one
         await asyncio.wait_for(wait_until(lambda: agent.ledger.get_offer(offer_id).delivered), 10)
         assert agent.metrics.offers_expired.get() == 0
-        assert phone.queues[f"{R}/offer/offline-phone"].empty()
+        assert phone.queues[f"{R}/offer/{device}"].empty()
     finally:
         phone.close()
 

@@ -194,7 +194,7 @@ async def test_no_raw_id_on_disk_or_in_debug_logs_after_offers_applies_a_restart
             await proc.wait()
 
     # Every file under the data dir (SQLite, WAL, keys) and both debug logs: no raw id anywhere.
-    assert sorted(p.name for p in data.iterdir()) >= ["edge.sqlite3", "pseudonym.key", "topic.key"]
+    assert {p.name for p in data.iterdir()} >= {"edge.sqlite3", "pseudonym.key", "topic.key"}
     assert scan([data, *logs], NEEDLES) == []
     # The forgotten pseudonym is not in the store's file either (deleted rows are overwritten).
     assert scan([data / "edge.sqlite3"], [pseudo]) == []

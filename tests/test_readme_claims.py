@@ -40,20 +40,23 @@ async def test_post_ping_answers_202_or_422_with_the_reason(store_factory, agent
     server = await agent_factory(cfg)
     phone = mqtt_client()
     R = cfg.root_topic
-    await phone.subscribe(f"{R}/offer/browser-1")
     url = server.url + "/v1/ping"
     async with aiohttp.ClientSession() as http:
-        async with http.post(url, params={"device": "browser-1"}, json=AISLE) as r:
+        async with http.post(server.url + "/v1/shop/session") as r:  # the page's device session
+            session = await r.json()
+        device, auth = session["device"], {"Authorization": f"Bearer {session['token']}"}
+        await phone.subscribe(f"{R}/offer/{device}")
+        async with http.post(url, params={"device": device}, json=AISLE, headers=auth) as r:
             assert r.status == 202 and await r.json() == {"accepted": True}
-        assert (await phone.next_json(f"{R}/offer/browser-1"))["promotion_id"] == "chips"
+        assert (await phone.next_json(f"{R}/offer/{device}"))["promotion_id"] == "chips"
         cases = [(b"{not json", "decode"), (json.dumps({**AISLE, "device": "someone-else"}).encode(), "device_mismatch"),
                  (json.dumps({"acc": 3}).encode(), "no_position")]
         for body, reason in cases:
-            async with http.post(url, params={"device": "browser-1"}, data=body) as r:
+            async with http.post(url, params={"device": device}, data=body, headers=auth) as r:
                 assert r.status == 422, reason
                 assert await r.json() == {"accepted": False, "reason": reason}
-        async with http.post(url, params={"device": "a/b"}, json=AISLE) as r:
-            assert r.status == 400
+        async with http.post(url, params={"device": "browser-1"}, json=AISLE, headers=auth) as r:
+            assert r.status == 401  # another device's name with this session's token
 
 
 async def test_device_mismatch_is_a_dead_letter(store_factory, agent_factory, mqtt_client):

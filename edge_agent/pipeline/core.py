@@ -76,7 +76,6 @@ class Pipeline:
         self.wall = 0.0  # the time of the current call (the shell's clock)
         self.source_routes: list[tuple[Callable[[str], bool], Route]] = []
         self._codes: dict[str, str] = {}  # codes drawn in this batch, not committed yet
-        self.last_deadletter_reason = ""
         self.alerts = AlertManager(self)
 
     # -- what alerts and adapters read
@@ -545,7 +544,6 @@ class Pipeline:
     def deadletter(self, topic: str, payload: bytes, received: float, reason: str, detail: str = "", *,
                    device: str | None = None) -> None:
         self.metrics.deadletters.inc(reason)
-        self.last_deadletter_reason = reason  # POST /v1/ping answers 422 with it
         self.fx.publish.append(Publish(f"{self.root}/deadletter", {
             "reason": reason, "detail": detail, "topic": topic,
             "payload_b64": base64.b64encode(payload[:65536]).decode()}, 0))
