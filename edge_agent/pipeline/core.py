@@ -240,6 +240,7 @@ class Pipeline:
         floors = np.zeros(n, dtype=np.int64)
         accs = np.empty(n)
         ok = np.ones(n, dtype=bool)
+        fusible = np.ones(n, dtype=bool)
         default_acc = cfg.tracking.default_acc
         ble = cfg.sources.get("ble", {})
         ble_n, ble_k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 4)
@@ -258,6 +259,10 @@ class Pipeline:
                     self._dead_ping(p, "no_position", "no known beacon in the sighting")
                     continue
                 xs[i], ys[i], fl, acc = located
+                if len(p.beacons) - unknown < 3:
+                    # One or two beacons give a proximity, not a fix: its error does not average
+                    # out over repeated sightings, so it is judged on its own, never fused.
+                    fusible[i] = False
                 if p.floor is None:
                     p.floor = fl
                 if p.acc is None or p.acc < acc:
@@ -290,20 +295,20 @@ class Pipeline:
         times = np.array([((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
                           for p in (pings[i] for i in sel)], dtype=float)
         params = rt.params
-        if rt.fusion is not None and len(sel):
+        fz = np.flatnonzero(fusible[sel]) if rt.fusion is not None else ()
+        if len(fz):
             # Coarse fixes are fused per device into an estimate whose disc (z sigma) is judged
             # against the fences grown over their shelves; precise fixes pass unchanged (raw fences).
-            fused = fuse(st.fusion, st.fusion.rows([pings[i].device for i in sel]), xs[sel], ys[sel],
-                         floors[sel], accs[sel], times, rt.fusion)
-            fl = floors[sel]
+            ex, ey, eff_acc, fl = xs[sel], ys[sel], accs[sel], floors[sel]
+            passed = np.ones(len(sel), dtype=bool)
+            f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), ex[fz], ey[fz], fl[fz],
+                     eff_acc[fz], times[fz], rt.fusion)
+            ex[fz], ey[fz], eff_acc[fz], passed[fz] = f.x, f.y, f.acc, f.passed
             matches = [None] * len(sel)
-            for idx, index in ((np.flatnonzero(fused.passed), rt.index),
-                               (np.flatnonzero(~fused.passed), rt.fused_index)):
+            for idx, index in ((np.flatnonzero(passed), rt.index), (np.flatnonzero(~passed), rt.fused_index)):
                 if len(idx):
-                    for j, m in zip(idx, index.classify(fused.x[idx], fused.y[idx], fl[idx], fused.acc[idx])):
+                    for j, m in zip(idx, index.classify(ex[idx], ey[idx], fl[idx], eff_acc[idx])):
                         matches[j] = m
-            eff_acc = fused.acc
-            passed = fused.passed
         else:
             matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
             eff_acc = accs[sel]
