@@ -9,7 +9,7 @@ One parser per section, each in its own module; this one composes them:
 
 - ``_store.py``      ``[store]``, ``[store.anchor]`` and the files named there;
 - ``_sections.py``   ``[mqtt]``, ``[http]``, ``[data]``, ``[tracking]``, ``[ingest]``,
-  ``[offers]``, ``[privacy]``, ``[sync]``, ``[associates]``, ``[reload]``;
+  ``[offers]``, ``[privacy]``, ``[sync]``, ``[associates]``, ``[reload]``, ``[pos]``;
 - ``_sources.py``    ``[sources.*]`` and ``[[floorplans]]``;
 - ``_layout.py``     ``layout.geojson`` (:func:`parse_layout`);
 - ``_promotions.py`` ``promotions.json`` (:func:`parse_promotions`, :func:`cross_check`);
@@ -121,6 +121,7 @@ def load_store(path: str | Path) -> StoreConfig:
     sync = sections.parse_sync(c, doc)
     associates = sections.parse_associates(c, doc)
     reload_cfg = sections.parse_reload(c, doc)
+    pos = sections.parse_pos(c, doc)
     sources = parse_sources(c, sections.section(c, doc, "sources"))
     floorplans = parse_floorplans(c, doc.get("floorplans"))
 
@@ -193,6 +194,7 @@ def load_store(path: str | Path) -> StoreConfig:
         sync=sync,
         associates=associates,
         reload=reload_cfg,
+        pos=pos,
         data_dir=data_dir,
         outline=outline,
         warnings=tuple(warnings),
