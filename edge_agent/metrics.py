@@ -123,6 +123,13 @@ class Metrics:
                                        "BLE readings naming a beacon not in the layout (ignored).")
         self.pings_shed = Counter("edge_pings_shed_total", "Pings shed under overload, by reason.", ("reason",))
         self.storage_errors = Counter("edge_storage_errors_total", "Failed SQLite writes, by error.", ("error",))
+        self.redemptions = Counter("edge_redemptions_total", "Till redemption attempts by promotion and outcome "
+                                   "(redeemed, retry, already_redeemed, unknown_code, expired, budget).",
+                                   ("promotion", "outcome"))
+        self.conversions = Counter("edge_conversions_total", "Treated conversions (redemptions and attributed "
+                                   "purchases) by promotion.", ("promotion",))
+        self.budget_remaining = Gauge("edge_budget_remaining", "What is left of a promotion's tighter budget "
+                                      "(max_offers or max_redemptions).", ("promotion",))
         self.extra: list = []
 
     def all(self) -> list:

@@ -4,7 +4,9 @@ One file, so an offer's ledger row, its audit rows and its outbox event
 commit in one transaction before the offer is published.  Each owner keeps
 its own tables and migrations (``sync.schema``): the offer ledger and audit
 trail (:class:`~edge_agent.ledger.Ledger`), the outbox
-(:class:`~sync.outbox.Outbox`), and here consent overrides and inventory.
+(:class:`~sync.outbox.Outbox`), the campaign tables
+(:class:`~edge_agent.campaign_store.CampaignTables`), and here consent
+overrides and inventory.
 :meth:`Store.apply` writes a pipeline step's rows with plain ``executemany``
 per kind (the hot path), inside the transaction the shell commits once.
 """
@@ -20,6 +22,7 @@ from typing import Iterable
 from store_config.model import Consent
 from sync.schema import migrate
 
+from .campaign_store import CampaignTables
 from .ledger import Ledger
 from . import effects as fx
 
@@ -70,6 +73,7 @@ class Store:
         self.ledger = ledger
         self.consent = ConsentTable(ledger.conn)
         self.inventory = InventoryTable(ledger.conn)
+        self.campaigns = CampaignTables(ledger.conn)
 
     @property
     def path(self) -> Path:
@@ -98,6 +102,7 @@ class Store:
         if fx.Audit in by:
             led.audit([(a.ts, a.device, a.event, a.zone, a.promotion_id, a.outcome, a.reason, a.offer_id)
                        for a in by[fx.Audit]])
+        self.campaigns.apply(by)  # exposures, budgets, pauses, redemptions, purchases
         # Events last but in their own order: a forget purges transitions written before it.
         for r in rows:
             if isinstance(r, fx.Event):

@@ -17,6 +17,7 @@ from geometry.frames import LocalFrame
 from geometry.tracking import DeviceTrack, TrackParams
 from store_config.model import Consent, Profile, StoreConfig
 
+from ..campaigns import CampaignState, person_key
 from ..decisions import OfferHistory, promotions_by_fence
 from ..guard import SpoofGuard
 
@@ -74,6 +75,8 @@ class State:
     inventory: dict[str, tuple[int, float]] = field(default_factory=dict)
     inv_view: dict[str, int] = field(default_factory=dict)  # sku -> qty, what decisions read
     sim_now: float = 0.0  # latest ping time seen, for clock = "ping"
+    loyalty: Callable[[str], str] | None = None  # loyalty id -> person pseudonym (keyed hash)
+    campaign: CampaignState = field(default_factory=CampaignState)  # budgets, pause overrides
 
     @property
     def cfg(self) -> StoreConfig:
@@ -88,6 +91,13 @@ class State:
             return profile, profile.consent
         p = self.rt.cfg.privacy
         return None, Consent(offers=p.anonymous_offers, tracking=p.anonymous_tracking)
+
+    def person(self, pseudo: str, profile: Profile | None) -> str:
+        """The person of a device (histories, holdout and variants key on it)."""
+        return person_key(pseudo, profile, self.loyalty) if self.loyalty is not None else pseudo
+
+    def person_for(self, device: str) -> str:
+        return self.person(self.pseudonym(device), self.rt.cfg.profiles.get(device))
 
     def history(self, pseudo: str) -> OfferHistory:
         h = self.histories.get(pseudo)
