@@ -123,6 +123,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return run_audit(args)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Campaign report per promotion and variant: offered, applied, redeemed, held
+    out, conversion in treated and control, uplift with a 95 % interval; a
+    Markdown table by default.
+
+    Example: edge-agent report --config store.toml --since 2026-11-01 --json
+    """
+    from .report import run_report
+
+    return run_report(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="In-store geofencing edge service.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -167,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.set_defaults(fn=cmd_audit)
+
+    p = sub.add_parser("report", help="campaign report: conversion and uplift per promotion and variant",
+                       description=cmd_report.__doc__)
+    p.add_argument("--config", required=True, help="path of store.toml")
+    p.add_argument("--since", default=None, help="epoch seconds or ISO 8601 (store time when no offset); "
+                                                 "default: from the start")
+    p.add_argument("--json", action="store_true", help="JSON instead of a Markdown table")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import alerts
+from . import alerts, pos
 from .audit import AuditError, parse_since
 from .mqtt import Message
 from .service import Agent
@@ -150,6 +150,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     from .sources import add_routes as add_source_routes  # here: the adapters import AGENT from this module
     add_source_routes(app)  # /v1/ingest/meraki, /v1/ingest/aruba
     alerts.setup_routes(app, AGENT, require_associate)  # /associates, /associates/ws, /v1/alerts/...
+    pos.setup_routes(app, AGENT, require_admin, _bearer_ok)  # /v1/pos/*, promotions pause|resume, report
     for fn in extra or ():
         fn(app)
     return app

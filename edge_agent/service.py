@@ -284,6 +284,10 @@ class Agent:
         """Commit and publish what was collected outside a batch (claims, reloads, forgets)."""
         self._commit(self.pipeline.take())
 
+    def commit_effects(self, fx: Effects) -> bool:
+        """Commit effects built outside the pipeline (the till: ``pos``), then publish; False on a storage error."""
+        return self._commit(fx)
+
     def _commit(self, fx: Effects, msgs: list[Message] = ()) -> bool:
         """Write the effects' rows and the delivered offers in one commit, then
         publish; on a storage error publish nothing and keep ``msgs``' QoS 1
