@@ -128,8 +128,8 @@ class Agent:
     def pseudonym(self, device: str) -> str:
         return self.pseudo.device(device)
 
-    def _fraction(self, pseudo: str, promotion_id: str) -> float:
-        return self.pseudo.fraction(pseudo, promotion_id)
+    def _fraction(self, pseudo: str, *parts: str) -> float:
+        return self.pseudo.fraction(pseudo, *parts)
 
     def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]:
         return self.state.consent_for(device, pseudo)

@@ -66,7 +66,7 @@ class State:
 
     rt: Runtime
     pseudonym: Callable[[str], str]
-    fraction: Callable[[str, str], float]
+    fraction: Callable[..., float]  # (person, promotion id[, purpose]) -> [0, 1)
     tracks: dict[str, DeviceTrack] = field(default_factory=dict)
     guard: SpoofGuard = field(default_factory=SpoofGuard)
     histories: dict[str, OfferHistory] = field(default_factory=dict)  # pseudonym -> history
