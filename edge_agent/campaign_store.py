@@ -1,8 +1,10 @@
 """The campaign tables in the agent's SQLite file (component ``campaigns``).
 
 - ``exposures``   every offer (treated) and would-offer (control) per person,
-                  promotion and variant: what conversion and uplift are
-                  measured on (no zones, no raw ids);
+                  promotion and variant, and whether it was applied: what
+                  conversion and uplift are measured on (no zones, no raw
+                  ids); with an index over the audit trail that lets the
+                  report count suppressions without reading the rows;
 - ``promo_counts`` lifetime offers and redemptions per promotion (budgets;
                   kept apart from the ledger so retention never resets them);
 - ``promo_pause``  the admin's pause / resume overrides (survive restarts);
@@ -40,10 +42,13 @@ MIGRATIONS: dict[int, str] = {
         variant TEXT,
         arm TEXT NOT NULL,          -- treated | control
         reason TEXT NOT NULL,       -- offered | holdout | global_holdout
-        offer_id TEXT
+        offer_id TEXT,
+        applied INTEGER NOT NULL DEFAULT 0  -- the shopper applied the offer (a code was issued)
     );
     CREATE INDEX IF NOT EXISTS exposures_person_ts ON exposures(person, ts);
-    CREATE INDEX IF NOT EXISTS exposures_ts ON exposures(ts);
+    -- the report reads these indexes alone (covering: no table lookups)
+    CREATE INDEX IF NOT EXISTS exposures_report ON exposures(ts, promotion_id, variant, arm, person, applied);
+    CREATE INDEX IF NOT EXISTS audit_report ON audit(outcome, ts, promotion_id, reason);
     CREATE UNIQUE INDEX IF NOT EXISTS exposures_offer ON exposures(offer_id) WHERE offer_id IS NOT NULL;
     CREATE TABLE IF NOT EXISTS promo_counts (
         promotion_id TEXT PRIMARY KEY,
@@ -84,7 +89,7 @@ MIGRATIONS: dict[int, str] = {
         arm TEXT NOT NULL,
         PRIMARY KEY (purchase_id, exposure_id)
     );
-    CREATE INDEX IF NOT EXISTS attributions_exposure_ts ON attributions(exposure_ts);
+    CREATE INDEX IF NOT EXISTS attributions_report ON attributions(exposure_ts, promotion_id, variant, arm, person);
     """,
 }
 
@@ -118,6 +123,8 @@ class CampaignTables:
                 "ON CONFLICT(promotion_id) DO UPDATE SET offers = offers + excluded.offers, "
                 "redemptions = redemptions + excluded.redemptions",
                 [(pid, o, r) for pid, (o, r) in totals.items()])
+        if fx.Code in by:
+            c.executemany("UPDATE exposures SET applied = 1 WHERE offer_id = ?", [(r.offer_id,) for r in by[fx.Code]])
         for r in by.get(fx.PauseRow, ()):
             if r.paused is None:
                 c.execute("DELETE FROM promo_pause WHERE promotion_id = ?", (r.promotion_id,))

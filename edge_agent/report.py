@@ -86,35 +86,32 @@ def build_report(conn: sqlite3.Connection, *, since: float | None, until: float,
         for v in (p.variants or (None,)):
             cell(p.id, v.id if v is not None else None)
     q = conn.execute
-    for pid, variant, arm, n, people in q(
-            "SELECT promotion_id, variant, arm, count(*), count(DISTINCT person) FROM exposures "
-            "WHERE ts >= ? AND ts < ? GROUP BY promotion_id, variant, arm", args):
+    for pid, variant, arm, n, applied, people in q(
+            "SELECT promotion_id, variant, arm, count(*), sum(applied), count(DISTINCT person) FROM exposures "
+            "INDEXED BY exposures_report WHERE ts >= ? AND ts < ? GROUP BY promotion_id, variant, arm", args):
         c = cell(pid, variant)
         if arm == TREATED:
             c["offered"] += n
+            c["applied"] += applied
             c["treated_people"] += people
         else:
             c["holdout"] += people
-    for pid, variant, n in q(
-            "SELECT e.promotion_id, e.variant, count(*) FROM exposures e JOIN offers o ON o.offer_id = e.offer_id "
-            "WHERE e.ts >= ? AND e.ts < ? AND e.arm = 'treated' AND o.code IS NOT NULL "
-            "GROUP BY e.promotion_id, e.variant", args):
-        cell(pid, variant)["applied"] += n
     for pid, variant, n in q(
             "SELECT promotion_id, variant, count(*) FROM redemptions WHERE offer_ts >= ? AND offer_ts < ? "
             "GROUP BY promotion_id, variant", args):
         cell(pid, variant)["redeemed"] += n
     for pid, variant, arm, n in q(
             "SELECT promotion_id, variant, arm, count(DISTINCT person) FROM ("
-            " SELECT promotion_id, variant, arm, person FROM attributions WHERE exposure_ts >= ? AND exposure_ts < ?"
+            " SELECT promotion_id, variant, arm, person FROM attributions INDEXED BY attributions_report"
+            "  WHERE exposure_ts >= ? AND exposure_ts < ?"
             " UNION ALL"
             " SELECT promotion_id, variant, 'treated', person FROM redemptions WHERE offer_ts >= ? AND offer_ts < ?"
             ") GROUP BY promotion_id, variant, arm", args + args):
         cell(pid, variant)["converted_treated" if arm == TREATED else "converted_control"] += n
     suppressed: dict[str, dict[str, int]] = {}
     for pid, reason, n in q(
-            "SELECT promotion_id, reason, count(*) FROM audit WHERE ts >= ? AND ts < ? AND outcome = 'suppressed' "
-            "GROUP BY promotion_id, reason", args):
+            "SELECT promotion_id, reason, count(*) FROM audit INDEXED BY audit_report "
+            "WHERE outcome = 'suppressed' AND ts >= ? AND ts < ? GROUP BY promotion_id, reason", args):
         if pid is not None:
             suppressed.setdefault(pid, {})[reason] = n
 
