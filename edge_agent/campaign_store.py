@@ -46,9 +46,10 @@ MIGRATIONS: dict[int, str] = {
         applied INTEGER NOT NULL DEFAULT 0  -- the shopper applied the offer (a code was issued)
     );
     CREATE INDEX IF NOT EXISTS exposures_person_ts ON exposures(person, ts);
-    -- the report reads these indexes alone (covering: no table lookups)
-    CREATE INDEX IF NOT EXISTS exposures_report ON exposures(ts, promotion_id, variant, arm, person, applied);
-    CREATE INDEX IF NOT EXISTS audit_report ON audit(outcome, ts, promotion_id, reason);
+    -- The report reads these indexes alone (covering: no table lookups), in the order it groups by, so
+    -- it counts in one pass without sorting; the time filter is checked on the index entries.
+    CREATE INDEX IF NOT EXISTS exposures_report ON exposures(promotion_id, variant, arm, person, ts, applied);
+    CREATE INDEX IF NOT EXISTS audit_report ON audit(outcome, promotion_id, reason, ts);
     CREATE UNIQUE INDEX IF NOT EXISTS exposures_offer ON exposures(offer_id) WHERE offer_id IS NOT NULL;
     CREATE TABLE IF NOT EXISTS promo_counts (
         promotion_id TEXT PRIMARY KEY,
@@ -89,7 +90,7 @@ MIGRATIONS: dict[int, str] = {
         arm TEXT NOT NULL,
         PRIMARY KEY (purchase_id, exposure_id)
     );
-    CREATE INDEX IF NOT EXISTS attributions_report ON attributions(exposure_ts, promotion_id, variant, arm, person);
+    CREATE INDEX IF NOT EXISTS attributions_report ON attributions(promotion_id, variant, arm, person, exposure_ts);
     """,
 }
 

@@ -242,6 +242,10 @@ async def test_purchases_are_attributed_and_the_report_answers_through_http_and_
     assert offered + held == 12 and offered and held
     while not shop.no_offers():
         await shop.offer()
+    treated = next(f"r{i}" for i in range(12) if _reason_of(shop, f"r{i}") == "offered")
+    oid = next(e["offer_id"] for e in shop.outbox("offer") if e["device"] == agent.pseudonym(treated))
+    await shop.action(treated, oid, "apply")
+    await shop.offer(treated)  # the code: applied
     url = shop.server.url + "/v1/pos/purchase"
     for i in range(12):  # everybody buys chips; r0 buys only bread (not attributed)
         skus = ["bread"] if i == 0 else ["chips", "bread"]
@@ -258,7 +262,7 @@ async def test_purchases_are_attributed_and_the_report_answers_through_http_and_
     status, rep = await http("GET", shop.server.url + "/v1/admin/report?since=0", headers=ADMIN)
     assert status == 200 and set(rep) == {"since", "until", "promotions"}
     v = rep["promotions"]["chips"]["variants"]["-"]
-    assert v["offered"] == offered and v["holdout"] == held
+    assert v["offered"] == offered and v["holdout"] == held and v["applied"] == 1 and v["redeemed"] == 0
     r0_held = _reason_of(shop, "r0") == "holdout"  # r0 bought no chips: converted in neither arm
     assert v["converted_treated"] == offered - (not r0_held) and v["converted_control"] == held - r0_held
     assert rep["promotions"]["chips"]["suppressed"] == {"holdout": held}
