@@ -210,6 +210,16 @@ def cmd_ping(args: argparse.Namespace) -> int:
     topic = ping(url, root, args.device, body, source=args.source)
     print(f"published {json.dumps(body)} to {topic}")
     return 0
+def cmd_report(args: argparse.Namespace) -> int:
+    """Campaign report per promotion and variant: offered, applied, redeemed, held
+    out, conversion in treated and control, uplift with a 95 % interval; a
+    Markdown table by default.
+
+    Example: edge-agent report --config store.toml --since 2026-11-01 --json
+    """
+    from .report import run_report
+
+    return run_report(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--acc", type=float, default=0.5, help="accuracy in metres (default 0.5)")
             p.add_argument("--floor", type=int, default=None)
         p.set_defaults(fn=fn)
+    p = sub.add_parser("report", help="campaign report: conversion and uplift per promotion and variant",
+                       description=cmd_report.__doc__)
+    p.add_argument("--config", required=True, help="path of store.toml")
+    p.add_argument("--since", default=None, help="epoch seconds or ISO 8601 (store time when no offset); "
+                                                 "default: from the start")
+    p.add_argument("--json", action="store_true", help="JSON instead of a Markdown table")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 

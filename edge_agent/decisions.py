@@ -14,15 +14,20 @@ the promotion's reason:
                 (store-local time, daylight saving handled by zoneinfo)
 ``out_of_stock``    ``requires_stock`` and every sku at 0 (and no
                 ``alternative_zone``; with one, it is offered pointing there)
-``cooldown``    the same promotion went to this device less than
+``paused``      paused by the admin endpoint, or ``"paused": true`` in the file
+``budget``      ``max_offers`` offers sent or ``max_redemptions`` redeemed
+``cooldown``    the same promotion went to this person less than
                 ``cooldown_s`` ago (holdout records count too)
 
-Eligible promotions are ranked by higher ``priority``, then the lexically
-smaller id (``decide`` ranks them itself, whatever order it is given).  Only the winner is checked against the device-wide limits —
+The history is the *person's* (a loyalty id's devices share one; see
+``campaigns``).  Eligible promotions are ranked by higher ``priority``, then
+the lexically smaller id (``decide`` ranks them itself, whatever order it is
+given).  Only the winner is checked against the person-wide limits —
 ``cap`` (per-visit or daily cap reached), ``gap`` (an offer went to this
-device less than ``min_gap_s`` ago) — and the holdout: a device in the
-promotion's control group gets nothing and leaves a ``would_offer`` record
-(reason ``holdout``).  The others are ``outranked``.  A winner in its
+person less than ``min_gap_s`` ago) — then the global control group
+(``global_holdout``: ``[offers] global_holdout_pct`` of people get no offer
+from any promotion) and the promotion's holdout (``holdout``): a person in
+a control group gets nothing and leaves a ``would_offer`` record.  The others are ``outranked``.  A winner in its
 control group is not replaced by the runner-up: the control group must see
 what the treated group would not have seen, or uplift cannot be measured.
 
@@ -176,10 +181,14 @@ def decide(
     tz: ZoneInfo,
     offers: OffersConfig,
     holdout: Callable[[str], float],
+    stopped: Callable[[Promotion], str | None] | None = None,
+    global_holdout: float | None = None,
 ) -> Outcome:
     """Decide for one transition.  ``candidates`` are the fence's promotions
-    (any order); ``holdout(promotion_id)`` is the device's keyed value in
-    [0, 1).  Updates ``history`` when something is offered or held out."""
+    (any order); ``holdout(promotion_id)`` is the person's keyed value in
+    [0, 1), ``global_holdout`` its keyed value for the global control group;
+    ``stopped(promotion)`` says ``paused`` or ``budget`` (or None).  Updates
+    ``history`` when something is offered or held out."""
     local = datetime.fromtimestamp(now, tz)
     candidates = sorted(candidates, key=rank_key)
     decisions: list[Decision] = []
@@ -205,6 +214,8 @@ def decide(
                 alt = p.alternative_zone
             else:
                 reason = "out_of_stock"
+        if reason is None and stopped is not None:
+            reason = stopped(p)
         if reason is None:
             last = history.last_by_promo.get(p.id)
             if last is not None and now - last < p.cooldown_s:
@@ -231,8 +242,14 @@ def decide(
     if limit:
         decisions.append(Decision(best.id, SUPPRESSED, limit, best_decision.sku))
         return Outcome(tuple(decisions), None, None)
-    if best.holdout_pct > 0 and holdout(best.id) * 100.0 < best.holdout_pct:
-        d = Decision(best.id, SUPPRESSED, "holdout", best_decision.sku, best_decision.alternative_zone)
+    held = None
+    if global_holdout is not None and offers.global_holdout_pct > 0 \
+            and global_holdout * 100.0 < offers.global_holdout_pct:
+        held = "global_holdout"
+    elif best.holdout_pct > 0 and holdout(best.id) * 100.0 < best.holdout_pct:
+        held = "holdout"
+    if held is not None:
+        d = Decision(best.id, SUPPRESSED, held, best_decision.sku, best_decision.alternative_zone)
         decisions.append(d)
         history.record(best.id, now, day, counted=False)
         return Outcome(tuple(decisions), None, d, best)

@@ -61,6 +61,8 @@ async def run_demo(*, duration: float | None = None, shoppers: int = 6, port: in
             print(f"{t}  ASSOCIATES  ALERT {data.get('kind')}: {data.get('text')}", flush=True)
 
     server.agent.listeners.append(show)
+    till = DemoTill(server.agent)
+    server.agent.listeners.append(till.on_notice)
     await server.start()
     await asyncio.wait_for(server.agent.mqtt.subscribed.wait(), 10)
     print(f"""
@@ -78,7 +80,7 @@ edge-agent demo — store {cfg.store_id} ({cfg.name}), embedded broker at {url}
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    walker = asyncio.create_task(_walk(cfg, broker.port, shoppers, stop))
+    walker = asyncio.create_task(_walk(cfg, broker.port, shoppers, stop, on_leave=till.leave))
     try:
         if duration:
             await asyncio.wait_for(stop.wait(), duration)
@@ -93,12 +95,49 @@ edge-agent demo — store {cfg.store_id} ({cfg.name}), embedded broker at {url}
           f"{int(sum(m.transitions.values.values()))} transitions, "
           f"{int(m.decisions.get('offered', 'offered') + m.decisions.get('offered', 'alternative_zone'))} offers",
           flush=True)
+    till.print_report()
     await server.stop()
     await broker.stop()
     return 0
 
 
-async def _walk(cfg, port: int, n: int, stop: asyncio.Event, *, pace: float = 3.0) -> None:
+class DemoTill:
+    """The demo's checkout: a shopper who leaves buys some of the promoted
+    skus — an offered one more often (35 %) than anything else (12 %) — so
+    the campaign report at the end has treated and control conversions."""
+
+    def __init__(self, agent, seed: int = 7):
+        self.agent = agent
+        self.offered: dict[str, set[str]] = {}  # device pseudonym -> offered skus
+        self.rng = np.random.default_rng(seed)
+
+    def on_notice(self, kind: str, data: dict) -> None:
+        if kind == "offer" and data.get("sku"):
+            self.offered.setdefault(data["device"], set()).add(data["sku"])
+
+    def leave(self, device: str) -> None:
+        from .pos import purchase
+
+        agent = self.agent
+        got = self.offered.get(agent.pseudonym(device), set())
+        skus = sorted({s for p in agent.cfg.promotions for s in p.skus
+                       if self.rng.random() < (0.35 if s in got else 0.12)})
+        if skus:
+            purchase(agent, {"device": device, "skus": skus, "basket_total": round(float(self.rng.uniform(5, 80)), 2),
+                             "currency": "CZK"})
+
+    def print_report(self) -> None:
+        from .report import build_report, format_markdown
+
+        agent = self.agent
+        rep = build_report(agent.ledger.conn, since=None, until=agent.clock(), tz=agent.rt.tz,
+                           promotions=agent.cfg.promotions)
+        rep["promotions"] = {k: v for k, v in rep["promotions"].items()
+                             if any(c["offered"] or c["holdout"] for c in v["variants"].values())}
+        print("\n" + format_markdown(rep), flush=True)
+
+
+async def _walk(cfg, port: int, n: int, stop: asyncio.Event, *, pace: float = 3.0, on_leave=None) -> None:
     """Replay the simulator's shoppers (walking the aisles, never through
     shelves, stopping at sections and displays) at ``pace`` x real time, in
     rounds; the first shoppers of the first round are the sample profiles'
@@ -119,6 +158,7 @@ async def _walk(cfg, port: int, n: int, stop: asyncio.Event, *, pace: float = 3.
             ids = [known[i] if round_no == 0 and i < len(known) else f"demo-phone-{round_no}-{i + 1}"
                    for i in range(len(people))]
             t0 = time.monotonic()
+            gone: set[str] = set()
             while not stop.is_set():
                 sim_t = (time.monotonic() - t0) * pace
                 active = 0
@@ -128,6 +168,13 @@ async def _walk(cfg, port: int, n: int, stop: asyncio.Event, *, pace: float = 3.
                         x, y = shopper.position(np.array([sim_t]))
                         payload = json.dumps({"x": round(float(x[0]), 2), "y": round(float(y[0]), 2), "acc": 0.5})
                         client.publish(f"{cfg.root_topic}/ping/uwb/{device}", payload, qos=0)
+                    elif sim_t > shopper.leave and device not in gone:
+                        gone.add(device)
+                        if on_leave is not None:
+                            try:
+                                on_leave(device)  # at the till on the way out
+                            except Exception:
+                                log.exception("demo purchase failed")
                 if sim_t > max(p.leave for p in people) and not active:
                     break
                 try:

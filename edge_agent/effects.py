@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Effects", "Event", "Audit", "OfferRow", "ConsentRow", "InventoryRow", "Forget", "Code",
-           "Action", "Publish", "OfferOut", "Notice"]
+           "Action", "Publish", "OfferOut", "Notice", "Exposure", "PromoCount", "PauseRow", "RedeemRow",
+           "PurchaseRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,69 @@ class Notice:
 
     kind: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """A person was offered a promotion (``offered``: treated) or held out
+    (``holdout`` / ``global_holdout``: control) — what uplift is measured on."""
+
+    ts: float
+    person: str  # pseudonym
+    device: str  # pseudonym
+    promotion_id: str
+    variant: str | None
+    reason: str
+    offer_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PromoCount:
+    """Add to a promotion's lifetime counters (its budgets)."""
+
+    promotion_id: str
+    offers: int = 0
+    redemptions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRow:
+    """The admin paused (True) or resumed (False) a promotion; None drops the override."""
+
+    promotion_id: str
+    paused: bool | None
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class RedeemRow:
+    """A code burnt at a till (one per offer: the table's key refuses a second)."""
+
+    offer_id: str
+    ts: float
+    person: str
+    device: str
+    promotion_id: str
+    variant: str | None
+    till: str | None
+    basket_total: float | None
+    currency: str | None
+    idempotency_key: str | None
+    response: dict[str, Any]
+    offer_ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseRow:
+    """A purchase and the exposures (``(exposure id, exposure ts, promotion,
+    variant, arm)``) it is attributed to."""
+
+    ts: float
+    person: str
+    basket_total: float | None
+    currency: str | None
+    skus: tuple[str, ...]
+    attributed: tuple[tuple[int, float, str, str | None, str], ...] = ()
 
 
 @dataclass(slots=True)

@@ -14,9 +14,9 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import delivery, http_associates, privacy, shop, sources
+from . import delivery, http_associates, pos, privacy, shop, sources
 from .audit import AuditError, parse_since
-from .http_base import AGENT, require_admin
+from .http_base import AGENT, bearer_ok, require_admin
 from .service import Agent
 
 log = logging.getLogger("edge_agent.http")
@@ -100,6 +100,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     http_associates.add_routes(app)  # /associates, /associates/ws, /v1/alerts/...
     shop.setup(app, AGENT)  # /shop, /shop/ws, /v1/shop/session|checkin, /v1/ping (device session tokens)
     delivery.setup(app, AGENT)  # [delivery] webhook_url: offers, codes and notices to the retailer's push service
+    pos.setup_routes(app, AGENT, require_admin, bearer_ok)  # /v1/pos/*, promotions pause|resume, report
     for fn in extra or ():
         fn(app)
     return app

@@ -135,6 +135,13 @@ class Metrics:
                                       "Offers, codes and notices waiting for the push webhook.")
         self.delivery = Counter("edge_delivery_total", "Push webhook attempts by result (ok, retry, aside).",
                                 ("result",))
+        self.redemptions = Counter("edge_redemptions_total", "Till redemption attempts by promotion and outcome "
+                                   "(redeemed, retry, already_redeemed, unknown_code, expired, budget).",
+                                   ("promotion", "outcome"))
+        self.conversions = Counter("edge_conversions_total", "Treated conversions (redemptions and attributed "
+                                   "purchases) by promotion.", ("promotion",))
+        self.budget_remaining = Gauge("edge_budget_remaining", "What is left of a promotion's tighter budget "
+                                      "(max_offers or max_redemptions).", ("promotion",))
         self.extra: list = []
 
     def all(self) -> list:

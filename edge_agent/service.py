@@ -24,7 +24,6 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -38,8 +37,9 @@ from sync.tasks import Sync, cancel_and_wait
 
 from . import sources
 from .alerts import AlertManager
+from .campaign_store import restore_histories
 from .codecs import Ping, owntracks_cmd
-from .decisions import OfferHistory, store_day
+from .decisions import OfferHistory
 from .guard import SpoofGuard
 from .instance import lock_data_dir, unlock
 from .ledger import Ledger
@@ -133,8 +133,8 @@ class Agent:
     def pseudonym(self, device: str) -> str:
         return self.pseudo.device(device)
 
-    def _fraction(self, pseudo: str, promotion_id: str) -> float:
-        return self.pseudo.fraction(pseudo, promotion_id)
+    def _fraction(self, pseudo: str, *parts: str) -> float:
+        return self.pseudo.fraction(pseudo, *parts)
 
     def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]:
         return self.state.consent_for(device, pseudo)
@@ -186,6 +186,7 @@ class Agent:
         data.mkdir(parents=True, exist_ok=True)
         self._lock = lock_data_dir(data)  # before anything else: a second agent stops here
         self.pseudo = Pseudonymizer(load_or_create_secret(data / "pseudonym.key"))
+        self.state.loyalty = self.pseudo.person
         self.ledger = open_ledger(data / "edge.sqlite3", store_id=cfg.store_id,
                                   on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"))
         self.sealer = TopicSealer.for_data_dir(data)  # offers' topics at rest (privacy.py)
@@ -242,16 +243,11 @@ class Agent:
         st, led = self.state, self.ledger
         now = self.clock()
         horizon = max([p.cooldown_s for p in self.cfg.promotions] + [86400.0])
-        today = store_day(datetime.fromtimestamp(now, self.rt.tz))
-        for device, promo, ts in led.recent_offers(now - horizon):
-            h = st.history(device)
-            h.last_by_promo[promo] = max(ts, h.last_by_promo.get(promo, 0.0))
-            h.last_offer_ts = max(ts, h.last_offer_ts or 0.0)
-            if store_day(datetime.fromtimestamp(ts, self.rt.tz)) == today:
-                h.day, h.day_count = today, h.day_count + 1
-        for device, promo, ts in led.recent_holdouts(now - horizon):  # holdouts cool a promotion down too
-            h = st.history(device)
-            h.last_by_promo[promo] = max(ts, h.last_by_promo.get(promo, 0.0))
+        # per person: offers count towards caps, holdouts cool a promotion down too
+        restore_histories(st, self.store.campaigns, led, since=now - horizon, now=now, tz=self.rt.tz)
+        st.campaign = self.store.campaigns.load_state()  # budgets and pause overrides
+        for promo in self.cfg.promotions:
+            self.pipeline.update_budget_gauge(promo)
         st.consents.update(self.store.consent.load())
         for sku, qty, ts in self.store.inventory.load():
             if ts >= st.inventory.get(sku, (0, 0.0))[1]:
@@ -299,6 +295,10 @@ class Agent:
     def commit(self) -> None:
         """Commit and publish what was collected outside a batch (claims, reloads, forgets)."""
         self._commit(self.pipeline.take())
+
+    def commit_effects(self, fx: Effects) -> bool:
+        """Commit effects built outside the pipeline (the till: ``pos``), then publish; False on a storage error."""
+        return self._commit(fx)
 
     def _commit(self, fx: Effects, msgs: list[Message] = ()) -> bool:
         """Write the effects' rows and the delivered offers in one commit, then

@@ -5,8 +5,9 @@ commit in one transaction before the offer is published.  Each owner keeps
 its own tables and migrations (``sync.schema``): the offer ledger and audit
 trail (:class:`~edge_agent.ledger.Ledger`), the outbox
 (:class:`~sync.outbox.Outbox`), the push webhook's queue
-(:class:`~edge_agent.delivery.DeliveryTable`), and here consent overrides
-and inventory.
+(:class:`~edge_agent.delivery.DeliveryTable`), the campaign tables
+(:class:`~edge_agent.campaign_store.CampaignTables`), and here consent
+overrides and inventory.
 :meth:`Store.apply` writes a pipeline step's rows with plain ``executemany``
 per kind (the hot path), inside the transaction the shell commits once.
 """
@@ -24,6 +25,7 @@ from store_config.model import Consent
 from sync.schema import migrate
 
 from .delivery import DeliveryTable
+from .campaign_store import CampaignTables
 from .ledger import Ledger
 from . import effects as fx
 from . import privacy
@@ -77,6 +79,7 @@ class Store:
         self.consent = ConsentTable(ledger.conn)
         self.inventory = InventoryTable(ledger.conn)
         self.delivery = DeliveryTable(ledger.conn)  # the push webhook's queue (edge_agent/delivery.py)
+        self.campaigns = CampaignTables(ledger.conn)
         self.forgotten: dict[str, dict[str, int]] = {}  # pseudonym -> rows deleted by a full Forget
         self._seal_legacy()
 
@@ -104,6 +107,7 @@ class Store:
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         log.warning("sealed or removed the raw device ids of %d offers written by an older version", len(rows))
+
 
     @property
     def path(self) -> Path:
@@ -134,6 +138,7 @@ class Store:
         if fx.Audit in by:
             led.audit([(a.ts, a.device, a.event, a.zone, a.promotion_id, a.outcome, a.reason, a.offer_id)
                        for a in by[fx.Audit]])
+        self.campaigns.apply(by)  # exposures, budgets, pauses, redemptions, purchases
         # Events last but in their own order: a forget purges transitions written before it.
         for r in rows:
             if isinstance(r, fx.Event):

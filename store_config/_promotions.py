@@ -9,7 +9,8 @@ from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
 from ._checks import Collector, check_timezone, raise_if, type_name, where_obj
-from .model import Fence, Problem, Promotion
+from ._checks import ID_RE
+from .model import Fence, Problem, Promotion, Variant
 
 __all__ = ["parse_promotions", "parse_hours", "cross_check", "cross_check_raw"]
 
@@ -18,7 +19,40 @@ _PROMO_KEYS = frozenset({
     "id", "title", "message", "zones", "categories", "skus", "trigger", "segments",
     "min_loyalty_score", "starts", "ends", "hours", "requires_stock", "alternative_zone",
     "priority", "cooldown_s", "holdout_pct", "associate_alert", "vip_only",
+    "variants", "max_offers", "max_redemptions", "paused",
 })
+_VARIANT_KEYS = frozenset({"id", "title", "message", "weight"})
+
+
+def _parse_variants(c: Collector, p: dict, where: str, title: str | None, message: str) -> tuple[Variant, ...]:
+    """``variants``: ``[{"id", "title", "message", "weight"}, ...]``; a variant
+    without ``title`` / ``message`` takes the promotion's."""
+    raw = p.get("variants")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        c.err(where, "variants", f"must be a non-empty list of variant objects, not {type_name(raw)}")
+        return ()
+    out: list[Variant] = []
+    for j, v in enumerate(raw):
+        vw = f"{where} variant #{j}"
+        if not isinstance(v, dict):
+            c.err(vw, "", f"must be an object, not {type_name(v)}")
+            continue
+        c.unknown_keys(v, _VARIANT_KEYS, vw)
+        vid = c.string(v, "id", vw, required=True, nonempty=True)
+        if vid is not None and (not ID_RE.fullmatch(vid) or vid == "-"):
+            c.err(vw, "id", f"{vid!r} may only contain letters, digits, '.', '_' and '-' (and is not '-')")
+            vid = None
+        if vid is not None and any(o.id == vid for o in out):
+            c.err(vw, "id", f"duplicate variant id {vid!r}")
+            vid = None
+        vtitle = c.string(v, "title", vw, default=title, nonempty=True)
+        vmessage = c.string(v, "message", vw, default=message)
+        weight = c.number(v, "weight", vw, default=1.0, positive=True)
+        if vid is not None and vtitle is not None:
+            out.append(Variant(id=vid, title=vtitle, message=vmessage, weight=weight))
+    return tuple(out)
 
 
 def _parse_hhmm(s: str, *, is_end: bool) -> int | None:
@@ -136,6 +170,10 @@ def parse_promotions(obj: Any, *, file: str, timezone: str,
         holdout_pct = c.number(p, "holdout_pct", where, default=0.0, minimum=0, maximum=100)
         associate_alert = c.boolean(p, "associate_alert", where)
         vip_only = c.boolean(p, "vip_only", where)
+        variants = _parse_variants(c, p, where, title, message)
+        max_offers = c.integer(p, "max_offers", where, default=None, minimum=0)
+        max_redemptions = c.integer(p, "max_redemptions", where, default=None, minimum=0)
+        paused = c.boolean(p, "paused", where)
         if len(c.problems) > n_before or pid is None or title is None:
             continue
         out.append(Promotion(
@@ -143,7 +181,8 @@ def parse_promotions(obj: Any, *, file: str, timezone: str,
             trigger=trigger, segments=segments, min_loyalty_score=min_loyalty, starts=starts, ends=ends,
             hours=hours, requires_stock=requires_stock, alternative_zone=alternative_zone,
             priority=priority, cooldown_s=cooldown_s, holdout_pct=holdout_pct,
-            associate_alert=associate_alert, vip_only=vip_only,
+            associate_alert=associate_alert, vip_only=vip_only, variants=variants, max_offers=max_offers,
+            max_redemptions=max_redemptions, paused=paused,
         ))
     if warnings is not None:
         warnings.extend(c.warnings)

@@ -1,6 +1,6 @@
 """The service sections of ``store.toml``, one parser each: ``[mqtt]``,
 ``[http]``, ``[data]``, ``[tracking]``, ``[ingest]``, ``[offers]``,
-``[privacy]``, ``[sync]``, ``[associates]``, ``[reload]``, ``[shop]``, ``[delivery]``.
+``[privacy]``, ``[sync]``, ``[associates]``, ``[reload]``, ``[shop]``, ``[delivery]``, ``[pos]``.
 
 Each parser takes the shared :class:`Collector` (so problems keep the order of
 the file's sections) and the parsed TOML document, and returns its frozen
@@ -26,6 +26,7 @@ from .model import (
     IngestConfig,
     MqttConfig,
     OffersConfig,
+    PosConfig,
     PrivacyConfig,
     Problem,
     ReloadConfig,
@@ -37,7 +38,7 @@ from .model import (
 __all__ = [
     "SECTIONS", "section", "warn_unknown_sections", "parse_mqtt", "parse_http", "parse_data",
     "parse_tracking", "parse_ingest", "parse_offers", "parse_privacy", "parse_sync", "parse_associates",
-    "parse_reload", "parse_shop", "parse_delivery", "check_roles",
+    "parse_reload", "parse_shop", "parse_delivery", "parse_pos", "check_roles",
 ]
 
 SECTIONS: dict[str, frozenset[str]] = {
@@ -50,7 +51,8 @@ SECTIONS: dict[str, frozenset[str]] = {
     "tracking": frozenset({"clock", "timeout_s", "publish_events", "sustained_pings", "default_acc",
                            "max_future_skew_s", "max_speed_mps", "fusion", "confidence", "acc_sigmas"}),
     "ingest": frozenset({"owntracks", "owntracks_cmd", "max_payload_bytes", "shed_above"}),
-    "offers": frozenset({"ttl_s", "per_visit_cap", "min_gap_s", "daily_cap"}),
+    "offers": frozenset({"ttl_s", "per_visit_cap", "min_gap_s", "daily_cap", "global_holdout_pct", "code_ttl_s",
+                         "attribution_window_s"}),
     "privacy": frozenset({"anonymous_offers", "anonymous_tracking", "position_retention_s"}),
     "sync": frozenset({"central_url", "token", "interval_s", "transport", "mqtt_url", "encoding", "batch_size",
                        "max_outbox_mb", "timeout_s", "retention_days"}),
@@ -61,6 +63,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "reload": frozenset({"poll_s"}),
     "shop": frozenset({"language", "text"}),
     "delivery": frozenset({"webhook_url", "webhook_token", "timeout_s", "retry_s"}),
+    "pos": frozenset({"token"}),
 }
 
 
@@ -250,6 +253,9 @@ def parse_offers(c: Collector, doc: dict) -> OffersConfig:
         per_visit_cap=c.integer(o, "per_visit_cap", W, default=0, minimum=0),
         min_gap_s=c.number(o, "min_gap_s", W, default=0.0, minimum=0),
         daily_cap=c.integer(o, "daily_cap", W, default=0, minimum=0),
+        global_holdout_pct=c.number(o, "global_holdout_pct", W, default=0.0, minimum=0, maximum=100),
+        code_ttl_s=c.number(o, "code_ttl_s", W, default=86400.0, positive=True),
+        attribution_window_s=c.number(o, "attribution_window_s", W, default=7200.0, positive=True),
     )
 
 
@@ -366,3 +372,9 @@ def parse_delivery(c: Collector, doc: dict) -> DeliveryConfig:
         timeout_s=c.number(d, "timeout_s", W, default=10.0, positive=True),
         retry_s=c.number(d, "retry_s", W, default=1.0, positive=True),
     )
+
+
+def parse_pos(c: Collector, doc: dict) -> PosConfig:
+    """``[pos]``: the tills' Bearer token for ``POST /v1/pos/redeem`` and ``/v1/pos/purchase``."""
+    p = section(c, doc, "pos")
+    return PosConfig(token=c.string(p, "token", "[pos]", nonempty=True))

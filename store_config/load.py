@@ -10,7 +10,7 @@ One parser per section, each in its own module; this one composes them:
 - ``_store.py``      ``[store]``, ``[store.anchor]`` and the files named there;
 - ``_sections.py``   ``[mqtt]``, ``[http]``, ``[data]``, ``[tracking]``, ``[ingest]``,
   ``[offers]``, ``[privacy]``, ``[sync]``, ``[associates]``, ``[reload]``, ``[shop]``,
-  ``[delivery]``;
+  ``[delivery]``, ``[pos]``;
 - ``_sources.py``    ``[sources.*]`` and ``[[floorplans]]``;
 - ``_layout.py``     ``layout.geojson`` (:func:`parse_layout`);
 - ``_promotions.py`` ``promotions.json`` (:func:`parse_promotions`, :func:`cross_check`);
@@ -124,6 +124,7 @@ def load_store(path: str | Path) -> StoreConfig:
     reload_cfg = sections.parse_reload(c, doc)
     shop = sections.parse_shop(c, doc)
     delivery = sections.parse_delivery(c, doc)
+    pos = sections.parse_pos(c, doc)
     sources = parse_sources(c, sections.section(c, doc, "sources"))
     floorplans = parse_floorplans(c, doc.get("floorplans"))
 
@@ -198,6 +199,7 @@ def load_store(path: str | Path) -> StoreConfig:
         shop=shop,
         delivery=delivery,
         reload=reload_cfg,
+        pos=pos,
         data_dir=data_dir,
         outline=outline,
         warnings=tuple(warnings),

@@ -102,6 +102,16 @@ class FloorPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    """One text of an A/B/n test; people are assigned by weight (keyed hash)."""
+
+    id: str
+    title: str
+    message: str = ""
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Promotion:
     id: str
     title: str
@@ -122,6 +132,10 @@ class Promotion:
     holdout_pct: float = 0.0
     associate_alert: bool = False
     vip_only: bool = False
+    variants: tuple[Variant, ...] = ()  # A/B/n texts; empty: the promotion's own title and message
+    max_offers: int | None = None  # offers over the promotion's life in this store (None: no limit)
+    max_redemptions: int | None = None  # POS redemptions (None: no limit)
+    paused: bool = False  # a file or bundle may pause it; the admin endpoints override until it changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +223,15 @@ class OffersConfig:
     ttl_s: float = 900.0
     per_visit_cap: int = 0  # offers per device per visit (0 = unlimited)
     min_gap_s: float = 0.0  # minimum seconds between two offers to one device
-    daily_cap: int = 0  # offers per device per store day (0 = unlimited)
+    daily_cap: int = 0  # offers per person per store day (0 = unlimited)
+    global_holdout_pct: float = 0.0  # the global control group: people who get no offer at all
+    code_ttl_s: float = 86400.0  # a redemption code older than this is refused at the till (410)
+    attribution_window_s: float = 7200.0  # a purchase counts for offers / would-offers this recent
+
+
+@dataclass(frozen=True, slots=True)
+class PosConfig:
+    token: str | None = None  # Bearer token of the tills (POST /v1/pos/*); unset: the POS routes answer 401
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +315,7 @@ class StoreConfig:
     shop: ShopConfig = ShopConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     reload: ReloadConfig = ReloadConfig()
+    pos: PosConfig = PosConfig()
     data_dir: Path = Path("var")
     outline: Any = None  # shapely geometry of the store outline, if the layout has one
     warnings: tuple[Problem, ...] = ()

@@ -67,6 +67,11 @@ class Pseudonymizer:
             self._cache[raw] = p
         return p
 
+    def person(self, loyalty_id: str) -> str:
+        """``'p_' + 26 base32 chars``: the pseudonym of a loyalty id (a person)."""
+        digest = hmac.new(self._key, b"person:" + loyalty_id.encode(), hashlib.sha256).digest()
+        return "p_" + base64.b32encode(digest[:16]).decode().rstrip("=").lower()
+
     def fraction(self, *parts: str) -> float:
         """A keyed, uniform value in [0, 1) for holdout assignment."""
         digest = hmac.new(self._key, b"holdout:" + "\x1f".join(parts).encode(), hashlib.sha256).digest()

@@ -141,7 +141,10 @@ def test_openapi_describes_the_paths_and_event_kinds_the_agent_uses():
 
     doc = yaml.safe_load((Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml").read_text())
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/v1/stores/{store_id}/events", "/v1/stores/{store_id}/bundle"}
+    central = {p for p, item in doc["paths"].items() if "servers" not in item}  # the rest: the gateway's own
+    assert central == {"/v1/stores/{store_id}/events", "/v1/stores/{store_id}/bundle"}
+    assert set(doc["paths"]) - central >= {"/v1/pos/redeem", "/v1/pos/purchase", "/v1/admin/report",
+                                           "/v1/admin/promotions/{id}/pause", "/v1/admin/promotions/{id}/resume"}
     kinds = doc["components"]["schemas"]["EventBase"]["properties"]["kind"]["enum"]
     assert set(kinds) == {"transition", "offer", "suppressed", "would_offer", "redemption", "dismissal", "alert",
-                          "consent", "deadletter", "forget"}
+                          "consent", "deadletter", "forget", "conversion", "purchase"}

@@ -33,13 +33,14 @@ from geometry.tracking import Entered, Exited
 from store_config.model import Consent, StoreConfig
 
 from .. import codecs
+from .. import campaigns
 from ..alerts import AlertManager
 from ..codecs import PayloadError, Ping
 from ..decisions import decide
 from ..guard import shed_stale
 from .ids import new_code, new_offer_id
-from ..effects import (Action, Audit, Code, ConsentRow, Effects, Forget, InventoryRow, Notice, OfferOut,
-                      OfferRow, Publish)
+from ..effects import (Action, Audit, Code, ConsentRow, Effects, Exposure, Forget, InventoryRow, Notice,
+                       OfferOut, OfferRow, PauseRow, PromoCount, Publish)
 from .state import Runtime, State, build_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,6 +118,8 @@ class Pipeline:
         self.state.guard.max_speed = cfg.tracking.max_speed_mps
         if old.profiles is not cfg.profiles:
             self._profile_consents_changed(old, cfg, now)
+        for pid in self.state.campaign.file_flags_changed(old.promotions, cfg.promotions):
+            self.fx.rows.append(PauseRow(pid, None, now))  # the file's newer word wins over the admin's
 
     def merge_inventory(self, items, ts: float | None, now: float) -> list[str]:
         """Take ``{sku: qty}`` as of ``ts`` (newest wins); ``ts=None`` only fills
@@ -328,7 +331,7 @@ class Pipeline:
                 continue  # out of order: an older ping never undoes a newer one
             if track is None or now - track.last_seen > rt.params.timeout_s:
                 # A new visit (first ping, or the first after a silence timeout).
-                h = st.histories.get(st.pseudonym(p.device))
+                h = st.histories.get(st.person_for(p.device))
                 if h is not None:
                     h.visit_count = 0
             step_params = params if passed is None or passed[j] else rt.fused_params
@@ -367,6 +370,7 @@ class Pipeline:
         fx = self.fx
         pseudo = st.pseudonym(device)
         profile, consent = st.consent_for(device, pseudo)
+        person = st.person(pseudo, profile)  # cooldowns, caps, holdout and variants key on the person
         for ev in events:
             kind = "enter" if isinstance(ev, Entered) else "exit" if isinstance(ev, Exited) else "dwell"
             self.metrics.transitions.inc(kind)
@@ -386,13 +390,20 @@ class Pipeline:
             if fence is None or not candidates:
                 continue
             outcome = decide(trigger=kind, fence=fence, candidates=candidates, profile=profile, consent=consent,
-                             history=st.history(pseudo), inventory=st.inv_view, now=now, tz=rt.tz,
-                             offers=cfg.offers, holdout=lambda pid: st.fraction(pseudo, pid))
-            self._outcome(device, pseudo, kind, fence, outcome, received, now, tracking=consent.tracking)
+                             history=st.history(person), inventory=st.inv_view, now=now, tz=rt.tz,
+                             offers=cfg.offers, holdout=lambda pid: st.fraction(person, pid),
+                             stopped=st.campaign.stopped,
+                             global_holdout=st.fraction(person, "*global*") if cfg.offers.global_holdout_pct else None)
+            self._outcome(device, pseudo, kind, fence, outcome, received, now, tracking=consent.tracking,
+                          person=person)
 
     def _outcome(self, device: str, pseudo: str, trigger: str, fence, outcome, received: float, now: float,
-                 *, tracking: bool) -> None:
+                 *, tracking: bool, person: str) -> None:
         fx = self.fx
+        promo = outcome.promotion  # the winner, offered or held out: its variant is the person's
+        variant = (campaigns.variant_for(promo.variants, self.state.fraction(person, promo.id, "*variant*"))
+                   if promo is not None and promo.variants else None)
+        vid = variant.id if variant is not None else None
         audit = []
         # Without tracking consent no zone of the device is stored or sent with a
         # suppression (the promotion and the reason still are).
@@ -401,22 +412,31 @@ class Pipeline:
             self.metrics.decisions.inc(d.outcome, d.reason)
             audit.append(Audit(now, pseudo, trigger, where, d.promotion_id, d.outcome, d.reason))
             if d.outcome == "suppressed" and d.reason != "outranked":
-                fx.event("would_offer" if d.reason == "holdout" else "suppressed", now, pseudo,
-                         promotion_id=d.promotion_id, zone=where, reason=d.reason)
+                if d.reason in campaigns.HOLDOUT_REASONS:  # the control group: what it would have got
+                    fx.event("would_offer", now, pseudo, person=person, promotion_id=d.promotion_id, zone=where,
+                             reason=d.reason, variant=vid)
+                    fx.rows.append(Exposure(now, person, pseudo, d.promotion_id, vid, d.reason))
+                else:
+                    fx.event("suppressed", now, pseudo, person=person, promotion_id=d.promotion_id, zone=where,
+                             reason=d.reason)
         if outcome.offer is not None:
-            promo = outcome.promotion
             d = outcome.offer
             offer_id = new_offer_id()
             expires = now + self.cfg.offers.ttl_s
-            payload = {"offer_id": offer_id, "promotion_id": promo.id, "zone": fence.id, "title": promo.title,
-                       "message": promo.message, "sku": d.sku, "ts": now, "expires": expires}
+            title, message = campaigns.offer_text(promo, variant)
+            payload = {"offer_id": offer_id, "promotion_id": promo.id, "zone": fence.id, "title": title,
+                       "message": message, "sku": d.sku, "ts": now, "expires": expires}
+            if variant is not None:
+                payload["variant"] = vid
             if d.alternative_zone:
                 payload["alternative_zone"] = d.alternative_zone
             audit[-1] = replace(audit[-1], offer_id=offer_id)
             fx.rows.append(OfferRow(offer_id, pseudo, promo.id, fence.id, now, expires, payload,
                                     topic_device=device))  # sealed by the store, for a re-send
-            fx.event("offer", now, pseudo, offer_id=offer_id, promotion_id=promo.id, zone=fence.id,
-                     sku=d.sku, alternative_zone=d.alternative_zone)
+            fx.rows.append(Exposure(now, person, pseudo, promo.id, vid, "offered", offer_id))
+            self.count_offer(promo)
+            fx.event("offer", now, pseudo, person=person, offer_id=offer_id, promotion_id=promo.id, zone=fence.id,
+                     sku=d.sku, alternative_zone=d.alternative_zone, variant=vid)
             fx.offers.append(OfferOut(device, payload, received))
             fx.notices.append(Notice("offer", {"device": pseudo, **payload}))
             self.alerts.on_offer(device, pseudo, promo, fence.id, now)
@@ -452,11 +472,13 @@ class Pipeline:
             if code is None:
                 code = self._codes[offer_id] = new_code()
                 fx.rows.append(Code(offer_id, code, now))
-                fx.event("redemption", now, pseudo, offer_id=offer_id, code=code, promotion_id=row.promotion_id)
+                fx.event("redemption", now, pseudo, person=self.state.person_for(device), offer_id=offer_id,
+                         code=code, promotion_id=row.promotion_id, variant=row.payload.get("variant"))
             fx.publish.append(Publish(topic, {"offer_id": offer_id, "code": code}))
         elif row.action != "dismiss" and code is None:
             fx.rows.append(Action(offer_id, "dismiss", now))
-            fx.event("dismissal", now, pseudo, offer_id=offer_id, promotion_id=row.promotion_id)
+            fx.event("dismissal", now, pseudo, person=self.state.person_for(device), offer_id=offer_id,
+                     promotion_id=row.promotion_id, variant=row.payload.get("variant"))
 
     def on_consent(self, m: Message, device: str) -> None:
         obj = codecs.decode_object(m.payload, max_bytes=self.cfg.ingest.max_payload_bytes)
@@ -554,6 +576,26 @@ class Pipeline:
             "payload_b64": base64.b64encode(payload[:65536]).decode()}, 0))
         self.fx.event("deadletter", received, self.pseudonym(device) if device else None, reason=reason)
 
+    # -- campaigns: budgets and pause (the state lives in ``campaigns.CampaignState``)
+    def count_offer(self, promo) -> None:
+        c = self.state.campaign
+        c.offers[promo.id] = c.offers.get(promo.id, 0) + 1
+        self.fx.rows.append(PromoCount(promo.id, offers=1))
+        self.update_budget_gauge(promo)
+
+    def update_budget_gauge(self, promo) -> None:
+        left = self.state.campaign.remaining(promo)
+        if left is not None:
+            self.metrics.budget_remaining.set(left, promo.id)
+
+    def set_paused(self, promotion_id: str, paused: bool, now: float) -> bool:
+        """Pause or resume a promotion from the next decision on (False: unknown id)."""
+        if not any(p.id == promotion_id for p in self.cfg.promotions):
+            return False
+        self.state.campaign.paused[promotion_id] = paused
+        self.fx.rows.append(PauseRow(promotion_id, paused, now))
+        return True
+
     # -- admin
     def forget(self, device: str) -> dict[str, int | str]:
         """Forget a device: drop its live state (tracker, offer history, consent
@@ -562,9 +604,11 @@ class Pipeline:
         Returns the pseudonym and what was dropped from memory."""
         st = self.state
         pseudo = st.pseudonym(device)
+        person = st.person_for(device)
         dropped = {"device": pseudo, "tracks": int(st.tracks.get(device) is not None),
                    "histories": int(st.histories.pop(pseudo, None) is not None),
                    "consent_live": int(st.consents.pop(pseudo, None) is not None)}
+        st.histories.pop(person, None)  # the person's cooldowns and caps (campaigns key on the person)
         st.drop_device(device)
         self.fx.rows.append(Forget(pseudo, full=True))
         self.fx.event("forget", self.wall, pseudo)  # after the Forget row: the store keeps this one

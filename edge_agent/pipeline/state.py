@@ -22,6 +22,7 @@ from geometry.schedule import Tracks
 from geometry.tracking import TrackParams
 from store_config.model import Consent, Profile, StoreConfig
 
+from ..campaigns import CampaignState, person_key
 from ..decisions import OfferHistory, promotions_by_fence
 from ..guard import SpoofGuard
 
@@ -93,7 +94,7 @@ class State:
 
     rt: Runtime
     pseudonym: Callable[[str], str]
-    fraction: Callable[[str, str], float]
+    fraction: Callable[..., float]  # (person, promotion id[, purpose]) -> [0, 1)
     tracks: Tracks = field(default_factory=Tracks)  # per-device trackers, scheduled by due time
     guard: SpoofGuard = field(default_factory=SpoofGuard)
     histories: dict[str, OfferHistory] = field(default_factory=dict)  # pseudonym -> history
@@ -109,6 +110,8 @@ class State:
         self.tracks.pop(device)
         self.fusion.forget(device)
         self.guard.forget(device)
+    loyalty: Callable[[str], str] | None = None  # loyalty id -> person pseudonym (keyed hash)
+    campaign: CampaignState = field(default_factory=CampaignState)  # budgets, pause overrides
 
     @property
     def cfg(self) -> StoreConfig:
@@ -123,6 +126,13 @@ class State:
             return profile, profile.consent
         p = self.rt.cfg.privacy
         return None, Consent(offers=p.anonymous_offers, tracking=p.anonymous_tracking)
+
+    def person(self, pseudo: str, profile: Profile | None) -> str:
+        """The person of a device (histories, holdout and variants key on it)."""
+        return person_key(pseudo, profile, self.loyalty) if self.loyalty is not None else pseudo
+
+    def person_for(self, device: str) -> str:
+        return self.person(self.pseudonym(device), self.rt.cfg.profiles.get(device))
 
     def history(self, pseudo: str) -> OfferHistory:
         h = self.histories.get(pseudo)
