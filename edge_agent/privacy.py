@@ -83,6 +83,13 @@ def erase(conn: sqlite3.Connection, pseudo: str) -> dict[str, int]:
         "consent": q("DELETE FROM consent WHERE device = ?", (pseudo,)).rowcount,
         "outbox": q("DELETE FROM outbox WHERE device = ?", (pseudo,)).rowcount,
         "outbox_aside": q("DELETE FROM outbox_aside WHERE device = ?", (pseudo,)).rowcount,
+        # campaigns: the device's exposures and redemptions; a device with no loyalty id is its own
+        # person (its pseudonym), so its purchases and their attributions go too
+        "attributions": q("DELETE FROM attributions WHERE person = ? OR exposure_id IN "
+                          "(SELECT id FROM exposures WHERE device = ?)", (pseudo, pseudo)).rowcount,
+        "exposures": q("DELETE FROM exposures WHERE device = ?", (pseudo,)).rowcount,
+        "redemptions": q("DELETE FROM redemptions WHERE device = ?", (pseudo,)).rowcount,
+        "purchases": q("DELETE FROM purchases WHERE person = ?", (pseudo,)).rowcount,
     }
 
 

@@ -91,7 +91,8 @@ async def test_tls_password_and_acl(tmp_path, secure_broker, agent_factory):
         a.close()
         b.close()
     # A wrong password is refused: the agent stays disconnected and says so.
-    bad = replace(cfg, mqtt=replace(cfg.mqtt, password="wrong", client_id="edge-agent-bad"))
+    # (its own data dir: one agent per data dir, and the first one is still running)
+    bad = replace(cfg, mqtt=replace(cfg.mqtt, password="wrong", client_id="edge-agent-bad"), data_dir=tmp_path / "bad")
     from edge_agent.service import Agent
 
     agent = Agent(bad)
