@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Effects", "Event", "Audit", "OfferRow", "ConsentRow", "InventoryRow", "Forget", "Code",
-           "Action", "Publish", "OfferOut", "Notice"]
+           "Action", "Publish", "OfferOut", "Notice", "PickupRow", "PickupGone"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +103,7 @@ class Publish:
     topic: str
     payload: Any
     qos: int = 1
+    retain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,25 @@ class Notice:
 
     kind: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PickupRow:
+    """A click-and-collect order, stored (or updated) so it survives a restart."""
+
+    order_id: str
+    person: str  # a person pseudonym, never a raw id
+    zone: str
+    first_name: str | None
+    ts: float
+    arrived: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PickupGone:
+    """An order collected (``DELETE /v1/pickups/{order_id}``)."""
+
+    order_id: str
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import delivery, http_associates, shop, sources
+from . import delivery, http_associates, http_floor, shop, sources
 from .audit import AuditError, parse_since
 from .http_base import AGENT, require_admin
 from .service import Agent
@@ -108,6 +108,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     http_associates.add_routes(app)  # /associates, /associates/ws, /v1/alerts/...
     shop.setup(app, AGENT)  # /shop, /shop/ws, /v1/shop/session|checkin, /v1/ping (device session tokens)
     delivery.setup(app, AGENT)  # [delivery] webhook_url: offers, codes and notices to the retailer's push service
+    http_floor.add_routes(app)  # /v1/floor, /v1/floor/map, /v1/pickups
     for fn in extra or ():
         fn(app)
     return app

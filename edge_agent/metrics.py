@@ -135,6 +135,10 @@ class Metrics:
                                       "Offers, codes and notices waiting for the push webhook.")
         self.delivery = Counter("edge_delivery_total", "Push webhook attempts by result (ok, retry, aside).",
                                 ("result",))
+        self.zone_occupancy = Gauge("edge_zone_occupancy", "Devices in each fence now (associates' devices "
+                                    "not counted).", ("zone",))
+        self.visits = Counter("edge_visits_total", "Visits ended (silence), by class: bounce, visit, engaged.",
+                              ("class",))
         self.extra: list = []
 
     def all(self) -> list:
