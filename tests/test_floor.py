@@ -81,7 +81,8 @@ def test_counts_follow_transitions_and_staff_is_never_counted_nor_offered(p):
     assert snap["zones"]["produce"] == {"now": 4, "capacity": 4, "state": "crowded"}
     assert snap["zones"]["aisle-1"] == {"now": 0, "capacity": None, "state": "ok"}
     assert "s0" not in json.dumps(snap)  # counts carry no ids
-    assert p.metrics.zone_occupancy.get("produce") == 4
+    p.tick(T0, T0)
+    assert p.metrics.zone_occupancy.get("produce") == 4  # set when {R}/floor is published
     p.step([ping("s0", 2, 10, T0 + 1)], T0 + 1)  # out of produce
     assert p.floor.counts["produce"] == 3
     assert p.floor.snapshot(T0 + 1)["zones"]["produce"]["state"] == "ok"  # 3 of 4: below 80 %

@@ -132,6 +132,9 @@ class Floor:
         self.waiting: dict[str, list[Order]] = {}  # person -> orders not arrived yet
         self.pickup_zones: dict[str, int] = {}  # zone -> orders waiting there
         self.arrivals: dict[str, tuple[str, str]] = {}  # alert id -> (raw device, order id), memory only
+        self._rt = None  # the runtime _caps and _queued were derived from
+        self._caps: dict[str, int] = {}
+        self._queued: frozenset[str] = frozenset()
         pipeline.alerts.on_claimed.append(self._claimed)
 
     @property
@@ -139,32 +142,46 @@ class Floor:
         return self.p.cfg.floor
 
     # -- occupancy (hot: once per transition, O(events))
+    def _derive(self, rt) -> None:
+        """Per config version: the fences with a capacity and those with a queue."""
+        self._rt = rt
+        self._caps = {f.id: f.capacity for f in rt.fences.values() if f.capacity}
+        self._queued = frozenset(f.id for f in rt.fences.values() if f.queue_alert_at)
+
     def on_transitions(self, device: str, pseudo: str, events: Iterable, staff: bool) -> None:
         if staff:
             return  # an associate's device: never counted
-        counts = self.counts
+        rt = self.p.state.rt
+        if rt is not self._rt:
+            self._derive(rt)
+        counts, where, caps = self.counts, self.where, self._caps
         for ev in events:
             f = ev.fence
-            if isinstance(ev, Entered):
-                inside = self.where.get(device)
+            t = type(ev)
+            if t is Entered:
+                inside = where.get(device)
                 if inside is None:
-                    inside = self.where[device] = set()
+                    where[device] = {f}
                 elif f in inside:
                     continue
-                inside.add(f)
+                else:
+                    inside.add(f)
                 n = counts[f] = counts.get(f, 0) + 1
-                fence = self._changed(f, n, ev.ts)
-                if fence is not None and fence.queue_alert_at:
+                self.dirty = True
+                cap = caps.get(f)
+                if cap and n >= cap and f not in self.over_since:
+                    self.over_since[f] = ev.ts
+                if f in self._queued:
                     self.queues.setdefault(f, {})[device] = ev.ts
                 v = self.visits.get(device)
                 if v is not None and f not in v.zones:
                     v.zones.append(f)
                 if f in self.pickup_zones:
                     self._arrive(device, pseudo, f, ev.ts)
-            elif isinstance(ev, Exited):
-                self._leave(device, f, ev.ts)
+            elif t is Exited:
+                self._leave(device, f)
 
-    def _leave(self, device: str, f: str, ts: float) -> None:
+    def _leave(self, device: str, f: str) -> None:
         inside = self.where.get(device)
         if inside is None or f not in inside:
             return
@@ -172,28 +189,18 @@ class Floor:
         if not inside:
             del self.where[device]
         n = self.counts[f] = self.counts[f] - 1
-        self._changed(f, n, ts)
+        self.dirty = True
+        cap = self._caps.get(f)
+        if cap and n < cap:
+            self.over_since.pop(f, None)
         q = self.queues.get(f)
         if q is not None:
             q.pop(device, None)
 
-    def _changed(self, f: str, n: int, ts: float):
-        """A count changed: mark the floor for publishing, set the gauge, time crowding."""
-        self.dirty = True
-        self.p.metrics.zone_occupancy.set(n, f)
-        fence = self.p.rt.fences.get(f)
-        cap = fence.capacity if fence is not None else None
-        if cap:
-            if n >= cap:
-                self.over_since.setdefault(f, ts)
-            else:
-                self.over_since.pop(f, None)
-        return fence
-
     def drop(self, device: str) -> None:
         """A forget or an opt-out: the device leaves every count; its visit is not classed."""
         for f in list(self.where.get(device, ())):
-            self._leave(device, f, self.p.wall)
+            self._leave(device, f)
         self.visits.pop(device, None)
 
     def snapshot(self, ts: float) -> dict[str, Any]:
@@ -269,6 +276,9 @@ class Floor:
         self.dirty = False
         self.last_publish = wall
         snap = self.snapshot(wall)
+        gauge = self.p.metrics.zone_occupancy  # set here, not per transition: it lags by publish_s at most
+        for fid, z in snap["zones"].items():
+            gauge.set(z["now"], fid)
         fx = self.p.fx
         fx.publish.append(Publish(f"{self.p.root}/floor", snap, 1, retain=True))
         fx.notices.append(Notice("floor", snap))
@@ -300,6 +310,12 @@ class Floor:
                 continue
             if fence is None or not fence.capacity or self.counts.get(f, 0) < BUSY * fence.capacity:
                 self._resolve(kind, f)
+        rt = self.p.state.rt
+        if rt is not self._rt:
+            self._derive(rt)
+        for f, cap in self._caps.items():  # a capacity a reload brought, over it already
+            if f not in self.over_since and self.counts.get(f, 0) >= cap:
+                self.over_since[f] = now
         sustain = self.cfg.sustain_s
         for f, since in list(self.over_since.items()):
             fence = fences.get(f)
