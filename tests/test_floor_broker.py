@@ -233,32 +233,29 @@ async def test_pickup_arrival_within_a_second_claim_once_per_order_and_a_restart
 
 
 async def test_visit_classes_from_scripted_silences(make_store, agent_factory, mqtt_client):
-    cfg = make_store()
-    clock = Clock()
-    clock.t = (clock.t // 3600) * 3600 + 5  # the scripted hour starts here
-    server = await agent_factory(cfg, agent=Agent(cfg, clock=clock))
+    # The pings' own clock ([tracking] clock = "ping"): lengths are exactly the script's.
+    cfg = make_store(toml_extra=TOML + '\n[tracking]\nclock = "ping"\n')
+    server = await agent_factory(cfg)
     agent = server.agent
     phone = mqtt_client()
     R = cfg.root_topic
     await phone.subscribe(f"{R}/deadletter")
+    h0 = (time.time() // 3600 - 3) * 3600  # an hour three hours ago
 
-    async def ping(dev: str, x: float = 12.0, y: float = 7.0) -> None:
-        await phone.publish(f"{R}/ping/uwb/{dev}", {"x": x, "y": y, "acc": 0.5}, qos=0)
+    async def ping(dev: str, t: float) -> None:
+        await phone.publish(f"{R}/ping/uwb/{dev}", {"x": 12.0, "y": 7.0, "acc": 0.5, "ts": h0 + t}, qos=0)
 
-    # anon-1: 30 s (bounce); anon-2: 200 s (visit); ada-phone (tracking consent): 650 s (engaged)
-    for dev in ("anon-1", "anon-2", "ada-phone", "staff-1"):
-        await ping(dev)
-    await marker(phone, R)
-    for t in range(10, 651, 10):
-        clock.t += 10
+    # anon-1: 30 s (bounce); anon-2: 200 s (visit); ada-phone (tracking consent): 650 s (engaged);
+    # staff-1 (an associate's device: never a visit) keeps pinging and so moves the clock on.
+    for t in range(0, 651, 10):
         if t <= 30:
-            await ping("anon-1")
+            await ping("anon-1", t)
         if t <= 200:
-            await ping("anon-2")
-        await ping("ada-phone")
-        await ping("staff-1")
+            await ping("anon-2", t)
+        await ping("ada-phone", t)
+        await ping("staff-1", t)
+    await ping("staff-1", 650 + 121)  # everyone else silent past the timeout
     await marker(phone, R)
-    clock.t += 121  # everyone silent past the timeout
     agent.tick()
     assert {k[0]: v for k, v in agent.metrics.visits.values.items()} == {"bounce": 1, "visit": 1, "engaged": 1}
     [v] = outbox(agent, "visit")  # only the device with tracking consent
@@ -268,8 +265,10 @@ async def test_visit_classes_from_scripted_silences(make_store, agent_factory, m
         async with http.get(f"{server.url}/metrics") as r:
             text = await r.text()
     assert 'edge_visits_total{class="engaged"} 1' in text and 'edge_visits_total{class="bounce"} 1' in text
-    clock.t += 3600
+    for t in [*range(771 + 100, 3600, 100), 3600]:  # the associate works on; the hour ends
+        await ping("staff-1", t)
+    await marker(phone, R)
     agent.tick()
     [agg] = outbox(agent, "visits")
+    assert agg["device"] is None and agg["hour"] == h0
     assert agg["counts"] == {"bounce": 1, "visit": 1, "engaged": 1} and agg["median_s"] == 200.0
-
