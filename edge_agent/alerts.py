@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("edge_agent.alerts")
 
-KINDS = ("vip_arrival", "assist", "stock_out")
+KINDS = ("vip_arrival", "assist", "stock_out", "crowding", "queue", "pickup_arrival")  # the last three: pipeline/floor.py
 OPEN, CLAIMED, ESCALATED, RESOLVED = "open", "claimed", "escalated", "resolved"
 MAX_ALERTS = 1000  # kept in memory; the oldest resolved/claimed ones go first
 MAX_ASSOCIATE_LEN = 64
@@ -95,6 +95,7 @@ class AlertManager:
         self._assisted: set[tuple[str, str, float]] = set()  # (device, fence, entered) already alerted
         self._pages: list[Callable[[dict[str, Any]], None]] = []  # associates' pages (their WebSockets)
         self.commit: Callable[[], None] = lambda: None  # the shell's: commit, then publish what was raised
+        self.on_claimed: list[Callable[[Alert], None]] = []  # rooms told of a claim (the floor's pickups)
 
     # -- configuration helpers
     @property
@@ -236,6 +237,8 @@ class AlertManager:
             raise ClaimError(409, "already_" + alert.state, alert.by)
         alert.state, alert.by = CLAIMED, associate
         self._announce(alert, CLAIMED, associate, self._topics(alert))
+        for fn in self.on_claimed:
+            fn(alert)
         return alert
 
     def resolve(self, alert_id: str, associate: str) -> Alert:

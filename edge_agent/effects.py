@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = ["Effects", "Event", "Audit", "OfferRow", "ConsentRow", "InventoryRow", "Forget", "Code",
            "Action", "Publish", "OfferOut", "Notice", "Exposure", "PromoCount", "PauseRow", "RedeemRow",
-           "PurchaseRow"]
+           "PurchaseRow", "PickupRow", "PickupGone"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +107,7 @@ class Publish:
     topic: str
     payload: Any
     qos: int = 1
+    retain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +188,25 @@ class PurchaseRow:
     currency: str | None
     skus: tuple[str, ...]
     attributed: tuple[tuple[int, float, str, str | None, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PickupRow:
+    """A click-and-collect order, stored (or updated) so it survives a restart."""
+
+    order_id: str
+    person: str  # a person pseudonym, never a raw id
+    zone: str
+    first_name: str | None
+    ts: float
+    arrived: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PickupGone:
+    """An order collected (``DELETE /v1/pickups/{order_id}``)."""
+
+    order_id: str
 
 
 @dataclass(slots=True)

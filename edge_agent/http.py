@@ -14,7 +14,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import delivery, http_associates, pos, privacy, shop, sources
+from . import delivery, http_associates, http_floor, pos, privacy, shop, sources
 from .audit import AuditError, parse_since
 from .http_base import AGENT, bearer_ok, require_admin
 from .service import Agent
@@ -101,6 +101,7 @@ def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | N
     shop.setup(app, AGENT)  # /shop, /shop/ws, /v1/shop/session|checkin, /v1/ping (device session tokens)
     delivery.setup(app, AGENT)  # [delivery] webhook_url: offers, codes and notices to the retailer's push service
     pos.setup_routes(app, AGENT, require_admin, bearer_ok)  # /v1/pos/*, promotions pause|resume, report
+    http_floor.add_routes(app)  # /v1/floor, /v1/floor/map, /v1/pickups
     for fn in extra or ():
         fn(app)
     return app

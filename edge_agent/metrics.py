@@ -142,6 +142,11 @@ class Metrics:
                                    "purchases) by promotion.", ("promotion",))
         self.budget_remaining = Gauge("edge_budget_remaining", "What is left of a promotion's tighter budget "
                                       "(max_offers or max_redemptions).", ("promotion",))
+
+        self.zone_occupancy = Gauge("edge_zone_occupancy", "Devices in each fence now (associates' devices "
+                                    "not counted).", ("zone",))
+        self.visits = Counter("edge_visits_total", "Visits ended (silence), by class: bounce, visit, engaged.",
+                              ("class",))
         self.extra: list = []
 
     def all(self) -> list:

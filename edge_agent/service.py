@@ -252,6 +252,7 @@ class Agent:
         for sku, qty, ts in self.store.inventory.load():
             if ts >= st.inventory.get(sku, (0, 0.0))[1]:
                 st.set_inventory(sku, qty, ts)
+        self.pipeline.floor.restore(self.store.pickups.load())  # click-and-collect orders still waiting
 
     def _on_connected(self) -> None:
         """After every (re)connect: re-send offers that were committed but never acknowledged."""
@@ -328,7 +329,7 @@ class Agent:
             self.deliver(f"{self.root}/offer/{o.device}", o.payload)
         mqtt = self.mqtt
         for p in fx.publish:
-            mqtt.publish(p.topic, _dumps(p.payload), qos=p.qos)
+            mqtt.publish(p.topic, _dumps(p.payload), qos=p.qos, retain=p.retain)
             self.deliver(p.topic, p.payload)
         for n in fx.notices:
             if n.kind == "_ws":

@@ -70,6 +70,31 @@ class InventoryTable:
                               [(r.sku, r.qty, r.ts) for r in rows])
 
 
+class PickupTable:
+    """Click-and-collect orders waiting for their shopper (``/v1/pickups``); a
+    person pseudonym, never a raw id.  ``arrived`` is set once, so an order
+    alerts once, across restarts too."""
+
+    MIGRATIONS = {1: "CREATE TABLE IF NOT EXISTS pickups (order_id TEXT PRIMARY KEY, person TEXT NOT NULL, "
+                     "zone TEXT NOT NULL, first_name TEXT, ts REAL NOT NULL, arrived REAL)"}
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        migrate(conn, "pickups", self.MIGRATIONS)
+
+    def load(self) -> list[fx.PickupRow]:
+        return [fx.PickupRow(*r) for r in self.conn.execute(
+            "SELECT order_id, person, zone, first_name, ts, arrived FROM pickups ORDER BY ts")]
+
+    def put(self, rows: Iterable[fx.PickupRow]) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO pickups(order_id, person, zone, first_name, ts, arrived) "
+                              "VALUES (?,?,?,?,?,?)",
+                              [(r.order_id, r.person, r.zone, r.first_name, r.ts, r.arrived) for r in rows])
+
+    def delete(self, rows: Iterable[fx.PickupGone]) -> None:
+        self.conn.executemany("DELETE FROM pickups WHERE order_id = ?", [(r.order_id,) for r in rows])
+
+
 class Store:
     """The ledger file with every table the agent keeps."""
 
@@ -80,6 +105,7 @@ class Store:
         self.inventory = InventoryTable(ledger.conn)
         self.delivery = DeliveryTable(ledger.conn)  # the push webhook's queue (edge_agent/delivery.py)
         self.campaigns = CampaignTables(ledger.conn)
+        self.pickups = PickupTable(ledger.conn)  # click-and-collect orders (pipeline/floor.py)
         self.forgotten: dict[str, dict[str, int]] = {}  # pseudonym -> rows deleted by a full Forget
         self._seal_legacy()
 
@@ -135,6 +161,10 @@ class Store:
             self.consent.put(by[fx.ConsentRow])
         if fx.InventoryRow in by:
             self.inventory.put(by[fx.InventoryRow])
+        if fx.PickupRow in by:
+            self.pickups.put(by[fx.PickupRow])
+        if fx.PickupGone in by:
+            self.pickups.delete(by[fx.PickupGone])
         if fx.Audit in by:
             led.audit([(a.ts, a.device, a.event, a.zone, a.promotion_id, a.outcome, a.reason, a.offer_id)
                        for a in by[fx.Audit]])

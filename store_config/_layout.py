@@ -323,6 +323,7 @@ def _fence(c: Collector, entry: dict, props: dict, kind: Any, seen_ids: dict[str
     entry["skus"] = c.str_list(props, "skus", where)
     entry["dwell_s"] = c.number(props, "dwell_s", where, default=None, positive=True)
     entry["assist"] = c.boolean(props, "assist", where, default=False)
+    _floor_props(c, props, where, kind, entry)
     radius = None
     if gtype == "Point":
         if "radius_m" not in props:
@@ -334,6 +335,19 @@ def _fence(c: Collector, entry: dict, props: dict, kind: Any, seen_ids: dict[str
     elif "radius_m" in props:
         c.warn(where, "radius_m", f"ignored on a {gtype}")
     entry["radius"] = radius
+
+
+def _floor_props(c: Collector, props: dict, where: str, kind: Any, entry: dict) -> None:
+    """``capacity`` (people, any fence) and, on ``checkout`` fences, ``queue_alert_at`` /
+    ``queue_wait_s`` (see DESIGN.md "The store floor")."""
+    entry["capacity"] = c.integer(props, "capacity", where, default=None, minimum=1)
+    entry["queue_alert_at"] = c.integer(props, "queue_alert_at", where, default=None, minimum=1)
+    entry["queue_wait_s"] = c.number(props, "queue_wait_s", where, default=120.0, positive=True)
+    if "queue_alert_at" in props and kind != "checkout":
+        c.err(where, "queue_alert_at", f"only a 'checkout' fence has a queue, not a {kind!r} fence")
+        entry["queue_alert_at"] = None
+    elif "queue_wait_s" in props and "queue_alert_at" not in props:
+        c.warn(where, "queue_wait_s", "ignored without queue_alert_at")
 
 
 def _assemble(c: Collector, parsed: list[dict]) -> tuple[list[Fence], list[Beacon], list]:
@@ -385,7 +399,8 @@ def _assemble(c: Collector, parsed: list[dict]) -> tuple[list[Fence], list[Beaco
         fences.append(Fence(
             id=e["id"], kind=e["kind"], floor=e["floor"] if e["floor"] is not None else 0, geometry=g,
             name=e["name"] or "", category=e["category"], skus=e["skus"], dwell_s=e["dwell_s"],
-            circle=circle, assist=bool(e["assist"]),
+            circle=circle, assist=bool(e["assist"]), capacity=e["capacity"],
+            queue_alert_at=e["queue_alert_at"], queue_wait_s=e["queue_wait_s"],
         ))
     return fences, beacons, outlines
 

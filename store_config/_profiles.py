@@ -12,7 +12,7 @@ from .model import Consent, Problem, Profile
 __all__ = ["parse_profiles"]
 
 
-_PROFILE_KEYS = frozenset({"device", "loyalty_id", "consent", "segments", "loyalty_score", "vip", "first_name"})
+_PROFILE_KEYS = frozenset({"device", "loyalty_id", "consent", "segments", "loyalty_score", "vip", "first_name", "staff"})
 _CONSENT_KEYS = frozenset({"offers", "tracking", "name_to_staff"})
 
 
@@ -57,10 +57,11 @@ def parse_profiles(obj: Any, *, file: str, warnings: list[Problem] | None = None
         loyalty_score = c.number(p, "loyalty_score", where, default=0.0)
         vip = c.boolean(p, "vip", where)
         first_name = c.string(p, "first_name", where, default=None)
+        staff = c.boolean(p, "staff", where)
         if len(c.problems) > n_before or device is None:
             continue
         out[device] = Profile(device=device, loyalty_id=loyalty_id, consent=consent, segments=segments,
-                              loyalty_score=loyalty_score, vip=vip, first_name=first_name)
+                              loyalty_score=loyalty_score, vip=vip, first_name=first_name, staff=staff)
     if warnings is not None:
         warnings.extend(c.warnings)
     raise_if(c.problems)

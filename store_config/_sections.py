@@ -22,6 +22,7 @@ from .model import (
     SOURCES,
     AssociatesConfig,
     DeliveryConfig,
+    FloorConfig,
     HttpConfig,
     IngestConfig,
     MqttConfig,
@@ -38,7 +39,7 @@ from .model import (
 __all__ = [
     "SECTIONS", "section", "warn_unknown_sections", "parse_mqtt", "parse_http", "parse_data",
     "parse_tracking", "parse_ingest", "parse_offers", "parse_privacy", "parse_sync", "parse_associates",
-    "parse_reload", "parse_shop", "parse_delivery", "parse_pos", "check_roles",
+    "parse_reload", "parse_shop", "parse_delivery", "parse_floor", "parse_pos", "check_roles",
 ]
 
 SECTIONS: dict[str, frozenset[str]] = {
@@ -63,6 +64,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "reload": frozenset({"poll_s"}),
     "shop": frozenset({"language", "text"}),
     "delivery": frozenset({"webhook_url", "webhook_token", "timeout_s", "retry_s"}),
+    "floor": frozenset({"publish_s", "sustain_s", "visit_s", "engaged_s"}),
     "pos": frozenset({"token"}),
 }
 
@@ -372,6 +374,21 @@ def parse_delivery(c: Collector, doc: dict) -> DeliveryConfig:
         timeout_s=c.number(d, "timeout_s", W, default=10.0, positive=True),
         retry_s=c.number(d, "retry_s", W, default=1.0, positive=True),
     )
+
+
+def parse_floor(c: Collector, doc: dict) -> FloorConfig:
+    f = section(c, doc, "floor")
+    W = "[floor]"
+    d = FloorConfig()
+    floor = FloorConfig(
+        publish_s=c.number(f, "publish_s", W, default=d.publish_s, positive=True),
+        sustain_s=c.number(f, "sustain_s", W, default=d.sustain_s, minimum=0),
+        visit_s=c.number(f, "visit_s", W, default=d.visit_s, positive=True),
+        engaged_s=c.number(f, "engaged_s", W, default=d.engaged_s, positive=True),
+    )
+    if floor.engaged_s < floor.visit_s:
+        c.err(W, "engaged_s", f"must be ≥ visit_s ({floor.visit_s:g}), not {floor.engaged_s:g}")
+    return floor
 
 
 def parse_pos(c: Collector, doc: dict) -> PosConfig:

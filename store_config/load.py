@@ -124,6 +124,7 @@ def load_store(path: str | Path) -> StoreConfig:
     reload_cfg = sections.parse_reload(c, doc)
     shop = sections.parse_shop(c, doc)
     delivery = sections.parse_delivery(c, doc)
+    floor = sections.parse_floor(c, doc)
     pos = sections.parse_pos(c, doc)
     sources = parse_sources(c, sections.section(c, doc, "sources"))
     floorplans = parse_floorplans(c, doc.get("floorplans"))
@@ -199,6 +200,7 @@ def load_store(path: str | Path) -> StoreConfig:
         shop=shop,
         delivery=delivery,
         reload=reload_cfg,
+        floor=floor,
         pos=pos,
         data_dir=data_dir,
         outline=outline,

@@ -77,6 +77,9 @@ class Fence:
     dwell_s: float | None = None
     circle: tuple[float, float, float] | None = None
     assist: bool = False  # flagged for associates' `assist` alerts
+    capacity: int | None = None  # people: crowding alerts (see "The store floor")
+    queue_alert_at: int | None = None  # checkout fences: this many waiting raise a `queue` alert
+    queue_wait_s: float = 120.0  # ... each in the fence longer than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,7 @@ class Profile:
     loyalty_score: float = 0.0
     vip: bool = False
     first_name: str | None = None
+    staff: bool = False  # an associate's device: never counted on the floor, never offered anything
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +235,7 @@ class OffersConfig:
 
 @dataclass(frozen=True, slots=True)
 class PosConfig:
-    token: str | None = None  # Bearer token of the tills (POST /v1/pos/*); unset: the POS routes answer 401
+    token: str | None = None  # Bearer token of the tills (POST /v1/pos/*, /v1/pickups); unset: 401
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +294,16 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FloorConfig:
+    """``[floor]``: occupancy publishing, crowding, visit classes (see "The store floor")."""
+
+    publish_s: float = 2.0  # {R}/floor is published when it changes, at most this often
+    sustain_s: float = 30.0  # a count at or above capacity this long raises `crowding`
+    visit_s: float = 120.0  # visits shorter than this are a `bounce`
+    engaged_s: float = 600.0  # visits at least this long are `engaged`
+
+
+@dataclass(frozen=True, slots=True)
 class StoreConfig:
     """One store, validated.  ``version`` changes whenever anything that
     affects decisions changes (used to rebuild the fence index once)."""
@@ -315,6 +329,7 @@ class StoreConfig:
     shop: ShopConfig = ShopConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     reload: ReloadConfig = ReloadConfig()
+    floor: FloorConfig = FloorConfig()
     pos: PosConfig = PosConfig()
     data_dir: Path = Path("var")
     outline: Any = None  # shapely geometry of the store outline, if the layout has one

@@ -16,7 +16,8 @@ def test_asyncapi_lists_every_contract_topic():
                   "store/{store_id}/action/{device}", "store/{store_id}/consent/{device}",
                   "store/{store_id}/inventory", "store/{store_id}/offer/{device}",
                   "store/{store_id}/alert/{audience}", "store/{store_id}/alert/claim",
-                  "store/{store_id}/event/{device}", "store/{store_id}/deadletter", "store/{store_id}/status"):
+                  "store/{store_id}/event/{device}", "store/{store_id}/deadletter", "store/{store_id}/status",
+                  "store/{store_id}/floor", "store/{store_id}/notice/{device}"):
         assert topic in addresses
     offer = doc["components"]["messages"]["Offer"]["payload"]
     assert set(offer["required"]) == {"offer_id", "promotion_id", "zone", "title", "message", "sku", "ts", "expires"}

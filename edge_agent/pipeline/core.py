@@ -38,6 +38,7 @@ from ..alerts import AlertManager
 from ..codecs import PayloadError, Ping
 from ..decisions import decide
 from ..guard import shed_stale
+from .floor import Floor
 from .ids import new_code, new_offer_id
 from ..effects import (Action, Audit, Code, ConsentRow, Effects, Exposure, Forget, InventoryRow, Notice,
                        OfferOut, OfferRow, PauseRow, PromoCount, Publish)
@@ -78,6 +79,7 @@ class Pipeline:
         self.source_routes: list[tuple[Callable[[str], bool], Route]] = []
         self._codes: dict[str, str] = {}  # codes drawn in this batch, not committed yet
         self.alerts = AlertManager(self)
+        self.floor = Floor(self)  # occupancy, crowding, queues, pickups, visits (pipeline/floor.py)
 
     # -- what alerts and adapters read
     @property
@@ -329,13 +331,16 @@ class Pipeline:
             track = tracks.get(p.device)
             if track is not None and now < track.last_seen:
                 continue  # out of order: an older ping never undoes a newer one
-            if track is None or now - track.last_seen > rt.params.timeout_s:
+            fresh = track is None or now - track.last_seen > rt.params.timeout_s
+            if fresh:
                 # A new visit (first ping, or the first after a silence timeout).
                 h = st.histories.get(st.person_for(p.device))
                 if h is not None:
                     h.visit_count = 0
             step_params = params if passed is None or passed[j] else rt.fused_params
             events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
+            if fresh:
+                self.floor.on_visit(p.device, track, tracks.get(p.device), now)
             if events:
                 self.on_transitions(p.device, events, p.received, now)
 
@@ -355,11 +360,13 @@ class Pipeline:
             for device, events in st.tracks.due(now, st.rt.params):  # what is due, not every track
                 if device not in st.tracks:  # timed out
                     st.drop_device(device)
+                    self.floor.on_gone(device)
                 if events:
                     # clock = "ping": simulated time runs far ahead of this 1 s tick, so decide at the
                     # event's own time (a dwell's threshold), not at the newest ping of any device
                     self.on_transitions(device, events, wall, min(e.ts for e in events) if ping_clock else now)
         self.alerts.tick(now)  # long presence in assist fences, escalation of unclaimed alerts
+        self.floor.tick(now)  # crowding and queue alerts, the hourly visits aggregate, {R}/floor
         return self.take()
 
     # -- transitions → alerts and decisions
@@ -371,6 +378,8 @@ class Pipeline:
         pseudo = st.pseudonym(device)
         profile, consent = st.consent_for(device, pseudo)
         person = st.person(pseudo, profile)  # cooldowns, caps, holdout and variants key on the person
+        staff = profile is not None and profile.staff  # an associate's device: never counted nor offered
+        self.floor.on_transitions(device, pseudo, events, staff)
         for ev in events:
             kind = "enter" if isinstance(ev, Entered) else "exit" if isinstance(ev, Exited) else "dwell"
             self.metrics.transitions.inc(kind)
@@ -381,7 +390,7 @@ class Pipeline:
                 fx.event("transition", ev.ts, pseudo, event=kind, zone=ev.fence)
             fx.notices.append(Notice("transition", {"device": pseudo, "event": kind, "zone": ev.fence,
                                                     "ts": ev.ts}))
-            if kind == "exit":
+            if kind == "exit" or staff:
                 continue
             fence = rt.fences.get(ev.fence)
             if fence is not None:  # associates' alerts: vip_arrival on enter, assist on long presence
@@ -509,6 +518,7 @@ class Pipeline:
         """Consent withdrawn: forget the device's stored zones and live position state."""
         self.fx.rows.append(Forget(pseudo))
         self.state.drop_device(device)
+        self.floor.drop(device)
 
     def _profile_consents_changed(self, old: StoreConfig, new: StoreConfig, now: float) -> None:
         """Profiles (files, bundles) carry no consent time.  An opt-out that a
@@ -610,6 +620,7 @@ class Pipeline:
                    "consent_live": int(st.consents.pop(pseudo, None) is not None)}
         st.histories.pop(person, None)  # the person's cooldowns and caps (campaigns key on the person)
         st.drop_device(device)
+        self.floor.drop(device)
         self.fx.rows.append(Forget(pseudo, full=True))
         self.fx.event("forget", self.wall, pseudo)  # after the Forget row: the store keeps this one
         return dropped
