@@ -16,7 +16,7 @@ from store_config.load import load_store
 from store_config.model import ConfigError
 
 from .conftest import BASE_LAYOUT, write_store
-from .test_pipeline import T0, Msg, make, ping
+from .test_pipeline import T0, make, ping
 
 CHECKOUT = {"type": "Feature", "properties": {"id": "tills", "kind": "checkout", "name": "Tills",
                                               "queue_alert_at": 2, "queue_wait_s": 60},

@@ -360,8 +360,7 @@ class Floor:
         return self.p.state.person_for(device)
 
     def loyalty_person(self, loyalty_id: str) -> str:
-        st = self.p.state
-        return st.loyalty(loyalty_id) if st.loyalty is not None else st.pseudonym("\x00loyalty:" + loyalty_id)
+        return self.p.state.loyalty_person(loyalty_id)
 
     def restore(self, rows: Iterable[PickupRow]) -> None:
         """Orders from the store after a restart."""

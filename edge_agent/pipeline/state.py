@@ -129,7 +129,14 @@ class State:
 
     def person(self, pseudo: str, profile: Profile | None) -> str:
         """The person of a device (histories, holdout and variants key on it)."""
-        return person_key(pseudo, profile, self.loyalty) if self.loyalty is not None else pseudo
+        return person_key(pseudo, profile, self.loyalty_person)
+
+    def loyalty_person(self, loyalty_id: str) -> str:
+        """The person pseudonym of a loyalty id (the shell's keyed hash; without
+        one, a device-style pseudonym that no topic's device id can collide with)."""
+        if self.loyalty is not None:
+            return self.loyalty(loyalty_id)
+        return self.pseudonym("\x00loyalty:" + loyalty_id)
 
     def person_for(self, device: str) -> str:
         return self.person(self.pseudonym(device), self.rt.cfg.profiles.get(device))
