@@ -78,10 +78,10 @@ class Alert:
         return {"alert_id": self.alert_id, "kind": self.kind, "zone": self.zone, "shopper": self.shopper,
                 "text": self.text, "ts": self.ts, **self.extra}
 
-    def view(self) -> dict[str, Any]:
-        """What the associates' page shows: the payload plus its state."""
+    def view(self, zone_name: str | None = None) -> dict[str, Any]:
+        """What the associates' page shows: the payload plus its state (and the zone's name)."""
         return {**self.payload(), "state": self.state, "by": self.by, "escalated": self.escalated,
-                "audience": list(self.audiences)}
+                "audience": list(self.audiences), "zone_name": zone_name or self.zone}
 
 
 class AlertManager:
@@ -167,8 +167,9 @@ class AlertManager:
             if not self._fresh(("assist", pseudo), now):
                 continue
             minutes = max(1, round((now - entered) / 60))
+            who = name if name != pseudo else "A shopper"
             self.raise_alert("assist", fid, name,
-                             f"A shopper may need help in {self._zone_name(fid)} (here {minutes} min)", dev)
+                             f"{who} has been in {self._zone_name(fid)} for {minutes} min — offer help", dev)
 
     def on_offer(self, device: str, pseudo: str, promo, zone: str, now: float) -> None:
         """A promotion with ``associate_alert``: an ``assist`` alert when its offer goes out."""
@@ -177,8 +178,9 @@ class AlertManager:
         if not self._fresh(("assist", pseudo), now):
             return
         name, dev, _ = self._shopper(device, pseudo)
-        self.raise_alert("assist", zone, name, f"{promo.title}: a shopper got this offer in "
-                         f"{self._zone_name(zone)} — please attend", dev, promotion_id=promo.id)
+        who = name if name != pseudo else "A shopper"
+        self.raise_alert("assist", zone, name, f"{who} in {self._zone_name(zone)} was just offered "
+                         f"“{promo.title}” — go over and help", dev, promotion_id=promo.id)
 
     def on_inventory(self, sku: str, before: int | None, qty: int) -> None:
         """``stock_out``: a promoted sku drops to 0 (from a positive or unknown quantity)."""
@@ -194,8 +196,9 @@ class AlertManager:
         for p in promos:
             zones.extend(z for z in p.zones if z not in zones)
         zone = zones[0] if zones else None
-        titles = ", ".join(p.title for p in promos)
-        self.raise_alert("stock_out", zone, None, f"{sku} is out of stock (promoted: {titles})", None,
+        titles = ", ".join(f"“{p.title}”" for p in promos)
+        where = f" in {self._zone_name(zone)}" if zone else ""
+        self.raise_alert("stock_out", zone, None, f"Restock{where}: {titles} has run out (sku {sku})", None,
                          audiences=self.audiences(zones), sku=sku)
 
     # -- raising and state changes
@@ -213,7 +216,7 @@ class AlertManager:
         for aud in alert.audiences:
             fx.publish.append(Publish(f"{agent.root}/alert/{aud}", alert.payload()))
         fx.notices.append(Notice("alert", alert.payload()))
-        fx.notices.append(Notice("_ws", {"type": "alert", "alert": alert.view()}))
+        fx.notices.append(Notice("_ws", {"type": "alert", "alert": alert.view(self._zone_name(alert.zone))}))
         log.info("alert %s %s in %s → %s", alert.alert_id, kind, zone, ",".join(alert.audiences))
         return alert
 
@@ -266,7 +269,7 @@ class AlertManager:
         log.info("alert %s escalated (unclaimed for %.0f s)", alert.alert_id, self.cfg.escalate_after_s)
 
     def open_alerts(self) -> list[dict[str, Any]]:
-        return [a.view() for a in self.alerts.values() if a.state != RESOLVED]
+        return [a.view(self._zone_name(a.zone)) for a in self.alerts.values() if a.state != RESOLVED]
 
     # -- the associates' pages: each gets every change after it is committed
     def subscribe(self, fn: Callable[[dict[str, Any]], None]) -> None:

@@ -93,6 +93,14 @@ async def test_page_shows_live_alert_and_claim_reaches_every_page(store_factory,
         await tap(dana.locator(f"{card} button.claim"))
         assert "Claimed by you" in await dana.locator(f"{card}[data-state=claimed]").inner_text()
         assert "Claimed by Dana" in await eli.locator(f"{card}[data-state=claimed]").inner_text()
+        # Someone else's claim is news, not an error: a neutral colour, not the warning red.
+        taken = await eli.locator(f"{card} .state").evaluate("e => getComputedStyle(e).color")
+        warn = await eli.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--warn').trim()")
+        assert taken != "rgb(185, 28, 28)" and warn == "#b91c1c"
+        # Cards name the zone, not its id; no toast lingers after a successful claim.
+        zone = server.agent.rt.fences[alert["zone"]]
+        assert (zone.name or zone.id) in await dana.locator(f"{card} .meta").inner_text()
+        assert not await dana.locator("#toast").is_visible()
         assert await eli.locator(f"{card} button.claim").count() == 0
         assert await dana.evaluate("localStorage.getItem('associate-name')") == "Dana"
         ann = await phone.next_json(f"{R}/alert/#")
