@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from .alerts import MAX_ASSOCIATE_LEN, AlertManager, ClaimError, valid_associate
-from .http_base import AGENT, require_associate
+from .http_base import AGENT, close_socket, require_associate
 
 STATIC = Path(__file__).parent / "static"
 PAGE_QUEUE = 1000  # changes a page may fall behind by before it is sent a fresh snapshot
@@ -78,12 +78,7 @@ async def ws(request: web.Request) -> web.WebSocketResponse:
                 break
     finally:
         alerts.unsubscribe(deliver)
-        sender.cancel()
-        try:
-            await sender
-        except (asyncio.CancelledError, ConnectionError):
-            pass
-        await sock.close()
+        await close_socket(sock, sender)
     return sock
 
 

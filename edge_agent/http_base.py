@@ -10,6 +10,8 @@ app — and the service, which composes the adapters, never sits in a circle.
 
 from __future__ import annotations
 
+import asyncio
+
 import hmac
 from typing import TYPE_CHECKING
 
@@ -41,3 +43,13 @@ def require_admin(request: web.Request) -> None:
 def require_associate(request: web.Request, *, allow_query: bool = False) -> None:
     if not bearer_ok(request, request.app[AGENT].cfg.associates.token, allow_query=allow_query):
         raise web.HTTPUnauthorized(text="associates token required\n", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def close_socket(sock: web.WebSocketResponse, sender: asyncio.Task) -> None:
+    """End a page's WebSocket: stop its sender task, wait for it, close the socket."""
+    sender.cancel()
+    try:
+        await sender
+    except (asyncio.CancelledError, ConnectionError):
+        pass
+    await sock.close()

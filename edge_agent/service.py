@@ -30,22 +30,19 @@ from typing import Any, Callable
 
 from paho.mqtt.client import topic_matches_sub as topic_matches
 
-from geometry.tracking import DeviceTrack
 from store_config.model import Consent, Profile, StoreConfig
 from sync.pseudonym import Pseudonymizer, load_or_create_secret
 from sync.tasks import Sync, cancel_and_wait
 
 from . import sources
-from .alerts import AlertManager
 from .campaign_store import restore_histories
 from .codecs import Ping, owntracks_cmd
-from .decisions import OfferHistory
 from .guard import SpoofGuard
 from .instance import lock_data_dir, unlock
 from .ledger import Ledger
 from .metrics import Metrics
 from .mqtt import Message, MqttClient
-from .pipeline import Effects, Pipeline, Runtime, State, build_runtime
+from .pipeline import Effects, Pipeline, State, build_runtime
 from .privacy import TopicSealer
 from .reload import Reloader, file_mtime
 from .store import Store, open_ledger
@@ -97,38 +94,15 @@ class Agent:
         self.stagers: list[Callable[[Effects], None]] = []  # more rows for each commit: the push webhook's queue
         self.outlets: list[Callable[[str, Any], None]] = []  # (topic, payload) after each commit: the shop page
 
-    # -- what the rest of the service reads
-    @property
-    def rt(self) -> Runtime:
-        return self.state.rt
-
-    @property
-    def cfg(self) -> StoreConfig:
-        return self.state.rt.cfg
-
-    @property
-    def root(self) -> str:
-        return self.state.rt.cfg.root_topic
-
-    @property
-    def alerts(self) -> AlertManager:
-        return self.pipeline.alerts
-
-    @property
-    def tracks(self) -> dict[str, DeviceTrack]:
-        return self.state.tracks
-
-    @property
-    def histories(self) -> dict[str, OfferHistory]:
-        return self.state.histories
-
-    @property
-    def consents(self) -> dict[str, tuple[Consent, float]]:
-        return self.state.consents
-
-    @property
-    def inventory(self) -> dict[str, tuple[int, float]]:
-        return self.state.inventory
+    # -- what the rest of the service reads: the pipeline's own state, one attribute away
+    rt = property(lambda self: self.pipeline.rt)
+    cfg = property(lambda self: self.pipeline.cfg)
+    root = property(lambda self: self.pipeline.root)
+    alerts = property(lambda self: self.pipeline.alerts)
+    tracks = property(lambda self: self.state.tracks)
+    histories = property(lambda self: self.state.histories)
+    consents = property(lambda self: self.state.consents)
+    inventory = property(lambda self: self.state.inventory)
 
     def pseudonym(self, device: str) -> str:
         return self.pseudo.device(device)

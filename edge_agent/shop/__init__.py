@@ -35,6 +35,7 @@ from shapely.geometry import MultiPolygon
 from shapely.ops import polylabel
 
 from ..codecs import Ping
+from ..http_base import close_socket
 from ..mqtt import Message
 from .channel import ShopChannel
 from .qr import code_svg
@@ -193,12 +194,7 @@ def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
                         await sock.send_json(reply)
         finally:
             channel.detach(device, q)
-            sender.cancel()
-            try:
-                await sender
-            except (asyncio.CancelledError, ConnectionError):
-                pass
-            await sock.close()
+            await close_socket(sock, sender)
         return sock
 
     def _on_page_message(device: str, data: str) -> dict[str, Any] | None:
