@@ -30,7 +30,7 @@ import numpy as np
 from geometry import beacons as beaconing
 from geometry.fusion import fuse
 from geometry.tracking import Entered, Exited
-from store_config.model import Consent, StoreConfig
+from store_config.model import StoreConfig
 
 from .. import codecs
 from .. import campaigns
@@ -39,15 +39,15 @@ from ..codecs import PayloadError, Ping
 from ..decisions import decide
 from ..guard import shed_stale
 from .floor import Floor
-from .ids import new_code, new_offer_id
-from ..effects import (Action, Audit, Code, ConsentRow, Effects, Exposure, Forget, InventoryRow, Notice,
+from .control import Control
+from .ids import new_offer_id
+from ..effects import (Audit, Effects, Exposure, Forget, Notice,
                        OfferOut, OfferRow, PauseRow, PromoCount, Publish)
 from .state import Runtime, State, build_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import Metrics
 
-INVENTORY_MAX_BYTES = 1 << 20
 
 
 class Offers(Protocol):
@@ -77,8 +77,8 @@ class Pipeline:
         self.fx = Effects()
         self.wall = 0.0  # the time of the current call (the shell's clock)
         self.source_routes: list[tuple[Callable[[str], bool], Route]] = []
-        self._codes: dict[str, str] = {}  # codes drawn in this batch, not committed yet
         self.alerts = AlertManager(self)
+        self.control = Control(self)  # actions, consent, inventory
         self.floor = Floor(self)  # occupancy, crowding, queues, pickups, visits (pipeline/floor.py)
 
     # -- what alerts and adapters read
@@ -107,7 +107,7 @@ class Pipeline:
     def take(self) -> Effects:
         """The effects collected so far (the shell commits them, then publishes)."""
         fx, self.fx = self.fx, Effects()
-        self._codes.clear()
+        self.control.codes.clear()
         return fx
 
     # -- config
@@ -119,7 +119,7 @@ class Pipeline:
         self.state.tracks.reschedule(self.state.rt.params)
         self.state.guard.max_speed = cfg.tracking.max_speed_mps
         if old.profiles is not cfg.profiles:
-            self._profile_consents_changed(old, cfg, now)
+            self.control.profiles_changed(old, cfg, now)
         for pid in self.state.campaign.file_flags_changed(old.promotions, cfg.promotions):
             self.fx.rows.append(PauseRow(pid, None, now))  # the file's newer word wins over the admin's
 
@@ -152,13 +152,13 @@ class Pipeline:
                         if ping is not None and not (m.retain and self._stale_retained(ping)):
                             pings.append(ping)
                     elif rest.startswith("action/"):
-                        self.on_action(m, rest[len("action/"):], now)
+                        self.control.on_action(m, rest[len("action/"):], now)
                         fx.acks.append(m)
                     elif rest.startswith("consent/"):
-                        self.on_consent(m, rest[len("consent/"):])
+                        self.control.on_consent(m, rest[len("consent/"):])
                         fx.acks.append(m)
                     elif rest == "inventory":
-                        self.on_inventory(m)
+                        self.control.on_inventory(m)
                         fx.acks.append(m)
                     elif rest == "alert/claim":
                         self.alerts.on_claim_message(m)
@@ -450,132 +450,6 @@ class Pipeline:
             fx.notices.append(Notice("offer", {"device": pseudo, **payload}))
             self.alerts.on_offer(device, pseudo, promo, fence.id, now)
         fx.rows.extend(audit)
-
-    # -- actions, consent, inventory (QoS 1: acknowledged after their commit)
-    def on_action(self, m: Message, device: str, now: float) -> None:
-        cfg = self.cfg
-        obj = codecs.decode_object(m.payload, max_bytes=cfg.ingest.max_payload_bytes)
-        offer_id, action = obj.get("offer_id"), obj.get("action")
-        topic = f"{self.root}/offer/{device}"
-        fx = self.fx
-        if not isinstance(offer_id, str) or action not in ("apply", "dismiss"):
-            if isinstance(offer_id, str):  # the phone hears why, the operator sees a dead letter
-                fx.publish.append(Publish(topic, {"offer_id": offer_id, "error": "bad_action"}))
-            raise PayloadError("schema", "action needs a string 'offer_id' and 'action' apply|dismiss")
-        pseudo = self.pseudonym(device)
-        row = self.offers.get_offer(offer_id)
-        code = (row.code or self._codes.get(offer_id)) if row is not None else None
-        error = None
-        if row is None:
-            error = "unknown_offer"
-        elif row.device != pseudo:
-            error = "not_your_offer"
-        elif action == "apply" and code is None and row.expires < (
-                self.state.sim_now if cfg.tracking.clock == "ping" else now):
-            error = "expired"
-        if error:
-            self.metrics.actions_refused.inc(error)
-            fx.publish.append(Publish(topic, {"offer_id": offer_id, "error": error}))
-            return
-        if action == "apply":
-            if code is None:
-                code = self._codes[offer_id] = new_code()
-                fx.rows.append(Code(offer_id, code, now))
-                fx.event("redemption", now, pseudo, person=self.state.person_for(device), offer_id=offer_id,
-                         code=code, promotion_id=row.promotion_id, variant=row.payload.get("variant"))
-            fx.publish.append(Publish(topic, {"offer_id": offer_id, "code": code}))
-        elif row.action != "dismiss" and code is None:
-            fx.rows.append(Action(offer_id, "dismiss", now))
-            fx.event("dismissal", now, pseudo, person=self.state.person_for(device), offer_id=offer_id,
-                     promotion_id=row.promotion_id, variant=row.payload.get("variant"))
-
-    def on_consent(self, m: Message, device: str) -> None:
-        obj = codecs.decode_object(m.payload, max_bytes=self.cfg.ingest.max_payload_bytes)
-        keys = {k: obj[k] for k in ("offers", "tracking") if k in obj}
-        if not keys or not all(isinstance(v, bool) for v in keys.values()):
-            raise PayloadError("schema", "consent needs 'offers' and/or 'tracking' as booleans")
-        ts = self._update_ts(obj, m)
-        pseudo = self.pseudonym(device)
-        _, current = self.consent_for(device, pseudo)
-        prev = self.state.consents.get(pseudo)
-        if prev is not None and prev[1] > ts:
-            return  # an older change never undoes a newer one
-        # One key may be sent; the other stays as it is.
-        self.store_consent(device, pseudo, replace(current, **keys), ts)
-
-    def store_consent(self, device: str, pseudo: str, consent: Consent, ts: float, **extra) -> None:
-        """Record a consent change (newest wins) and purge on an opt-out."""
-        st = self.state
-        prev = st.consents.get(pseudo)
-        st.consents[pseudo] = (consent, float(ts))
-        self.fx.rows.append(ConsentRow(pseudo, consent.offers, consent.tracking, float(ts)))
-        self.fx.event("consent", float(ts), pseudo, offers=consent.offers, tracking=consent.tracking, **extra)
-        if not consent.tracking or not consent.offers:
-            if prev is None or prev[0].offers != consent.offers or prev[0].tracking != consent.tracking:
-                self._purge(device, pseudo)
-
-    def _purge(self, device: str, pseudo: str) -> None:
-        """Consent withdrawn: forget the device's stored zones and live position state."""
-        self.fx.rows.append(Forget(pseudo))
-        self.state.drop_device(device)
-        self.floor.drop(device)
-
-    def _profile_consents_changed(self, old: StoreConfig, new: StoreConfig, now: float) -> None:
-        """Profiles (files, bundles) carry no consent time.  An opt-out that a
-        new profile brings takes effect at once (timed now) and purges; an
-        opt-in in a profile never undoes an opt-out the device sent itself."""
-        st = self.state
-        for device, prof in new.profiles.items():
-            before = old.profiles.get(device)
-            if before is not None and before.consent == prof.consent:
-                continue
-            pseudo = st.pseudonym(device)
-            override = st.consents.get(pseudo)
-            if override is None:
-                effective = prof.consent
-                was = before.consent if before is not None else None
-                if was is not None and ((was.offers and not effective.offers)
-                                        or (was.tracking and not effective.tracking)):
-                    self._purge(device, pseudo)  # central sent this profile: no event back
-                continue
-            cur = override[0]
-            merged = replace(cur, offers=cur.offers and prof.consent.offers,
-                             tracking=cur.tracking and prof.consent.tracking)
-            if merged != cur:
-                self.store_consent(device, pseudo, merged, now, source="profile")
-
-    def _update_ts(self, obj: dict, m: Message) -> float:
-        """The ``ts`` of a consent or inventory update (receipt time when absent).
-        A retained message without its own ``ts`` may be old: it never beats a
-        newer state, so it counts as time 0."""
-        received = m.received
-        ts = obj.get("ts", 0.0 if m.retain else received)
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not np.isfinite(ts):
-            raise PayloadError("schema", "'ts' is not a finite number")
-        if ts > received + self.cfg.tracking.max_future_skew_s:
-            raise PayloadError("clock_skew", f"'ts' is {ts - received:.0f} s in the future")
-        return float(ts)
-
-    def on_inventory(self, m: Message) -> None:
-        limit = max(self.cfg.ingest.max_payload_bytes, INVENTORY_MAX_BYTES)  # POS may send many skus at once
-        obj = codecs.decode_value(m.payload, max_bytes=limit)  # one update, or a list (JSON or msgpack)
-        items = obj if isinstance(obj, list) else [obj]
-        parsed = []
-        for it in items:
-            if not isinstance(it, dict) or not isinstance(it.get("sku"), str):
-                raise PayloadError("schema", "inventory update needs a string 'sku'")
-            qty = it.get("qty")
-            if (isinstance(qty, bool) or not isinstance(qty, (int, float)) or not np.isfinite(qty)
-                    or qty < 0 or qty != int(qty)):
-                raise PayloadError("schema", "inventory 'qty' must be a non-negative integer")
-            parsed.append((it["sku"], int(qty), self._update_ts(it, m)))
-        st = self.state
-        for sku, qty, ts in parsed:
-            if ts < st.inventory.get(sku, (0, 0.0))[1]:
-                continue
-            self.alerts.on_inventory(sku, st.inv_view.get(sku), qty)
-            st.set_inventory(sku, qty, ts)
-            self.fx.rows.append(InventoryRow(sku, qty, ts))
 
     # -- dead letters
     def deadletter(self, topic: str, payload: bytes, received: float, reason: str, detail: str = "", *,
