@@ -51,7 +51,7 @@ browser:
 		exit 1; \
 	fi
 
-## Regenerate the CLI reference in README.md from --help.
+## Regenerate the CLI reference (docs/cli.md) from --help.
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_cli_docs.py
 

@@ -1,6 +1,6 @@
 """``edge-agent`` — thin commands over the library.
 
-Every command is one call into the library; the README's command reference is
+Every command is one call into the library; the command reference (docs/cli.md) is
 generated from ``--help`` (``python -m edge_agent.cli --markdown-help``).
 """
 

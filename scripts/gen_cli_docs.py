@@ -1,4 +1,4 @@
-"""Regenerate the README's command reference from `edge-agent --help`."""
+"""Regenerate the command reference (docs/cli.md) from `edge-agent --help`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edge_agent.cli import markdown_help  # noqa: E402
 
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
+PATH = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 
-def render(readme: str) -> str:
+def render(page: str) -> str:
     block = f"{START}\n{markdown_help()}{END}"
-    return re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
+    return re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, page, flags=re.S)
 
 
 if __name__ == "__main__":
-    path = Path(__file__).resolve().parent.parent / "README.md"
-    path.write_text(render(path.read_text()))
-    print(f"updated {path}")
+    PATH.write_text(render(PATH.read_text()))
+    print(f"updated {PATH}")
