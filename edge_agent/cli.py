@@ -222,6 +222,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return run_report(args)
 
 
+def cmd_action(args: argparse.Namespace) -> int:
+    """Apply or dismiss an offer as the phone's app would ({R}/action/{device}).
+
+    Example: edge-agent action --broker mqtt://127.0.0.1:1883 --store S042 --device my-phone --offer o_1a2b apply
+    """
+    from .tools import publish
+
+    url, root = _broker(args)
+    body = {"offer_id": args.offer, "action": args.action}
+    topic = publish(url, f"{root}/action/{args.device}", body)
+    print(f"published {json.dumps(body)} to {topic}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="In-store geofencing edge service.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -277,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_qr)
 
     for name, fn, help_ in (("watch", cmd_watch, "print the store's MQTT messages as they come"),
-                            ("ping", cmd_ping, "publish one ping by hand")):
+                            ("ping", cmd_ping, "publish one ping by hand"),
+                            ("action", cmd_action, "apply or dismiss an offer by hand")):
         p = sub.add_parser(name, help=help_, description=fn.__doc__)
         p.add_argument("--config", help="path of store.toml (its broker and store id)")
         p.add_argument("--broker", help="broker URL, e.g. mqtt://127.0.0.1:1883 (overrides the config's)")
@@ -285,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "watch":
             p.add_argument("--topic", action="append", help="topic filter (repeatable; default {root}/#)")
             p.add_argument("--count", type=int, default=None, help="stop after N messages")
+        elif name == "action":
+            p.add_argument("--device", required=True, help="the phone's device id")
+            p.add_argument("--offer", required=True, help="the offer_id")
+            p.add_argument("action", choices=["apply", "dismiss"])
         else:
             p.add_argument("--device", required=True, help="the phone's device id")
             p.add_argument("--source", default="uwb", choices=["uwb", "ble", "wifi", "gps", "html5"])

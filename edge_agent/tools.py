@@ -73,10 +73,9 @@ def watch(url: str, root: str, *, topics: list[str] | None = None, count: int | 
     return 0
 
 
-def ping(url: str, root: str, device: str, body: dict, *, source: str = "uwb") -> str:
-    """Publish one ping as a phone would; returns the topic."""
-    topic = f"{root}/ping/{source}/{device}"
-    c = _client(url, "ping")
+def publish(url: str, topic: str, body: dict) -> str:
+    """Publish one JSON message at QoS 1, as a phone's app would; returns the topic."""
+    c = _client(url, "pub")
     c.loop_start()
     try:
         c.publish(topic, json.dumps(body).encode(), qos=1).wait_for_publish(10)
@@ -84,3 +83,8 @@ def ping(url: str, root: str, device: str, body: dict, *, source: str = "uwb") -
         c.loop_stop()
         c.disconnect()
     return topic
+
+
+def ping(url: str, root: str, device: str, body: dict, *, source: str = "uwb") -> str:
+    """Publish one ping as a phone would; returns the topic."""
+    return publish(url, f"{root}/ping/{source}/{device}", body)

@@ -130,7 +130,7 @@ class Sync:
             self._tasks.append(asyncio.create_task(self.uplink.run(self._session), name="sync-uplink-http"))
         if sc.central_url:
             self._tasks.append(asyncio.create_task(self.downlink.run(self._session), name="sync-downlink"))
-        log.info("sync: uplink %s, downlink %s, outbox bound %.1f MB, retention %g days",
+        log.info("uplink %s, downlink %s, outbox bound %.1f MB, retention %g days",
                  "none" if self.uplink is None else sc.transport, "on" if sc.central_url else "off",
                  sc.max_outbox_mb, sc.retention_days)
 
