@@ -24,6 +24,10 @@ run: open to the end).
 * a zone with no visits has ``null`` precision and recall (so has precision
   when the agent never entered it).
 
+:func:`score` also lists where things went wrong, for the map:
+``misses`` (``(shopper, zone, start, end)`` of undetected visits) and
+``false_entries`` (``(shopper, zone, ts)`` of enters overlapping no visit).
+
 Pure: no I/O, no clock.
 """
 
@@ -39,7 +43,7 @@ from geometry.fences import FenceIndex
 
 from .sensors import TECHS
 
-__all__ = ["Visit", "true_visits", "presences", "score", "GRAZE_M", "tolerance_s"]
+__all__ = ["Visit", "Scored", "true_visits", "presences", "score", "GRAZE_M", "tolerance_s"]
 
 GRAZE_M = 0.25
 
@@ -130,8 +134,17 @@ def _q(values: list[float], q: float) -> float | None:
     return float(np.quantile(np.array(values), q))
 
 
-def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol: float) -> dict[str, dict]:
-    """Per-zone results (deterministic for deterministic inputs)."""
+@dataclass
+class Scored:
+    zones: dict[str, dict]
+    misses: list[tuple[int, str, float, float]]  # (shopper, zone, start, end) of undetected visits
+    false_entries: list[tuple[int, str, float]]  # (shopper, zone, enter ts) overlapping no visit
+
+
+def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol: float) -> Scored:
+    """Per-zone results, misses and false entries (deterministic for deterministic inputs)."""
+    misses: list[tuple[int, str, float, float]] = []
+    false_entries: list[tuple[int, str, float]] = []
     by_zone: dict[str, list[Visit]] = defaultdict(list)
     by_key: dict[tuple[int, str], list[Visit]] = defaultdict(list)
     for v in visits:
@@ -150,6 +163,8 @@ def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol
             if hit:
                 detected += 1
                 delays.append(max(0.0, min(iv[0] for iv in hit) - v.start))
+            else:
+                misses.append((v.shopper, zid, v.start, v.end))
         correct = false = graze_only = enters = 0
         for (shopper, zone), ivs in pres.items():
             if zone != zid:
@@ -164,6 +179,7 @@ def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol
                     graze_only += 1
                 else:
                     false += 1
+                    false_entries.append((shopper, zid, iv[0]))
         n = len(real)
         offers = offers_by_zone.get(zid, 0)
         zones[zid] = {
@@ -180,4 +196,4 @@ def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol
             "offers": offers,
             "offers_per_visit": round(offers / n, 4) if n else None,
         }
-    return zones
+    return Scored(zones, misses, sorted(false_entries, key=lambda e: (e[1], e[2], e[0])))
