@@ -23,11 +23,11 @@ _FEATURE = re.compile(r'^feature "(.+)"$')
 
 
 def lint_flagged(problems) -> list[str]:
-    """Fence ids the fence-size lint flagged (``too small for ...``)."""
+    """Fence ids the fence-size lint said will not work (``will not work with ...``)."""
     out = set()
     for p in problems:
         m = _FEATURE.match(p.where)
-        if m and p.field == "geometry" and p.message.startswith("too small"):
+        if m and p.field == "geometry" and p.message.startswith("will not work"):
             out.add(m.group(1))
     return sorted(out)
 
@@ -81,7 +81,7 @@ def advice(cfg, zones: dict, flagged: list[str], tech: str) -> list[dict]:
     return out
 
 
-_SCORES = ("visits", "recall", "precision", "detection_delay_s", "enters", "false_enters")
+_SCORES = ("visits", "recall", "precision", "detection_delay_s", "enters", "false_enters", "stays", "recall_stays")
 TRACKERS = ("single_fix", "fused")
 
 
@@ -191,13 +191,14 @@ def _arrow(a, b, pct: bool) -> str:
 
 def _compare_md(c: dict) -> list[str]:
     lines = ["", "## Single-fix rule → fused tracker (same shoppers, same fixes)", "",
-             "| zone | kind | visits | recall | precision | delay p50 (s) | false enters |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| zone | kind | visits | recall | recall (stays) | precision | delay p50 (s) | false enters |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     worse = {w["zone"] for w in c["worse"]}
     for zid, z in c["zones"].items():
         s, f = z["single_fix"], z["fused"]
         mark = " ▼" if zid in worse else ""
         lines.append(f"| {zid}{mark} | {z['kind']} | {_cell(f['visits'])} | {_arrow(s['recall'], f['recall'], True)} | "
+                     f"{_arrow(s['recall_stays'], f['recall_stays'], True)} | "
                      f"{_arrow(s['precision'], f['precision'], True)} | "
                      f"{_arrow(s['detection_delay_s'], f['detection_delay_s'], False)} | "
                      f"{_arrow(s['false_enters'], f['false_enters'], False)} |")
@@ -219,16 +220,18 @@ def markdown(report: dict) -> str:
         "",
         "## Zones",
         "",
-        "| zone | kind | visits | grazes | recall | precision | delay p50 (s) | enters | false | offers/visit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| zone | kind | visits | grazes | recall | precision | delay p50 (s) | stays | recall (stays) | enters | "
+        "false | offers/visit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for zid, z in r["zones"].items():
         flag = " ⚠" if zid in r["lint_flagged"] else ""
         lines.append(f"| {zid}{flag} | {z['kind']} | {z['visits']} | {z['grazes']} | {_cell(z['recall'], True)} | "
-                     f"{_cell(z['precision'], True)} | {_cell(z['detection_delay_s'])} | {z['enters']} | "
+                     f"{_cell(z['precision'], True)} | {_cell(z['detection_delay_s'])} | {z['stays']} | "
+                     f"{_cell(z['recall_stays'], True)} | {z['enters']} | "
                      f"{z['false_enters']} | {_cell(z['offers_per_visit'])} |")
     lat = r["latency_ms"]
-    lines += ["", "⚠ = flagged by lint before the run (too small for this technology)."]
+    lines += ["", "⚠ = lint said before the run that it will not work with this technology."]
     if "compare" in r:
         lines += _compare_md(r["compare"])
     lines += ["", "## Ping → offer latency (wall clock)", "",
@@ -253,6 +256,8 @@ def markdown(report: dict) -> str:
               "- *recall*: share of visits during which the agent had the shopper in the zone; *precision*: "
               "share of the agent's entries that overlap a true visit; `–` when the zone had no visits.",
               "- *delay*: median seconds from the true entry to the agent's `enter`.",
+              "- *stays*: visits of at least 10 s (browsing); *recall (stays)* is recall over those alone — a "
+              "walk across the end of an aisle lasts a second or two, and only UWB-grade fixes see it.",
               f"- Wall-clock fields (`{'`, `'.join(r['nondeterministic'])}`) differ between runs; everything else "
               "is the same for the same seed.",
               "", "![map](map.png)", ""]

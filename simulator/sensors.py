@@ -189,7 +189,8 @@ def reported_fixes(samples, *, cfg, frame) -> list[tuple[int, float, float, floa
             c = p["coords"]
             geo.append((s.shopper, s.t, c["longitude"], c["latitude"], float(c["accuracy"])))
         elif "beacons" in p:
-            r = locate([(b["id"], b["rssi"]) for b in p["beacons"]], beacons, n=n_exp, strongest=k)
+            r = locate([(b["id"], b["rssi"]) for b in p["beacons"]], beacons, n=n_exp, strongest=k,
+                       min_acc=ble.get("min_acc", 1.5))
             if r is not None:
                 out.append((s.shopper, s.t, r[0], r[1], r[3]))
     if geo:
