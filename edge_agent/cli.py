@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", default=None, help="use this broker URL instead of the embedded one")
     p.add_argument("--speed", type=float, default=0.0, help="simulated seconds per real second (0 = as fast as possible)")
     p.add_argument("--mac-randomisation", action="store_true", help="devices change id mid-visit")
+    p.add_argument("--compare-fusion", action="store_true",
+                   help="run twice (single-fix rule, then fused tracker) and report both side by side")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_simulate)
 

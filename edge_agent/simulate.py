@@ -1,11 +1,17 @@
 """`edge-agent simulate`: start what the simulator needs, then hand it the broker.
 
-Self-contained (default): an embedded broker (or ``--broker URL``) and an
-agent on the given store with ``[tracking] clock = "ping"`` (simulated time
+Self-contained (default): a broker started for the run — Mosquitto (the
+production broker) when it is installed, else the embedded amqtt; or
+``--broker URL`` — and an agent on the given store with ``[tracking] clock = "ping"`` (simulated time
 runs faster than real time) and ``publish_events = true``, its data in a
 temporary directory (with a pseudonym key derived from the seed, so holdout
 groups are the same on every run), no central sync.  ``--attach`` drives the
 agent already serving the config's broker instead.
+
+``--compare-fusion`` runs the same shoppers twice, first with the
+single-fix rule (``[tracking] fusion = false``, its report in
+``OUT/single-fix/``), then with the fused tracker; the main report carries
+both side by side.
 
 The simulator itself (``simulator/``) never imports this package: it talks
 to the agent over MQTT only.
@@ -28,7 +34,7 @@ from pathlib import Path
 log = logging.getLogger("edge_agent.simulate")
 
 
-def _sim_config(cfg, *, broker_url: str, data_dir: Path, keep_auth: bool):
+def _sim_config(cfg, *, broker_url: str, data_dir: Path, keep_auth: bool, fusion: bool | None = None):
     mqtt = replace(cfg.mqtt, url=broker_url, client_id=f"edge-agent-{cfg.store_id}-sim-{secrets.token_hex(3)}")
     if not keep_auth:
         mqtt = replace(mqtt, username=None, password=None, tls_ca=None, tls_cert=None, tls_key=None)
@@ -36,45 +42,68 @@ def _sim_config(cfg, *, broker_url: str, data_dir: Path, keep_auth: bool):
         cfg,
         mqtt=mqtt,
         data_dir=data_dir,
-        tracking=replace(cfg.tracking, clock="ping", publish_events=True),
+        tracking=replace(cfg.tracking, clock="ping", publish_events=True,
+                         fusion=cfg.tracking.fusion if fusion is None else fusion),
         sync=replace(cfg.sync, central_url=None, mqtt_url=None),  # simulated events never leave the box
         http=replace(cfg.http, listen="127.0.0.1:0", tls_cert=None, tls_key=None),
     )
 
 
-async def _self_contained(cfg, args: argparse.Namespace, out: Path) -> dict:
-    from simulator.run import simulate
+async def _start_broker(args: argparse.Namespace):
+    """``(broker or None, url, name)`` for a self-contained run."""
+    from .embedded import EmbeddedBroker, run_broker
 
-    from .embedded import EmbeddedBroker
-    from .runner import Server
-
-    if getattr(args, "log_level", "info") == "info":
-        logging.getLogger("amqtt").setLevel(logging.ERROR)  # its shutdown chatter is not the report
-    broker = None
-    url = args.broker
-    if url is None:
+    if args.broker is not None:
+        return None, args.broker, "external"
+    broker = run_broker()
+    try:
+        url = await broker.start()
+    except (OSError, RuntimeError) as exc:  # a Mosquitto that will not start: the embedded one still serves
+        log.warning("%s; using the embedded broker", exc)
         broker = EmbeddedBroker()
         url = await broker.start()
+    return broker, url, broker.name
+
+
+async def _one_run(cfg, args: argparse.Namespace, out: Path, url: str, broker_name: str, *,
+                   fusion: bool | None = None, baseline: dict | None = None) -> dict:
+    from simulator.run import simulate
+
+    from .runner import Server
+
     data = Path(tempfile.mkdtemp(prefix="edge-sim-"))
     # a seed-derived pseudonym key: the agent's holdout groups then repeat run to run
     (data / "pseudonym.key").write_bytes(hashlib.sha256(f"edge-sim:{args.seed}".encode()).digest())
     server = None
     try:
-        sim_cfg = _sim_config(cfg, broker_url=url, data_dir=data, keep_auth=args.broker is not None)
+        sim_cfg = _sim_config(cfg, broker_url=url, data_dir=data, keep_auth=args.broker is not None, fusion=fusion)
         server = Server(sim_cfg, listen="127.0.0.1:0")
         await server.start()
         await asyncio.wait_for(server.agent.mqtt.subscribed.wait(), 15)
         return await asyncio.to_thread(
-            simulate, cfg, url, shoppers=args.shoppers, duration=args.duration, seed=args.seed, tech=args.tech,
+            simulate, sim_cfg, url, shoppers=args.shoppers, duration=args.duration, seed=args.seed, tech=args.tech,
             out=out, speed=args.speed, mac_randomisation=args.mac_randomisation, progress=not args.no_progress,
             mode="broker" if args.broker else "embedded", now=time.time(),
-            username=sim_cfg.mqtt.username, password=sim_cfg.mqtt.password, tls_ca=sim_cfg.mqtt.tls_ca)
+            username=sim_cfg.mqtt.username, password=sim_cfg.mqtt.password, tls_ca=sim_cfg.mqtt.tls_ca,
+            broker=broker_name, baseline=baseline)
     finally:
         if server is not None:
             await server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+async def _self_contained(cfg, args: argparse.Namespace, out: Path) -> dict:
+    if getattr(args, "log_level", "info") == "info":
+        logging.getLogger("amqtt").setLevel(logging.ERROR)  # its shutdown chatter is not the report
+    broker, url, name = await _start_broker(args)
+    try:
+        if not getattr(args, "compare_fusion", False):
+            return await _one_run(cfg, args, out, url, name)
+        single = await _one_run(cfg, args, out / "single-fix", url, name, fusion=False)
+        return await _one_run(cfg, args, out, url, name, fusion=True, baseline=single)
+    finally:
         if broker is not None:
             await broker.stop()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def run_simulate(cfg, args: argparse.Namespace) -> int:
@@ -91,6 +120,10 @@ def run_simulate(cfg, args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         if args.attach:
+            if getattr(args, "compare_fusion", False):
+                print("--compare-fusion needs a self-contained run (it starts the agent twice); drop --attach",
+                      file=sys.stderr)
+                return 2
             if cfg.mqtt.url is None:
                 print("--attach needs [mqtt] url in the config (the broker the running agent uses)",
                       file=sys.stderr)
@@ -112,6 +145,12 @@ def run_simulate(cfg, args: argparse.Namespace) -> int:
     lat = report["latency_ms"]
     print(f"{report['tech']}: {report['shoppers']} shoppers, {t['pings']} pings, {t['true_visits']} true visits, "
           f"{t['offers']} offers; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms")
+    if "compare" in report:
+        worse = report["compare"]["worse"]
+        print(f"  fused tracker vs single-fix rule: {len(worse)} zone(s) worse"
+              + (f" ({', '.join(w['zone'] for w in worse)})" if worse else "")
+              + f"; single-fix report in {out / 'single-fix'}")
+    print(f"  broker: {report['broker']}")
     for a in report["advice"]:
         if a["verdict"] in ("will fail", "fails", "false entries"):
             print(f"  {a['zone']}: {a['verdict']}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from store_config.lint import TECH_ACCURACY, inscribed_radius
 
-__all__ = ["build_report", "write_report", "NONDETERMINISTIC", "lint_flagged", "advice"]
+__all__ = ["build_report", "write_report", "NONDETERMINISTIC", "lint_flagged", "advice", "compare"]
 
 NONDETERMINISTIC = ("latency_ms", "timing")
 LATENCY_BUDGET_MS = 200.0
@@ -23,11 +23,11 @@ _FEATURE = re.compile(r'^feature "(.+)"$')
 
 
 def lint_flagged(problems) -> list[str]:
-    """Fence ids the fence-size lint flagged (``too small for ...``)."""
+    """Fence ids the fence-size lint said will not work (``will not work with ...``)."""
     out = set()
     for p in problems:
         m = _FEATURE.match(p.where)
-        if m and p.field == "geometry" and p.message.startswith("too small"):
+        if m and p.field == "geometry" and p.message.startswith("will not work"):
             out.add(m.group(1))
     return sorted(out)
 
@@ -81,6 +81,27 @@ def advice(cfg, zones: dict, flagged: list[str], tech: str) -> list[dict]:
     return out
 
 
+_SCORES = ("visits", "recall", "precision", "detection_delay_s", "enters", "false_enters", "stays", "recall_stays")
+TRACKERS = ("single_fix", "fused")
+
+
+def compare(runs: dict[str, dict]) -> dict:
+    """Two runs' zones side by side: ``runs`` maps each tracker
+    (:data:`TRACKERS`) to its ``zones``.  ``worse`` lists the zones whose
+    recall or precision under the fused tracker is below the single-fix rule's."""
+    single, fused = runs["single_fix"], runs["fused"]
+    zones, worse = {}, []
+    for zid in sorted(set(single) | set(fused)):
+        s, f = single.get(zid, {}), fused.get(zid, {})
+        zones[zid] = {"kind": (f or s).get("kind"),
+                      "single_fix": {k: s.get(k) for k in _SCORES}, "fused": {k: f.get(k) for k in _SCORES}}
+        drops = [k for k in ("recall", "precision")
+                 if s.get(k) is not None and f.get(k) is not None and f[k] < s[k] - 1e-9]
+        if drops:
+            worse.append({"zone": zid, "scores": drops})
+    return {"trackers": list(TRACKERS), "zones": zones, "worse": worse}
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -89,7 +110,8 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, mac_randomisation: bool,
                  mode: str, zones: dict, problems, samples, collected, latencies_ms: list[float],
-                 visits, sim_start: str, device_count: int) -> dict:
+                 visits, sim_start: str, device_count: int, broker: str = "external",
+                 tracker: str = "fused", baseline: dict | None = None, misses=(), false_entries=()) -> dict:
     flagged = lint_flagged(problems)
     real = sum(z["visits"] for z in zones.values())
     offers = len(collected.offers)
@@ -102,6 +124,8 @@ def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, m
         "duration_s": duration,
         "mac_randomisation": mac_randomisation,
         "mode": mode,
+        "broker": broker,
+        "tracker": tracker,
         "zones": zones,
         "totals": {
             "true_visits": real,
@@ -118,6 +142,13 @@ def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, m
         "lint": [str(p) for p in problems],
         "lint_flagged": flagged,
         "advice": advice(cfg, zones, flagged, tech),
+        "mistakes": {
+            "misses": [{"shopper": sh, "zone": z, "start": round(a, 3), "end": round(b, 3)}
+                       for sh, z, a, b in misses],
+            "false_entries": [{"shopper": sh, "zone": z, "ts": round(t, 3)} for sh, z, t in false_entries],
+        },
+        **({"compare": compare({tracker: zones, baseline["tracker"]: baseline["zones"]})}
+           if baseline is not None else {}),
         "latency_ms": {
             "p50": _pct(latencies_ms, 0.5),
             "p99": _pct(latencies_ms, 0.99),
@@ -147,6 +178,35 @@ def _cell(v, pct: bool = False) -> str:
     return _fmt(v) if isinstance(v, float) else str(v)
 
 
+_TRACKER_NAME = {"fused": "the fused tracker ([tracking] fusion = true)",
+                 "single_fix": "the single-fix rule ([tracking] fusion = false)"}
+_BROKER_NAME = {"mosquitto": "Mosquitto (started for this run; production's broker)",
+                "amqtt": "the embedded amqtt (Mosquitto was not found; expect higher latency than production)",
+                "external": "the one given (`--broker` / `--attach`)"}
+
+
+def _arrow(a, b, pct: bool) -> str:
+    return f"{_cell(a, pct)} → {_cell(b, pct)}"
+
+
+def _compare_md(c: dict) -> list[str]:
+    lines = ["", "## Single-fix rule → fused tracker (same shoppers, same fixes)", "",
+             "| zone | kind | visits | recall | recall (stays) | precision | delay p50 (s) | false enters |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    worse = {w["zone"] for w in c["worse"]}
+    for zid, z in c["zones"].items():
+        s, f = z["single_fix"], z["fused"]
+        mark = " ▼" if zid in worse else ""
+        lines.append(f"| {zid}{mark} | {z['kind']} | {_cell(f['visits'])} | {_arrow(s['recall'], f['recall'], True)} | "
+                     f"{_arrow(s['recall_stays'], f['recall_stays'], True)} | "
+                     f"{_arrow(s['precision'], f['precision'], True)} | "
+                     f"{_arrow(s['detection_delay_s'], f['detection_delay_s'], False)} | "
+                     f"{_arrow(s['false_enters'], f['false_enters'], False)} |")
+    lines += ["", "▼ = worse with the fused tracker (recall or precision below the single-fix rule's)."
+              if worse else "No zone is worse with the fused tracker than with the single-fix rule."]
+    return lines
+
+
 def markdown(report: dict) -> str:
     r = report
     lines = [
@@ -155,21 +215,27 @@ def markdown(report: dict) -> str:
         f"{r['shoppers']} shoppers over {_fmt(r['duration_s'])} simulated seconds, seed {r['seed']}"
         f"{', MAC randomisation' if r['mac_randomisation'] else ''} ({r['mode']} run). "
         f"{r['totals']['pings']} pings sent ({r['totals']['dropped']} dropped by the sensor model), "
-        f"{r['totals']['true_visits']} true visits, {r['totals']['offers']} offers.",
+        f"{r['totals']['true_visits']} true visits, {r['totals']['offers']} offers. "
+        f"Tracker: {_TRACKER_NAME.get(r.get('tracker'), r.get('tracker'))}.",
         "",
         "## Zones",
         "",
-        "| zone | kind | visits | grazes | recall | precision | delay p50 (s) | enters | false | offers/visit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| zone | kind | visits | grazes | recall | precision | delay p50 (s) | stays | recall (stays) | enters | "
+        "false | offers/visit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for zid, z in r["zones"].items():
         flag = " ⚠" if zid in r["lint_flagged"] else ""
         lines.append(f"| {zid}{flag} | {z['kind']} | {z['visits']} | {z['grazes']} | {_cell(z['recall'], True)} | "
-                     f"{_cell(z['precision'], True)} | {_cell(z['detection_delay_s'])} | {z['enters']} | "
+                     f"{_cell(z['precision'], True)} | {_cell(z['detection_delay_s'])} | {z['stays']} | "
+                     f"{_cell(z['recall_stays'], True)} | {z['enters']} | "
                      f"{z['false_enters']} | {_cell(z['offers_per_visit'])} |")
     lat = r["latency_ms"]
-    lines += ["", "⚠ = flagged by lint before the run (too small for this technology).", "",
-              "## Ping → offer latency (wall clock)", ""]
+    lines += ["", "⚠ = lint said before the run that it will not work with this technology."]
+    if "compare" in r:
+        lines += _compare_md(r["compare"])
+    lines += ["", "## Ping → offer latency (wall clock)", "",
+              f"Broker: {_BROKER_NAME.get(r.get('broker'), r.get('broker'))}.", ""]
     if lat["n"]:
         ok = lat["p99"] <= lat["budget_ms"]
         lines.append(f"p50 {_cell(lat['p50'])} ms, p99 {_cell(lat['p99'])} ms, max {_cell(lat['max'])} ms over "
@@ -190,6 +256,8 @@ def markdown(report: dict) -> str:
               "- *recall*: share of visits during which the agent had the shopper in the zone; *precision*: "
               "share of the agent's entries that overlap a true visit; `–` when the zone had no visits.",
               "- *delay*: median seconds from the true entry to the agent's `enter`.",
+              "- *stays*: visits of at least 10 s (browsing); *recall (stays)* is recall over those alone — a "
+              "walk across the end of an aisle lasts a second or two, and only UWB-grade fixes see it.",
               f"- Wall-clock fields (`{'`, `'.join(r['nondeterministic'])}`) differ between runs; everything else "
               "is the same for the same seed.",
               "", "![map](map.png)", ""]

@@ -19,7 +19,7 @@ from store_config.lint import lint
 from .drive import Driver
 from .render import render_map
 from .report import build_report, write_report
-from .sensors import TECHS, sample_shopper
+from .sensors import TECHS, reported_fixes, sample_shopper
 from .shoppers import make_shoppers
 from .space import build_space
 from .truth import presences, score, tolerance_s, true_visits
@@ -71,9 +71,17 @@ def plan(cfg, *, shoppers: int, duration: float, seed: int, tech: str, mac_rando
 def simulate(cfg, broker_url: str, *, shoppers: int, duration: float, seed: int, tech: str, out: Path,
              speed: float = 0.0, mac_randomisation: bool = False, progress: bool = True, mode: str = "embedded",
              now: float, username: str | None = None, password: str | None = None,
-             tls_ca: str | None = None) -> dict:
+             tls_ca: str | None = None, broker: str = "external", baseline: dict | None = None) -> dict:
     """Run the simulation against the agent behind ``broker_url``; write
-    ``out/report.json``, ``out/report.md`` and ``out/map.png``; return the report."""
+    ``out/report.json``, ``out/report.md`` and ``out/map.png``; return the report.
+
+    ``cfg`` is the store as the agent runs it: its ``[tracking] fusion`` names
+    the tracker the report scores (``fused`` or ``single_fix``).  ``broker``
+    names the broker the latency figures come from (``mosquitto``, ``amqtt``,
+    or ``external`` for one the caller gave).  ``baseline``: the report of the
+    same run (same seed, store and technology) under the other tracker; the
+    report then carries both side by side (``compare``).
+    """
     out = Path(out)
     problems = list(cfg.warnings) + lint(cfg, tech=tech)
     pl = plan(cfg, shoppers=shoppers, duration=duration, seed=seed, tech=tech,
@@ -98,11 +106,16 @@ def simulate(cfg, broker_url: str, *, shoppers: int, duration: float, seed: int,
             sent = collected.pub_wall.get((device, round(float(ts), 3)))
             if sent is not None:
                 latencies.append(max(0.0, (at - sent) * 1000.0))
-    zones = score(cfg, visits, pres, offers_by_zone, tol=tolerance_s(tech))
+    scored = score(cfg, visits, pres, offers_by_zone, tol=tolerance_s(tech))
     report = build_report(cfg=cfg, tech=tech, seed=seed, shoppers=shoppers, duration=duration,
-                          mac_randomisation=mac_randomisation, mode=mode, zones=zones, problems=problems,
+                          mac_randomisation=mac_randomisation, mode=mode, zones=scored.zones, problems=problems,
                           samples=pl.samples, collected=collected, latencies_ms=latencies, visits=visits,
-                          sim_start=sim_start, device_count=len(pl.device_shopper))
+                          sim_start=sim_start, device_count=len(pl.device_shopper), broker=broker,
+                          tracker="fused" if cfg.tracking.fusion else "single_fix", baseline=baseline,
+                          misses=scored.misses, false_entries=scored.false_entries)
     write_report(report, out)
-    render_map(cfg, pl.space, pl.shoppers, pl.samples, report, out / "map.png")
+    frame = LocalFrame(cfg.anchor.lat, cfg.anchor.lon, cfg.anchor.bearing)
+    render_map(cfg, pl.space, pl.shoppers, pl.samples, report, out / "map.png",
+               fixes=reported_fixes(pl.samples, cfg=cfg, frame=frame), misses=scored.misses,
+               false_entries=scored.false_entries)
     return report

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TECHS", "Sample", "sample_shopper", "device_schedule"]
+__all__ = ["TECHS", "Sample", "sample_shopper", "device_schedule", "reported_fixes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,4 +164,36 @@ def sample_shopper(shopper, tech_name: str, *, cfg, frame, seed: int, duration: 
         payload = None if dropped[k] else payloads[k]
         out.append(Sample(shopper.index, device, t, t + float(lat[k]), float(xs[k]), float(ys[k]),
                           shopper.floor, tech.source, payload))
+    return out
+
+
+def reported_fixes(samples, *, cfg, frame) -> list[tuple[int, float, float, float, float]]:
+    """``(shopper, t, x, y, acc)`` of every sent sample as the technology reports
+    it, in local metres (for the map): ``x``/``y`` as published, HTML5 fixes
+    projected back from WGS84, BLE sightings positioned as the agent does
+    (:mod:`geometry.beacons`, the config's ``[sources.ble]`` model)."""
+    from geometry.beacons import locate
+
+    ble = cfg.sources.get("ble", {})
+    n_exp, k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 4)
+    beacons = {b.beacon_id.lower(): b for b in cfg.beacons}
+    out = []
+    geo = []
+    for s in samples:
+        p = s.payload
+        if p is None:
+            continue
+        if "x" in p:
+            out.append((s.shopper, s.t, float(p["x"]), float(p["y"]), float(p.get("acc", 0.0))))
+        elif "coords" in p:
+            c = p["coords"]
+            geo.append((s.shopper, s.t, c["longitude"], c["latitude"], float(c["accuracy"])))
+        elif "beacons" in p:
+            r = locate([(b["id"], b["rssi"]) for b in p["beacons"]], beacons, n=n_exp, strongest=k,
+                       min_acc=ble.get("min_acc", 1.5))
+            if r is not None:
+                out.append((s.shopper, s.t, r[0], r[1], r[3]))
+    if geo:
+        xs, ys = frame.to_local(np.array([g[2] for g in geo]), np.array([g[3] for g in geo]))
+        out += [(g[0], g[1], float(x), float(y), g[4]) for g, x, y in zip(geo, xs, ys)]
     return out

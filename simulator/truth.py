@@ -18,11 +18,17 @@ run: open to the end).
 * recall: a visit is detected when a presence of the same shopper and zone
   is open at some time during it (an enter up to ``tol`` after the visit's
   last sample still counts); detection delay = enter - visit start (0 when
-  the presence was already open);
+  the presence was already open); ``recall_stays`` is the same over the
+  visits lasting at least ``STAY_S`` (a shopper browsing, not crossing
+  the end of an aisle for a second, which no coarse technology can see);
 * precision: an enter is correct when its presence overlaps a true visit
   (±``tol``); one overlapping only grazes is not counted; others are false;
 * a zone with no visits has ``null`` precision and recall (so has precision
   when the agent never entered it).
+
+:func:`score` also lists where things went wrong, for the map:
+``misses`` (``(shopper, zone, start, end)`` of undetected visits) and
+``false_entries`` (``(shopper, zone, ts)`` of enters overlapping no visit).
 
 Pure: no I/O, no clock.
 """
@@ -39,9 +45,10 @@ from geometry.fences import FenceIndex
 
 from .sensors import TECHS
 
-__all__ = ["Visit", "true_visits", "presences", "score", "GRAZE_M", "tolerance_s"]
+__all__ = ["Visit", "Scored", "true_visits", "presences", "score", "GRAZE_M", "tolerance_s"]
 
 GRAZE_M = 0.25
+STAY_S = 10.0  # a visit this long is a *stay* (browsing), scored apart from walks through
 
 
 def tolerance_s(tech: str) -> float:
@@ -130,8 +137,17 @@ def _q(values: list[float], q: float) -> float | None:
     return float(np.quantile(np.array(values), q))
 
 
-def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol: float) -> dict[str, dict]:
-    """Per-zone results (deterministic for deterministic inputs)."""
+@dataclass
+class Scored:
+    zones: dict[str, dict]
+    misses: list[tuple[int, str, float, float]]  # (shopper, zone, start, end) of undetected visits
+    false_entries: list[tuple[int, str, float]]  # (shopper, zone, enter ts) overlapping no visit
+
+
+def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol: float) -> Scored:
+    """Per-zone results, misses and false entries (deterministic for deterministic inputs)."""
+    misses: list[tuple[int, str, float, float]] = []
+    false_entries: list[tuple[int, str, float]] = []
     by_zone: dict[str, list[Visit]] = defaultdict(list)
     by_key: dict[tuple[int, str], list[Visit]] = defaultdict(list)
     for v in visits:
@@ -142,14 +158,19 @@ def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol
         zid = f.id
         vs = by_zone.get(zid, [])
         real = [v for v in vs if not v.graze]
-        detected = 0
+        detected = stays = stays_detected = 0
         delays = []
         for v in real:
             ivs = pres.get((v.shopper, zid), [])
             hit = [iv for iv in ivs if iv[0] <= v.end + tol and iv[1] >= v.start]
+            stay = v.end - v.start >= STAY_S
+            stays += stay
             if hit:
                 detected += 1
+                stays_detected += stay
                 delays.append(max(0.0, min(iv[0] for iv in hit) - v.start))
+            else:
+                misses.append((v.shopper, zid, v.start, v.end))
         correct = false = graze_only = enters = 0
         for (shopper, zone), ivs in pres.items():
             if zone != zid:
@@ -164,6 +185,7 @@ def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol
                     graze_only += 1
                 else:
                     false += 1
+                    false_entries.append((shopper, zid, iv[0]))
         n = len(real)
         offers = offers_by_zone.get(zid, 0)
         zones[zid] = {
@@ -175,9 +197,11 @@ def score(cfg, visits: list[Visit], pres, offers_by_zone: dict[str, int], *, tol
             "false_enters": false,
             "precision": (round(correct / (correct + false), 4) if n and (correct + false) else None),
             "recall": round(detected / n, 4) if n else None,
+            "stays": stays,
+            "recall_stays": round(stays_detected / stays, 4) if stays else None,
             "detection_delay_s": None if _q(delays, 0.5) is None else round(_q(delays, 0.5), 3),
             "detection_delay_p90_s": None if _q(delays, 0.9) is None else round(_q(delays, 0.9), 3),
             "offers": offers,
             "offers_per_visit": round(offers / n, 4) if n else None,
         }
-    return zones
+    return Scored(zones, misses, sorted(false_entries, key=lambda e: (e[1], e[2], e[0])))

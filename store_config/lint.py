@@ -2,23 +2,50 @@
 work the way the author expects.  Every result is a warning
 :class:`~store_config.model.Problem` naming the fence or promotion.
 
+Fence sizes are judged per positioning technology by :func:`predict`, a
+model of the trackers (``[tracking]``):
+
+* a single fix enters at once when its accuracy circle fits inside the
+  fence (inscribed radius ``r`` ≥ the technology's accuracy);
+* otherwise the fused tracker averages fixes: with ``σ = acc / acc_sigmas``
+  per fix and ``z = Φ⁻¹(confidence)``, a shopper standing ``d`` metres from
+  the edge is placed inside after ``N`` fixes with ``z σ / √N ≤ d``, i.e.
+  ``N = ⌈(z σ / d)²⌉``, which takes ``N`` × the technology's fix interval.
+  ``d`` is the typical distance from the edge of a shopper somewhere in the
+  fence: half the inscribed radius (the mean over a strip) of the fence
+  grown over the obstacles beside it (shelves:
+  :func:`geometry.space.evidence_shapes`, as the tracker judges).  Measured
+  on the sample store (README, "Which positioning works for which zones")
+  the model is right to within a factor of two.  Past :data:`MAX_DWELL_S` seconds the fence will not
+  work: few shoppers stand still that long.
+
 Pure: no clock reads.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Iterable
 
 import shapely
 
 from .model import Fence, Problem, Promotion, StoreConfig
 
-__all__ = ["lint", "TECH_ACCURACY", "inscribed_radius", "matching_fences"]
+__all__ = ["lint", "TECH_ACCURACY", "TECH_INTERVAL_S", "MAX_DWELL_S", "Prediction", "predict", "inscribed_radius",
+           "matching_fences"]
 
 # Typical horizontal accuracy (metres, 1-sigma-ish radius) of each
 # positioning technology the simulator models.  `exact` is the simulator's
 # ground-truth mode (published as uwb with acc 0.1).
 TECH_ACCURACY = {"exact": 0.1, "uwb": 0.3, "ble": 3.0, "wifi": 8.0, "html5": 25.0}
+
+# Typical seconds between two fixes of one device (what the simulator models).
+TECH_INTERVAL_S = {"exact": 1.0, "uwb": 0.5, "ble": 1.5, "wifi": 10.0, "html5": 3.0}
+
+# Seconds of dwell past which a fence "will not work" with a technology.
+MAX_DWELL_S = 60.0
 
 # Intersections smaller than this (m²) are touching edges, not overlaps.
 _AREA_EPS = 1e-6
@@ -62,26 +89,112 @@ def _fmt(m: float) -> str:
     return f"{m:.1f}".rstrip("0").rstrip(".")
 
 
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """How a fence will do with one technology: ``at_once`` (a single fix
+    fits), else ``fixes`` and ``dwell_s`` before the fused tracker enters
+    (``None`` with ``[tracking] fusion = false``); ``works`` when that is at
+    most :data:`MAX_DWELL_S`.  ``r``: the fence's inscribed radius; ``d``:
+    the typical distance from its edge (half the inscribed radius of the
+    fence grown over the obstacles beside it)."""
+
+    tech: str
+    at_once: bool
+    fixes: int | None
+    dwell_s: float | None
+    works: bool
+    r: float
+    d: float
+
+
+def _grown_radii(cfg: StoreConfig) -> dict[str, float]:
+    """Inscribed radius of each fence grown over the obstacles beside it."""
+    from geometry.space import evidence_shapes, obstacles_on
+
+    out: dict[str, float] = {}
+    fences = [f for f in cfg.fences if f.kind != "obstacle"]
+    for floor in sorted({f.floor for f in fences}):
+        on = [f for f in fences if f.floor == floor]
+        parts = obstacles_on(cfg.fences, floor)
+        obstacles = shapely.union_all(parts) if parts else None
+        shapes = evidence_shapes([f.geometry for f in on], obstacles) if obstacles is not None else None
+        for i, f in enumerate(on):
+            g = shapes[i] if shapes is not None else f.geometry
+            out[f.id] = inscribed_radius(f) if g is f.geometry else max(
+                inscribed_radius(f), _inscribed(g))
+    return out
+
+
+def _inscribed(g) -> float:
+    return max((float(shapely.maximum_inscribed_circle(p, tolerance=0.01).length)
+                for p in getattr(g, "geoms", [g])), default=0.0)
+
+
+def predict(cfg: StoreConfig, fence: Fence, tech: str, *, grown_r: float | None = None) -> Prediction:
+    """The model in the module docstring, for one fence and technology."""
+    r = inscribed_radius(fence)
+    d = (r if grown_r is None else max(r, grown_r)) / 2
+    acc = TECH_ACCURACY[tech]
+    if r >= acc:
+        return Prediction(tech, True, 1, 0.0, True, r, d)
+    t = cfg.tracking
+    if not t.fusion or d <= 0:
+        return Prediction(tech, False, None, None, False, r, d)
+    z = NormalDist().inv_cdf(t.confidence)
+    sigma = acc / t.acc_sigmas
+    n = max(1, math.ceil((z * sigma / d) ** 2))
+    dwell = n * TECH_INTERVAL_S[tech]
+    return Prediction(tech, False, n, dwell, dwell <= MAX_DWELL_S, r, d)
+
+
+def _needed_across(cfg: StoreConfig, tech: str) -> float:
+    """Fence width (4 d) at which the fused tracker needs MAX_DWELL_S of dwell."""
+    t = cfg.tracking
+    if not t.fusion:
+        return 2 * TECH_ACCURACY[tech]
+    n = max(1.0, math.floor(MAX_DWELL_S / TECH_INTERVAL_S[tech]))
+    return min(2 * TECH_ACCURACY[tech], 4 * NormalDist().inv_cdf(t.confidence) * TECH_ACCURACY[tech]
+               / t.acc_sigmas / math.sqrt(n))
+
+
+def _say(p: Prediction) -> str:
+    if p.at_once:
+        return f"{p.tech} at once"
+    if p.works:
+        return f"{p.tech} after ~{_fmt(p.dwell_s)} s of dwell"
+    return f"{p.tech} will not work"
+
+
 def _lint_sizes(cfg: StoreConfig, tech: str | None, file: str) -> list[Problem]:
     out = []
-    techs = [tech] if tech is not None else list(TECH_ACCURACY)
+    techs = [tech] if tech is not None else [t for t in TECH_ACCURACY if t != "exact"]
+    grown = _grown_radii(cfg)
     for f in cfg.fences:
-        r = inscribed_radius(f)
-        failing = [t for t in techs if r < TECH_ACCURACY[t]]
-        if not failing:
+        if f.kind == "obstacle":
             continue
-        passing = [t for t in TECH_ACCURACY if r >= TECH_ACCURACY[t] and t != "exact"]
-        alt = f" or use {'/'.join(passing)}" if passing else ""
-        across = f"its largest inscribed circle is {_fmt(2 * r)} m across"
+        preds = [predict(cfg, f, t, grown_r=grown.get(f.id)) for t in techs]
+        if all(p.at_once for p in preds):
+            continue
+        fails = [p for p in preds if not p.works]
+        better = [t for t in TECH_ACCURACY if t not in ("exact",) and predict(cfg, f, t, grown_r=grown.get(f.id)).works
+                  and TECH_ACCURACY[t] < TECH_ACCURACY[preds[0].tech]]
         if tech is not None:
-            msg = (f"too small for {tech} (typical accuracy {_fmt(TECH_ACCURACY[tech])} m; {across}): "
-                   f"a single {tech} ping's accuracy circle can never lie wholly inside it; "
-                   f"enlarge to ≥ {_fmt(2 * TECH_ACCURACY[tech])} m across{alt}")
+            p = preds[0]
+            if p.works:
+                msg = (f"works with {tech} after ~{_fmt(p.dwell_s)} s of dwell (the fused tracker needs ~{p.fixes} "
+                       f"fixes; a single fix never fits inside)")
+            elif p.fixes is None:
+                msg = (f"will not work with {tech}: a single fix never fits inside ({_fmt(2 * p.r)} m across, "
+                       f"needs ≥ {_fmt(2 * TECH_ACCURACY[tech])} m) and [tracking] fusion is off"
+                       + (f"; use {'/'.join(better)}" if better else ""))
+            else:
+                msg = (f"will not work with {tech}: the fused tracker needs ~{p.fixes} fixes (~{_fmt(p.dwell_s)} s "
+                       f"of dwell) here; enlarge to ≥ "
+                       f"{_fmt(_needed_across(cfg, tech))} m across" + (f" or use {'/'.join(better)}" if better else ""))
         else:
-            needs = ", ".join(f"{t} (needs ≥ {_fmt(2 * TECH_ACCURACY[t])} m)" for t in failing)
-            works = f"; works with {'/'.join(passing)}" if passing else ""
-            msg = (f"too small for {needs}: {across}, so a single ping's accuracy circle from those can "
-                   f"never lie wholly inside it; enlarge it or use a more precise technology{works}")
+            msg = "positioning: " + ", ".join(_say(p) for p in preds)
+            if fails:
+                msg += f" (≥ {_fmt(_needed_across(cfg, fails[0].tech))} m across for {fails[0].tech})"
         out.append(Problem(file, f'feature "{f.id}"', "geometry", msg, severity="warning"))
     return out
 

@@ -18,7 +18,7 @@ from store_config.model import Anchor, ConfigError
 
 SAMPLE = sample_path().parent
 ANCHOR = Anchor(lat=49.1875, lon=16.6130, bearing=12.5)  # the sample's [store.anchor]
-N_FEATURES = 30  # in the sample layout (outline, 17 fences, 12 beacons)
+N_FEATURES = 49  # in the sample layout (outline, 19 fences, 29 beacons)
 
 
 def _map(coords, fn):
@@ -101,7 +101,7 @@ def test_layout_elsewhere_is_one_error_asking_about_the_anchor(store):
     assert (e.where, e.field) == ("layout", "features")
     assert e.message == (
         f"all {N_FEATURES} features lie 55.6 km from the store anchor, close together around lat 49.68755, "
-        "lon 16.61331 (anchor wrong? [store.anchor] is lat 49.1875, lon 16.613)")
+        "lon 16.61330 (anchor wrong? [store.anchor] is lat 49.1875, lon 16.613)")
     assert "metres" not in e.message
 
 
@@ -139,7 +139,7 @@ def test_local_frame_too_far_says_local_coordinates_are_metres(store):
     [e] = errors(problems)
     assert (e.where, e.field) == ("layout", "features")
     assert e.message == (
-        "28 of 30 features lie 15.8 km to 50.0 km from the store anchor, more than 10 km "
+        "46 of 49 features lie 15.0 km to 50.0 km from the store anchor, more than 10 km "
         '("frame": "local" coordinates are metres from the store anchor)')
 
 

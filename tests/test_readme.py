@@ -130,7 +130,7 @@ def test_first_offer_by_hand_as_written(mosquitto_factory, tmp_path):
         offer = payload(watch.expect(r"^\S+\s+offer/my-phone\s", others=[agent]))
         assert offer["promotion_id"] == "produce-welcome" and offer["zone"] == "produce"
         assert offer["offer_id"].startswith("o_")
-        event = payload(watch.expect(r"^\S+\s+event/my-phone\s", others=[agent]))
+        event = payload(watch.expect(r'^\S+\s+event/my-phone\s+\{"event": "enter", "zone": "produce"', others=[agent]))
         assert event["event"] == "enter" and event["zone"] == "produce"
 
         applied = subprocess.run(["bash", "-eu", "-c", assign(apply_block, OFFER=offer["offer_id"])],

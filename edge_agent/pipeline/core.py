@@ -249,6 +249,7 @@ class Pipeline:
         default_acc = cfg.tracking.default_acc
         ble = cfg.sources.get("ble", {})
         ble_n, ble_k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 4)
+        ble_min_acc = ble.get("min_acc", 1.5)
         geo_idx = []
         for i, p in enumerate(pings):
             if p.x is not None:
@@ -256,7 +257,8 @@ class Pipeline:
             elif p.lat is not None:
                 geo_idx.append(i)
             else:
-                located, unknown = beaconing.locate_detail(p.beacons, rt.beacons, n=ble_n, strongest=ble_k)
+                located, unknown = beaconing.locate_detail(p.beacons, rt.beacons, n=ble_n, strongest=ble_k,
+                                                           min_acc=ble_min_acc)
                 if unknown:
                     self.metrics.unknown_beacons.inc(n=unknown)
                 if located is None:
