@@ -147,4 +147,5 @@ def test_openapi_describes_the_paths_and_event_kinds_the_agent_uses():
                                            "/v1/admin/promotions/{id}/pause", "/v1/admin/promotions/{id}/resume"}
     kinds = doc["components"]["schemas"]["EventBase"]["properties"]["kind"]["enum"]
     assert set(kinds) == {"transition", "offer", "suppressed", "would_offer", "redemption", "dismissal", "alert",
-                          "consent", "deadletter", "forget", "conversion", "purchase"}
+                          "consent", "deadletter", "forget", "conversion", "purchase", "pickup_arrival", "visit",
+                          "visits"}
