@@ -301,6 +301,30 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     }
 
 
+def ping_stream(store_id: str, n: int, devices: int, entry_share: float):
+    """e2e's load as messages: most pings inside nothing or in the fence the
+    device is already in; every 1/entry_share-th one a fresh entry."""
+    from edge_agent.mqtt import Message
+
+    inside: set[str] = set()
+    every = max(1, int(round(1 / entry_share)))
+    out = []
+    for k in range(n):
+        d = k % devices
+        device = f"d{d}"
+        fx, fy = (d % GRID) * 4.0, ((d // GRID) % GRID) * 4.0
+        if k % every == 0:
+            if device in inside:
+                out.append((f"store/{store_id}/ping/uwb/{device}", {"x": fx + 3.0, "y": fy + 3.0, "acc": 0.3}))
+            out.append((f"store/{store_id}/ping/uwb/{device}", {"x": fx + 1.0, "y": fy + 1.0, "acc": 0.3}))
+            inside.add(device)
+        elif device in inside:
+            out.append((f"store/{store_id}/ping/uwb/{device}", {"x": fx + 1.1, "y": fy + 0.9, "acc": 0.3}))
+        else:
+            out.append((f"store/{store_id}/ping/wifi/{device}", {"x": fx + 3.0, "y": fy + 3.0, "acc": 1.0}))
+    return [Message(t, json.dumps(p).encode(), 0, 0, 0.0) for t, p in out]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="1000,5000,10000,20000", help="pings/s to try, comma separated")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import machine, table, write_json  # noqa: E402
 from benchmarks import _prom_metrics  # noqa: E402
 from edge_agent import metrics as hand_written  # noqa: E402
+from benchmarks.e2e import ping_stream  # noqa: E402
 
 
 def time_op(fn, n: int, repeat: int) -> float:
@@ -79,31 +79,6 @@ def bench(mod, args) -> dict[str, float]:
     res["per ping"] = (res["pings.inc"] + e * (res["transitions.inc"] + res["decisions.inc"]
                                                + res["ping_to_offer.observe"]) + res["queue_depth.set"] / args.batch)
     return res
-
-
-def ping_stream(store_id: str, n: int, devices: int, entry_share: float):
-    """e2e's load as messages: most pings inside nothing or in the fence the
-    device is already in; every 1/entry_share-th one a fresh entry."""
-    from e2e import GRID
-    from edge_agent.mqtt import Message
-
-    inside: set[str] = set()
-    every = max(1, int(round(1 / entry_share)))
-    out = []
-    for k in range(n):
-        d = k % devices
-        device = f"d{d}"
-        fx, fy = (d % GRID) * 4.0, ((d // GRID) % GRID) * 4.0
-        if k % every == 0:
-            if device in inside:
-                out.append((f"store/{store_id}/ping/uwb/{device}", {"x": fx + 3.0, "y": fy + 3.0, "acc": 0.3}))
-            out.append((f"store/{store_id}/ping/uwb/{device}", {"x": fx + 1.0, "y": fy + 1.0, "acc": 0.3}))
-            inside.add(device)
-        elif device in inside:
-            out.append((f"store/{store_id}/ping/uwb/{device}", {"x": fx + 1.1, "y": fy + 0.9, "acc": 0.3}))
-        else:
-            out.append((f"store/{store_id}/ping/wifi/{device}", {"x": fx + 3.0, "y": fy + 3.0, "acc": 1.0}))
-    return [Message(t, json.dumps(p).encode(), 0, 0, 0.0) for t, p in out]
 
 
 async def bench_agents(impls: dict, args) -> dict[str, dict[str, float]]:

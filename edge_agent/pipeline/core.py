@@ -302,10 +302,12 @@ class Pipeline:
         times = np.array([((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
                           for p in (pings[i] for i in sel)], dtype=float)
         params = rt.params
-        fz = np.flatnonzero(fusible[sel]) if rt.fusion is not None else ()
+        # Only coarse fixes go to the filter: a precise one (UWB, a check-in: acc <= precise_acc)
+        # is judged as it came, at no extra cost, and leaves the device's estimate as it was.
+        fz = np.flatnonzero(fusible[sel] & (accs[sel] > rt.fusion.precise_acc)) if rt.fusion is not None else ()
         if len(fz):
             # Coarse fixes are fused per device into an estimate whose disc (z sigma) is judged
-            # against the fences grown over their shelves; precise fixes pass unchanged (raw fences).
+            # against the fences grown over their shelves.
             ex, ey, eff_acc, fl = xs[sel], ys[sel], accs[sel], floors[sel]
             passed = np.ones(len(sel), dtype=bool)
             f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), ex[fz], ey[fz], fl[fz],
