@@ -186,9 +186,12 @@ async def test_kill_9_in_between_loses_nothing_and_sends_no_duplicate(tmp_path, 
             except aiohttp.ClientError:
                 return False
 
-        while not await ready():
-            assert proc.poll() is None, (tmp_path / "agent.log").read_text()
-            await asyncio.sleep(0.05)  # polling a port until the agent answers: the event itself
+        async def until_ready() -> None:  # a child process has no event to wait on: poll its /readyz
+            while not await ready():
+                assert proc.poll() is None, (tmp_path / "agent.log").read_text()
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(until_ready(), 60)
         return proc
 
     proc = await start()
