@@ -239,7 +239,7 @@ def test_rush_at_the_tills_is_a_queue():
     ends = sorted(st.leave for st in tills)
     for i in range(len(ends) - TILLS):
         assert ends[i + TILLS] - ends[i] >= SERVICE_RANGE[0] - 1e-6
-    ts, counts, waiting = true_floor(cfg, rush, 300)
+    _, counts, waiting = true_floor(cfg, rush, 300)
     assert counts["checkouts"].max() > cfg.fence("checkouts").capacity
     assert waiting["checkouts"].max() >= cfg.fence("checkouts").queue_alert_at
     again = make_rush(cfg, space, n=18, duration=300, seed=1)
