@@ -251,14 +251,14 @@ def test_crowd_reports_the_floor_and_a_queue_alert(tmp_path, mosquitto):
     queue alert learnt from {R}/alert/# with how early it came."""
     out = tmp_path / "rush"
     argv = ["simulate", "--config", str(sample_path()), "--crowd", "--shoppers", "18", "--duration", "300",
-            "--speed", "30", "--seed", "1", "--tech", "exact", "--out", str(out), "--no-progress",
+            "--speed", "20", "--seed", "1", "--tech", "exact", "--out", str(out), "--no-progress",
             "--broker", mosquitto.url]
     assert main(argv) == 0
     r = json.loads((out / "report.json").read_text())
     assert r["scenario"] == "crowd" and "floor" in r["nondeterministic"]
     fl = r["floor"]
     assert set(fl) >= {"rush", "speed", "resolution_s", "sustain_s", "zones", "advice"}
-    assert fl["speed"] == 30 and fl["rush"]["shoppers"] == 18 and fl["rush"]["start_s"] is not None
+    assert fl["speed"] == 20 and fl["rush"]["shoppers"] == 18 and fl["rush"]["start_s"] is not None
     cfg = load_store(sample_path())
     assert set(fl["zones"]) == {f.id for f in cfg.fences if f.kind != "staff_only"}
     for zid, z in fl["zones"].items():
@@ -267,7 +267,9 @@ def test_crowd_reports_the_floor_and_a_queue_alert(tmp_path, mosquitto):
         if z["capacity"]:
             assert {"peak_of_capacity", "over_capacity_s", "crowding"} <= set(z)
     co = fl["zones"]["checkouts"]
-    assert co["peak_true"] > co["capacity"] and co["peak_seen"] >= co["capacity"]
+    assert co["peak_true"] > co["capacity"]
+    # {R}/floor comes at most once a wall second (here 20 simulated s): it may miss the very top
+    assert co["peak_true"] + 1 >= co["peak_seen"] >= 0.6 * co["peak_true"]  # truth is on a 1 s grid
     q = co["queue"]
     assert q["due_s"] is not None, "the rush makes a queue"
     assert q["fired_s"] is not None and q["alerts"] >= 1, "and the agent said so on {R}/alert/#"
