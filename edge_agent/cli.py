@@ -122,6 +122,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate shoppers over a store and score its fences and positioning technology.
 
     Example: edge-agent simulate --config store.toml --shoppers 50 --duration 1800 --tech ble --out report/
+
+    With --crowd, a rush at the tills instead: every shopper walks in within the
+    first two minutes and heads for the checkouts; the report adds, per zone,
+    the peak occupancy against `capacity` and when the crowding and queue alerts
+    fired (learnt from {R}/floor and {R}/alert/#), so `capacity` and
+    `queue_alert_at` can be set before opening.
+
+    Example: edge-agent simulate --config store.toml --crowd --shoppers 40 --duration 900 --out rush/
     """
     try:
         from .simulate import run_simulate
@@ -270,8 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="sim-report", help="output directory (default sim-report)")
     p.add_argument("--attach", action="store_true", help="drive the agent already serving the config's broker")
     p.add_argument("--broker", default=None, help="use this broker URL instead of the embedded one")
-    p.add_argument("--speed", type=float, default=0.0, help="simulated seconds per real second (0 = as fast as possible)")
+    p.add_argument("--speed", type=float, default=None,
+                   help="simulated seconds per real second (0 = as fast as possible; default 0, or 10 with --crowd)")
     p.add_argument("--mac-randomisation", action="store_true", help="devices change id mid-visit")
+    p.add_argument("--crowd", action="store_true",
+                   help="a rush at the tills: report peak occupancy against capacity and when queue and "
+                        "crowding alerts fired")
     p.add_argument("--compare-fusion", action="store_true",
                    help="run twice (single-fix rule, then fused tracker) and report both side by side")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -8,6 +8,11 @@ temporary directory (with a pseudonym key derived from the seed, so holdout
 groups are the same on every run), no central sync.  ``--attach`` drives the
 agent already serving the config's broker instead.
 
+``--crowd`` replaces the shoppers with a rush at the tills
+(``simulator/crowd.py``) and runs paced (``--speed`` 10 unless given);
+``[floor] publish_s`` is divided by the speed, so ``{R}/floor`` comes as
+often in simulated time as it would in the store.
+
 ``--compare-fusion`` runs the same shoppers twice, first with the
 single-fix rule (``[tracking] fusion = false``, its report in
 ``OUT/single-fix/``), then with the fused tracker; the main report carries
@@ -34,7 +39,8 @@ from pathlib import Path
 log = logging.getLogger("edge_agent.simulate")
 
 
-def _sim_config(cfg, *, broker_url: str, data_dir: Path, keep_auth: bool, fusion: bool | None = None):
+def _sim_config(cfg, *, broker_url: str, data_dir: Path, keep_auth: bool, fusion: bool | None = None,
+                speed: float = 0.0):
     mqtt = replace(cfg.mqtt, url=broker_url, client_id=f"edge-agent-{cfg.store_id}-sim-{secrets.token_hex(3)}")
     if not keep_auth:
         mqtt = replace(mqtt, username=None, password=None, tls_ca=None, tls_cert=None, tls_key=None)
@@ -46,6 +52,8 @@ def _sim_config(cfg, *, broker_url: str, data_dir: Path, keep_auth: bool, fusion
                          fusion=cfg.tracking.fusion if fusion is None else fusion),
         sync=replace(cfg.sync, central_url=None, mqtt_url=None),  # simulated events never leave the box
         http=replace(cfg.http, listen="127.0.0.1:0", tls_cert=None, tls_key=None),
+        # {R}/floor's pace is wall-clock: at --speed S it would come S times rarer in simulated time
+        floor=replace(cfg.floor, publish_s=cfg.floor.publish_s / speed) if speed > 0 else cfg.floor,
     )
 
 
@@ -76,7 +84,8 @@ async def _one_run(cfg, args: argparse.Namespace, out: Path, url: str, broker_na
     (data / "pseudonym.key").write_bytes(hashlib.sha256(f"edge-sim:{args.seed}".encode()).digest())
     server = None
     try:
-        sim_cfg = _sim_config(cfg, broker_url=url, data_dir=data, keep_auth=args.broker is not None, fusion=fusion)
+        sim_cfg = _sim_config(cfg, broker_url=url, data_dir=data, keep_auth=args.broker is not None, fusion=fusion,
+                              speed=args.speed)
         server = Server(sim_cfg, listen="127.0.0.1:0")
         await server.start()
         await asyncio.wait_for(server.agent.mqtt.subscribed.wait(), 15)
@@ -85,7 +94,7 @@ async def _one_run(cfg, args: argparse.Namespace, out: Path, url: str, broker_na
             out=out, speed=args.speed, mac_randomisation=args.mac_randomisation, progress=not args.no_progress,
             mode="broker" if args.broker else "embedded", now=time.time(),
             username=sim_cfg.mqtt.username, password=sim_cfg.mqtt.password, tls_ca=sim_cfg.mqtt.tls_ca,
-            broker=broker_name, baseline=baseline)
+            broker=broker_name, baseline=baseline, crowd=getattr(args, "crowd", False))
     finally:
         if server is not None:
             await server.stop()
@@ -108,10 +117,18 @@ async def _self_contained(cfg, args: argparse.Namespace, out: Path) -> dict:
 
 def run_simulate(cfg, args: argparse.Namespace) -> int:
     """Simulate over ``cfg`` (the store the CLI loaded from ``--config``) with the CLI's options."""
+    from simulator.crowd import CROWD_SPEED
     from simulator.drive import DriveError
     from simulator.run import simulate
 
     out = Path(args.out)
+    crowd = getattr(args, "crowd", False)
+    if args.speed is None:
+        args.speed = CROWD_SPEED if crowd else 0.0
+    if crowd and args.speed == 0:
+        print("--crowd needs --speed > 0 (default 10): the agent decides crowding and queues once a wall-clock "
+              "second, so an unpaced run would skip past them", file=sys.stderr)
+        return 2
     if args.shoppers < 0 or args.duration <= 0 or args.speed < 0:
         print("--shoppers must be ≥ 0, --duration > 0 and --speed ≥ 0", file=sys.stderr)
         return 2
@@ -132,7 +149,7 @@ def run_simulate(cfg, args: argparse.Namespace) -> int:
             report = simulate(cfg, m.url, shoppers=args.shoppers, duration=args.duration, seed=args.seed,
                               tech=args.tech, out=out, speed=args.speed, mac_randomisation=args.mac_randomisation,
                               progress=not args.no_progress, mode="attach", now=time.time(),
-                              username=m.username, password=m.password, tls_ca=m.tls_ca)
+                              username=m.username, password=m.password, tls_ca=m.tls_ca, crowd=crowd)
         else:
             report = asyncio.run(_self_contained(cfg, args, out))
     except DriveError as exc:
@@ -151,6 +168,8 @@ def run_simulate(cfg, args: argparse.Namespace) -> int:
               + (f" ({', '.join(w['zone'] for w in worse)})" if worse else "")
               + f"; single-fix report in {out / 'single-fix'}")
     print(f"  broker: {report['broker']}")
+    for a in report.get("floor", {}).get("advice", ()):
+        print(f"  {a['text']}")
     for a in report["advice"]:
         if a["verdict"] in ("will fail", "fails", "false entries"):
             print(f"  {a['zone']}: {a['verdict']}")

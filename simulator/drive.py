@@ -5,8 +5,10 @@ it can run beside an agent's event loop in the same process, or against a
 remote one).  It
 
 1. subscribes to ``{R}/event/+`` (transitions; the agent needs
-   ``[tracking] publish_events = true``), ``{R}/offer/+`` and
-   ``{R}/deadletter``;
+   ``[tracking] publish_events = true``), ``{R}/offer/+``,
+   ``{R}/deadletter``, and the floor as a client sees it: ``{R}/floor``
+   (retained occupancy; the copy retained from before the run is ignored)
+   and ``{R}/alert/#`` (crowding and queue alerts);
 2. opts its synthetic devices in (``{R}/consent/{device}`` with
    ``{"offers": true, "tracking": true}``: anonymous devices default to no
    tracking, and the agent publishes no transitions for them), at QoS 0 so
@@ -57,6 +59,9 @@ class Collected:
     deadletters: dict = field(default_factory=dict)  # reason -> count (our devices, markers excluded)
     published: int = 0
     pub_wall: dict = field(default_factory=dict)  # (device, ts rounded to ms) -> perf_counter
+    timeline: list = field(default_factory=list)  # (perf_counter, simulated publish time) per ping
+    floor: list = field(default_factory=list)  # (recv perf_counter, {R}/floor body) during the run
+    alerts: list = field(default_factory=list)  # (recv perf_counter, {R}/alert/... body)
     wall_s: float = 0.0
 
 
@@ -141,6 +146,8 @@ class Driver:
                     self._markers.add(k)
                     self._lock.notify_all()
                 return
+        if msg.retain and msg.topic == f"{self.root}/floor":
+            return  # retained from before this run
         with self._lock:
             self._raw.append((msg.topic, msg.payload, now))
 
@@ -164,7 +171,8 @@ class Driver:
         if not self._connected.wait(timeout):
             self.close()
             raise DriveError(f"the broker at {self.host}:{self.port} refused or did not answer the connection")
-        filters = [f"{self.root}/event/+", f"{self.root}/offer/+", f"{self.root}/deadletter"]
+        filters = [f"{self.root}/event/+", f"{self.root}/offer/+", f"{self.root}/deadletter",
+                   f"{self.root}/floor", f"{self.root}/alert/#"]
         for flt in filters:
             # QoS 0 throughout: one QoS keeps the broker's per-connection order,
             # so a marker's dead letter cannot overtake an earlier offer
@@ -212,6 +220,7 @@ class Driver:
         seq: dict[str, int] = {}
         wall0 = time.perf_counter()
         pub_wall = out.pub_wall
+        timeline = out.timeline
         for i, s in enumerate(sendable):
             if i and i % chunk == 0:
                 marker += 1
@@ -237,7 +246,8 @@ class Driver:
                 body["seq"] = n
             topic = f"{self.root}/ping/{s.source}/{s.device}"
             payload = json.dumps(body, separators=(",", ":")).encode()
-            pub_wall[(s.device, key_ts)] = time.perf_counter()
+            sent = pub_wall[(s.device, key_ts)] = time.perf_counter()
+            timeline.append((sent, s.pub))
             self.client.publish(topic, payload, qos=0)
             out.published += 1
         # drain: the second marker goes out after the first came back, so it is
@@ -275,6 +285,10 @@ class Driver:
                 dev = topic[len(of_prefix):]
                 if dev in devices and isinstance(body, dict) and "promotion_id" in body:
                     out.offers.append((dev, body, at))
+            elif topic == f"{self.root}/floor" and isinstance(body, dict):
+                out.floor.append((at, body))
+            elif topic.startswith(f"{self.root}/alert/") and isinstance(body, dict):
+                out.alerts.append((at, body))
             elif topic == f"{self.root}/deadletter" and isinstance(body, dict):
                 dev = body.get("topic", "").rsplit("/", 1)[-1]
                 if dev in devices:

@@ -111,7 +111,8 @@ def _pct(values: list[float], q: float) -> float | None:
 def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, mac_randomisation: bool,
                  mode: str, zones: dict, problems, samples, collected, latencies_ms: list[float],
                  visits, sim_start: str, device_count: int, broker: str = "external",
-                 tracker: str = "fused", baseline: dict | None = None, misses=(), false_entries=()) -> dict:
+                 tracker: str = "fused", baseline: dict | None = None, misses=(), false_entries=(),
+                 floor: dict | None = None) -> dict:
     flagged = lint_flagged(problems)
     real = sum(z["visits"] for z in zones.values())
     offers = len(collected.offers)
@@ -126,6 +127,7 @@ def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, m
         "mode": mode,
         "broker": broker,
         "tracker": tracker,
+        "scenario": "crowd" if floor is not None else "shoppers",
         "zones": zones,
         "totals": {
             "true_visits": real,
@@ -149,6 +151,7 @@ def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, m
         },
         **({"compare": compare({tracker: zones, baseline["tracker"]: baseline["zones"]})}
            if baseline is not None else {}),
+        **({"floor": floor} if floor is not None else {}),
         "latency_ms": {
             "p50": _pct(latencies_ms, 0.5),
             "p99": _pct(latencies_ms, 0.99),
@@ -161,13 +164,15 @@ def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, m
             "wall_s": round(collected.wall_s, 3),
             "pings_per_s": round(collected.published / collected.wall_s, 1) if collected.wall_s else None,
         },
-        "nondeterministic": list(NONDETERMINISTIC),
+        # the floor section's alert times and agent-side peaks are wall-clock bound
+        "nondeterministic": list(NONDETERMINISTIC) + (["floor"] if floor is not None else []),
     }
 
 
 def deterministic_part(report: dict) -> dict:
     """The report without its wall-clock sections (what two runs with one seed share)."""
-    return {k: v for k, v in report.items() if k not in NONDETERMINISTIC}
+    skip = set(NONDETERMINISTIC) | set(report.get("nondeterministic", ()))
+    return {k: v for k, v in report.items() if k not in skip}
 
 
 def _cell(v, pct: bool = False) -> str:
@@ -207,6 +212,49 @@ def _compare_md(c: dict) -> list[str]:
     return lines
 
 
+def _secs(v) -> str:
+    return "–" if v is None else f"{v:.0f} s"
+
+
+def _floor_md(fl: dict) -> list[str]:
+    rush = fl["rush"]
+    lines = ["", "## The floor in a rush at the tills (`--crowd`)", "",
+             f"{rush['shoppers']} shoppers walked in within {_fmt(rush['walk_in_s'])} s and converged on the "
+             f"checkouts ({rush['tills_per_checkout']} tills per checkout fence, "
+             f"{_fmt(rush['service_s'][0])}–{_fmt(rush['service_s'][1])} s each); the rush began at "
+             f"{_secs(rush['start_s'])} (the first shopper at a till) and the last reached the tills at "
+             f"{_secs(rush['end_s'])}. Times are simulated seconds from the start of the run; *true* comes "
+             "from the shoppers' true positions, *seen* from the retained `{R}/floor` and `{R}/alert/#`, as "
+             f"a client sees them. Alert times are good to about {_fmt(fl['resolution_s'])} s (the agent "
+             f"decides once a wall-clock second; this run replayed at {_fmt(fl['speed'])}× real time).", "",
+             "| zone | kind | capacity | peak (true) | at | peak (seen) | over capacity | crowding due | "
+             "crowding alert | after rush | after due |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for zid, z in fl["zones"].items():
+        cr = z.get("crowding") or {}
+        cap = z.get("capacity")
+        lines.append(f"| {zid} | {z['kind']} | {_cell(cap)} | {z['peak_true']} | {_secs(z['peak_true_at_s'])} | "
+                     f"{_cell(z['peak_seen'])} | {_secs(z.get('over_capacity_s')) if cap else '–'} | "
+                     f"{_secs(cr.get('due_s'))} | {_secs(cr.get('fired_s'))} | {_secs(cr.get('after_rush_s'))} | "
+                     f"{_secs(cr.get('after_due_s'))} |")
+    queues = {zid: z for zid, z in fl["zones"].items() if "queue" in z}
+    if queues:
+        lines += ["", "| checkout | queue_alert_at | queue_wait_s | most waiting (true) | longest stay | "
+                      "queue due | queue alert | after rush | after due | resolved |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for zid, z in queues.items():
+            q = z["queue"]
+            lines.append(f"| {zid} | {z['queue_alert_at']} | {_fmt(z['queue_wait_s'])} | {z['peak_waiting']} | "
+                         f"{_secs(z['longest_stay_s'])} | {_secs(q['due_s'])} | {_secs(q['fired_s'])} | "
+                         f"{_secs(q['after_rush_s'])} | {_secs(q['after_due_s'])} | {_secs(q['resolved_s'])} |")
+    lines += ["", "*due*: when the truth met the rule (crowding: at or over capacity for "
+              f"{_fmt(fl['sustain_s'])} s; queue: `queue_alert_at` shoppers each inside longer than "
+              "`queue_wait_s`); *after rush* / *after due*: the first alert's delay from the rush's start / "
+              "from when it was due.", ""]
+    lines += [f"- **{a['zone']}** ({a['verdict']}): {a['text']}" for a in fl["advice"]] or ["- Nothing to change."]
+    return lines
+
+
 def markdown(report: dict) -> str:
     r = report
     lines = [
@@ -232,6 +280,8 @@ def markdown(report: dict) -> str:
                      f"{z['false_enters']} | {_cell(z['offers_per_visit'])} |")
     lat = r["latency_ms"]
     lines += ["", "⚠ = lint said before the run that it will not work with this technology."]
+    if "floor" in r:
+        lines += _floor_md(r["floor"])
     if "compare" in r:
         lines += _compare_md(r["compare"])
     lines += ["", "## Ping → offer latency (wall clock)", "",

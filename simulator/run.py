@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from geometry.frames import LocalFrame
 from store_config.lint import lint
 
+from .crowd import floor_report, make_rush
 from .drive import Driver
 from .render import render_map
 from .report import build_report, write_report
@@ -48,14 +49,17 @@ def sim_epoch(timezone: str, duration: float, now: float) -> tuple[float, str]:
         day -= timedelta(days=1)
 
 
-def plan(cfg, *, shoppers: int, duration: float, seed: int, tech: str, mac_randomisation: bool = False) -> Plan:
-    """Shoppers and every sensor sample of the run (pure, seeded)."""
+def plan(cfg, *, shoppers: int, duration: float, seed: int, tech: str, mac_randomisation: bool = False,
+         crowd: bool = False) -> Plan:
+    """Shoppers and every sensor sample of the run (pure, seeded).  ``crowd``:
+    the rush at the tills of :mod:`simulator.crowd` instead of ordinary shoppers."""
     if tech not in TECHS:
         raise ValueError(f"unknown tech {tech!r} (known: {', '.join(TECHS)})")
     if shoppers < 0 or duration <= 0:
         raise ValueError("--shoppers must be ≥ 0 and --duration > 0")
     space = build_space(cfg, 0)
-    people = make_shoppers(cfg, space, n=shoppers, duration=duration, seed=seed)
+    make = make_rush if crowd else make_shoppers
+    people = make(cfg, space, n=shoppers, duration=duration, seed=seed)
     frame = LocalFrame(cfg.anchor.lat, cfg.anchor.lon, cfg.anchor.bearing)
     samples = []
     device_shopper: dict[str, int] = {}
@@ -71,7 +75,8 @@ def plan(cfg, *, shoppers: int, duration: float, seed: int, tech: str, mac_rando
 def simulate(cfg, broker_url: str, *, shoppers: int, duration: float, seed: int, tech: str, out: Path,
              speed: float = 0.0, mac_randomisation: bool = False, progress: bool = True, mode: str = "embedded",
              now: float, username: str | None = None, password: str | None = None,
-             tls_ca: str | None = None, broker: str = "external", baseline: dict | None = None) -> dict:
+             tls_ca: str | None = None, broker: str = "external", baseline: dict | None = None,
+             crowd: bool = False) -> dict:
     """Run the simulation against the agent behind ``broker_url``; write
     ``out/report.json``, ``out/report.md`` and ``out/map.png``; return the report.
 
@@ -80,12 +85,18 @@ def simulate(cfg, broker_url: str, *, shoppers: int, duration: float, seed: int,
     names the broker the latency figures come from (``mosquitto``, ``amqtt``,
     or ``external`` for one the caller gave).  ``baseline``: the report of the
     same run (same seed, store and technology) under the other tracker; the
-    report then carries both side by side (``compare``).
+    report then carries both side by side (``compare``).  ``crowd``: the
+    rush at the tills (:mod:`simulator.crowd`); the report gains ``floor``
+    (peak occupancy against capacity, when crowding and queue alerts fired),
+    learnt from ``{R}/floor`` and ``{R}/alert/#``.  Run it paced (``speed`` > 0):
+    the agent decides crowding and queues once a wall-clock second.
     """
     out = Path(out)
     problems = list(cfg.warnings) + lint(cfg, tech=tech)
     pl = plan(cfg, shoppers=shoppers, duration=duration, seed=seed, tech=tech,
-              mac_randomisation=mac_randomisation)
+              mac_randomisation=mac_randomisation, crowd=crowd)
+    if crowd and speed <= 0:
+        raise ValueError("a crowd run needs --speed > 0: the agent decides crowding and queues once a second")
     epoch, sim_start = sim_epoch(cfg.timezone, duration, now)
     driver = Driver(broker_url, cfg.store_id, username=username, password=password, tls_ca=tls_ca)
     driver.connect()
@@ -112,7 +123,10 @@ def simulate(cfg, broker_url: str, *, shoppers: int, duration: float, seed: int,
                           samples=pl.samples, collected=collected, latencies_ms=latencies, visits=visits,
                           sim_start=sim_start, device_count=len(pl.device_shopper), broker=broker,
                           tracker="fused" if cfg.tracking.fusion else "single_fix", baseline=baseline,
-                          misses=scored.misses, false_entries=scored.false_entries)
+                          misses=scored.misses, false_entries=scored.false_entries,
+                          floor=floor_report(cfg, pl.shoppers, duration=duration, floor_msgs=collected.floor,
+                                             alert_msgs=collected.alerts, timeline=collected.timeline,
+                                             speed=speed) if crowd else None)
     write_report(report, out)
     frame = LocalFrame(cfg.anchor.lat, cfg.anchor.lon, cfg.anchor.bearing)
     render_map(cfg, pl.space, pl.shoppers, pl.samples, report, out / "map.png",

@@ -220,3 +220,66 @@ def test_lint_flags_fences_unreachable_from_an_entrance(store_factory):
     unreachable = [p.where for p in lint(cfg) if "unreachable" in p.message]
     assert unreachable == ['feature "coffee-display"']
     assert not [p for p in lint(load_store(sample_path())) if "unreachable" in p.message]
+
+
+def test_rush_at_the_tills_is_a_queue():
+    """The crowd plan (pure): shoppers walk in early, every one ends at a checkout,
+    at most TILLS are served at once, and the same seed gives the same rush."""
+    from simulator.crowd import SERVICE_RANGE, TILLS, make_rush, true_floor
+    from simulator.space import build_space
+
+    cfg = load_store(sample_path())
+    space = build_space(cfg, 0)
+    rush = make_rush(cfg, space, n=18, duration=300, seed=1)
+    assert max(s.arrive for s in rush) <= 0.2 * 300
+    tills = [s.stops[-1] for s in rush]
+    assert all(cfg.fence(st.zone).kind == "checkout" for st in tills)
+    assert all(st.leave - st.arrive >= SERVICE_RANGE[0] - 1e-9 for st in tills)
+    # service ends: at no time are more than TILLS shoppers being served (each was served its last ≤ 60 s)
+    ends = sorted(st.leave for st in tills)
+    for i in range(len(ends) - TILLS):
+        assert ends[i + TILLS] - ends[i] >= SERVICE_RANGE[0] - 1e-6
+    _, counts, waiting = true_floor(cfg, rush, 300)
+    assert counts["checkouts"].max() > cfg.fence("checkouts").capacity
+    assert waiting["checkouts"].max() >= cfg.fence("checkouts").queue_alert_at
+    again = make_rush(cfg, space, n=18, duration=300, seed=1)
+    assert [s.t.tolist() for s in again] == [s.t.tolist() for s in rush]
+
+
+def test_crowd_reports_the_floor_and_a_queue_alert(tmp_path, mosquitto):
+    """--crowd through Mosquitto: per zone peak occupancy against capacity, and the
+    queue alert learnt from {R}/alert/# with how early it came."""
+    out = tmp_path / "rush"
+    argv = ["simulate", "--config", str(sample_path()), "--crowd", "--shoppers", "18", "--duration", "300",
+            "--speed", "20", "--seed", "1", "--tech", "exact", "--out", str(out), "--no-progress",
+            "--broker", mosquitto.url]
+    assert main(argv) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["scenario"] == "crowd" and "floor" in r["nondeterministic"]
+    fl = r["floor"]
+    assert set(fl) >= {"rush", "speed", "resolution_s", "sustain_s", "zones", "advice"}
+    assert fl["speed"] == 20 and fl["rush"]["shoppers"] == 18 and fl["rush"]["start_s"] is not None
+    cfg = load_store(sample_path())
+    assert set(fl["zones"]) == {f.id for f in cfg.fences if f.kind != "staff_only"}
+    for zid, z in fl["zones"].items():
+        assert {"kind", "capacity", "peak_true", "peak_true_at_s", "peak_seen"} <= set(z)
+        assert z["capacity"] == cfg.fence(zid).capacity
+        if z["capacity"]:
+            assert {"peak_of_capacity", "over_capacity_s", "crowding"} <= set(z)
+    co = fl["zones"]["checkouts"]
+    assert co["peak_true"] > co["capacity"]
+    # {R}/floor comes at most once a wall second (here 20 simulated s): it may miss the very top
+    assert co["peak_true"] + 1 >= co["peak_seen"] >= 0.6 * co["peak_true"]  # truth is on a 1 s grid
+    q = co["queue"]
+    assert q["due_s"] is not None, "the rush makes a queue"
+    assert q["fired_s"] is not None and q["alerts"] >= 1, "and the agent said so on {R}/alert/#"
+    assert q["after_rush_s"] > 0
+    # not before the truth had the queue (less one agent tick), and not long after it
+    assert -fl["resolution_s"] <= q["after_due_s"] <= 3 * fl["resolution_s"] + 10
+    md = (out / "report.md").read_text()
+    assert "rush at the tills" in md and "queue alert" in md and "| checkouts |" in md
+
+
+def test_crowd_refuses_an_unpaced_run(capsys):
+    assert main(["simulate", "--config", str(sample_path()), "--crowd", "--speed", "0", "--no-progress"]) == 2
+    assert "--speed" in capsys.readouterr().err
