@@ -175,7 +175,7 @@ def reported_fixes(samples, *, cfg, frame) -> list[tuple[int, float, float, floa
     from geometry.beacons import locate
 
     ble = cfg.sources.get("ble", {})
-    n_exp, k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 4)
+    n_exp, k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 8)
     beacons = {b.beacon_id.lower(): b for b in cfg.beacons}
     out = []
     geo = []
@@ -190,7 +190,7 @@ def reported_fixes(samples, *, cfg, frame) -> list[tuple[int, float, float, floa
             geo.append((s.shopper, s.t, c["longitude"], c["latitude"], float(c["accuracy"])))
         elif "beacons" in p:
             r = locate([(b["id"], b["rssi"]) for b in p["beacons"]], beacons, n=n_exp, strongest=k,
-                       min_acc=ble.get("min_acc", 1.5))
+                       min_acc=ble.get("min_acc", 1.5), rssi_sigma_db=ble.get("rssi_sigma_db", 4.0))
             if r is not None:
                 out.append((s.shopper, s.t, r[0], r[1], r[3]))
     if geo:

@@ -64,3 +64,32 @@ def test_floor_of_strongest_and_strongest_limit():
     assert res[2] == 2 and res[:2] == (100, 100)
     res = locate(readings, SQUARE)
     assert res[2] == 2
+
+
+def _grid():
+    """Two rows of beacons 10 m apart, 5 m between columns (a sparse grid)."""
+    return {f"g:{i}:{j}": B(5.0 * i, 10.0 * j) for i in range(5) for j in range(2)}
+
+
+def test_beyond_the_last_row_is_not_its_mirror_image():
+    # 2.5 m past the back row: a range fit started inside the grid found the mirror (y ~ 7.5)
+    grid = _grid()
+    truth = (10.0, 12.5)
+    readings = [(bid, rssi_at(math.hypot(b.x - truth[0], b.y - truth[1]))) for bid, b in grid.items()]
+    x, y, _, _ = locate(readings, grid, min_acc=0.0)
+    assert math.hypot(x - truth[0], y - truth[1]) < 0.5
+
+
+def test_accuracy_follows_the_geometry():
+    # between both rows (beacons on every side) a fix is better than past the last row
+    grid = _grid()
+
+    def acc_at(p):
+        readings = [(bid, rssi_at(math.hypot(b.x - p[0], b.y - p[1]))) for bid, b in grid.items()]
+        return locate(readings, grid, min_acc=0.0, rssi_sigma_db=4.0)[3]
+
+    inside, outside = acc_at((10.0, 5.0)), acc_at((10.0, 14.0))
+    assert 0 < inside < outside
+    # scaling the assumed RSSI noise scales the claimed accuracy
+    readings = [(bid, rssi_at(math.hypot(b.x - 10.0, b.y - 5.0))) for bid, b in grid.items()]
+    assert locate(readings, grid, min_acc=0.0, rssi_sigma_db=8.0)[3] == pytest.approx(2 * inside, rel=1e-6)

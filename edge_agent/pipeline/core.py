@@ -248,8 +248,8 @@ class Pipeline:
         fusible = np.ones(n, dtype=bool)
         default_acc = cfg.tracking.default_acc
         ble = cfg.sources.get("ble", {})
-        ble_n, ble_k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 4)
-        ble_min_acc = ble.get("min_acc", 1.5)
+        ble_n, ble_k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 8)
+        ble_min_acc, ble_sigma = ble.get("min_acc", 1.5), ble.get("rssi_sigma_db", 4.0)
         geo_idx = []
         for i, p in enumerate(pings):
             if p.x is not None:
@@ -258,7 +258,7 @@ class Pipeline:
                 geo_idx.append(i)
             else:
                 located, unknown = beaconing.locate_detail(p.beacons, rt.beacons, n=ble_n, strongest=ble_k,
-                                                           min_acc=ble_min_acc)
+                                                           min_acc=ble_min_acc, rssi_sigma_db=ble_sigma)
                 if unknown:
                     self.metrics.unknown_beacons.inc(n=unknown)
                 if located is None:
