@@ -44,7 +44,9 @@ from _common import RESULTS, ROOT, free_port, metric_total, scrape, start_agent,
 GRID = 20  # 400 fences
 
 
-def write_store(workdir: Path, port: int, http_port: int, store_id: str) -> Path:
+def write_store(workdir: Path, port: int, http_port: int, store_id: str, extra_toml: str = "") -> Path:
+    """The 400-fence grid store; ``extra_toml`` is appended to its store.toml
+    (e.g. a ``[pos]`` section for the till benchmark)."""
     feats = []
     for i in range(GRID):
         for j in range(GRID):
@@ -79,13 +81,15 @@ def write_store(workdir: Path, port: int, http_port: int, store_id: str) -> Path
         sustained_pings = 0
         [ingest]
         shed_above = 1000000
-        """))
+        """) + (("\n" + extra_toml.strip() + "\n") if extra_toml.strip() else ""))
     return workdir / "store.toml"
 
 
 def generator(port: int, store_id: str, rate: float, seconds: float, worker: int, devices: int,
-              entry_share: float, out: "mp.Queue") -> None:
-    """Publish pings at ``rate``/s; every 1/entry_share-th ping is a fresh entry."""
+              entry_share: float, out: "mp.Queue", prefix: str = "") -> None:
+    """Publish pings at ``rate``/s; every 1/entry_share-th ping is a fresh entry.
+    Devices are named ``{prefix}w{worker}d{n}`` (a new prefix: devices the agent
+    has not seen, for a second load on the same agent)."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -108,7 +112,7 @@ def generator(port: int, store_id: str, rate: float, seconds: float, worker: int
                 break
             time.sleep(min(target - now, 0.001))
         d = n % devices
-        device = f"w{worker}d{d}"
+        device = f"{prefix}w{worker}d{d}"
         fx, fy = (d % GRID) * 4.0, ((d // GRID) % GRID) * 4.0
         inside = state.get(device, False)
         if every and n % every == 0:
@@ -188,10 +192,10 @@ def agent_pings(http_port: int) -> float:
     return metric_total(scrape(http_port), "edge_pings_total")
 
 
-def run_load(port, store_id, rate, seconds, workers, devices, entry_share):
+def run_load(port, store_id, rate, seconds, workers, devices, entry_share, prefix=""):
     q: mp.Queue = mp.Queue()
     procs = [mp.Process(target=generator, args=(port, store_id, rate / workers, seconds, w, devices // workers,
-                                                entry_share, q)) for w in range(workers)]
+                                                entry_share, q, prefix)) for w in range(workers)]
     for p in procs:
         p.start()
     results = [q.get() for _ in procs]
@@ -225,6 +229,26 @@ def git_tree(rev: str, into: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         t.extractall(dest, filter="data")
     return dest
+
+
+def pair_latencies(gens: list[dict], offers: list[tuple[str, float]]) -> list[float]:
+    """Ping→offer latencies (ms): each generator's entry paired with the next
+    offer for that device that arrived after it."""
+    by_dev: dict[str, list[float]] = {}
+    for dev, t in offers:
+        by_dev.setdefault(dev, []).append(t)
+    lat = []
+    for g in gens:
+        cursor: dict[str, int] = {}
+        for dev, t in g["entries"]:
+            lst_t = by_dev.get(dev, [])
+            k = cursor.get(dev, 0)
+            while k < len(lst_t) and lst_t[k] < t:
+                k += 1
+            if k < len(lst_t):
+                lat.append((lst_t[k] - t) * 1000)
+                cursor[dev] = k + 1
+    return lat
 
 
 def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str, run: int) -> dict:
@@ -272,21 +296,7 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     lst.join()
     agent.send_signal(signal.SIGTERM)
     agent.wait(30)
-    # Latency: pair each entry with the next offer for that device.
-    by_dev: dict[str, list[float]] = {}
-    for dev, t in offers:
-        by_dev.setdefault(dev, []).append(t)
-    lat = []
-    for g in gens:
-        cursor: dict[str, int] = {}
-        for dev, t in g["entries"]:
-            lst_t = by_dev.get(dev, [])
-            k = cursor.get(dev, 0)
-            while k < len(lst_t) and lst_t[k] < t:
-                k += 1
-            if k < len(lst_t):
-                lat.append((lst_t[k] - t) * 1000)
-                cursor[dev] = k + 1
+    lat = pair_latencies(gens, offers)
     entries = sum(len(g["entries"]) for g in gens)
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     return {
