@@ -46,9 +46,26 @@ import threading
 import time
 from pathlib import Path
 
-from _common import RESULTS, free_port, machine, metric_total, scrape, start_agent, start_mosquitto, table, \
-    write_json  # noqa: E402
-from e2e import GRID, agent_cpu_s, offer_listener, pair_latencies, percentile, run_load, write_store  # noqa: E402
+from _common import (
+    RESULTS,
+    free_port,
+    machine,
+    metric_total,
+    scrape,
+    start_agent,
+    start_mosquitto,
+    table,
+    write_json,
+)
+from e2e import (
+    GRID,
+    agent_cpu_s,
+    offer_listener,
+    pair_latencies,
+    percentile,
+    run_load,
+    write_store,
+)
 
 TOKEN = "bench-till-token"
 STORE = "POS"
@@ -57,7 +74,7 @@ STORE = "POS"
 # -- making codes the way phones do
 
 
-def code_maker(port: int, store_id: str, n: int, rate: float, timeout: float, out: "mp.Queue") -> None:
+def code_maker(port: int, store_id: str, n: int, rate: float, timeout: float, out: mp.Queue) -> None:
     """``n`` fresh devices enter a fence each; every offer is applied; the codes come back."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
@@ -139,7 +156,7 @@ def plan_requests(codes: list[str], n: int, rate: float, again_share: float, unk
     return plan
 
 
-def till(http_port: int, plan: list[tuple[str, str]], rate: float, ready, go, out: "mp.Queue") -> None:
+def till(http_port: int, plan: list[tuple[str, str]], rate: float, ready, go, out: mp.Queue) -> None:
     """Send ``plan`` as ``POST /v1/pos/redeem`` at ``rate``/s, open loop; put the answers."""
     import asyncio
 
