@@ -60,7 +60,6 @@ from _common import (
 from e2e import (
     GRID,
     agent_cpu_s,
-    offer_listener,
     pair_latencies,
     percentile,
     run_load,
@@ -122,6 +121,55 @@ def code_maker(port: int, store_id: str, n: int, rate: float, timeout: float, ou
     c.loop_stop()
     c.disconnect()
     out.put({"codes": list(codes.values()), "offers": offered[0], "errors": errors, "seconds": took})
+
+
+# -- the offers, timed
+
+
+def offer_timer(port: int, store_id: str, ready, stop, out: mp.Queue) -> None:
+    """e2e's offer listener, also keeping each offer's ``ts`` (when the agent decided):
+    (device, arrival, ts)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[tuple[str, float, float | None]] = []
+
+    def on_message(cl, u, m):
+        arrival = time.time()
+        try:
+            ts = json.loads(m.payload).get("ts")
+        except ValueError:
+            ts = None
+        got.append((m.topic.rsplit("/", 1)[1], arrival, ts))
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"offers-{os.getpid()}")
+    c.on_message = on_message
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"store/{store_id}/offer/+", 1)
+    c.on_subscribe = lambda *a: ready.set()
+    c.on_socket_open = lambda cl, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    stop.wait()
+    c.loop_stop()
+    out.put(got)
+
+
+def histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str) -> dict:
+    """p50/p99 of a Prometheus histogram's growth between two scrapes, as the
+    upper bound of the bucket they fall in (seconds → ms)."""
+    prefix = name + '_bucket{le="'
+    rows = []
+    for k, v in after.items():
+        if k.startswith(prefix):
+            le = k[len(prefix):].split('"', 1)[0]
+            rows.append((float("inf") if le == "+Inf" else float(le), v - before.get(k, 0.0)))
+    rows.sort()
+    total = rows[-1][1] if rows else 0
+    out: dict = {"n": total}
+    for q in (50, 99):
+        bound = next((le for le, c in rows if total and c >= total * q / 100), None)
+        out[f"p{q}_ms_at_most"] = None if bound is None or bound == float("inf") else round(bound * 1000, 3)
+    return out
 
 
 # -- the till
@@ -211,7 +259,7 @@ def processed(http_port: int) -> float:
 def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args, plan) -> dict:
     q: mp.Queue = mp.Queue()
     ready, stop = mp.Event(), mp.Event()
-    lst = mp.Process(target=offer_listener, args=(port, STORE, ready, stop, q))
+    lst = mp.Process(target=offer_timer, args=(port, STORE, ready, stop, q))
     lst.start()
     ready.wait(10)
     till_proc = None
@@ -222,7 +270,8 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
         till_proc.start()
         if not t_ready.wait(30):
             raise RuntimeError("the till client did not start")
-    n0 = processed(http_port)
+    m0 = scrape(http_port)
+    n0 = metric_total(m0, "edge_pings_total")
     cpu0 = agent_cpu_s(agent_pid)
     # The agent's processed count, sampled during the load (as e2e does): when it caught up.
     samples: list[tuple[float, float]] = []
@@ -259,9 +308,14 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
     cpu1 = agent_cpu_s(agent_pid)
     time.sleep(0.3)  # the last offers on their way to the listener
     stop.set()
-    offers = q.get()
+    got = q.get()
     lst.join()
+    m1 = scrape(http_port)
+    offers = [(d, arrival) for d, arrival, _ in got]
     lat = pair_latencies(gens, offers)
+    # Where the time went: entry publish → the agent's decision (offer ts), and decision → arrival.
+    to_agent = pair_latencies(gens, [(d, ts) for d, _, ts in got if ts is not None])
+    to_listener = [(arrival - ts) * 1000 for _, arrival, ts in got if ts is not None]
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     row = {
         "phase": kind, "round": k,
@@ -270,6 +324,11 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
         "drain_s": round(drain, 2) if drain is not None else None,
         "entries": sum(len(g["entries"]) for g in gens), "offers": len(offers), "paired": len(lat),
         "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "p999_ms": percentile(lat, 99.9),
+        "split": {"entry_to_decision_p50_ms": percentile(to_agent, 50),
+                  "entry_to_decision_p99_ms": percentile(to_agent, 99),
+                  "decision_to_listener_p50_ms": percentile(to_listener, 50),
+                  "decision_to_listener_p99_ms": percentile(to_listener, 99),
+                  "agent_receipt_to_puback": histogram_quantiles(m0, m1, "edge_ping_to_offer_seconds")},
         "agent_cpu_s": cpu, "agent_cpu_us_per_ping": round(cpu / n * 1e6, 1) if cpu and n else None,
     }
     if answers is not None:
@@ -350,6 +409,11 @@ def main() -> int:
                   f"drain {row['drain_s']} s  offers {row['offers']}/{row['entries']}  ping→offer p50 "
                   f"{row['p50_ms'] or 0:.2f} ms p99 {row['p99_ms'] or 0:.2f} ms p99.9 {row['p999_ms'] or 0:.2f} ms"
                   f"{extra}", flush=True)
+            sp = row["split"]
+            print(f"    split: entry→decision p50 {sp['entry_to_decision_p50_ms'] or 0:.2f} p99 "
+                  f"{sp['entry_to_decision_p99_ms'] or 0:.2f} ms; decision→listener p50 "
+                  f"{sp['decision_to_listener_p50_ms'] or 0:.2f} p99 {sp['decision_to_listener_p99_ms'] or 0:.2f} ms; "
+                  f"agent receipt→PUBACK {sp['agent_receipt_to_puback']}", flush=True)
         series = scrape(http_port)
         redemptions = {k: v for k, v in series.items() if k.startswith("edge_redemptions_total{")}
     finally:
