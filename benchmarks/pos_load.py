@@ -270,6 +270,7 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
         till_proc.start()
         if not t_ready.wait(30):
             raise RuntimeError("the till client did not start")
+    load0 = os.getloadavg()[0]
     m0 = scrape(http_port)
     n0 = metric_total(m0, "edge_pings_total")
     cpu0 = agent_cpu_s(agent_pid)
@@ -316,9 +317,10 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
     # Where the time went: entry publish → the agent's decision (offer ts), and decision → arrival.
     to_agent = pair_latencies(gens, [(d, ts) for d, _, ts in got if ts is not None])
     to_listener = [(arrival - ts) * 1000 for _, arrival, ts in got if ts is not None]
+    load1 = os.getloadavg()[0]
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     row = {
-        "phase": kind, "round": k,
+        "phase": kind, "round": k, "loadavg_1m": [round(load0, 2), round(load1, 2)],
         "ping_rate": args.ping_rate, "achieved_ping_rate": round(published / max(g["seconds"] for g in gens)),
         "published": published, "agent_processed": n, "agent_loss": round(1 - n / published, 4),
         "drain_s": round(drain, 2) if drain is not None else None,
@@ -446,9 +448,9 @@ def main() -> int:
         },
     }
     print()
-    print(table(["phase", "pings/s", "loss", "drain s", "offers/entries", "p50 ms", "p99 ms", "p99.9 ms",
+    print(table(["phase", "load 1m", "pings/s", "loss", "drain s", "offers/entries", "p50 ms", "p99 ms", "p99.9 ms",
                  "agent CPU µs/ping"],
-                [[f"{r['phase']} ({r['round']})", r["achieved_ping_rate"], f"{r['agent_loss']:.2%}", r["drain_s"],
+                [[f"{r['phase']} ({r['round']})", "→".join(f"{x:.1f}" for x in r["loadavg_1m"]), r["achieved_ping_rate"], f"{r['agent_loss']:.2%}", r["drain_s"],
                   f"{r['offers']}/{r['entries']}", r["p50_ms"], r["p99_ms"], r["p999_ms"], r["agent_cpu_us_per_ping"]]
                  for r in rows]))
     for r in b_rows:
