@@ -244,7 +244,8 @@ def till(http_port: int, plan: list[tuple[str, str]], rate: float, ready, go, ou
                 tasks.append(asyncio.create_task(one(i, kind, code, scheduled)))
             sent_s = time.perf_counter() - start
             await asyncio.gather(*tasks)
-            return {"results": results, "sent_s": sent_s}
+            return {"results": results, "sent_s": sent_s, "answered_s": time.perf_counter() - start,
+                    "client_cpu_s": time.process_time()}
 
     out.put(asyncio.run(main()))
 
@@ -256,7 +257,7 @@ def processed(http_port: int) -> float:
     return metric_total(scrape(http_port), "edge_pings_total")
 
 
-def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args, plan) -> dict:
+def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args, plan, mosq_pid: int) -> dict:
     q: mp.Queue = mp.Queue()
     ready, stop = mp.Event(), mp.Event()
     lst = mp.Process(target=offer_timer, args=(port, STORE, ready, stop, q))
@@ -273,7 +274,7 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
     load0 = os.getloadavg()[0]
     m0 = scrape(http_port)
     n0 = metric_total(m0, "edge_pings_total")
-    cpu0 = agent_cpu_s(agent_pid)
+    cpu0, mcpu0 = agent_cpu_s(agent_pid), agent_cpu_s(mosq_pid)
     # The agent's processed count, sampled during the load (as e2e does): when it caught up.
     samples: list[tuple[float, float]] = []
     polling = threading.Event()
@@ -306,7 +307,7 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
     if till_proc is not None:
         answers = tq.get()
         till_proc.join()
-    cpu1 = agent_cpu_s(agent_pid)
+    cpu1, mcpu1 = agent_cpu_s(agent_pid), agent_cpu_s(mosq_pid)
     time.sleep(0.3)  # the last offers on their way to the listener
     stop.set()
     got = q.get()
@@ -331,6 +332,7 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
                   "decision_to_listener_p50_ms": percentile(to_listener, 50),
                   "decision_to_listener_p99_ms": percentile(to_listener, 99),
                   "agent_receipt_to_puback": histogram_quantiles(m0, m1, "edge_ping_to_offer_seconds")},
+        "mosquitto_cpu_s": mcpu1 - mcpu0 if mcpu0 is not None and mcpu1 is not None else None,
         "agent_cpu_s": cpu, "agent_cpu_us_per_ping": round(cpu / n * 1e6, 1) if cpu and n else None,
     }
     if answers is not None:
@@ -347,6 +349,8 @@ def summarise_till(answers: dict, rate: float) -> dict:
     lags = [r[5] for r in res]
     return {
         "requests": len(res), "rate": rate, "achieved_rate": round(len(res) / answers["sent_s"], 1),
+        # answers per second from the first request to the last answer: below the rate, a queue grew
+        "answered_rate": round(len(res) / answers["answered_s"], 1), "client_cpu_s": answers["client_cpu_s"],
         "p50_ms": percentile(all_ms, 50), "p99_ms": percentile(all_ms, 99), "max_ms": max(all_ms) if all_ms else None,
         "client_lag_p99_ms": percentile(lags, 99),
         "by_answer": [{"kind": kind, "status": status, "answer": what, "n": len(v),
@@ -402,7 +406,7 @@ def main() -> int:
             if kind == "b":
                 mine, codes = codes[:n_req], codes[n_req:]
                 plan = plan_requests(mine, n_req, args.rate, args.again_share, args.unknown_share, seed=15 + k)
-            row = run_phase(kind, k, port, http_port, agent.pid, args, plan)
+            row = run_phase(kind, k, port, http_port, agent.pid, args, plan, mosq.pid)
             rows.append(row)
             t = row.get("till")
             extra = (f"  till {t['requests']} req at {t['achieved_rate']}/s: p50 {t['p50_ms']:.2f} ms "
@@ -456,8 +460,9 @@ def main() -> int:
     for r in b_rows:
         t = r["till"]
         print(f"\ntill in phase b ({r['round']}): {t['requests']} requests at {t['achieved_rate']}/s, "
-              f"p50 {t['p50_ms']:.2f} ms, p99 {t['p99_ms']:.2f} ms, max {t['max_ms']:.1f} ms "
-              f"(client's own lag p99 {t['client_lag_p99_ms']:.2f} ms)")
+              f"p50 {t['p50_ms']:.2f} ms, p99 {t['p99_ms']:.2f} ms, max {t['max_ms']:.1f} ms; answered "
+              f"{t['answered_rate']}/s (client's own lag p99 {t['client_lag_p99_ms']:.2f} ms, "
+              f"client CPU {t['client_cpu_s']:.1f} s)")
         print(table(["kind", "status", "answer", "n", "p50 ms", "p99 ms", "max ms"],
                     [[g["kind"], g["status"], g["answer"], g["n"], g["p50_ms"], g["p99_ms"], g["max_ms"]]
                      for g in t["by_answer"]]))
