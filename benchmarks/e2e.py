@@ -138,7 +138,8 @@ def generator(port: int, store_id: str, rate: float, seconds: float, worker: int
     c.publish(f"store/{store_id}/gen-done", b"", qos=1).wait_for_publish(10)
     c.loop_stop()
     c.disconnect()
-    out.put({"worker": worker, "published": seq, "entries": entries, "seconds": sent_s, "end_wall": end_wall})
+    out.put({"worker": worker, "published": seq, "entries": entries, "seconds": sent_s, "end_wall": end_wall,
+             "cpu_s": time.process_time()})
 
 
 def offer_listener(port: int, store_id: str, ready, stop, out: "mp.Queue") -> None:

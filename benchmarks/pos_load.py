@@ -253,6 +253,10 @@ def till(http_port: int, plan: list[tuple[str, str]], rate: float, ready, go, ou
 # -- one phase
 
 
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2%}"
+
+
 def processed(http_port: int) -> float:
     return metric_total(scrape(http_port), "edge_pings_total")
 
@@ -264,7 +268,7 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
     lst.start()
     ready.wait(10)
     till_proc = None
-    if kind == "b":
+    if kind in ("b", "t"):
         tq: mp.Queue = mp.Queue()
         t_ready, go = mp.Event(), mp.Event()
         till_proc = mp.Process(target=till, args=(http_port, plan, args.rate, t_ready, go, tq))
@@ -291,10 +295,14 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
     poller.start()
     if till_proc is not None:
         go.set()
-    gens = run_load(port, STORE, args.ping_rate, args.seconds, args.workers, args.devices, args.entry_share,
-                    prefix=f"{kind}{k}")
-    published = sum(g["published"] for g in gens)
-    end_wall = max(g["end_wall"] for g in gens)
+    if kind == "t":  # the till alone: no pings
+        gens, published, end_wall = [{"published": 0, "entries": [], "seconds": 1.0}], 0, time.time()
+        answers = tq.get()
+    else:
+        gens = run_load(port, STORE, args.ping_rate, args.seconds, args.workers, args.devices, args.entry_share,
+                        prefix=f"{kind}{k}")
+        published = sum(g["published"] for g in gens)
+        end_wall = max(g["end_wall"] for g in gens)
     deadline = time.monotonic() + 15
     while (not samples or samples[-1][1] < published) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -303,9 +311,9 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
     n = samples[-1][1] if samples else 0.0
     done = [t for t, m in samples if m >= published]
     drain = max(0.0, done[0] - end_wall) if done else None
-    answers = None
-    if till_proc is not None:
+    if kind == "b":
         answers = tq.get()
+    if till_proc is not None:
         till_proc.join()
     cpu1, mcpu1 = agent_cpu_s(agent_pid), agent_cpu_s(mosq_pid)
     time.sleep(0.3)  # the last offers on their way to the listener
@@ -323,7 +331,7 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
     row = {
         "phase": kind, "round": k, "loadavg_1m": [round(load0, 2), round(load1, 2)],
         "ping_rate": args.ping_rate, "achieved_ping_rate": round(published / max(g["seconds"] for g in gens)),
-        "published": published, "agent_processed": n, "agent_loss": round(1 - n / published, 4),
+        "published": published, "agent_processed": n, "agent_loss": round(1 - n / published, 4) if published else None,
         "drain_s": round(drain, 2) if drain is not None else None,
         "entries": sum(len(g["entries"]) for g in gens), "offers": len(offers), "paired": len(lat),
         "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "p999_ms": percentile(lat, 99.9),
@@ -334,8 +342,9 @@ def run_phase(kind: str, k: int, port: int, http_port: int, agent_pid: int, args
                   "agent_receipt_to_puback": histogram_quantiles(m0, m1, "edge_ping_to_offer_seconds")},
         "mosquitto_cpu_s": mcpu1 - mcpu0 if mcpu0 is not None and mcpu1 is not None else None,
         "agent_cpu_s": cpu, "agent_cpu_us_per_ping": round(cpu / n * 1e6, 1) if cpu and n else None,
+        "load_generator_cpu_s": sum(g.get("cpu_s", 0.0) for g in gens),
     }
-    if answers is not None:
+    if till_proc is not None:
         row["till"] = summarise_till(answers, args.rate)
     return row
 
@@ -374,10 +383,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "pos_load.json"))
     args = ap.parse_args()
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    if not phases or any(p not in ("a", "b") for p in phases):
-        ap.error("--phases is a list of a and b")
+    if not phases or any(p not in ("a", "b", "t") for p in phases):
+        ap.error("--phases is a list of a, b and t")
     n_req = int(args.rate * args.seconds)
-    n_b = phases.count("b")
+    n_b = phases.count("b") + phases.count("t")
     n_codes = math.ceil(n_req * n_b * (1 - args.unknown_share) * 1.02) + 20 if n_b else 0
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="edge-pos-"))
@@ -403,7 +412,7 @@ def main() -> int:
             random.Random(1).shuffle(codes)
         for k, kind in enumerate(phases):
             plan = None
-            if kind == "b":
+            if kind in ("b", "t"):
                 mine, codes = codes[:n_req], codes[n_req:]
                 plan = plan_requests(mine, n_req, args.rate, args.again_share, args.unknown_share, seed=15 + k)
             row = run_phase(kind, k, port, http_port, agent.pid, args, plan, mosq.pid)
@@ -411,7 +420,7 @@ def main() -> int:
             t = row.get("till")
             extra = (f"  till {t['requests']} req at {t['achieved_rate']}/s: p50 {t['p50_ms']:.2f} ms "
                      f"p99 {t['p99_ms']:.2f} ms max {t['max_ms']:.1f} ms") if t else ""
-            print(f"phase {kind} ({k}): pings {row['achieved_ping_rate']}/s loss {row['agent_loss']:.2%} "
+            print(f"phase {kind} ({k}): pings {row['achieved_ping_rate']}/s loss {_pct(row['agent_loss'])} "
                   f"drain {row['drain_s']} s  offers {row['offers']}/{row['entries']}  ping→offer p50 "
                   f"{row['p50_ms'] or 0:.2f} ms p99 {row['p99_ms'] or 0:.2f} ms p99.9 {row['p999_ms'] or 0:.2f} ms"
                   f"{extra}", flush=True)
@@ -435,6 +444,7 @@ def main() -> int:
 
     a_p99 = [r["p99_ms"] for r in rows if r["phase"] == "a" and r["p99_ms"] is not None]
     b_rows = [r for r in rows if r["phase"] == "b"]
+    t_rows = [r for r in rows if r["phase"] == "t"]
     a_ref = sum(a_p99) / len(a_p99) if a_p99 else None
     ratios = [round(r["p99_ms"] / a_ref, 3) for r in b_rows if a_ref and r["p99_ms"] is not None]
     till_p99 = [r["till"]["p99_ms"] for r in b_rows]
@@ -453,13 +463,15 @@ def main() -> int:
     }
     print()
     print(table(["phase", "load 1m", "pings/s", "loss", "drain s", "offers/entries", "p50 ms", "p99 ms", "p99.9 ms",
-                 "agent CPU µs/ping"],
-                [[f"{r['phase']} ({r['round']})", "→".join(f"{x:.1f}" for x in r["loadavg_1m"]), r["achieved_ping_rate"], f"{r['agent_loss']:.2%}", r["drain_s"],
-                  f"{r['offers']}/{r['entries']}", r["p50_ms"], r["p99_ms"], r["p999_ms"], r["agent_cpu_us_per_ping"]]
+                 "agent CPU µs/ping", "cores: agent / Mosquitto / ping generators"],
+                [[f"{r['phase']} ({r['round']})", "→".join(f"{x:.1f}" for x in r["loadavg_1m"]), r["achieved_ping_rate"], _pct(r["agent_loss"]), r["drain_s"],
+                  f"{r['offers']}/{r['entries']}", r["p50_ms"], r["p99_ms"], r["p999_ms"], r["agent_cpu_us_per_ping"],
+                  " / ".join(f"{(x or 0) / args.seconds:.2f}" for x in (r["agent_cpu_s"], r["mosquitto_cpu_s"],
+                                                                       r["load_generator_cpu_s"]))]
                  for r in rows]))
-    for r in b_rows:
+    for r in [*t_rows, *b_rows]:
         t = r["till"]
-        print(f"\ntill in phase b ({r['round']}): {t['requests']} requests at {t['achieved_rate']}/s, "
+        print(f"\ntill in phase {r['phase']} ({r['round']}): {t['requests']} requests at {t['achieved_rate']}/s, "
               f"p50 {t['p50_ms']:.2f} ms, p99 {t['p99_ms']:.2f} ms, max {t['max_ms']:.1f} ms; answered "
               f"{t['answered_rate']}/s (client's own lag p99 {t['client_lag_p99_ms']:.2f} ms, "
               f"client CPU {t['client_cpu_s']:.1f} s)")
