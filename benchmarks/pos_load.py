@@ -18,14 +18,19 @@ agent, each phase of ``--phases`` (default ``a,b``):
   a dash, as tills do), except a small share (``--again-share``) that
   re-sends a code redeemed a second or more earlier (409
   ``already_redeemed``) and a share (``--unknown-share``) of codes that
-  never existed (404).
+  never existed (404);
+* ``t`` — the till alone, no pings (what the endpoint costs by itself).
 
-Reports the redeem latency p50/p99 by kind and answer status, and the
-ping→offer p99 of ``b`` over ``a``.  Targets (issue 15): redeem p99 < 20 ms,
-ratio ≤ 1.2.
+Reports the redeem latency p50/p99 by kind and answer status, the answered
+rate (below ``--rate``, a queue grew), the ping→offer p99 of ``b`` over the
+mean of the ``a`` phases, where the ping→offer time went (entry → the
+agent's decision, taken from the offer's ``ts``; decision → arrival), and the
+CPU the agent, Mosquitto, the ping generators and the till client used per
+phase.  Targets (issue 15): redeem p99 < 20 ms, ratio ≤ 1.2.
 
     python benchmarks/pos_load.py                              # 200 req/s, 5,000 pings/s, 30 s each
     python benchmarks/pos_load.py --seconds 15 --phases a,b,a  # shorter; a before and after
+    python benchmarks/pos_load.py --phases t,a,b,a             # also the till alone, first
 
 Prints the figures and writes benchmarks/results/pos_load.json.  Needs `mosquitto`.
 """
