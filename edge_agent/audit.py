@@ -14,6 +14,7 @@ import json
 import sqlite3
 import sys
 import tomllib
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -107,12 +108,9 @@ def run_audit(args: argparse.Namespace) -> int:
         since = parse_since(str(args.since), tz)
         if args.limit < 1:
             raise AuditError("--limit must be at least 1")
-        conn = open_readonly(data_dir / LEDGER_FILE)
-        try:
+        with closing(open_readonly(data_dir / LEDGER_FILE)) as conn:
             device = pseudonym_for(data_dir, args.device) if args.device else None
             rows = read_audit(conn, device=device, since=since, limit=args.limit)
-        finally:
-            conn.close()
     except (AuditError, sqlite3.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ import math
 import sqlite3
 import sys
 import time
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -179,11 +180,8 @@ def run_report(args: argparse.Namespace) -> int:
             promotions = load_store(args.config).promotions
         except (ConfigError, OSError):
             promotions = ()
-        conn = open_readonly(Path(data_dir) / LEDGER_FILE)
-        try:
+        with closing(open_readonly(Path(data_dir) / LEDGER_FILE)) as conn:
             report = build_report(conn, since=since, until=time.time(), tz=tz, promotions=promotions)
-        finally:
-            conn.close()
     except (AuditError, sqlite3.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
