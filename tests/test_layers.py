@@ -164,12 +164,12 @@ def test_no_import_circles_inside_a_package(pkg):
 
 def test_the_checker_sees_function_level_and_relative_imports():
     """The walk is only as good as what it finds: spot-check known edges."""
-    http = {t for t, _, _ in IMPORTS["edge_agent.http"]}
-    assert {"edge_agent.service", "edge_agent.sources", "edge_agent.http_base"} <= http
-    assert "edge_agent.sources.aruba" in {t for t, _, _ in IMPORTS["edge_agent.sources"]}
-    cli = {t for t, _, _ in IMPORTS["edge_agent.cli"]}  # all of them inside functions
-    assert {"edge_agent.runner", "edge_agent.simulate", "edge_agent.demo"} <= cli
-    assert ("edge_agent.service", True) in {(t, tc) for t, tc, _ in IMPORTS["edge_agent.http_base"]}
+    http = {t for t, _, _ in IMPORTS["edge_agent.http.app"]}
+    assert {"edge_agent.http.sources", "edge_agent.http.base"} <= http
+    assert "edge_agent.http.sources.aruba" in {t for t, _, _ in IMPORTS["edge_agent.http.sources"]}
+    cli = {t for t, _, _ in IMPORTS["edge_agent.commands.cli"]}  # all of them inside functions
+    assert {"edge_agent.runner", "edge_agent.commands.simulate", "edge_agent.commands.demo"} <= cli
+    assert "edge_agent.pipeline.core" in {t for t, _, _ in IMPORTS["edge_agent.pipeline"]}
 
 
 IO_MODULES = {"asyncio", "paho", "aiohttp", "sqlite3", "socket", "threading", "time", "datetime.now"}
@@ -208,5 +208,61 @@ def test_the_pipeline_core_does_no_io_and_reads_no_clock():
         todo += [t for t, tc, _ in IMPORTS[m] if not tc]
     bad = {m: sorted(_external(MODULES[m]) & IO_MODULES) for m in sorted(seen)}
     bad = {m: v for m, v in bad.items() if v}
-    assert "edge_agent.decisions" in seen and "geometry.tracking" in seen  # the walk did reach the core
+    assert "edge_agent.pipeline.decisions" in seen and "geometry.tracking" in seen  # the walk did reach the core
     assert not bad, f"the pipeline reaches I/O or the clock: {bad}"
+
+
+# -- the rooms of edge_agent (issue 26) ------------------------------------------
+
+# What each room may import of edge_agent besides itself.  A room is a package
+# (its docstring says what it owns); the shell is the few modules at the top.
+# Annotation-only imports (``if TYPE_CHECKING:``) count: a door is as wide as
+# what its annotations name.
+SHELL = {"edge_agent.service", "edge_agent.runner", "edge_agent.reload", "edge_agent.instance"}
+ROOM_DEPS: dict[str, set[str]] = {
+    "metrics": set(),  # the counters every room updates
+    "pipeline": {"metrics"},  # pure: decode, track, decide
+    "storage": {"metrics", "pipeline"},  # every table the agent owns
+    "transport": {"metrics", "pipeline", "storage"},  # MQTT, the embedded broker, the push webhook
+    "http": {"metrics", "pipeline", "storage", "transport"},  # the aiohttp app and every route
+    "shell": {"metrics", "pipeline", "storage", "transport", "http"},  # composes the rooms, runs them
+    "commands": {"metrics", "pipeline", "storage", "transport", "http", "shell"},  # the CLI on top
+}
+
+
+def _room(module: str) -> str | None:
+    if module in SHELL:
+        return "shell"
+    if module in ("edge_agent", "edge_agent.__main__"):
+        return "commands" if module.endswith("__main__") else None
+    parts = module.split(".")
+    return parts[1] if parts[0] == "edge_agent" and len(parts) > 1 else None
+
+
+def test_every_module_of_the_agent_is_in_a_room():
+    loose = [m for m in MODULES if _pkg(m) == "edge_agent" and m != "edge_agent" and _room(m) not in ROOM_DEPS]
+    assert not loose, f"modules outside every room (add them to one, or name a new room here): {loose}"
+
+
+def test_each_room_says_what_it_owns():
+    for room in ("pipeline", "storage", "transport", "http", "commands"):
+        doc = ast.get_docstring(ast.parse((ROOT / "edge_agent" / room / "__init__.py").read_text()))
+        assert doc and "import" in doc, f"edge_agent/{room}/__init__.py needs a docstring: what it owns, what it may import"
+
+
+def test_no_folder_holds_more_than_twelve_modules():
+    for pkg in PACKAGES:
+        for folder in [ROOT / pkg, *[p for p in (ROOT / pkg).rglob("*") if p.is_dir() and p.name != "__pycache__"]]:
+            mods = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
+            assert len(mods) <= 12, f"{folder.relative_to(ROOT)} holds {len(mods)} modules; split it into rooms"
+
+
+def _sizes(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            yield "class", node.name, node.end_lineno - node.lineno + 1, node.lineno
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield "function", node.name, node.end_lineno - node.lineno + 1, node.lineno
+
+

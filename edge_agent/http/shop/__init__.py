@@ -1,6 +1,6 @@
 """The store's own page for shoppers without an app (DESIGN.md, "Shoppers without our app").
 
-- ``GET /shop`` — the page (``edge_agent/static/shop.html``: plain HTML, CSS
+- ``GET /shop`` — the page (``edge_agent/http/static/shop.html``: plain HTML, CSS
   and JS in one file, nothing fetched from elsewhere); ``?zone=ID`` is a shelf
   QR check-in.
 - ``POST /v1/shop/session`` → ``{"device": "web-…", "token"}`` (:mod:`.sessions`).
@@ -34,18 +34,18 @@ from aiohttp import WSMsgType, web
 from shapely.geometry import MultiPolygon
 from shapely.ops import polylabel
 
-from ..codecs import Ping
-from ..http_base import close_socket
-from ..mqtt import Message
+from edge_agent.pipeline.codecs import Ping
+from edge_agent.http.base import close_socket
+from edge_agent.transport.mqtt import Message
 from .channel import ShopChannel
 from .qr import code_svg
 from .sessions import Sessions
 from .texts import texts
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..service import Agent
+    from edge_agent.service import Agent
 
-log = logging.getLogger("edge_agent.shop")
+log = logging.getLogger("edge_agent.http.shop")
 
 __all__ = ["setup", "CHANNEL", "ShopChannel", "Sessions", "checkin_point"]
 
@@ -236,7 +236,7 @@ def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
 def _page() -> str:
     from importlib.resources import files
 
-    return files("edge_agent").joinpath("static/shop.html").read_text(encoding="utf-8")
+    return files("edge_agent.http").joinpath("static/shop.html").read_text(encoding="utf-8")
 
 
 PAGE = _page()
