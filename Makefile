@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# parallel workers (pytest-xdist); the suite mostly waits on brokers and agents, so 4 on 2 cores
+PYTEST_ARGS ?= -n 4
 
 .PHONY: demo test mosquitto browser install clean docs
 

@@ -182,11 +182,12 @@ class Driver:
                 raise DriveError("the broker did not acknowledge the subscriptions")
 
     def close(self) -> None:
-        self.client.loop_stop()
+        # disconnect before loop_stop: it wakes the network thread (loop_stop alone waits out a 1 s select)
         try:
             self.client.disconnect()
         except Exception:  # noqa: BLE001 - best effort on the way out
             pass
+        self.client.loop_stop()
 
     # -- markers
     def _send_marker(self, k: int) -> None:

@@ -186,8 +186,10 @@ class TestClient:
         return json.loads((await self.next(flt, timeout)).payload)
 
     def close(self) -> None:
-        self.client.loop_stop()
+        # disconnect first: it wakes the network thread, which then ends at once; loop_stop
+        # first waits out the thread's select (up to 1 s per client)
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture

@@ -56,8 +56,10 @@ class CentralConsumer:
         await asyncio.wait_for(loop(), timeout)
 
     def close(self) -> None:
-        self.client.loop_stop()
+        # disconnect first: it wakes the network thread, which then ends at once; loop_stop
+        # first waits out the thread's select (up to 1 s per client)
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 async def test_mqtt_uplink_exactly_once_by_key_across_central_broker_restart(
