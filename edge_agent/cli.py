@@ -168,10 +168,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     Example: edge-agent simulate --config store.toml --crowd --shoppers 40 --duration 900 --out rush/
     """
     try:
-        from .simulate import run_simulate
-    except ImportError as exc:  # pragma: no cover - during development
-        print(f"simulator not available: {exc}", file=sys.stderr)
+        import matplotlib  # noqa: F401 - the map; an extra, so a gateway's install stays lean
+    except ImportError:
+        print("edge-agent simulate needs matplotlib for its map: pip install 'store-edge-agent[sim]' "
+              "(from a checkout: .venv/bin/pip install -e '.[sim]')", file=sys.stderr)
         return 2
+    from .simulate import run_simulate
+
     return run_simulate(_load(args.config), args)
 
 
