@@ -83,6 +83,7 @@ def place_labels(ax, fig, fences, texts: dict[str, tuple[str, str]], *, fontsize
     """Place one label per fence without overlaps.  ``texts``: fence id ->
     (full label, short label).  Returns ``{"boxes": {id: (x0, y0, x1, y1)
     in display pixels}, "hidden": [ids]}``."""
+    fig.canvas.draw()  # a renderer at the figure's dpi, as savefig draws (measuring before can use 72 dpi)
     renderer = fig.canvas.get_renderer()
     by_id = {f.id: f for f in fences}
     kids = {f.id: [o for o in fences if o.id != f.id and o.floor == f.floor and o.geometry.area < f.geometry.area
@@ -98,8 +99,9 @@ def place_labels(ax, fig, fences, texts: dict[str, tuple[str, str]], *, fontsize
             for (x, y) in spots:
                 t = ax.text(x, y, text, ha="center", va="center", fontsize=size, zorder=9,
                             bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
-                bb = t.get_window_extent(renderer).expanded(1.04, 1.08)
-                box = (bb.x0, bb.y0, bb.x1, bb.y1)
+                bb = t.get_window_extent(renderer)  # the text; its white box pads it by ~0.15 em
+                m = 0.3 * size * fig.dpi / 72
+                box = (bb.x0 - m, bb.y0 - m, bb.x1 + m, bb.y1 + m)
                 if not any(_boxes_overlap(box, b) for b in placed.values()):
                     placed[fid] = box
                     done = True
@@ -130,7 +132,7 @@ def render_map(cfg, space, shoppers, samples, report: dict, path: Path, *, fixes
         x0, y0, x1, y1 = min(x0, ox0), min(y0, oy0), max(x1, ox1), max(y1, oy1)
     pad = 1.0
     w, h = x1 - x0 + 2 * pad, y1 - y0 + 2 * pad
-    fig, (ax, hax) = plt.subplots(2, 1, figsize=(12, 2 * 12 * h / w + 2.4), dpi=110,
+    fig, (ax, hax) = plt.subplots(2, 1, figsize=(12, 2 * 8.5 * h / w + 2.4), dpi=110,
                                   gridspec_kw={"height_ratios": [1, 1]})
 
     def base(a, *, shelves_face="#bdbdbd"):
