@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from edge_agent.cli import main
+from edge_agent.commands.cli import main
 from store_config import sample_path
 
 

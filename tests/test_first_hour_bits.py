@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from edge_agent.shop.notes import checkin_note
+from edge_agent.http.shop.notes import checkin_note
 from store_config import load_store, sample_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_plotting_is_an_extra_that_make_installs():
 def test_simulate_without_matplotlib_says_what_to_install(monkeypatch, capsys):
     import sys
 
-    from edge_agent.cli import main
+    from edge_agent.commands.cli import main
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["simulate", "--config", str(sample_path()), "--out", "unused"]) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Iterable
 
-from ..decisions import in_window, promotion_matches
+from edge_agent.pipeline.decisions import in_window, promotion_matches
 
 __all__ = ["checkin_note"]
 
