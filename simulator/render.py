@@ -1,6 +1,12 @@
 """``map.png``: the layout with its fences, the sampled true paths, the
-fixes the technology reported, where the agent went wrong, and a dwell
-heatmap (matplotlib, Agg backend: no display needed).
+fixes the technology reported and where the agent went wrong; below it, in
+a panel of its own, the dwell heatmap (so it never muddies the fills)
+(matplotlib, Agg backend: no display needed).
+
+Labels are placed without collisions: the smaller (nested) fences first, at
+their centre; a department in the part of it its sections leave free; a
+label that does not fit tries other spots, then only the fence id, then a
+smaller font, and is left out (listed under the map) when nothing fits.
 
 Each fence is *filled* by the run's recall and *outlined* by its precision
 (green ≥ 90 %, orange ≥ 50 %, red below; unscored fences keep their kind's
@@ -41,11 +47,79 @@ def _rings(geom):
             yield np.asarray(hole.coords)
 
 
+def _boxes_overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _label_spots(f, children) -> list[tuple[float, float]]:
+    """Where a fence's label may go, best first: its centre (a circle's
+    centre); for a fence holding others, the part they leave free."""
+    import shapely
+
+    if f.circle is not None:
+        return [(f.circle[0], f.circle[1])]
+    g = f.geometry
+    spots = []
+    free = g.difference(shapely.union_all([c.geometry for c in children])) if children else g
+    parts = sorted(getattr(free, "geoms", [free]), key=lambda p: -p.area)
+    for part in parts[:4]:
+        if part.is_empty or part.area <= 0:
+            continue
+        rp = part.representative_point()
+        spots.append((rp.x, rp.y))
+        c = part.centroid
+        if part.contains(c):
+            spots.append((c.x, c.y))
+        x0, y0, x1, y1 = part.bounds
+        for fy in (0.8, 0.2, 0.5):
+            for fx in (0.5, 0.25, 0.75):
+                pt = shapely.Point(x0 + fx * (x1 - x0), y0 + fy * (y1 - y0))
+                if part.contains(pt):
+                    spots.append((pt.x, pt.y))
+    return spots
+
+
+def place_labels(ax, fig, fences, texts: dict[str, tuple[str, str]], *, fontsize: float = 7) -> dict:
+    """Place one label per fence without overlaps.  ``texts``: fence id ->
+    (full label, short label).  Returns ``{"boxes": {id: (x0, y0, x1, y1)
+    in display pixels}, "hidden": [ids]}``."""
+    fig.canvas.draw()  # a renderer at the figure's dpi, as savefig draws (measuring before can use 72 dpi)
+    renderer = fig.canvas.get_renderer()
+    by_id = {f.id: f for f in fences}
+    kids = {f.id: [o for o in fences if o.id != f.id and o.floor == f.floor and o.geometry.area < f.geometry.area
+                   and f.geometry.buffer(1e-6).covers(o.geometry)] for f in fences}
+    order = sorted(texts, key=lambda fid: (len(kids[fid]) > 0, by_id[fid].geometry.area, fid))
+    placed: dict[str, tuple] = {}
+    hidden = []
+    for fid in order:
+        full, short = texts[fid]
+        spots = _label_spots(by_id[fid], kids[fid])
+        done = False
+        for text, size in ((full, fontsize), (short, fontsize), (short, fontsize - 1.5)):
+            for (x, y) in spots:
+                t = ax.text(x, y, text, ha="center", va="center", fontsize=size, zorder=9,
+                            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+                bb = t.get_window_extent(renderer)  # the text; its white box pads it by ~0.15 em
+                m = 0.3 * size * fig.dpi / 72
+                box = (bb.x0 - m, bb.y0 - m, bb.x1 + m, bb.y1 + m)
+                if not any(_boxes_overlap(box, b) for b in placed.values()):
+                    placed[fid] = box
+                    done = True
+                    break
+                t.remove()
+            if done:
+                break
+        if not done:
+            hidden.append(fid)
+    return {"boxes": placed, "hidden": hidden}
+
+
 def render_map(cfg, space, shoppers, samples, report: dict, path: Path, *, fixes=(), misses=(),
-               false_entries=(), max_paths: int = 60) -> None:
+               false_entries=(), max_paths: int = 60) -> dict:
     """Draw the map.  ``fixes``: ``(shopper, t, x, y, acc)`` as reported;
     ``misses``: ``(shopper, zone, start, end)``; ``false_entries``:
-    ``(shopper, zone, ts)`` (see :func:`simulator.truth.score`)."""
+    ``(shopper, zone, ts)`` (see :func:`simulator.truth.score`).  Returns
+    where the labels went (:func:`place_labels`) and the heatmap's panel."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -58,21 +132,26 @@ def render_map(cfg, space, shoppers, samples, report: dict, path: Path, *, fixes
         x0, y0, x1, y1 = min(x0, ox0), min(y0, oy0), max(x1, ox1), max(y1, oy1)
     pad = 1.0
     w, h = x1 - x0 + 2 * pad, y1 - y0 + 2 * pad
-    fig, ax = plt.subplots(figsize=(12, 12 * h / w + 1.2), dpi=110)
-    ax.set_xlim(x0 - pad, x1 + pad)
-    ax.set_ylim(y0 - pad, y1 + pad)
-    ax.set_aspect("equal")
-    ax.set_facecolor("#f7f7f7")
+    fig, (ax, hax) = plt.subplots(2, 1, figsize=(12, 2 * 8.5 * h / w + 2.4), dpi=110,
+                                  gridspec_kw={"height_ratios": [1, 1]})
 
-    if cfg.outline is not None:
-        for ring in _rings(cfg.outline):
-            ax.add_patch(MplPolygon(ring, closed=True, facecolor="white", edgecolor="black", lw=2, zorder=1))
-    if not space.obstacles.is_empty:
-        for ring in _rings(space.obstacles):
-            ax.add_patch(MplPolygon(ring, closed=True, facecolor="#bdbdbd", edgecolor="#636363", lw=0.5,
-                                    zorder=2))
+    def base(a, *, shelves_face="#bdbdbd"):
+        a.set_xlim(x0 - pad, x1 + pad)
+        a.set_ylim(y0 - pad, y1 + pad)
+        a.set_aspect("equal")
+        a.set_facecolor("#f7f7f7")
+        if cfg.outline is not None:
+            for ring in _rings(cfg.outline):
+                a.add_patch(MplPolygon(ring, closed=True, facecolor="white", edgecolor="black", lw=2, zorder=1))
+        if not space.obstacles.is_empty:
+            for ring in _rings(space.obstacles):
+                a.add_patch(MplPolygon(ring, closed=True, facecolor=shelves_face, edgecolor="#636363", lw=0.5,
+                                       zorder=2))
 
-    # dwell heatmap: where shoppers spent their time (true path every second)
+    base(ax)
+    base(hax, shelves_face="#e0e0e0")
+
+    # the dwell heatmap, in its own panel: where shoppers spent their time (true path every second)
     pts = []
     for s in shoppers:
         ts = np.arange(s.arrive, s.leave, 1.0)
@@ -85,30 +164,36 @@ def render_map(cfg, space, shoppers, samples, report: dict, path: Path, *, fixes
         hist, xe, ye = np.histogram2d(allp[:, 0], allp[:, 1], bins=bins,
                                       range=[[x0 - pad, x1 + pad], [y0 - pad, y1 + pad]])
         hist = np.ma.masked_where(hist <= 0, hist)
-        im = ax.imshow(hist.T, origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), cmap="inferno_r",
-                       alpha=0.75, zorder=3, interpolation="nearest")
-        cb = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.035, pad=0.07, aspect=50)
+        im = hax.imshow(hist.T, origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), cmap="inferno_r",
+                        alpha=0.85, zorder=3, interpolation="nearest")
+        cb = fig.colorbar(im, ax=hax, orientation="horizontal", fraction=0.035, pad=0.08, aspect=50)
         cb.set_label("shopper-seconds per 0.5 m cell")
+    for f in cfg.fences:
+        if f.kind != "obstacle":
+            for ring in _rings(f.geometry):
+                hax.add_patch(MplPolygon(ring, closed=True, fill=False, edgecolor="#525252", lw=0.6, zorder=4))
+    hax.set_title("Where the simulated shoppers spent their time (dwell heatmap)", fontsize=10)
+    hax.set_xlabel("x (m)")
+    hax.set_ylabel("y (m)")
 
     zones = report.get("zones", {})
     flagged = set(report.get("lint_flagged", ()))
-    for f in sorted(cfg.fences, key=lambda f: (f.kind == "display", -f.geometry.area, f.id)):
-        if f.kind == "obstacle":
-            continue
+    fences = [f for f in cfg.fences if f.kind != "obstacle" and f.floor == space.floor]
+    texts: dict[str, tuple[str, str]] = {}
+    for f in sorted(fences, key=lambda f: (f.kind == "display", -f.geometry.area, f.id)):
         z = zones.get(f.id) or {}
         recall, precision = z.get("recall"), z.get("precision")
         face = _KIND_FACE.get(f.kind, "#d9d9d9") if recall is None else _score_colour(recall)
         edge = _score_colour(precision)
+        order = 2.5 + 0.01 * len(texts)  # larger (outer) fences first, so the nested ones sit on top
         for ring in _rings(f.geometry):
-            ax.add_patch(MplPolygon(ring, closed=True, facecolor=face, alpha=0.3, edgecolor="none", zorder=2.5))
+            ax.add_patch(MplPolygon(ring, closed=True, facecolor=face, alpha=0.45, edgecolor="none", zorder=order))
             ax.add_patch(MplPolygon(ring, closed=True, fill=False, edgecolor=edge, lw=2.5,
                                     hatch="//" if f.id in flagged else None, zorder=4))
-        c = f.geometry.representative_point() if f.circle is None else None
-        cx, cy = (f.circle[0], f.circle[1]) if f.circle is not None else (c.x, c.y)
-        label = f.id if recall is None else (
-            f"{f.id}\nR {recall:.0%} · P {'–' if precision is None else format(precision, '.0%')}")
-        ax.text(cx, cy, label, ha="center", va="center", fontsize=7, zorder=6,
-                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7))
+        verdict = z.get("verdict")
+        texts[f.id] = (f.id if recall is None else
+                       f"{f.id}\nR {recall:.0%} · P {'–' if precision is None else format(precision, '.0%')}"
+                       + (f" · {verdict}" if verdict else ""), f.id)
 
     # sampled true paths (the points the ground truth was taken at)
     by_shopper: dict[int, list] = {}
@@ -169,6 +254,12 @@ def render_map(cfg, space, shoppers, samples, report: dict, path: Path, *, fixes
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
     fig.tight_layout()
+    labels = place_labels(ax, fig, fences, texts)
+    if labels["hidden"]:
+        ax.annotate("no room for the label of: " + ", ".join(labels["hidden"]), (0, -0.06),
+                    xycoords="axes fraction", fontsize=7, va="top")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
+    images = {"map": len(ax.images), "heatmap": len(hax.images)}
     plt.close(fig)
+    return {**labels, "images": images}

@@ -8,63 +8,84 @@ wall-clock measurements (``nondeterministic`` in the report lists them).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
-from store_config.lint import TECH_ACCURACY, inscribed_radius
+from store_config.lint import TECH_ACCURACY, measured_verdict, needed_across, predictions
 
-__all__ = ["build_report", "write_report", "NONDETERMINISTIC", "lint_flagged", "advice", "compare"]
+__all__ = ["build_report", "write_report", "NONDETERMINISTIC", "lint_flagged", "advice", "compare", "verdicts"]
 
 NONDETERMINISTIC = ("latency_ms", "timing")
 LATENCY_BUDGET_MS = 200.0
-_FEATURE = re.compile(r'^feature "(.+)"$')
 
 
-def lint_flagged(problems) -> list[str]:
-    """Fence ids the fence-size lint said will not work (``will not work with ...``)."""
-    out = set()
-    for p in problems:
-        m = _FEATURE.match(p.where)
-        if m and p.field == "geometry" and p.message.startswith("will not work"):
-            out.add(m.group(1))
-    return sorted(out)
+def lint_flagged(cfg, tech: str) -> list[str]:
+    """Fence ids lint predicts will not work with ``tech`` (``marginal`` or ``fails``)."""
+    return sorted(fid for fid, p in predictions(cfg, tech).items() if p.verdict != "works")
 
 
 def _fmt(v: float) -> str:
     return f"{v:.1f}".rstrip("0").rstrip(".")
 
 
-def advice(cfg, zones: dict, flagged: list[str], tech: str) -> list[dict]:
-    """Which fences will fail with ``tech`` and what to change (deterministic)."""
+def _said(p) -> str:
+    """Lint's prediction in its own words."""
+    if p.at_once:
+        return "works (at once)"
+    if p.dwell_s is None:
+        return "fails (a single fix never fits and fusion is off)"
+    return f"{p.verdict} (~{_fmt(p.dwell_s)} s of dwell)"
+
+
+def verdicts(cfg, zones: dict, tech: str) -> dict[str, dict]:
+    """Per zone: lint's ``predicted`` verdict, the ``measured`` one (from
+    recall; None without visits) and the ``verdict`` (measured when there is
+    one, else predicted), in the words of :mod:`store_config.lint`."""
+    preds = predictions(cfg, tech)
+    out = {}
+    for zid, z in zones.items():
+        p = preds.get(zid)
+        if p is None:
+            continue
+        measured = measured_verdict(z.get("recall"))
+        out[zid] = {"predicted": p.verdict, "measured": measured, "verdict": measured or p.verdict}
+    return out
+
+
+def advice(cfg, zones: dict, tech: str) -> list[dict]:
+    """What to change, zone by zone (deterministic).  Its verdicts are
+    :func:`verdicts`' (so they agree with the measured recall), its sizes
+    :func:`store_config.lint.needed_across`'s (so they agree with lint)."""
     out = []
     acc = TECH_ACCURACY[tech]
-    better = [t for t in ("uwb", "ble", "wifi") if TECH_ACCURACY[t] < acc]
+    need = needed_across(cfg, tech)
+    preds = predictions(cfg, tech)
+    others = {t: predictions(cfg, t) for t in ("uwb", "ble", "wifi") if TECH_ACCURACY[t] < acc}
+    verdict_of = verdicts(cfg, zones, tech)
     for zid, z in zones.items():
         fence = cfg.fence(zid)
-        if fence is None or fence.kind == "staff_only":
+        if fence is None or fence.kind == "staff_only" or zid not in preds:
             continue
-        across = 2 * inscribed_radius(fence)
-        fits = [t for t in better if inscribed_radius(fence) >= TECH_ACCURACY[t]]
+        p, v = preds[zid], verdict_of[zid]
+        across = 2 * p.r
+        fits = [t for t, ps in others.items() if ps[zid].verdict == "works"]
         alt = f", or position with {'/'.join(fits)}" if fits else ""
         recall, precision = z["recall"], z["precision"]
-        if zid in flagged and (recall is None or recall < 0.8):
-            seen = "no visits to score" if recall is None else f"recall {recall:.0%} over {z['visits']} visits"
-            out.append({"zone": zid, "verdict": "will fail", "text": (
-                f"{zid} will fail with {tech} ({seen}): its largest inscribed circle is {_fmt(across)} m "
-                f"across, but a {tech} fix is only good to ~{_fmt(acc)} m, so its accuracy circle never fits "
-                f"inside; enlarge it to at least {_fmt(2 * acc)} m across{alt}")})
-        elif recall is not None and recall < 0.8:
-            out.append({"zone": zid, "verdict": "fails", "text": (
-                f"{zid} missed {z['visits'] - z['detected']} of {z['visits']} visits with {tech} "
-                f"(recall {recall:.0%}) although its size suits {tech}: noise or dropouts; widen it, or "
-                f"use a more precise technology{alt}")})
-        elif zid in flagged and recall is not None:
-            out.append({"zone": zid, "verdict": "marginal", "text": (
-                f"{zid} is smaller than {tech}'s typical accuracy but was still detected (recall "
-                f"{recall:.0%}), by sustained evidence or luck: expect it to be unreliable in real stores; "
-                f"enlarge it to at least {_fmt(2 * acc)} m across{alt}")})
+        seen = ("no visits to score" if recall is None
+                else f"recall {recall:.0%} over {z['visits']} visits")
+        agree = (f"as lint predicted: {_said(p)}" if v["predicted"] == v["verdict"]
+                 else f"lint predicted {_said(p)}")
+        if v["verdict"] != "works":
+            fix = (f"enlarge it to at least {_fmt(need)} m across (now {_fmt(across)} m){alt}" if across < need
+                   else f"its size suits {tech}, so noise, dropouts or short stays: widen it{alt or ', or use a more precise technology'}")
+            out.append({"zone": zid, "verdict": v["verdict"], "text": (
+                f"{zid} {v['verdict']} with {tech} ({seen}; {agree}): {fix}")})
+        elif v["predicted"] != "works":
+            out.append({"zone": zid, "verdict": "works", "text": (
+                f"{zid} works with {tech} in this run ({seen}) although lint predicted {_said(p)}: the simulated "
+                f"shoppers stayed long enough; real ones may not (at least {_fmt(need)} m across, now "
+                f"{_fmt(across)} m, to count on it{alt})")})
         if precision is not None and precision < 0.8:
             out.append({"zone": zid, "verdict": "false entries", "text": (
                 f"{zid} had {z['false_enters']} false entries of {z['enters']} (precision {precision:.0%}): "
@@ -113,7 +134,9 @@ def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, m
                  visits, sim_start: str, device_count: int, broker: str = "external",
                  tracker: str = "fused", baseline: dict | None = None, misses=(), false_entries=(),
                  floor: dict | None = None) -> dict:
-    flagged = lint_flagged(problems)
+    flagged = lint_flagged(cfg, tech)
+    verdict_of = verdicts(cfg, zones, tech)
+    zones = {zid: {**z, **verdict_of.get(zid, {})} for zid, z in zones.items()}
     real = sum(z["visits"] for z in zones.values())
     offers = len(collected.offers)
     dl = dict(sorted(collected.deadletters.items()))
@@ -143,7 +166,7 @@ def build_report(*, cfg, tech: str, seed: int, shoppers: int, duration: float, m
         },
         "lint": [str(p) for p in problems],
         "lint_flagged": flagged,
-        "advice": advice(cfg, zones, flagged, tech),
+        "advice": advice(cfg, zones, tech),
         "mistakes": {
             "misses": [{"shopper": sh, "zone": z, "start": round(a, 3), "end": round(b, 3)}
                        for sh, z, a, b in misses],
@@ -268,18 +291,21 @@ def markdown(report: dict) -> str:
         "",
         "## Zones",
         "",
-        "| zone | kind | visits | grazes | recall | precision | delay p50 (s) | stays | recall (stays) | enters | "
-        "false | offers/visit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| zone | kind | verdict | lint said | visits | grazes | recall | precision | delay p50 (s) | stays | "
+        "recall (stays) | enters | false | offers/visit |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for zid, z in r["zones"].items():
         flag = " ⚠" if zid in r["lint_flagged"] else ""
-        lines.append(f"| {zid}{flag} | {z['kind']} | {z['visits']} | {z['grazes']} | {_cell(z['recall'], True)} | "
+        lines.append(f"| {zid}{flag} | {z['kind']} | {z.get('verdict', '–')} | {z.get('predicted', '–')} | "
+                     f"{z['visits']} | {z['grazes']} | {_cell(z['recall'], True)} | "
                      f"{_cell(z['precision'], True)} | {_cell(z['detection_delay_s'])} | {z['stays']} | "
                      f"{_cell(z['recall_stays'], True)} | {z['enters']} | "
                      f"{z['false_enters']} | {_cell(z['offers_per_visit'])} |")
     lat = r["latency_ms"]
-    lines += ["", "⚠ = lint said before the run that it will not work with this technology."]
+    lines += ["", "*verdict*: works (recall ≥ 80 %), marginal (≥ 50 %), fails (below), from this run's recall; "
+              "without visits, lint's prediction (*lint said*, from `edge-agent check --tech`). "
+              "⚠ = lint said before the run that it is marginal or fails with this technology."]
     if "floor" in r:
         lines += _floor_md(r["floor"])
     if "compare" in r:

@@ -9,6 +9,7 @@ over a file reports every problem in it.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import re
@@ -19,6 +20,33 @@ from .model import ConfigError, Problem
 
 ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _MISSING = object()
+
+# Spellings difflib cannot match but people write: the key they mean.
+SYNONYMS = {"lng": "lon", "long": "lon", "longitude": "lon", "latitude": "lat", "zone": "zones",
+            "category": "categories", "sku": "skus", "segment": "segments", "type": "kind"}
+
+
+def suggest(key: str, known) -> str | None:
+    """The known key nearest to ``key`` (a typo, a synonym, another case), or None."""
+    known = sorted(known)
+    if not known:
+        return None
+    low = {k.lower(): k for k in known}
+    if key.lower() in low:
+        return low[key.lower()]
+    syn = SYNONYMS.get(key.lower())
+    if syn in known:
+        return syn
+    near = difflib.get_close_matches(key.lower(), list(low), n=1, cutoff=0.6)
+    return low[near[0]] if near else None
+
+
+def unknown_key_message(key: str, known, what: str = "key") -> str:
+    """``unknown key; did you mean `zones`?`` or ``unknown key (known: a, b, c)``."""
+    near = suggest(key, known)
+    if near is not None:
+        return f"unknown {what}; did you mean `{near}`?"
+    return f"unknown {what} (known: {', '.join(sorted(known))})"
 
 
 def raise_if(problems: list[Problem]) -> None:
@@ -174,7 +202,15 @@ class Collector:
             return ()
         return tuple(v)
 
-    def unknown_keys(self, obj: dict, known: set[str] | frozenset[str], where: str) -> None:
+    def unknown_keys(self, obj: dict, known: set[str] | frozenset[str], where: str, *,
+                     strict: bool = True) -> None:
+        """An unknown key is an error naming the nearest known key (``strict``;
+        a typo such as ``zone`` for ``zones`` would silently disable what it
+        configures), else a warning (a bundle from a newer central)."""
         for k in obj:
             if k not in known:
-                self.warn(where, k, "unknown key (ignored)")
+                msg = unknown_key_message(str(k), known)
+                if strict:
+                    self.err(where, str(k), msg)
+                else:
+                    self.warn(where, str(k), msg + " (ignored)")

@@ -72,6 +72,12 @@ def _coords_ok(coords: Any, depth: int) -> bool:
     return all(_coords_ok(c, depth - 1) for c in coords)
 
 
+# Every feature property the loader reads (fences, beacons, the outline).
+FEATURE_KEYS = frozenset({
+    "id", "name", "kind", "floor", "category", "skus", "dwell_s", "assist", "capacity", "queue_alert_at",
+    "queue_wait_s", "radius_m", "outline", "beacon_id", "tx_power",
+})
+
 _DEPTH = {"Point": 0, "Polygon": 2, "MultiPolygon": 3}
 _DEFERRED = object()
 
@@ -405,7 +411,8 @@ def _assemble(c: Collector, parsed: list[dict]) -> tuple[list[Fence], list[Beaco
     return fences, beacons, outlines
 
 
-def parse_layout(obj: Any, *, file: str, anchor: Anchor):
+def parse_layout(obj: Any, *, file: str, anchor: Anchor, strict: bool = True,
+                 warnings: list | None = None):
     """Parse a GeoJSON FeatureCollection into ``(fences, beacons, outline)``.
 
     A top-level ``"frame": "local"`` means coordinates are local metres;
@@ -413,6 +420,10 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
     :class:`geometry.frames.LocalFrame` on the anchor (all coordinates in one
     vectorised call).  ``outline`` is the union of the features with
     ``kind: "outline"`` or ``outline: true`` (None when there are none).
+    An unknown property is an error naming the nearest known one (``knd``
+    would make the feature an ``other`` fence without a word); a warning
+    with ``strict=False`` (a bundle from central).  Warnings go to ``warnings``
+    when given.
     Raises :class:`ConfigError` listing every problem.
     """
     c = Collector(file)
@@ -449,6 +460,7 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
         if not isinstance(props, dict):
             c.err(where, "properties", f"must be an object, not {type_name(props)}")
             continue
+        c.unknown_keys(props, FEATURE_KEYS, where, strict=strict)
         geom_obj = feat.get("geometry")
         gtype = geom_obj.get("type") if isinstance(geom_obj, dict) else None
         kind = props.get("kind", "other")
@@ -481,6 +493,8 @@ def parse_layout(obj: Any, *, file: str, anchor: Anchor):
     if with_geom:
         _place(c, with_geom, anchor, local)
     fences, beacons, outlines = _assemble(c, parsed)
+    if warnings is not None:
+        warnings.extend(c.warnings)
     raise_if(c.problems)
     outline = None
     if outlines:

@@ -16,9 +16,13 @@ _PROFILE_KEYS = frozenset({"device", "loyalty_id", "consent", "segments", "loyal
 _CONSENT_KEYS = frozenset({"offers", "tracking", "name_to_staff"})
 
 
-def parse_profiles(obj: Any, *, file: str, warnings: list[Problem] | None = None) -> dict[str, Profile]:
+def parse_profiles(obj: Any, *, file: str, warnings: list[Problem] | None = None,
+                   strict: bool = True) -> dict[str, Profile]:
     """Parse a list of profile objects into ``{device: Profile}``.  Missing
-    consent keys default to offers=True, tracking=True, name_to_staff=False."""
+    consent keys default to offers=True, tracking=True, name_to_staff=False.
+    An unknown key is an error naming the nearest known one (``consnet``
+    would otherwise leave consent at its default); a warning with
+    ``strict=False`` (a bundle from central)."""
     c = Collector(file)
     if not isinstance(obj, list):
         c.err("profiles", "", f"must be a list of profile objects, not {type_name(obj)}")
@@ -31,7 +35,7 @@ def parse_profiles(obj: Any, *, file: str, warnings: list[Problem] | None = None
             c.err(where, "", f"must be an object, not {type_name(p)}")
             continue
         n_before = len(c.problems)
-        c.unknown_keys(p, _PROFILE_KEYS, where)
+        c.unknown_keys(p, _PROFILE_KEYS, where, strict=strict)
         device = c.string(p, "device", where, required=True, nonempty=True)
         if device is not None:
             if any(ch in device for ch in "/+#") or any(ch.isspace() for ch in device):
@@ -47,7 +51,7 @@ def parse_profiles(obj: Any, *, file: str, warnings: list[Problem] | None = None
             if not isinstance(raw, dict):
                 c.err(where, "consent", f"must be an object {{offers, tracking, name_to_staff}}, not {type_name(raw)}")
             else:
-                c.unknown_keys(raw, _CONSENT_KEYS, where)
+                c.unknown_keys(raw, _CONSENT_KEYS, where, strict=strict)
                 consent = Consent(
                     offers=c.boolean(raw, "offers", where, default=True),
                     tracking=c.boolean(raw, "tracking", where, default=True),

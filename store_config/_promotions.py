@@ -12,7 +12,7 @@ from ._checks import Collector, check_timezone, raise_if, type_name, where_obj
 from ._checks import ID_RE
 from .model import Fence, Problem, Promotion, Variant
 
-__all__ = ["parse_promotions", "parse_hours", "cross_check", "cross_check_raw"]
+__all__ = ["parse_promotions", "parse_hours", "cross_check", "cross_check_raw", "never_matching"]
 
 
 _PROMO_KEYS = frozenset({
@@ -24,7 +24,8 @@ _PROMO_KEYS = frozenset({
 _VARIANT_KEYS = frozenset({"id", "title", "message", "weight"})
 
 
-def _parse_variants(c: Collector, p: dict, where: str, title: str | None, message: str) -> tuple[Variant, ...]:
+def _parse_variants(c: Collector, p: dict, where: str, title: str | None, message: str,
+                    strict: bool = True) -> tuple[Variant, ...]:
     """``variants``: ``[{"id", "title", "message", "weight"}, ...]``; a variant
     without ``title`` / ``message`` takes the promotion's."""
     raw = p.get("variants")
@@ -39,7 +40,7 @@ def _parse_variants(c: Collector, p: dict, where: str, title: str | None, messag
         if not isinstance(v, dict):
             c.err(vw, "", f"must be an object, not {type_name(v)}")
             continue
-        c.unknown_keys(v, _VARIANT_KEYS, vw)
+        c.unknown_keys(v, _VARIANT_KEYS, vw, strict=strict)
         vid = c.string(v, "id", vw, required=True, nonempty=True)
         if vid is not None and (not ID_RE.fullmatch(vid) or vid == "-"):
             c.err(vw, "id", f"{vid!r} may only contain letters, digits, '.', '_' and '-' (and is not '-')")
@@ -105,13 +106,15 @@ def _parse_dt(value: Any, tz: ZoneInfo | None) -> tuple[datetime | None, str | N
 
 
 def parse_promotions(obj: Any, *, file: str, timezone: str,
-                     warnings: list[Problem] | None = None) -> tuple[Promotion, ...]:
+                     warnings: list[Problem] | None = None, strict: bool = True) -> tuple[Promotion, ...]:
     """Parse a list of promotion objects.
 
     ``starts``/``ends`` without an offset are store-local time (``timezone``
     attached).  ``hours`` windows are described in :func:`parse_hours`.
-    Unknown keys are reported as warnings in ``warnings`` when given (a typo
-    such as ``segmnets`` would otherwise silently widen the audience).
+    An unknown key is an error naming the nearest known one (a typo such as
+    ``segmnets`` would silently widen the audience, ``zone`` disable the
+    promotion); with ``strict=False`` (a bundle from central) it is a warning
+    in ``warnings``.  (Whether it can match a fence is :func:`never_matching`'s.)
     """
     c = Collector(file)
     tz_err = check_timezone(timezone)
@@ -131,7 +134,7 @@ def parse_promotions(obj: Any, *, file: str, timezone: str,
             c.err(where, "", f"must be an object, not {type_name(p)}")
             continue
         n_before = len(c.problems)
-        c.unknown_keys(p, _PROMO_KEYS, where)
+        c.unknown_keys(p, _PROMO_KEYS, where, strict=strict)
         pid = c.string(p, "id", where, required=True, nonempty=True)
         if pid is not None:
             if pid in seen:
@@ -170,7 +173,7 @@ def parse_promotions(obj: Any, *, file: str, timezone: str,
         holdout_pct = c.number(p, "holdout_pct", where, default=0.0, minimum=0, maximum=100)
         associate_alert = c.boolean(p, "associate_alert", where)
         vip_only = c.boolean(p, "vip_only", where)
-        variants = _parse_variants(c, p, where, title, message)
+        variants = _parse_variants(c, p, where, title, message, strict)
         max_offers = c.integer(p, "max_offers", where, default=None, minimum=0)
         max_redemptions = c.integer(p, "max_redemptions", where, default=None, minimum=0)
         paused = c.boolean(p, "paused", where)
@@ -227,3 +230,40 @@ def _cross_check_ids(ids: set[str], promotions: Iterable[Promotion], *, file: st
                                     f"unknown fence id {p.alternative_zone!r}"))
     return problems
 
+
+def _matches(fence: Fence, p: Promotion) -> bool:
+    """The contract's matching rule: zone id, or category, or any sku."""
+    return (fence.id in p.zones or (fence.category is not None and fence.category in p.categories)
+            or any(s in p.skus for s in fence.skus))
+
+
+def never_matching(fences: Iterable[Fence], promotions: Iterable[Promotion], *, file: str) -> list[Problem]:
+    """Errors for promotions that can never be offered on this layout: they
+    name no zones, categories or skus, match no fence (by zone, category or sku), or they fire on ``dwell`` and
+    none of the fences they match has a ``dwell_s``.  (Unknown zone ids are
+    :func:`cross_check`'s.)"""
+    fences = [f for f in fences if f.kind != "obstacle"]
+    problems = []
+    for p in promotions:
+        where = f'promotion "{p.id}"'
+        if not (p.zones or p.categories or p.skus):
+            problems.append(Problem(file, where, "zones", "names no zones, categories or skus, so it can never "
+                                                          "match a fence and is never offered"))
+            continue
+        matched = [f for f in fences if _matches(f, p)]
+        if not matched:
+            if p.zones:
+                continue  # unknown zone ids: cross_check names them
+            bits = []
+            if p.categories:
+                bits.append(f"categories {', '.join(p.categories)}")
+            if p.skus:
+                bits.append(f"skus {', '.join(p.skus)}")
+            problems.append(Problem(file, where, "categories" if p.categories else "skus",
+                                    f"matches no fence (no fence carries {' or '.join(bits)}), so it can "
+                                    "never be offered"))
+        elif p.trigger == "dwell" and all(f.dwell_s is None for f in matched):
+            problems.append(Problem(file, where, "trigger",
+                                    f"is a dwell promotion but none of its fences ({', '.join(f.id for f in matched)}) "
+                                    "has dwell_s, so no dwell event fires and it can never be offered"))
+    return problems

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable
 
-from ._checks import ID_RE, Collector, type_name
+from ._checks import ID_RE, Collector, type_name, unknown_key_message
 from .model import (
     DEFAULT_ACC,
     SOURCES,
@@ -130,9 +130,11 @@ def _listen(c: Collector, value: str | None) -> str:
 
 
 def warn_unknown_sections(c: Collector, doc: dict) -> None:
+    """An unknown section is an error naming the nearest known one (``[trackng]``
+    would otherwise leave every tracking default in place without a word)."""
     for name in doc:
         if name not in SECTIONS:
-            c.warn(f"[{name}]", "", "unknown section (ignored)")
+            c.err(f"[{name}]", "", unknown_key_message(name, SECTIONS, "section"))
 
 
 def parse_mqtt(c: Collector, doc: dict, base: Path) -> MqttConfig:
@@ -211,7 +213,8 @@ def parse_tracking(c: Collector, doc: dict) -> TrackingConfig:
     else:
         for src in dacc:
             if src not in SOURCES:
-                c.warn("[tracking.default_acc]", src, f"unknown source (known: {', '.join(SOURCES)})")
+                c.err("[tracking.default_acc]", src, unknown_key_message(src, SOURCES, "source"))
+                continue
             v = c.number(dacc, src, "[tracking.default_acc]", default=None, positive=True)
             if v is not None:
                 acc[src] = v

@@ -16,8 +16,15 @@ model of the trackers (``[tracking]``):
   grown over the obstacles beside it (shelves:
   :func:`geometry.space.evidence_shapes`, as the tracker judges).  Measured
   on the sample store (README, "Which positioning works for which zones")
-  the model is right to within a factor of two.  Past :data:`MAX_DWELL_S` seconds the fence will not
-  work: few shoppers stand still that long.
+  the model is right to within a factor of two.
+
+The verdict (:func:`verdict`), the same three words everywhere (lint, the
+simulator's advice and its map): ``works`` (at once, or within
+:data:`WORKS_DWELL_S` of dwell), ``marginal`` (within :data:`MAX_DWELL_S`:
+longer than many shoppers stay) and ``fails`` (longer, or never).
+:func:`needed_across` is the one place that says how wide a fence must be
+for a technology to work; :func:`measured_verdict` turns a simulated
+recall into the same words.
 
 Pure: no clock reads.
 """
@@ -33,8 +40,9 @@ import shapely
 
 from .model import Fence, Problem, Promotion, StoreConfig
 
-__all__ = ["lint", "TECH_ACCURACY", "TECH_INTERVAL_S", "MAX_DWELL_S", "Prediction", "predict", "inscribed_radius",
-           "matching_fences"]
+__all__ = ["lint", "TECH_ACCURACY", "TECH_INTERVAL_S", "WORKS_DWELL_S", "MAX_DWELL_S", "Prediction", "predict",
+           "inscribed_radius", "matching_fences", "needed_across", "verdict", "measured_verdict", "predictions",
+           "VERDICTS"]
 
 # Typical horizontal accuracy (metres, 1-sigma-ish radius) of each
 # positioning technology the simulator models.  `exact` is the simulator's
@@ -44,8 +52,16 @@ TECH_ACCURACY = {"exact": 0.1, "uwb": 0.3, "ble": 3.0, "wifi": 8.0, "html5": 25.
 # Typical seconds between two fixes of one device (what the simulator models).
 TECH_INTERVAL_S = {"exact": 1.0, "uwb": 0.5, "ble": 1.5, "wifi": 10.0, "html5": 3.0}
 
-# Seconds of dwell past which a fence "will not work" with a technology.
+# Seconds of dwell up to which a fence "works" with a technology, and past
+# which it "fails" (between the two: "marginal", longer than many shoppers stay).
+WORKS_DWELL_S = 30.0
 MAX_DWELL_S = 60.0
+
+VERDICTS = ("works", "marginal", "fails")
+
+# Measured recall at or above which a fence works / is marginal (the simulator).
+RECALL_WORKS = 0.8
+RECALL_MARGINAL = 0.5
 
 # Intersections smaller than this (m²) are touching edges, not overlaps.
 _AREA_EPS = 1e-6
@@ -106,6 +122,25 @@ class Prediction:
     r: float
     d: float
 
+    @property
+    def verdict(self) -> str:
+        """``works``, ``marginal`` or ``fails`` (see the module docstring)."""
+        if self.at_once or (self.dwell_s is not None and self.dwell_s <= WORKS_DWELL_S):
+            return "works"
+        return "marginal" if self.works else "fails"
+
+
+def verdict(p: Prediction) -> str:
+    return p.verdict
+
+
+def measured_verdict(recall: float | None) -> str | None:
+    """The verdict a simulated run measured: recall ≥ 80 % works, ≥ 50 %
+    marginal, below fails; None when the zone had no visits."""
+    if recall is None:
+        return None
+    return "works" if recall >= RECALL_WORKS else "marginal" if recall >= RECALL_MARGINAL else "fails"
+
 
 def _grown_radii(cfg: StoreConfig) -> dict[str, float]:
     """Inscribed radius of each fence grown over the obstacles beside it."""
@@ -147,22 +182,35 @@ def predict(cfg: StoreConfig, fence: Fence, tech: str, *, grown_r: float | None 
     return Prediction(tech, False, n, dwell, dwell <= MAX_DWELL_S, r, d)
 
 
-def _needed_across(cfg: StoreConfig, tech: str) -> float:
-    """Fence width (4 d) at which the fused tracker needs MAX_DWELL_S of dwell."""
+def needed_across(cfg: StoreConfig, tech: str) -> float:
+    """How wide (metres, twice the inscribed radius) a fence must be for
+    ``tech`` to work: a single fix fits (``2 × accuracy``), or the fused
+    tracker is sure within :data:`WORKS_DWELL_S` of dwell (``d`` = a quarter
+    of the width, so ``4 z σ / √N`` with ``N`` the fixes in that time).  The
+    one place lint, the simulator's advice and its map take the size from."""
     t = cfg.tracking
+    single = 2 * TECH_ACCURACY[tech]
     if not t.fusion:
-        return 2 * TECH_ACCURACY[tech]
-    n = max(1.0, math.floor(MAX_DWELL_S / TECH_INTERVAL_S[tech]))
-    return min(2 * TECH_ACCURACY[tech], 4 * NormalDist().inv_cdf(t.confidence) * TECH_ACCURACY[tech]
-               / t.acc_sigmas / math.sqrt(n))
+        return single
+    n = max(1.0, math.floor(WORKS_DWELL_S / TECH_INTERVAL_S[tech]))
+    fused = 4 * NormalDist().inv_cdf(t.confidence) * TECH_ACCURACY[tech] / t.acc_sigmas / math.sqrt(n)
+    return min(single, fused)
+
+
+def predictions(cfg: StoreConfig, tech: str) -> dict[str, Prediction]:
+    """:func:`predict` for every fence (obstacles aside), shelves counted."""
+    grown = _grown_radii(cfg)
+    return {f.id: predict(cfg, f, tech, grown_r=grown.get(f.id)) for f in cfg.fences if f.kind != "obstacle"}
 
 
 def _say(p: Prediction) -> str:
     if p.at_once:
         return f"{p.tech} at once"
-    if p.works:
+    if p.verdict == "works":
         return f"{p.tech} after ~{_fmt(p.dwell_s)} s of dwell"
-    return f"{p.tech} will not work"
+    if p.verdict == "marginal":
+        return f"{p.tech} marginal (~{_fmt(p.dwell_s)} s of dwell)"
+    return f"{p.tech} fails"
 
 
 def _lint_sizes(cfg: StoreConfig, tech: str | None, file: str) -> list[Problem]:
@@ -175,26 +223,29 @@ def _lint_sizes(cfg: StoreConfig, tech: str | None, file: str) -> list[Problem]:
         preds = [predict(cfg, f, t, grown_r=grown.get(f.id)) for t in techs]
         if all(p.at_once for p in preds):
             continue
-        fails = [p for p in preds if not p.works]
-        better = [t for t in TECH_ACCURACY if t not in ("exact",) and predict(cfg, f, t, grown_r=grown.get(f.id)).works
-                  and TECH_ACCURACY[t] < TECH_ACCURACY[preds[0].tech]]
+        better = [t for t in TECH_ACCURACY if t != "exact" and TECH_ACCURACY[t] < TECH_ACCURACY[preds[0].tech]
+                  and predict(cfg, f, t, grown_r=grown.get(f.id)).verdict == "works"]
         if tech is not None:
             p = preds[0]
-            if p.works:
+            grow = (f"enlarge to ≥ {_fmt(needed_across(cfg, tech))} m across (now {_fmt(2 * p.r)} m)"
+                    + (f" or use {'/'.join(better)}" if better else ""))
+            if p.verdict == "works":
                 msg = (f"works with {tech} after ~{_fmt(p.dwell_s)} s of dwell (the fused tracker needs ~{p.fixes} "
                        f"fixes; a single fix never fits inside)")
             elif p.fixes is None:
-                msg = (f"will not work with {tech}: a single fix never fits inside ({_fmt(2 * p.r)} m across, "
-                       f"needs ≥ {_fmt(2 * TECH_ACCURACY[tech])} m) and [tracking] fusion is off"
-                       + (f"; use {'/'.join(better)}" if better else ""))
+                msg = (f"fails with {tech}: a single fix never fits inside and [tracking] fusion is off; "
+                       + grow)
+            elif p.verdict == "marginal":
+                msg = (f"marginal with {tech}: the fused tracker needs ~{p.fixes} fixes (~{_fmt(p.dwell_s)} s of "
+                       f"dwell) here, longer than many shoppers stay; {grow}")
             else:
-                msg = (f"will not work with {tech}: the fused tracker needs ~{p.fixes} fixes (~{_fmt(p.dwell_s)} s "
-                       f"of dwell) here; enlarge to ≥ "
-                       f"{_fmt(_needed_across(cfg, tech))} m across" + (f" or use {'/'.join(better)}" if better else ""))
+                msg = (f"fails with {tech}: the fused tracker needs ~{p.fixes} fixes (~{_fmt(p.dwell_s)} s "
+                       f"of dwell) here; {grow}")
         else:
             msg = "positioning: " + ", ".join(_say(p) for p in preds)
-            if fails:
-                msg += f" (≥ {_fmt(_needed_across(cfg, fails[0].tech))} m across for {fails[0].tech})"
+            short = [p for p in preds if p.verdict != "works"]
+            if short:
+                msg += f" (≥ {_fmt(needed_across(cfg, short[0].tech))} m across to work with {short[0].tech})"
         out.append(Problem(file, f'feature "{f.id}"', "geometry", msg, severity="warning"))
     return out
 

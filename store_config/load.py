@@ -37,7 +37,7 @@ from ._checks import Collector, check_timezone, raise_if
 from ._inventory import parse_inventory
 from ._layout import MAX_LAYOUT_EXTENT_M, parse_layout, raw_fence_ids
 from ._profiles import parse_profiles
-from ._promotions import cross_check, cross_check_raw, parse_hours, parse_promotions
+from ._promotions import cross_check, cross_check_raw, never_matching, parse_hours, parse_promotions
 from ._sources import parse_floorplans, parse_sources
 from ._store import parse_store
 from .model import Beacon, ConfigError, Fence, Problem, Profile, Promotion, StoreConfig
@@ -49,6 +49,7 @@ __all__ = [
     "parse_profiles",
     "parse_inventory",
     "cross_check",
+    "never_matching",
     "config_version",
     "check_timezone",
     "parse_hours",
@@ -156,7 +157,7 @@ def load_store(path: str | Path) -> StoreConfig:
     layout_ok = False
     if st.anchor is not None:
         anchor = st.anchor
-        res = run("layout", lambda obj, f: parse_layout(obj, file=f, anchor=anchor))
+        res = run("layout", lambda obj, f: parse_layout(obj, file=f, anchor=anchor, warnings=warnings))
         if res is not None:
             fences, beacons, outline = res
             layout_ok = True
@@ -168,6 +169,8 @@ def load_store(path: str | Path) -> StoreConfig:
     if fence_ids is not None and isinstance(parts.get("promotions"), list):
         # on the raw list, so references are checked even when a promotion has other errors
         problems.extend(cross_check_raw(fence_ids, parts["promotions"], file=str(st.files["promotions"])))
+    if layout_ok:
+        problems.extend(never_matching(fences, promotions, file=str(st.files["promotions"])))
     profiles: dict[str, Profile] = run(
         "profiles", lambda obj, f: parse_profiles(obj, file=f, warnings=warnings)) or {}
     inventory: dict[str, int] = run("inventory", lambda obj, f: parse_inventory(obj, file=f)) or {}

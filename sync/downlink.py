@@ -79,17 +79,18 @@ def build_config(base: StoreConfig, bundle: dict[str, Any]) -> StoreConfig:
             return None
 
     if "layout" in bundle:
-        res = run("layout", lambda o, f: parse_layout(o, file=f, anchor=base.anchor))
+        res = run("layout", lambda o, f: parse_layout(o, file=f, anchor=base.anchor, strict=False,
+                                                        warnings=warnings))
         if res is None:
             layout_ok = False
         else:
             fences, beacons, outline = res
     if "promotions" in bundle:
         res = run("promotions", lambda o, f: parse_promotions(o, file=f, timezone=base.timezone,
-                                                               warnings=warnings))
+                                                               warnings=warnings, strict=False))
         promotions = res if res is not None else promotions
     if "profiles" in bundle:
-        res = run("profiles", lambda o, f: parse_profiles(o, file=f, warnings=warnings))
+        res = run("profiles", lambda o, f: parse_profiles(o, file=f, warnings=warnings, strict=False))
         if res is not None:
             profiles = MappingProxyType(res)
     if "inventory" in bundle:

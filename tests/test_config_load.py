@@ -378,8 +378,8 @@ def test_promotion_problems_all_reported():
         find(probs, where='promotion "types"', field=field)
     find(probs, where='promotion "order"', field="ends")
     find(probs, where="promotion #6")
-    w = find(warnings, where='promotion "typo"', field="segmnets")
-    assert w.severity == "warning"
+    e = find(probs, where='promotion "typo"', field="segmnets", contains="did you mean `segments`?")
+    assert e.severity == "error"
 
 
 def test_promotions_bad_timezone():
@@ -475,12 +475,12 @@ def test_store_toml_wrong_types_and_ranges(store: Path):
         assert find(probs, where=where, field=field).file == str(store)
 
 
-def test_unknown_keys_are_warnings(store: Path):
+def test_unknown_keys_are_errors(store: Path):
     store.write_text(store.read_text() + '\n[offers]\nttl = 5\n[mystery]\nx = 1\n')
-    cfg = load_store(store)
-    w = find(list(cfg.warnings), where="[offers]", field="ttl")
-    assert w.severity == "warning"
-    find(list(cfg.warnings), where="[mystery]")
+    probs = problems_of(load_store, store)
+    e = find(probs, where="[offers]", field="ttl", contains="did you mean `ttl_s`?")
+    assert e.severity == "error"
+    find(probs, where="[mystery]", contains="unknown section")
 
 
 def test_load_store_reports_every_file(store: Path):

@@ -139,6 +139,13 @@ def test_first_offer_by_hand_as_written(mosquitto_factory, tmp_path):
         code = payload(watch.expect(r"^\S+\s+offer/my-phone\s+\{\"offer_id\": \"o_[0-9a-f]+\", \"code\"",
                                     others=[agent]))
         assert code["offer_id"] == offer["offer_id"] and len(code["code"]) >= 8
+        # What the README says comes next: the phone stays in `fresh`, and its dwell offer arrives unprompted
+        # (dwell_s 20 after the enter).
+        section = (ROOT / "README.md").read_text().split(HEADING, 1)[1].split("\n## ", 1)[0]
+        assert "nothing new is offered at once" in section and "`fresh-recipe`" in section
+        dwell = payload(watch.expect(r'^\S+\s+offer/my-phone\s+\{"offer_id": "o_[0-9a-f]+", "promotion_id"',
+                                     timeout=60, others=[agent]))
+        assert (dwell["promotion_id"], dwell["zone"]) == ("fresh-recipe", "fresh")
     finally:
         for t in (watch, agent):
             if t is not None:

@@ -129,3 +129,34 @@ async def test_shelf_code_checks_in_without_geolocation(store_factory, agent_fac
     await asyncio.wait_for(wait_until(lambda: agent.ledger.conn.execute(
         "SELECT action FROM offers WHERE device = ?", (agent.pseudonym(device),)).fetchone()[0] == "dismiss"), 10)
     await ctx.close()
+
+
+async def test_location_denied_and_a_check_in_outside_hours_say_why(store_factory, agent_factory, browser):
+    """Issue 25: with location denied the page says so (not "walk around"); a shelf check-in whose
+    promotion is outside its hours says why no offer comes; no page asks for /favicon.ico."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    probe = store_factory()
+    now = datetime.now(ZoneInfo(probe.timezone))
+    m = now.hour * 60 + now.minute
+    a, b = (m + 120) % 1440, (m + 180) % 1440
+    hours = f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"
+    cfg = store_factory(promotions=[{"id": "later", "title": "Later today", "zones": ["produce"],
+                                     "hours": [hours]}])
+    server = await agent_factory(cfg)
+    ctx = await browser.new_context(**PHONE)  # no geolocation permission: denied
+    page = await ctx.new_page()
+    asked = []
+    page.on("request", lambda r: asked.append(r.url))
+    await page.goto(f"{server.url}/shop")
+    await choose(page, offers=True, tracking=False)
+    await page.wait_for_function("document.body.dataset.geo === 'off'")
+    hint = await page.inner_text("#hint")
+    assert "Location is off" in hint and "Walk around" not in hint
+    await page.goto(f"{server.url}/shop?zone=produce")
+    await page.wait_for_function("document.getElementById('checkin').dataset.note === '1'")
+    hint = await page.inner_text("#hint")
+    assert "right now" in hint and "Later today" in hint and hours.replace("-", "–") in hint
+    assert not [u for u in asked if u.endswith("/favicon.ico")]
+    await ctx.close()

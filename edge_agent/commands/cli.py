@@ -55,11 +55,26 @@ def _load(path: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the edge agent for one store.
+    """Run the edge agent for one store.  It refuses, in one line, a
+    configuration `check` calls wrong (`check` lists every error).
 
-    Example: edge-agent run --config /etc/edge-agent/store.toml
+    Example: edge-agent run --config /etc/edge-agent/store.toml --broker mqtt://127.0.0.1:1883
     """
-    cfg = _load(args.config)
+    import dataclasses
+
+    from store_config import ConfigError, load_store
+
+    try:
+        cfg = load_store(args.config)
+    except ConfigError as exc:
+        first = exc.problems[0]
+        more = len(exc.problems) - 1
+        print(f"edge-agent: configuration refused: {first}"
+              + (f" (and {more} more)" if more else "")
+              + f"; `edge-agent check --config {args.config}` lists every error", file=sys.stderr)
+        return 2
+    if args.broker:
+        cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, url=args.broker))
     if cfg.mqtt.url is None:
         print("[mqtt] url is required for `run` (an embedded broker is for `demo` only)", file=sys.stderr)
         return 2
@@ -72,6 +87,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
+
+
+def cmd_where(args: argparse.Namespace) -> int:
+    """Where a point lies: local metres and WGS84 lat/lon, and the zones it is in,
+    innermost first (e.g. a position to emulate in a browser's sensors panel).
+
+    Example: edge-agent where --config store.toml --x 16 --y 12
+    """
+    from store_config.where import describe, where
+
+    cfg = _load(args.config)
+    if args.x is not None and args.y is not None:
+        w = where(cfg, x=args.x, y=args.y, floor=args.floor)
+    elif args.lat is not None and args.lon is not None:
+        w = where(cfg, lat=args.lat, lon=args.lon, floor=args.floor)
+    else:
+        print("give --x and --y (local metres) or --lat and --lon", file=sys.stderr)
+        return 2
+    print(json.dumps(w) if args.json else describe(w))
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -115,7 +150,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             root.removeHandler(h)
         root.addHandler(handler)
         logging.captureWarnings(True)
-    return asyncio.run(run_demo(duration=args.duration, shoppers=args.shoppers, port=args.port, log_file=log_file))
+    return asyncio.run(run_demo(duration=args.duration, shoppers=args.shoppers, port=args.port, log_file=log_file,
+                                data_root=Path(args.data)))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -132,10 +168,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     Example: edge-agent simulate --config store.toml --crowd --shoppers 40 --duration 900 --out rush/
     """
     try:
-        from .simulate import run_simulate
-    except ImportError as exc:  # pragma: no cover - during development
-        print(f"simulator not available: {exc}", file=sys.stderr)
+        import matplotlib  # noqa: F401 - the map; an extra, so a gateway's install stays lean
+    except ImportError:
+        print("edge-agent simulate needs matplotlib for its map: pip install 'store-edge-agent[sim]' "
+              "(from a checkout: .venv/bin/pip install -e '.[sim]')", file=sys.stderr)
         return 2
+    from .simulate import run_simulate
+
     return run_simulate(_load(args.config), args)
 
 
@@ -253,7 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the service", description=cmd_run.__doc__)
     p.add_argument("--config", required=True, help="path of store.toml")
+    p.add_argument("--broker", default=None, help="broker URL, e.g. mqtt://127.0.0.1:1883 (overrides [mqtt] url)")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("where", help="a point in both frames and the zones it lies in", description=cmd_where.__doc__)
+    p.add_argument("--config", required=True, help="path of store.toml")
+    p.add_argument("--x", type=float, help="local metres")
+    p.add_argument("--y", type=float, help="local metres")
+    p.add_argument("--lat", type=float)
+    p.add_argument("--lon", type=float)
+    p.add_argument("--floor", type=int, default=0, help="floor (default 0)")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
+    p.set_defaults(fn=cmd_where)
 
     p = sub.add_parser("check", help="validate and lint a store configuration", description=cmd_check.__doc__)
     p.add_argument("--config", required=True, help="path of store.toml")
@@ -267,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shoppers", type=int, default=6, help="number of simulated shoppers (default 6)")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; a free one if taken)")
     p.add_argument("--verbose", action="store_true", help="log to the terminal too (default: to a file)")
+    p.add_argument("--data", default="demo-data",
+                   help="directory for the demo's store copy and data, kept for `report` and `audit` "
+                        "(default ./demo-data; replaced by the next demo)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("simulate", help="simulate shoppers and score fences", description=cmd_simulate.__doc__)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import signal
-import tempfile
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -40,18 +42,40 @@ def _port_free(port: int) -> bool:
             return False
 
 
+MARKER = ".edge-agent-demo"
+
+
+def prepare_data_dir(root: Path) -> Path:
+    """``root``: a copy of the sample store whose ``[data] dir`` (``root/var``)
+    holds the demo's ledger, so ``edge-agent report --config root/store.toml``
+    and ``audit`` find it afterwards.  A previous demo's data there is
+    replaced; a directory the demo did not make is refused."""
+    root = root.resolve()
+    if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():
+        raise SystemExit(f"edge-agent demo: {root} exists and is not a demo's data dir; give another --data")
+    if (root / "var").exists():
+        shutil.rmtree(root / "var")
+    root.mkdir(parents=True, exist_ok=True)
+    for f in sample_path().parent.iterdir():
+        if f.is_file():
+            shutil.copy(f, root / f.name)
+    (root / MARKER).write_text("made by edge-agent demo; removed and rewritten by the next one\n")
+    return root / "store.toml"
+
+
 async def run_demo(*, duration: float | None = None, shoppers: int = 6, port: int = 8080,
-                   log_file: Path | None = None) -> int:
+                   log_file: Path | None = None, data_root: Path = Path("demo-data")) -> int:
+    toml = prepare_data_dir(Path(data_root))
     broker = EmbeddedBroker()
     url = await broker.start()
-    cfg = load_store(sample_path())
-    data = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
-    cfg = replace(cfg, mqtt=replace(cfg.mqtt, url=url), data_dir=data)
+    cfg = load_store(toml)
+    cfg = replace(cfg, mqtt=replace(cfg.mqtt, url=url))
+    tz = ZoneInfo(cfg.timezone)
     listen = f"127.0.0.1:{port if _port_free(port) else free_port()}"
     server = Server(cfg, listen=listen)
 
     def show(kind: str, data: dict) -> None:
-        t = time.strftime("%H:%M:%S")
+        t = datetime.now(tz).strftime("%H:%M:%S")  # store time, as the report and audit show
         if kind == "transition":
             print(f"{t}  {data['device'][:10]:<10}  {data['event']:<5} {data['zone']}", flush=True)
         elif kind == "offer":
@@ -73,7 +97,11 @@ edge-agent demo — store {cfg.store_id} ({cfg.name}), embedded broker at {url}
   watch MQTT:        .venv/bin/edge-agent watch --broker {url} --store {cfg.store_id}
   your own phone:    .venv/bin/edge-agent ping --broker {url} --store {cfg.store_id} --device my-phone --x 6 --y 10
   logs:              {log_file or "this terminal"}
-{shoppers} simulated shoppers are walking in; transitions and offers follow. Ctrl-C to stop.
+  data:              {cfg.data_dir} (a copy of the sample store beside it: {toml})
+  afterwards:        .venv/bin/edge-agent report --config {toml}
+                     .venv/bin/edge-agent audit --config {toml} --limit 20
+{shoppers} simulated shoppers are walking in; transitions and offers follow (times are store time,
+{cfg.timezone}). Ctrl-C to stop.
 """, flush=True)
 
     stop = asyncio.Event()
@@ -98,6 +126,8 @@ edge-agent demo — store {cfg.store_id} ({cfg.name}), embedded broker at {url}
     till.print_report()
     await server.stop()
     await broker.stop()
+    print(f"\nthe data stays in {cfg.data_dir}:\n  .venv/bin/edge-agent report --config {toml}\n"
+          f"  .venv/bin/edge-agent audit --config {toml} --limit 20", flush=True)
     return 0
 
 

@@ -171,7 +171,7 @@ def run_simulate(cfg, args: argparse.Namespace) -> int:
     for a in report.get("floor", {}).get("advice", ()):
         print(f"  {a['text']}")
     for a in report["advice"]:
-        if a["verdict"] in ("will fail", "fails", "false entries"):
+        if a["verdict"] in ("fails", "marginal", "false entries"):
             print(f"  {a['zone']}: {a['verdict']}")
     print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'map.png'}")
     return 0

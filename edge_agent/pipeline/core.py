@@ -453,7 +453,8 @@ class Pipeline:
                 payload["variant"] = vid
             if d.alternative_zone:
                 payload["alternative_zone"] = d.alternative_zone
-            audit[-1] = replace(audit[-1], offer_id=offer_id)
+            # the offer row holds its zone whatever the consent, so its audit row may too
+            audit[-1] = replace(audit[-1], offer_id=offer_id, zone=fence.id)
             fx.rows.append(OfferRow(offer_id, pseudo, promo.id, fence.id, now, expires, payload,
                                     topic_device=device))  # sealed by the store, for a re-send
             fx.rows.append(Exposure(now, person, pseudo, promo.id, vid, "offered", offer_id))

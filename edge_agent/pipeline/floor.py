@@ -453,11 +453,20 @@ class Floor:
 
 def floor_map(cfg) -> dict[str, Any]:
     """The store map for the associates' page: every fence's outline in local
-    metres (rings simplified to ~10 cm), the store outline if any, and the bounds."""
+    metres (rings simplified to ~10 cm), the store outline if any, and the bounds.
+
+    Each zone says where it sits in the hierarchy: ``parent`` (the smallest
+    fence on its floor that holds it, or None) and ``leaf`` (it holds no
+    other); ``label`` is a good spot for its label (for a department, the
+    largest part its sections leave free) and ``box`` its bounds."""
     import shapely
 
     zones = {}
     geoms = []
+    fences = [f for f in cfg.fences if f.kind != "obstacle"]
+    inside = {f.id: [o for o in fences if o.id != f.id and o.floor == f.floor
+                     and o.geometry.area < f.geometry.area and f.geometry.buffer(1e-6).covers(o.geometry)]
+              for f in fences}
     for f in cfg.fences:
         g = shapely.simplify(f.geometry, 0.1)
         geoms.append(g)
@@ -466,9 +475,19 @@ def floor_map(cfg) -> dict[str, Any]:
         for poly in polys:
             for ring in (poly.exterior, *poly.interiors):
                 rings.append([[round(x, 2), round(y, 2)] for x, y in ring.coords])
-        c = f.geometry.representative_point()
+        kids = inside.get(f.id, [])
+        spot = f.geometry
+        if kids:
+            free = f.geometry.difference(shapely.union_all([k.geometry for k in kids]))
+            parts = [p for p in getattr(free, "geoms", [free]) if not p.is_empty]
+            if parts:
+                spot = max(parts, key=lambda p: p.area)
+        c = spot.representative_point() if f.circle is None else shapely.Point(f.circle[0], f.circle[1])
+        holders = [o for o in fences if any(k.id == f.id for k in inside[o.id])]
+        parent = min(holders, key=lambda o: o.geometry.area).id if holders else None
         zones[f.id] = {"name": f.name or f.id, "kind": f.kind, "floor": f.floor, "capacity": f.capacity,
-                       "rings": rings, "label": [round(c.x, 2), round(c.y, 2)]}
+                       "rings": rings, "label": [round(c.x, 2), round(c.y, 2)], "parent": parent,
+                       "leaf": not kids and f.kind != "obstacle", "box": [round(float(v), 2) for v in f.geometry.bounds]}
     outline = None
     if cfg.outline is not None:
         geoms.append(cfg.outline)

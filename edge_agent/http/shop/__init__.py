@@ -28,6 +28,7 @@ import html
 import json
 import logging
 import weakref
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -40,6 +41,7 @@ from edge_agent.transport.mqtt import Message
 from .channel import ShopChannel
 from .qr import code_svg
 from .sessions import Sessions
+from .notes import checkin_note
 from .texts import texts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -156,9 +158,15 @@ def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
                 points.clear()
             points[key] = checkin_point(fence)
         x, y = points[key]
-        agent.ingest_pings([Ping(device=device, source="checkin", received=agent.clock(), x=x, y=y,
+        now = agent.clock()
+        agent.ingest_pings([Ping(device=device, source="checkin", received=now, x=x, y=y,
                                  acc=CHECKIN_ACC_M, floor=fence.floor)])
-        return web.json_response({"accepted": True, "zone": zone}, status=202)
+        body = {"accepted": True, "zone": zone}
+        note = checkin_note(fence, agent.cfg.promotions, datetime.fromtimestamp(now, agent.rt.tz),
+                            stopped=agent.state.campaign.stopped)
+        if note:
+            body["note"] = note  # no offer can come of this check-in: the page says why
+        return web.json_response(body, status=202)
 
     async def code(request: web.Request) -> web.Response:
         device = authorized(request, "code")

@@ -21,6 +21,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "no_offers": "You chose no offers. Nothing more to do here.",
         "locating": "Finding you in the store…",
         "no_geo": "Location is off. Scan a code on a shelf to check in there.",
+        "no_geo_checked": "Location is off: offers come for the shelf you scanned. Scan another shelf's code "
+                          "to check in there.",
         "checked_in": "Checked in",
         "use": "Use", "nothanks": "No thanks",
         "code_hint": "Show this code at the till",
@@ -45,6 +47,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "no_offers": "Nabídky jste odmítli. Zde už není co dělat.",
         "locating": "Hledáme vás v obchodě…",
         "no_geo": "Poloha je vypnutá. Naskenujte kód na regálu a přihlaste se tam.",
+        "no_geo_checked": "Poloha je vypnutá: nabídky přijdou pro regál, jehož kód jste naskenovali.",
         "checked_in": "Přihlášeno",
         "use": "Použít", "nothanks": "Ne, děkuji",
         "code_hint": "Ukažte tento kód u pokladny",
