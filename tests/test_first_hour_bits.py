@@ -26,7 +26,7 @@ def test_acl_patterns_all_substitute_the_client():
 
 def test_pages_do_not_request_a_favicon():
     for page in ("associates.html", "shop.html"):
-        html = (ROOT / "edge_agent" / "static" / page).read_text()
+        html = (ROOT / "edge_agent" / "http" / "static" / page).read_text()
         assert '<link rel="icon" href="data:,">' in html, page
 
 
