@@ -7,9 +7,12 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from aiohttp import web
+
 from store_config.model import FloorPlan
 
 from ..metrics import Counter
+from ..shop.limits import Buckets
 
 
 def num(v: Any) -> float | None:
@@ -25,7 +28,10 @@ def num(v: Any) -> float | None:
             return None
     if not isinstance(v, (int, float)):
         return None
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
     return v if math.isfinite(v) else None
 
 
@@ -94,6 +100,28 @@ def device_id(agent, vendor: str, raw: str) -> str:
     a MAC the vendor already hashed).  Stable per store (the store's
     pseudonym key); the raw value never leaves this function."""
     return f"{vendor}:{agent.pseudonym(vendor + ':' + raw.strip().lower())}"
+
+
+_LIMITS: dict[int, Buckets] = {}  # per application: one table of buckets for every receiver
+
+
+def limited(request, path: str) -> None:
+    """429 past ``[http] vendor_rate`` posts per second per client address on a
+    receiver (bursts of twice that), counted in ``edge_http_limited_total{path,by="source"}``.
+    Checked first, before the secret and the body."""
+    from ..http_base import AGENT
+
+    agent = request.app[AGENT]
+    rate = agent.cfg.http.vendor_rate
+    buckets = _LIMITS.get(id(request.app))
+    if buckets is None or buckets.rate != rate:
+        if len(_LIMITS) > 16:
+            _LIMITS.clear()
+        buckets = _LIMITS[id(request.app)] = Buckets(rate, 2 * rate)
+    if not buckets.take(f"{path} {request.remote}", agent.clock()):
+        agent.metrics.http_limited.inc(path, "source")
+        raise web.HTTPTooManyRequests(text='{"error": "rate_limited"}', content_type="application/json",
+                                      headers={"Retry-After": str(max(1, round(1 / rate)))})
 
 
 def records_counter(agent) -> Counter:
