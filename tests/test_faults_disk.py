@@ -56,17 +56,15 @@ def small_disk(tmp_path):
 def fill(disk: Path) -> Path:
     """Fill the disk to the last block; returns the filler (delete it to free the disk)."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
         try:
             while True:
                 f.write(b"\0")
-                f.flush()
         except OSError:
             pass
     return filler
@@ -114,7 +112,9 @@ async def test_full_disk_answers_503_keeps_qos1_for_retry_and_loses_nothing(tmp_
     assert row == (0,)
     assert agent.ledger.get_offer(early["offer_id"]) is not None
     assert not agent.state.campaign.paused.get("fruit-week") and "o-9" not in agent.pipeline.floor.orders
-    await phone.publish(f"{R}/ping/uwb/full-0", IN_AISLE, qos=0)  # withheld before: no cooldown was kept
+    # Its offer was withheld: no cooldown was kept, so its next entry gets one.
+    await phone.publish(f"{R}/ping/uwb/full-0", {"x": 2.0, "y": 18.0, "acc": 0.5}, qos=0)
+    await phone.publish(f"{R}/ping/uwb/full-0", IN_AISLE, qos=0)
     offer = await phone.next_json(f"{R}/offer/+")
     assert agent.ledger.get_offer(offer["offer_id"]) is not None
 

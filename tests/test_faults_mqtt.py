@@ -30,10 +30,10 @@ async def test_a_poisoned_retained_and_queued_message_is_dead_lettered_once(tmp_
     poison = '{"offers": false, "ts": ' + str(BIG) + '}'
     await phone.publish(f"{R}/consent/evil", poison, qos=1, retain=True)  # the broker's memory
     await phone.publish(f"{R}/inventory", '{"sku": "chips", "qty": ' + str(BIG) + '}', qos=1)  # queued
-    await phone.publish(f"{R}/ping/uwb/canary", IN_AISLE, qos=1)
 
     server = await agent_factory(cfg)
     agent = server.agent
+    await phone.publish(f"{R}/ping/uwb/canary", IN_AISLE, qos=1)  # (pings are QoS 0 to the agent: not queued)
     offer = await phone.next_json(f"{R}/offer/+", timeout=10)
     assert offer["zone"] == "aisle-1"
     reasons = sorted([(await phone.next_json(f"{R}/deadletter"))["reason"] for _ in range(2)])
