@@ -225,12 +225,15 @@ class Effects:
     undo: list[Callable[[], None]] = field(default_factory=list)
 
     def mark(self) -> tuple[int, ...]:
-        """Where each list ends now (:meth:`truncate` drops what came after)."""
+        """Where each list ends now (:meth:`rollback` drops what came after)."""
         return (len(self.rows), len(self.offers), len(self.publish), len(self.notices), len(self.acks),
                 len(self.undo))
 
-    def truncate(self, mark: tuple[int, ...]) -> None:
-        """Drop what one failed message added (its own dead letter goes in after)."""
+    def rollback(self, mark: tuple[int, ...]) -> None:
+        """Drop what one failed message added since ``mark``, undoing what it changed in
+        memory first (its own dead letter goes in after)."""
+        for undo in reversed(self.undo[mark[-1]:]):
+            undo()
         for lst, n in zip((self.rows, self.offers, self.publish, self.notices, self.acks, self.undo), mark):
             del lst[n:]
 

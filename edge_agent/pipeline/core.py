@@ -164,10 +164,10 @@ class Pipeline:
             except self.shell_errors:
                 raise  # storage: the shell retries the whole batch
             except PayloadError as exc:
-                fx.truncate(mark)
+                fx.rollback(mark)
                 self._dead_message(m, exc.reason, exc.detail)
             except Exception as exc:  # noqa: BLE001 - any failure costs this message only
-                fx.truncate(mark)
+                fx.rollback(mark)
                 self._internal(exc)
                 self._dead_message(m, "internal", type(exc).__name__)
         self.run_pings(pings)
@@ -251,7 +251,7 @@ class Pipeline:
         except self.shell_errors:
             raise
         except Exception as exc:  # noqa: BLE001
-            self.fx.truncate(mark)
+            self.fx.rollback(mark)
             if len(pings) > 1:
                 for p in pings:
                     self._isolated([p])
@@ -389,7 +389,7 @@ class Pipeline:
             except self.shell_errors:
                 raise
             except Exception as exc:  # noqa: BLE001 - this ping only
-                self.fx.truncate(mark)
+                self.fx.rollback(mark)
                 self._internal(exc)
                 self._dead_ping(p, "internal", type(exc).__name__)
 
