@@ -163,8 +163,7 @@ class Pipeline:
                 self._message(m, now, pings)
             except self.shell_errors:
                 raise  # storage: the shell retries the whole batch
-            except PayloadError as exc:
-                fx.rollback(mark)
+            except PayloadError as exc:  # refused by design: what it said (a refusal to the phone) stands
                 self._dead_message(m, exc.reason, exc.detail)
             except Exception as exc:  # noqa: BLE001 - any failure costs this message only
                 fx.rollback(mark)
