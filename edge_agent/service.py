@@ -45,7 +45,7 @@ from .mqtt import Message, MqttClient
 from .pipeline import Effects, Pipeline, State, build_runtime
 from .privacy import TopicSealer
 from .reload import Reloader, file_mtime
-from .store import Store, error_kind, move_aside, open_ledger
+from .store import Store, error_kind, open_ledger, set_aside
 
 log = logging.getLogger("edge_agent")
 
@@ -364,14 +364,11 @@ class Agent:
             self.ledger.conn.close()
         except sqlite3.Error:
             pass
-        aside = move_aside(path)
+        set_aside(path, exc, "during the run")
         self.ledger, self.store = open_ledger(path, store_id=self.cfg.store_id, sealer=self.sealer)
         if self.sync is not None:
             self.sync.store = self.ledger
         self.metrics.outbox_pending.fn = self.ledger.outbox.pending
-        log.error("%s went corrupt during the run (%s): moved to %s; a fresh ledger from now on. Offers, codes "
-                  "and unsent events in the old file are not lost: recover them with `sqlite3 %s .recover`",
-                  path, exc, aside, aside)
 
     # -- offers on the wire
     def _publish_offer(self, device: str, payload: dict, received: float | None) -> None:

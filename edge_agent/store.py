@@ -217,6 +217,14 @@ def error_kind(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def set_aside(path: Path, exc: BaseException, when: str) -> Path:
+    """Move a ledger SQLite calls corrupt aside and say so in one line (how to recover included)."""
+    aside = move_aside(path)
+    log.error("%s is corrupt (%s, %s): moved to %s; starting a fresh ledger. Offers, codes and unsent events in "
+              "the old file are not lost: recover them with `sqlite3 %s .recover`", path, exc, when, aside, aside)
+    return aside
+
+
 def move_aside(path: Path) -> Path:
     """Rename a corrupt ledger (and its -wal/-shm) to ``<name>.corrupt-<stamp>``: kept, never deleted."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -272,10 +280,7 @@ def open_ledger(path: Path, *, store_id: str, on_corrupt=None, sealer=None) -> t
                 raise _unwritable(path, f"{exc}") from None
             if attempt == 2:
                 raise
-            aside = move_aside(path)
+            set_aside(path, exc, "at start")
             if on_corrupt is not None:
                 on_corrupt()
-            log.error("%s is corrupt (%s): moved to %s; starting a fresh ledger. Offers, codes and unsent "
-                      "events in the old file are not lost: recover them with `sqlite3 %s .recover`",
-                      path, exc, aside, aside)
     raise AssertionError("unreachable")
