@@ -380,48 +380,44 @@ class Pipeline:
             matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
             eff_acc = accs[sel]
             passed = None
+        guard = st.guard
+        tracks = st.tracks
+        params = rt.params
+        fx = self.fx
         for j, i in enumerate(sel):  # each ping's tracking, alerts and decisions on its own
             p = pings[i]
-            mark = self.fx.mark()
+            mark = fx.mark()
             try:
-                self._track_one(p, j, i, xs, ys, floors, accs, times, matches, passed, eff_acc, ping_clock)
+                self.metrics.pings.inc(p.source)
+                now = float(times[j])
+                if ping_clock and now > st.sim_now:
+                    st.sim_now = now
+                spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts,
+                                    p.mock)
+                if spoof is not None:
+                    self.metrics.spoofed.inc(spoof)
+                    continue
+                track = tracks.get(p.device)
+                if track is not None and now < track.last_seen:
+                    continue  # out of order: an older ping never undoes a newer one
+                fresh = track is None or now - track.last_seen > rt.params.timeout_s
+                if fresh:
+                    # A new visit (first ping, or the first after a silence timeout).
+                    h = st.histories.get(st.person_for(p.device))
+                    if h is not None:
+                        h.visit_count = 0
+                step_params = params if passed is None or passed[j] else rt.fused_params
+                events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
+                if fresh:
+                    self.floor.on_visit(p.device, track, tracks.get(p.device), now)
+                if events:
+                    self.on_transitions(p.device, events, p.received, now)
             except self.shell_errors:
                 raise
             except Exception as exc:  # noqa: BLE001 - this ping only
-                self.fx.rollback(mark)
+                fx.rollback(mark)
                 self._internal(exc)
                 self._dead_ping(p, "internal", type(exc).__name__)
-
-    def _track_one(self, p: Ping, j: int, i: int, xs, ys, floors, accs, times, matches, passed, eff_acc,
-                   ping_clock: bool) -> None:
-        st = self.state
-        rt = st.rt
-        params = rt.params
-        guard = st.guard
-        tracks = st.tracks
-        self.metrics.pings.inc(p.source)
-        now = float(times[j])
-        if ping_clock and now > st.sim_now:
-            st.sim_now = now
-        spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts, p.mock)
-        if spoof is not None:
-            self.metrics.spoofed.inc(spoof)
-            return
-        track = tracks.get(p.device)
-        if track is not None and now < track.last_seen:
-            return  # out of order: an older ping never undoes a newer one
-        fresh = track is None or now - track.last_seen > rt.params.timeout_s
-        if fresh:
-            # A new visit (first ping, or the first after a silence timeout).
-            h = st.histories.get(st.person_for(p.device))
-            if h is not None:
-                h.visit_count = 0
-        step_params = params if passed is None or passed[j] else rt.fused_params
-        events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
-        if fresh:
-            self.floor.on_visit(p.device, track, tracks.get(p.device), now)
-        if events:
-            self.on_transitions(p.device, events, p.received, now)
 
     def _dead_ping(self, p: Ping, reason: str, detail: str) -> None:
         payload = p.raw if p.raw is not None else json.dumps({"device": p.device, "source": p.source}).encode()
