@@ -102,7 +102,12 @@ def device_id(agent, vendor: str, raw: str) -> str:
     return f"{vendor}:{agent.pseudonym(vendor + ':' + raw.strip().lower())}"
 
 
-_LIMITS: dict[int, Buckets] = {}  # per application: one table of buckets for every receiver
+LIMITS: web.AppKey[Buckets] = web.AppKey("vendor_limits", Buckets)
+
+
+def add_limits(app: web.Application) -> None:
+    """One table of token buckets for every receiver of ``app`` (see :func:`limited`)."""
+    app[LIMITS] = Buckets(10.0, 20.0)  # the rates are the config's, read at each request
 
 
 def limited(request, path: str) -> None:
@@ -112,12 +117,9 @@ def limited(request, path: str) -> None:
     from ..http_base import AGENT
 
     agent = request.app[AGENT]
-    rate = agent.cfg.http.vendor_rate
-    buckets = _LIMITS.get(id(request.app))
-    if buckets is None or buckets.rate != rate:
-        if len(_LIMITS) > 16:
-            _LIMITS.clear()
-        buckets = _LIMITS[id(request.app)] = Buckets(rate, 2 * rate)
+    buckets = request.app[LIMITS]
+    buckets.rate = rate = agent.cfg.http.vendor_rate  # a reload may change it
+    buckets.burst = 2 * rate
     if not buckets.take(f"{path} {request.remote}", agent.clock()):
         agent.metrics.http_limited.inc(path, "source")
         raise web.HTTPTooManyRequests(text='{"error": "rate_limited"}', content_type="application/json",
