@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-
 from .conftest import write_store
+from .test_pipeline import Msg  # a message as the MQTT transport hands it to the agent
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 POS = {"Authorization": "Bearer till-secret"}
@@ -46,18 +45,6 @@ def hard_store(tmp_path, broker_url: str, **kw):
 
     return load_store(write_store(tmp_path, broker_url=broker_url, toml_extra=TOML + kw.pop("toml_extra", ""),
                                   **kw))
-
-
-@dataclass
-class Msg:
-    """A message as the MQTT transport hands it to the agent."""
-
-    topic: str
-    payload: bytes
-    qos: int = 0
-    mid: int = 0
-    received: float = 0.0
-    retain: bool = False
 
 
 def msg(topic: str, payload, *, qos: int = 0, retain: bool = False, received: float | None = None) -> Msg:

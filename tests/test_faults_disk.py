@@ -70,18 +70,23 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+async def serve_and_offer(cfg, agent_factory, mqtt_client, device: str):
+    """An agent on ``cfg``, a phone on its offer topics, and the offer ``device`` got on entering aisle-1."""
+    server = await agent_factory(cfg)
+    phone = mqtt_client()
+    await phone.subscribe(f"{cfg.root_topic}/offer/+")
+    await phone.publish(f"{cfg.root_topic}/ping/uwb/{device}", IN_AISLE, qos=0)
+    return server, phone, await phone.next_json(f"{cfg.root_topic}/offer/+")
+
+
 async def test_full_disk_answers_503_keeps_qos1_for_retry_and_loses_nothing(tmp_path, small_disk, mosquitto,
                                                                            agent_factory, mqtt_client):
     cfg = load_store(write_store(tmp_path, broker_url=mosquitto.url, toml_extra=TOML))
     from dataclasses import replace
     cfg = replace(cfg, data_dir=small_disk / "var")
-    server = await agent_factory(cfg)
+    server, phone, early = await serve_and_offer(cfg, agent_factory, mqtt_client, "early")
     agent = server.agent
     R = cfg.root_topic
-    phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/+")
-    await phone.publish(f"{R}/ping/uwb/early", IN_AISLE, qos=0)
-    early = await phone.next_json(f"{R}/offer/+")
 
     filler = fill(small_disk)
     async with aiohttp.ClientSession() as http:
@@ -211,13 +216,9 @@ async def test_a_corrupt_page_at_start_is_moved_aside_with_one_line_not_a_crash(
 async def test_a_page_gone_corrupt_during_a_run_is_moved_aside_and_the_agent_goes_on(tmp_path, mosquitto,
                                                                                      agent_factory, mqtt_client):
     cfg = load_store(write_store(tmp_path, broker_url=mosquitto.url))
-    server = await agent_factory(cfg)
+    server, phone, first = await serve_and_offer(cfg, agent_factory, mqtt_client, "a")
     agent = server.agent
     R = cfg.root_topic
-    phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/+")
-    await phone.publish(f"{R}/ping/uwb/a", IN_AISLE, qos=0)
-    first = await phone.next_json(f"{R}/offer/+")
     agent.ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     corrupt_table(agent.ledger.path, "offers")
     agent.ledger.conn.execute("PRAGMA shrink_memory")  # drop the page cache: the next read sees the disk

@@ -32,6 +32,7 @@ from sync.pseudonym import Pseudonymizer
 
 from .conftest import write_store
 from .hardening_kit import ARUBA, IN_AISLE, MERAKI_SECRET, TOML
+from .test_pipeline import Msg
 
 T0 = 1_763_800_000.0
 PSEUDO = Pseudonymizer(b"k" * 32)
@@ -112,12 +113,8 @@ def meraki_bodies() -> st.SearchStrategy:
                                   "data": st.fixed_dictionaries({"observations": st.lists(ob, max_size=3)})})
 
 
-class Msg(SimpleNamespace):
-    pass
-
-
 def message(topic: str, payload: bytes, qos: int = 0) -> Msg:
-    return Msg(topic=topic, payload=payload, qos=qos, mid=0, received=T0, retain=False)
+    return Msg(topic, payload, qos, 0, T0, False)
 
 
 class NoOffers:
