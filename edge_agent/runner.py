@@ -13,10 +13,10 @@ from aiohttp import web
 
 from store_config.model import StoreConfig
 
-from .http import make_app
+from .http.app import make_app
 from .instance import InstanceLocked
 from .service import Agent
-from .store import StorageUnwritable
+from .storage.store import StorageUnwritable
 
 log = logging.getLogger("edge_agent")
 

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import sources
+from edge_agent.http.app import sources
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline import Pipeline, State, build_runtime
-from edge_agent.sources import aruba, meraki
-from edge_agent.sources._common import plans_for
+from edge_agent.http.sources import aruba, meraki
+from edge_agent.http.sources._common import plans_for
 from store_config.load import load_store
 from sync.pseudonym import Pseudonymizer
 
@@ -181,7 +181,7 @@ def test_vendor_bodies_leave_the_canary_its_offer(pipeline, body, records):
 
 
 def pipeline_pings(p: Pipeline, m: Msg):
-    from edge_agent import codecs
+    from edge_agent.pipeline import codecs
 
     obj = codecs.decode_object(m.payload)
     return [codecs.parse_ping(obj, device=m.topic.rsplit("/", 1)[1], source="uwb", received=T0)]

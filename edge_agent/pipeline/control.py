@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 from store_config.model import Consent, StoreConfig
 
-from .. import codecs
-from ..codecs import PayloadError
-from ..effects import Action, Code, ConsentRow, Forget, InventoryRow, Publish
+from . import codecs
+from .codecs import PayloadError
+from .effects import Action, Code, ConsentRow, Forget, InventoryRow, Publish
 from .ids import new_code
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from store_config.model import FloorPlan
 
-from ..metrics import Counter
+from edge_agent.metrics import Counter
 from ..shop.limits import Buckets
 
 
@@ -114,7 +114,7 @@ def limited(request, path: str) -> None:
     """429 past ``[http] vendor_rate`` posts per second per client address on a
     receiver (bursts of twice that), counted in ``edge_http_limited_total{path,by="source"}``.
     Checked first, before the secret and the body."""
-    from ..http_base import AGENT
+    from edge_agent.http.base import AGENT
 
     agent = request.app[AGENT]
     buckets = request.app[LIMITS]
