@@ -126,7 +126,14 @@ class Metrics:
         self.unknown_beacons = Counter("edge_unknown_beacons_total",
                                        "BLE readings naming a beacon not in the layout (ignored).")
         self.pings_shed = Counter("edge_pings_shed_total", "Pings shed under overload, by reason.", ("reason",))
-        self.storage_errors = Counter("edge_storage_errors_total", "Failed SQLite writes, by error.", ("error",))
+        self.storage_errors = Counter("edge_storage_errors_total", "Failed SQLite writes, by error: full, readonly, "
+                                      "busy, io, corrupt (moved aside) or the error's type.", ("error",))
+        self.storage_ok = Gauge("edge_storage_ok", "0 while the ledger takes no writes (then /readyz is 503), else 1.")
+        self.internal_errors = Counter("edge_internal_errors_total", "Messages dead-lettered as 'internal': a "
+                                       "failure in the step no contract reason names, by exception type.",
+                                       ("error",))
+        self.http_accept_errors = Counter("edge_http_accept_errors_total", "HTTP connections the agent could not "
+                                          "accept (out of file descriptors), by errno name.", ("error",))
         self.http_limited = Counter("edge_http_limited_total",
                                     "Shop requests and page messages refused by a rate limit, by path and limit "
                                     "(device or address).", ("path", "by"))

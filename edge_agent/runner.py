@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import socket
@@ -15,6 +16,7 @@ from store_config.model import StoreConfig
 from .http.app import make_app
 from .instance import InstanceLocked
 from .service import Agent
+from .storage.store import StorageUnwritable
 
 log = logging.getLogger("edge_agent")
 
@@ -36,7 +38,12 @@ class Server:
         self.port: int | None = None
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        # keepalive_timeout also bounds a new connection's wait for its first request's headers
+        # (aiohttp closes an idle handler then): half-open sockets cannot pile up to the file limit.
+        self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None,
+                                    keepalive_timeout=self.cfg.http.header_timeout_s)
+        self._accept_errors = AcceptErrors(self.agent.metrics)
+        self._accept_errors.install(asyncio.get_running_loop())
         await self.runner.setup()
         host, port = parse_listen(self.listen)
         ctx = None
@@ -54,6 +61,50 @@ class Server:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if getattr(self, "_accept_errors", None) is not None:
+            self._accept_errors.uninstall()
+            self._accept_errors = None
+
+
+class AcceptErrors:
+    """The loop's exception handler, less one flood: asyncio reports every
+    refused ``accept()`` (out of file descriptors) with a traceback, many times
+    a second.  Those are counted (``edge_http_accept_errors_total``) and said
+    once a minute in one line; everything else goes to the handler before."""
+
+    EVERY_S = 60.0
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.before = None
+        self.count = 0
+        self.said = float("-inf")
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.before = loop, loop.get_exception_handler()
+        loop.set_exception_handler(self)
+
+    def uninstall(self) -> None:
+        if self.loop is not None and self.loop.get_exception_handler() is self:
+            self.loop.set_exception_handler(self.before)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and str(context.get("message", "")).startswith("socket.accept()"):
+            self.count += 1
+            self.metrics.http_accept_errors.inc(errno.errorcode.get(exc.errno or 0, "OSError"))
+            now = loop.time()
+            if now - self.said >= self.EVERY_S:
+                log.error("HTTP: cannot accept connections: %s (%d refused since last said); idle clients hold "
+                          "the descriptors until [http] header_timeout_s closes them; raise LimitNOFILE if it "
+                          "lasts", exc.strerror or exc, self.count)
+                self.said, self.count = now, 0
+            return
+        if self.before is not None:
+            self.before(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
 
 class StartupError(Exception):
@@ -82,7 +133,7 @@ async def serve(cfg: StoreConfig) -> int:
     server = Server(cfg)
     try:
         await server.start()
-    except (InstanceLocked, OSError, ssl.SSLError) as exc:
+    except (InstanceLocked, StorageUnwritable, OSError, ssl.SSLError) as exc:
         await server.stop()
         raise StartupError(str(exc)) from exc
     stop = asyncio.Event()

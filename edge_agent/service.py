@@ -45,7 +45,7 @@ from .transport.mqtt import Message, MqttClient
 from .pipeline import Effects, Pipeline, State, build_runtime
 from .storage.privacy import TopicSealer
 from .reload import Reloader, file_mtime
-from .storage.store import Store, open_ledger
+from .storage.store import Store, error_kind, open_ledger, set_aside
 
 log = logging.getLogger("edge_agent")
 
@@ -107,6 +107,11 @@ class Agent:
     def pseudonym(self, device: str) -> str:
         return self.pseudo.device(device)
 
+    @property
+    def storage_ok(self) -> bool:
+        """False from a failed write until the ledger takes writes again (``/readyz``)."""
+        return not self._storage_down
+
     def _fraction(self, pseudo: str, *parts: str) -> float:
         return self.pseudo.fraction(pseudo, *parts)
 
@@ -161,10 +166,12 @@ class Agent:
         self._lock = lock_data_dir(data)  # before anything else: a second agent stops here
         self.pseudo = Pseudonymizer(load_or_create_secret(data / "pseudonym.key"))
         self.state.loyalty = self.pseudo.person
-        self.ledger = open_ledger(data / "edge.sqlite3", store_id=cfg.store_id,
-                                  on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"))
         self.sealer = TopicSealer.for_data_dir(data)  # offers' topics at rest (privacy.py)
-        self.store = Store(self.ledger, self.sealer)
+        # A ledger that cannot be written stops the start here (StorageUnwritable: one line, exit 2);
+        # a corrupt one is moved aside and a fresh one started (store.open_ledger).
+        self.ledger, self.store = open_ledger(data / "edge.sqlite3", store_id=cfg.store_id, sealer=self.sealer,
+                                              on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"))
+        self.pipeline.shell_errors = (sqlite3.Error,)  # a storage error in the step fails the batch, for a retry
         self._restore()
         self.sync = Sync(config=lambda: self.cfg, store=self.ledger, metrics=self.metrics, clock=self.clock,
                          install=self.install, mqtt_client=MqttClient)
@@ -173,6 +180,7 @@ class Agent:
         self.metrics.broker_connected.fn = lambda: 1.0 if self.mqtt and self.mqtt.connected.is_set() else 0.0
         self.metrics.tracked_devices.fn = lambda: len(self.state.tracks)
         self.metrics.commit_seconds.fn = lambda: self.ledger.last_commit_s if self.ledger else 0.0
+        self.metrics.storage_ok.fn = lambda: 0.0 if self._storage_down else 1.0
         # ping/#: a ping topic with extra levels becomes a dead letter (reason "topic"), not silence
         subs = [(f"{self.root}/ping/#", 0), (f"{self.root}/action/+", 1),
                 (f"{self.root}/consent/+", 1), (f"{self.root}/inventory", 1), (f"{self.root}/alert/claim", 1)]
@@ -253,23 +261,25 @@ class Agent:
         try:
             fx = self.pipeline.step(msgs, self.clock())
         except sqlite3.Error as exc:  # reading the ledger (an action's offer)
-            self.pipeline.take()
-            self._storage_failed(exc, msgs)
+            self._storage_failed(exc, msgs, self.pipeline.take())
             return
         self._commit(fx, msgs)
 
-    def ingest_pings(self, pings: list[Ping]) -> None:
+    def ingest_pings(self, pings: list[Ping]) -> bool:
         """Run already-decoded pings (vendor adapters: Meraki, Aruba) through
-        the same pipeline as MQTT pings, then commit and publish once."""
-        self._commit(self.pipeline.ingest(pings, self.clock()))
+        the same pipeline as MQTT pings, then commit and publish once (False:
+        storage failed)."""
+        return self._commit(self.pipeline.ingest(pings, self.clock()))
 
     def deadletter(self, m: Message, reason: str, detail: str = "", *, device: str | None = None) -> None:
         """A payload a vendor adapter could not use (committed with the next batch)."""
         self.pipeline.deadletter(m.topic, m.payload, m.received, reason, detail, device=device)
 
-    def commit(self) -> None:
-        """Commit and publish what was collected outside a batch (claims, reloads, forgets)."""
-        self._commit(self.pipeline.take())
+    def commit(self) -> bool:
+        """Commit and publish what was collected outside a batch (claims, reloads, forgets,
+        pauses, pickups); False when storage failed — then nothing of it stays in memory
+        either, and an HTTP caller answers 503."""
+        return self._commit(self.pipeline.take())
 
     def commit_effects(self, fx: Effects) -> bool:
         """Commit effects built outside the pipeline (the till: ``pos``), then publish; False on a storage error."""
@@ -286,16 +296,21 @@ class Agent:
                 stage(fx)
             if self._delivered:
                 self.ledger.mark_delivered(self._delivered)
+            wrote = self.ledger.in_transaction
             store.commit()
         except sqlite3.Error as exc:
-            self._storage_failed(exc, msgs)
+            self._storage_failed(exc, msgs, fx)
             return False
         self._delivered = []
-        if self._storage_down:
-            self._storage_down = False
-            log.warning("storage recovered: %s", store.path)
+        if wrote:
+            self._recovered()
         self._after_commit(fx)
         return True
+
+    def _recovered(self) -> None:
+        if self._storage_down:
+            self._storage_down = False
+            log.warning("storage recovered: %s takes writes again", self.store.path)
 
     def _after_commit(self, fx: Effects) -> None:
         for o in fx.offers:
@@ -322,15 +337,38 @@ class Agent:
         for fn in self.outlets:
             fn(topic, payload)
 
-    def _storage_failed(self, exc: Exception, msgs: list[Message]) -> None:
+    def _storage_failed(self, exc: Exception, msgs: list[Message], fx: Effects | None = None) -> None:
+        """Nothing of ``fx`` was committed: undo what it changed in memory (a withheld
+        offer leaves no cooldown, a refused pause no pause), keep ``msgs``' QoS 1
+        messages for a retry, and say once what kind of failure it is."""
         self.ledger.rollback()
+        for undo in reversed(fx.undo if fx is not None else ()):
+            undo()
         keep = [m for m in msgs if m.qos]
         self._retry.extend(keep)
-        self.metrics.storage_errors.inc(type(exc).__name__)
-        if not self._storage_down:
-            log.error("storage error on %s: %s — offers withheld, %d QoS 1 messages kept for retry; "
-                      "tracking continues in memory", self.ledger.path, exc, len(keep))
+        kind = error_kind(exc)
+        self.metrics.storage_errors.inc(kind)
+        if kind == "corrupt":
+            self._replace_corrupt(exc)
+        elif not self._storage_down:
+            log.error("storage error on %s: cannot write (%s: %s) — offers withheld, %d QoS 1 messages kept "
+                      "for retry, admin, pickup and purchase requests answered 503, /readyz 503; tracking "
+                      "continues in memory", self.ledger.path, kind, exc, len(keep))
         self._storage_down = True
+
+    def _replace_corrupt(self, exc: Exception) -> None:
+        """SQLite calls the ledger corrupt during a run: move it aside (kept for
+        ``sqlite3 .recover``) and go on with a fresh one; memory keeps the live state."""
+        path = self.ledger.path
+        try:
+            self.ledger.conn.close()
+        except sqlite3.Error:
+            pass
+        set_aside(path, exc, "during the run")
+        self.ledger, self.store = open_ledger(path, store_id=self.cfg.store_id, sealer=self.sealer)
+        if self.sync is not None:
+            self.sync.store = self.ledger
+        self.metrics.outbox_pending.fn = self.ledger.outbox.pending
 
     # -- offers on the wire
     def _publish_offer(self, device: str, payload: dict, received: float | None) -> None:
@@ -372,6 +410,13 @@ class Agent:
                 log.exception("tracker tick failed")
 
     def tick(self) -> None:
+        if self._storage_down and not self._retry:
+            try:
+                self.store.probe(self.clock())  # one small write: does the ledger take writes again?
+            except sqlite3.Error as exc:
+                self._storage_failed(exc, [])
+                return
+            self._recovered()
         if self._retry:
             msgs, self._retry = self._retry, []
             self.on_batch(msgs)

@@ -47,7 +47,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "mqtt": frozenset({"url", "username", "password", "client_id", "protocol", "tls_ca", "tls_cert", "tls_key",
                        "tls_insecure", "keepalive"}),
     "http": frozenset({"listen", "admin_token", "tls_cert", "tls_key", "public_url", "ping_rate", "ping_burst",
-                       "address_rate"}),
+                       "address_rate", "header_timeout_s", "vendor_rate"}),
     "data": frozenset({"dir"}),
     "tracking": frozenset({"clock", "timeout_s", "publish_events", "sustained_pings", "default_acc",
                            "max_future_skew_s", "max_speed_mps", "fusion", "confidence", "acc_sigmas"}),
@@ -177,6 +177,8 @@ def parse_http(c: Collector, doc: dict, base: Path) -> HttpConfig:
         ping_rate=c.number(h, "ping_rate", W, default=5.0, positive=True),
         ping_burst=c.integer(h, "ping_burst", W, default=10, minimum=1),
         address_rate=c.number(h, "address_rate", W, default=50.0, positive=True),
+        header_timeout_s=c.number(h, "header_timeout_s", W, default=10.0, positive=True),
+        vendor_rate=c.number(h, "vendor_rate", W, default=10.0, positive=True),
     )
     if ("tls_cert" in h) != ("tls_key" in h):
         c.err(W, "tls_key" if "tls_cert" in h else "tls_cert", "tls_cert and tls_key go together")

@@ -186,6 +186,10 @@ class HttpConfig:
     ping_rate: float = 5.0  # pings per second per device (HTTP and the page's WebSocket)
     ping_burst: int = 10  # bucket size of ping_rate
     address_rate: float = 50.0  # requests per second per client address (bursts of twice that)
+    # A connection whose request headers have not all arrived by then is closed (also an idle keep-alive).
+    header_timeout_s: float = 10.0
+    # Posts per second per client address on each vendor receiver (/v1/ingest/*), bursts of twice that.
+    vendor_rate: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,9 @@ ledger owns the connection and the transaction); the uplink takes them in
 order, and deletes them only after central acknowledged them.
 
 Classes decide what is shed when the outbox is over its bound:
-``0`` analytics (transitions), shed first, oldest first; ``1`` ordinary
-events (offers, suppressions, alerts, dead letters); ``2`` never shed
+``0`` analytics (transitions) and dead letters (anyone on the store network
+can make those), shed first, oldest first; ``1`` ordinary events (offers,
+suppressions, alerts); ``2`` never shed
 (redemptions, dismissals, consent changes, forgets).
 """
 
@@ -22,6 +23,7 @@ from .schema import migrate
 SHED_ANALYTICS, SHED_NORMAL, NEVER_SHED = 0, 1, 2
 KIND_CLASS = {
     "transition": SHED_ANALYTICS,
+    "deadletter": SHED_ANALYTICS,  # a flood of garbage never pushes an offer out
     "redemption": NEVER_SHED,
     "dismissal": NEVER_SHED,
     "consent": NEVER_SHED,

@@ -201,7 +201,7 @@ async def test_meraki_v3_wifi_and_bluetooth_bodies_enter_fences_and_get_offers(
             assert (await r.json())["reason"] == "schema"
         dl = await watcher.next_json(f"{R}/deadletter")
         assert dl["reason"] == "schema" and dl["payload_b64"] == ""
-        async with http.post(url, data=b"{not json") as r:
+        async with http.post(url, data=b'{"secret": "supersecret", not json') as r:  # past the secret
             assert r.status == 400 and (await r.json())["reason"] == "decode"
         await watcher.next(f"{R}/deadletter")
         async with http.get(server.url + "/metrics") as r:

@@ -10,6 +10,7 @@ modules are added here too: the associates' page and alerts
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Callable
 
 from aiohttp import web
@@ -33,8 +34,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     broker = bool(agent.mqtt and agent.mqtt.connected.is_set())
-    body = {"broker_connected": broker, "config_loaded": agent.ready, "config_version": agent.cfg.version}
-    return web.json_response(body, status=200 if broker and agent.ready else 503)
+    storage = agent.storage_ok
+    body = {"broker_connected": broker, "config_loaded": agent.ready, "config_version": agent.cfg.version,
+            "storage_ok": storage}
+    return web.json_response(body, status=200 if broker and agent.ready and storage else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -60,8 +63,12 @@ async def admin_requeue(request: web.Request) -> web.Response:
     require_admin(request)
     agent = request.app[AGENT]
     agent.ledger.begin()
-    n = agent.ledger.outbox.requeue_aside()
-    agent.ledger.commit()
+    try:
+        n = agent.ledger.outbox.requeue_aside()
+        agent.ledger.commit()
+    except sqlite3.Error:
+        agent.ledger.rollback()
+        raise web.HTTPServiceUnavailable(text="storage unavailable; nothing was requeued, retry\n") from None
     wake = getattr(getattr(agent.sync, "uplink", None), "wake", None)
     if wake is not None:
         wake.set()

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from edge_agent.pipeline.alerts import MAX_ASSOCIATE_LEN, AlertManager, ClaimError, valid_associate
-from .base import AGENT, close_socket, require_associate
+from .base import AGENT, close_socket, read_json, require_associate
 
 STATIC = Path(__file__).parent / "static"
 PAGE_QUEUE = 1000  # changes a page may fall behind by before it is sent a fresh snapshot
@@ -85,10 +85,7 @@ async def ws(request: web.Request) -> web.WebSocketResponse:
 async def _change(request: web.Request, fn_name: str) -> web.Response:
     require_associate(request)
     alert_id = request.match_info["id"]
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(text='body must be JSON: {"associate": "..."}\n') from None
+    body = await read_json(request)  # 400 for malformed, deep or huge-number JSON
     associate = body.get("associate") if isinstance(body, dict) else None
     if not valid_associate(associate):
         raise web.HTTPBadRequest(text=f"'associate' must be a non-empty string of at most "
@@ -99,7 +96,8 @@ async def _change(request: web.Request, fn_name: str) -> web.Response:
         alert = getattr(alerts, fn_name)(alert_id, associate.strip())
     except ClaimError as exc:
         return web.json_response({"alert_id": alert_id, "error": exc.error, "by": exc.by}, status=exc.status)
-    alerts.commit()
+    if alerts.commit() is False:
+        raise web.HTTPServiceUnavailable(text="storage unavailable; retry\n")
     return web.json_response({"alert_id": alert.alert_id, "kind": alert.kind, "state": alert.state,
                               "by": alert.by})
 

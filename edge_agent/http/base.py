@@ -11,10 +11,11 @@ app — and the service, which composes the adapters, never sits in a circle.
 from __future__ import annotations
 
 import asyncio
-
 import hmac
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -53,3 +54,35 @@ async def close_socket(sock: web.WebSocketResponse, sender: asyncio.Task) -> Non
     except (asyncio.CancelledError, ConnectionError):
         pass
     await sock.close()
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, however many TCP segments it came in (``content.read(n)``
+    returns only what has arrived); 413 past ``limit``, whatever
+    ``Content-Length`` says."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    chunks: list[bytes] = []
+    n = 0
+    async for chunk in request.content.iter_any():
+        n += len(chunk)
+        if n > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=n)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: 400 for anything else — deep nesting (over 1,024 levels), numbers
+    beyond 64-bit integers or doubles, NaN literals, invalid UTF-8."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_json", "detail": str(exc)[:200]}),
+                                 content_type="application/json") from None
+
+
+async def read_json(request: web.Request, limit: int = 64 * 1024) -> Any:
+    """:func:`read_body`, then :func:`parse_json`."""
+    return parse_json(await read_body(request, limit))
+

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .base import AGENT, bearer_ok, require_associate
+from .base import AGENT, bearer_ok, read_json, require_associate
 from edge_agent.pipeline.floor import OrderError, floor_map
 
 MAX_ID_LEN = 64
@@ -55,10 +55,7 @@ def add_routes(app: web.Application) -> None:
 
     async def post_pickup(request: web.Request) -> web.Response:
         require_pos(request)
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            body = None
+        body = await read_json(request)  # 400 for malformed, deep or huge-number JSON
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text='body must be JSON: {"order_id", "loyalty_id" | "device", "zone", '
                                           '"first_name"?}\n')
@@ -76,7 +73,8 @@ def add_routes(app: web.Application) -> None:
             order, created = floor.add_order(order_id, person, zone, first_name)
         except OrderError as exc:
             return web.json_response({"order_id": order_id, "error": exc.error}, status=exc.status)
-        agent.commit()
+        if not agent.commit():  # not on disk: not taken (and not kept in memory either)
+            raise web.HTTPServiceUnavailable(text="storage unavailable; the order was not taken, retry\n")
         return web.json_response(order.view(), status=201 if created else 200)
 
     async def delete_pickup(request: web.Request) -> web.Response:
@@ -87,7 +85,8 @@ def add_routes(app: web.Application) -> None:
         except OrderError as exc:
             return web.json_response({"order_id": request.match_info["order_id"], "error": exc.error},
                                      status=exc.status)
-        agent.commit()
+        if not agent.commit():
+            raise web.HTTPServiceUnavailable(text="storage unavailable; the order is still open, retry\n")
         return web.Response(status=204)
 
     app.router.add_get("/v1/floor", get_floor)

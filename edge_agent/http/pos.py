@@ -24,6 +24,7 @@ from aiohttp import web
 
 from edge_agent.pipeline import campaigns
 from edge_agent.pipeline.effects import Effects, PromoCount, PurchaseRow, RedeemRow
+from .base import read_json
 from edge_agent.commands.report import build_report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("edge_agent.http.pos")
 
 MAX_SKUS = 1000
+MAX_BACKDATE_S = 7 * 86400.0  # a till that queued offline over a long weekend; older ``ts`` is refused
+MAX_KEY_LEN = 200  # an Idempotency-Key
 
 
 class BadRequest(ValueError):
@@ -44,9 +47,15 @@ def _number(body: dict, key: str, *, required: bool = False) -> float | None:
         if required:
             raise BadRequest(f"'{key}' is required")
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise BadRequest(f"'{key}' must be a finite number")
-    return float(v)
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise BadRequest(f"'{key}' must be a finite number")
+    return f
 
 
 def _string(body: dict, key: str, *, required: bool = False) -> str | None:
@@ -59,9 +68,24 @@ def _string(body: dict, key: str, *, required: bool = False) -> str | None:
 
 
 def _when(agent: "Agent", body: dict, now: float) -> float:
-    """The body's ``ts`` (a till that queued offline), never in the future."""
+    """The body's ``ts`` (a till that queued offline), never in the future and
+    at most ``MAX_BACKDATE_S`` in the past (a redemption's expiry is judged at
+    it: an older one would let any expired code through)."""
     ts = _number(body, "ts")
-    return now if ts is None else min(ts, now)
+    if ts is None:
+        return now
+    skew = agent.cfg.tracking.max_future_skew_s
+    if not now - MAX_BACKDATE_S <= ts <= now + skew:
+        raise BadRequest(f"'ts' must be epoch seconds within the last {MAX_BACKDATE_S / 86400:g} days "
+                         f"(and not more than {skew:g} s ahead)")
+    return min(ts, now)
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= MAX_KEY_LEN:
+        raise BadRequest(f"'Idempotency-Key' must be 1..{MAX_KEY_LEN} characters")
+    return key
 
 
 def redeem(agent: "Agent", body: dict, idempotency_key: str | None) -> campaigns.Answer:
@@ -107,9 +131,15 @@ def redeem(agent: "Agent", body: dict, idempotency_key: str | None) -> campaigns
     return answer
 
 
-def purchase(agent: "Agent", body: dict) -> dict[str, Any]:
+def purchase(agent: "Agent", body: dict, idempotency_key: str | None = None) -> dict[str, Any]:
     """Record a basket and attribute it to the person's offers and would-offers
-    of the last ``[offers] attribution_window_s`` whose skus meet it."""
+    of the last ``[offers] attribution_window_s`` whose skus meet it.  A retry
+    with the ``Idempotency-Key`` of a recorded purchase gets its answer again
+    and records nothing."""
+    if idempotency_key is not None:
+        earlier = agent.store.campaigns.purchase_answer(idempotency_key)
+        if earlier is not None:
+            return earlier
     loyalty_id, device = _string(body, "loyalty_id"), _string(body, "device")
     if (loyalty_id is None) == (device is None):
         raise BadRequest("exactly one of 'loyalty_id' and 'device' is required")
@@ -126,8 +156,10 @@ def purchase(agent: "Agent", body: dict) -> dict[str, Any]:
     hits = campaigns.attributable(exposures, skus, {p.id: p for p in cfg.promotions}, ts=ts, window_s=window)
     attributed = tuple((e["id"], e["ts"], e["promotion_id"], e["variant"], e["arm"]) for e in hits)
     summary = sorted({(e["promotion_id"], e["variant"] or campaigns.NO_VARIANT, e["arm"]) for e in hits})
+    answer = {"accepted": True, "attributed": [{"promotion_id": p, "variant": v, "arm": a} for p, v, a in summary]}
     fx = Effects()
-    fx.rows.append(PurchaseRow(ts, person, basket_total, currency, tuple(skus), attributed))
+    fx.rows.append(PurchaseRow(ts, person, basket_total, currency, tuple(skus), attributed, idempotency_key,
+                               answer if idempotency_key is not None else None))
     fx.event("purchase", ts, agent.pseudonym(device) if device is not None else None, person=person,
              skus=list(skus), basket_total=basket_total, currency=currency,
              attributed=[{"promotion_id": p, "variant": v, "arm": a} for p, v, a in summary])
@@ -135,7 +167,7 @@ def purchase(agent: "Agent", body: dict) -> dict[str, Any]:
         raise web.HTTPServiceUnavailable(text="storage unavailable\n")
     for pid in sorted({p for p, _, a in summary if a == campaigns.TREATED}):
         agent.metrics.conversions.inc(pid)
-    return {"accepted": True, "attributed": [{"promotion_id": p, "variant": v, "arm": a} for p, v, a in summary]}
+    return answer
 
 
 def report_from_file(path: Path, *, since: float | None, until: float, tz, promotions) -> dict[str, Any]:
@@ -157,10 +189,7 @@ def setup_routes(app: web.Application, agent_key: web.AppKey, require_admin: Cal
             raise web.HTTPUnauthorized(text="pos token required\n", headers={"WWW-Authenticate": "Bearer"})
 
     async def json_body(request: web.Request) -> dict:
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(text="body must be a JSON object\n") from None
+        body = await read_json(request)  # 400 for malformed, deep or huge-number JSON
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="body must be a JSON object\n")
         return body
@@ -169,7 +198,7 @@ def setup_routes(app: web.Application, agent_key: web.AppKey, require_admin: Cal
         require_pos(request)
         body = await json_body(request)
         try:
-            answer = redeem(request.app[agent_key], body, request.headers.get("Idempotency-Key"))
+            answer = redeem(request.app[agent_key], body, _idempotency_key(request))
         except BadRequest as exc:
             return web.json_response({"error": "bad_request", "detail": str(exc)}, status=400)
         return web.json_response(answer.body, status=answer.status)
@@ -178,7 +207,7 @@ def setup_routes(app: web.Application, agent_key: web.AppKey, require_admin: Cal
         require_pos(request)
         body = await json_body(request)
         try:
-            out = purchase(request.app[agent_key], body)
+            out = purchase(request.app[agent_key], body, _idempotency_key(request))
         except BadRequest as exc:
             return web.json_response({"error": "bad_request", "detail": str(exc)}, status=400)
         return web.json_response(out, status=202)
@@ -190,7 +219,8 @@ def setup_routes(app: web.Application, agent_key: web.AppKey, require_admin: Cal
             pid = request.match_info["id"]
             if not agent.touch().set_paused(pid, paused, agent.clock()):
                 return web.json_response({"error": "unknown_promotion"}, status=404)
-            agent.commit()
+            if not agent.commit():  # not on disk: not in force either (the shell undid it)
+                raise web.HTTPServiceUnavailable(text="storage unavailable; nothing changed, retry\n")
             log.warning("promotion %s %s by the admin endpoint", pid, "paused" if paused else "resumed")
             return web.json_response({"promotion_id": pid, "paused": paused})
         return handler

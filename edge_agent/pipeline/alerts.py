@@ -94,7 +94,7 @@ class AlertManager:
         self._visiting: set[str] = set()  # raw device ids with a VIP check done this visit
         self._assisted: set[tuple[str, str, float]] = set()  # (device, fence, entered) already alerted
         self._pages: list[Callable[[dict[str, Any]], None]] = []  # associates' pages (their WebSockets)
-        self.commit: Callable[[], None] = lambda: None  # the shell's: commit, then publish what was raised
+        self.commit: Callable[[], bool | None] = lambda: None  # the shell's (False: storage failed)
         self.on_claimed: list[Callable[[Alert], None]] = []  # rooms told of a claim (the floor's pickups)
 
     # -- configuration helpers

@@ -25,6 +25,7 @@ SOURCES = frozenset({"wifi", "ble", "html5", "gps", "uwb"})
 MAX_COORD_M = 100_000.0  # a local coordinate beyond 100 km is not in a store
 MAX_ACC_M = 100_000.0
 MAX_BEACONS = 64
+MAX_DEVICE_LEN = 128  # longer ids could not be named in a forget or export URL
 
 
 class PayloadError(EdgeError):
@@ -104,14 +105,24 @@ def _json_lenient(payload: bytes) -> Any:
 
 
 def _num(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float | None:
-    v = obj.get(key)
+    return number(obj.get(key), key, required=required)
+
+
+def number(v: Any, key: str, *, required: bool = False) -> float | None:
+    """A finite float from a JSON number, or ``PayloadError``: ``range`` for NaN,
+    ±inf and integers too large for a float (JSON has no limit on digits),
+    ``schema`` for anything that is not a number, ``no_position`` when missing
+    and ``required``."""
     cls = v.__class__
     if cls is float:
         if v - v != 0.0:  # NaN or ±inf
             raise PayloadError("range", f"'{key}' is not finite")
         return v
     if cls is int:
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            raise PayloadError("range", f"'{key}' is too large") from None
     if v is None:
         if required:
             raise PayloadError("no_position", f"missing '{key}'")
@@ -121,7 +132,10 @@ def _num(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float |
         # (vendor adapters such as Meraki's convert their own documented quirks).
         hint = " (a string: send it as a JSON number)" if isinstance(v, str) else ""
         raise PayloadError("schema", f"'{key}' is not a number{hint}")
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:
+        raise PayloadError("range", f"'{key}' is too large") from None
     if not math.isfinite(v):
         raise PayloadError("range", f"'{key}' is not finite")
     return v
@@ -137,6 +151,13 @@ def _int(obj: Mapping[str, Any], key: str) -> int | None:
     if v != int(v):
         raise PayloadError("schema", f"'{key}' must be an integer")
     return int(v)
+
+
+def check_device(device: str) -> str:
+    """A device id from a topic: at most ``MAX_DEVICE_LEN`` characters."""
+    if len(device) > MAX_DEVICE_LEN:
+        raise PayloadError("too_large", f"device id over {MAX_DEVICE_LEN} characters")
+    return device
 
 
 def parse_ping(
@@ -227,7 +248,7 @@ def parse_owntracks(obj: Mapping[str, Any], *, user: str, device: str, received:
     """A real OwnTracks message; ``None`` for ``_type``s other than location."""
     if obj.get("_type") != "location":
         return None
-    ping = Ping(device=f"owntracks:{user}:{device}", source="owntracks", received=received)
+    ping = Ping(device=check_device(f"owntracks:{user}:{device}"), source="owntracks", received=received)
     ping.lat = _num(obj, "lat", required=True)
     ping.lon = _num(obj, "lon", required=True)
     ping.acc = _num(obj, "acc")

@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from store_config.model import Consent, StoreConfig
 
 from . import codecs
@@ -32,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core import Message, Pipeline
 
 INVENTORY_MAX_BYTES = 1 << 20
+MAX_QTY = 10**9  # beyond any shelf, and within SQLite's 64-bit integers
 
 
 class Control:
@@ -138,9 +137,10 @@ class Control:
         A retained message without its own ``ts`` may be old: it never beats a
         newer state, so it counts as time 0."""
         received = m.received
-        ts = obj.get("ts", 0.0 if m.retain else received)
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not np.isfinite(ts):
+        raw = obj.get("ts", 0.0 if m.retain else received)
+        if raw is None:
             raise PayloadError("schema", "'ts' is not a finite number")
+        ts = codecs.number(raw, "ts")
         if ts > received + self.p.cfg.tracking.max_future_skew_s:
             raise PayloadError("clock_skew", f"'ts' is {ts - received:.0f} s in the future")
         return float(ts)
@@ -154,8 +154,11 @@ class Control:
             if not isinstance(it, dict) or not isinstance(it.get("sku"), str):
                 raise PayloadError("schema", "inventory update needs a string 'sku'")
             qty = it.get("qty")
-            if (isinstance(qty, bool) or not isinstance(qty, (int, float)) or not np.isfinite(qty)
-                    or qty < 0 or qty != int(qty)):
+            if isinstance(qty, bool) or not isinstance(qty, (int, float)):
+                raise PayloadError("schema", "inventory 'qty' must be a non-negative integer")
+            if not 0 <= qty <= MAX_QTY:  # NaN fails here too
+                raise PayloadError("range", f"inventory 'qty' must be 0..{MAX_QTY}")
+            if qty != int(qty):
                 raise PayloadError("schema", "inventory 'qty' must be a non-negative integer")
             parsed.append((it["sku"], int(qty), self._update_ts(it, m)))
         st = self.p.state

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -57,6 +59,19 @@ from .state import Runtime, State, build_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import Metrics
+
+log = logging.getLogger("edge_agent.pipeline")
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` where ``exc`` was raised (the innermost frame)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
 
 
 
@@ -145,47 +160,74 @@ class Pipeline:
 
     # -- the batch step
     def step(self, msgs: Sequence[Message], now: float) -> Effects:
-        """Handle one batch of transport messages received by ``now``."""
+        """Handle one batch of transport messages received by ``now``.  Each
+        message is on its own: one that fails anywhere — its decoding, its
+        effect, the positioning of its ping — becomes its own dead letter
+        (``internal`` when no contract reason fits) and the batch goes on."""
         self.wall = now
-        root = self.root + "/"
         fx = self.fx
         pings: list[Ping] = []
         for m in msgs:
+            mark = fx.mark()
             try:
-                route = self._source_route(m.topic) if self.source_routes else None
-                if route is not None:
-                    pings.extend(route(m))
-                elif m.topic.startswith(root):
-                    rest = m.topic[len(root):]
-                    if rest.startswith("ping/"):
-                        ping = self._decode_ping(m, rest)
-                        if ping is not None and not (m.retain and self._stale_retained(ping)):
-                            pings.append(ping)
-                    elif rest.startswith("action/"):
-                        self.control.on_action(m, rest[len("action/"):], now)
-                        fx.acks.append(m)
-                    elif rest.startswith("consent/"):
-                        self.control.on_consent(m, rest[len("consent/"):])
-                        fx.acks.append(m)
-                    elif rest == "inventory":
-                        self.control.on_inventory(m)
-                        fx.acks.append(m)
-                    elif rest == "alert/claim":
-                        self.alerts.on_claim_message(m)
-                        fx.acks.append(m)
-                    else:
-                        fx.acks.append(m)
-                elif m.topic.startswith("owntracks/"):
-                    ping = self._decode_owntracks(m)
-                    if ping is not None and not (m.retain and self._stale_retained(ping)):
-                        pings.append(ping)
-            except PayloadError as exc:
-                self.deadletter(m.topic, m.payload, m.received, exc.reason, exc.detail,
-                                device=topic_device(m.topic))
-                if m.qos:
-                    fx.acks.append(m)
+                self._message(m, now, pings)
+            except self.shell_errors:
+                raise  # storage: the shell retries the whole batch
+            except PayloadError as exc:  # refused by design: what it said (a refusal to the phone) stands
+                self._dead_message(m, exc.reason, exc.detail)
+            except Exception as exc:  # noqa: BLE001 - any failure costs this message only
+                fx.rollback(mark)
+                self._internal(exc)
+                self._dead_message(m, "internal", type(exc).__name__)
         self.run_pings(pings)
         return self.take()
+
+    shell_errors: tuple[type[BaseException], ...] = ()  # the shell's storage errors pass through (set by it)
+
+    def _message(self, m: Message, now: float, pings: list[Ping]) -> None:
+        fx = self.fx
+        root = self.root + "/"
+        route = self._source_route(m.topic) if self.source_routes else None
+        if route is not None:
+            pings.extend(route(m))
+        elif m.topic.startswith(root):
+            rest = m.topic[len(root):]
+            if rest.startswith("ping/"):
+                ping = self._decode_ping(m, rest)
+                if ping is not None and not (m.retain and self._stale_retained(ping)):
+                    pings.append(ping)
+            elif rest.startswith("action/"):
+                self.control.on_action(m, codecs.check_device(rest[len("action/"):]), now)
+                fx.acks.append(m)
+            elif rest.startswith("consent/"):
+                self.control.on_consent(m, codecs.check_device(rest[len("consent/"):]))
+                fx.acks.append(m)
+            elif rest == "inventory":
+                self.control.on_inventory(m)
+                fx.acks.append(m)
+            elif rest == "alert/claim":
+                self.alerts.on_claim_message(m)
+                fx.acks.append(m)
+            else:
+                fx.acks.append(m)
+        elif m.topic.startswith("owntracks/"):
+            ping = self._decode_owntracks(m)
+            if ping is not None and not (m.retain and self._stale_retained(ping)):
+                pings.append(ping)
+
+    def _dead_message(self, m: Message, reason: str, detail: str) -> None:
+        device = topic_device(m.topic)
+        self.deadletter(m.topic, m.payload, m.received, reason, detail,
+                        device=device if device is not None and len(device) <= codecs.MAX_DEVICE_LEN else None)
+        if m.qos:
+            self.fx.acks.append(m)  # used up: a poison is never redelivered at every reconnect
+
+    def _internal(self, exc: BaseException) -> None:
+        """A failure no contract reason names: logged (type and place only, never the
+        payload or the topic: both may carry a raw id) and counted."""
+        self.metrics.internal_errors.inc(type(exc).__name__)
+        log.warning("a message failed in the step (%s at %s); dead-lettered as 'internal'",
+                    type(exc).__name__, _where(exc))
 
     def ingest(self, pings: list[Ping], now: float) -> Effects:
         """Already-decoded pings (vendor adapters: Meraki, Aruba) through the same path."""
@@ -205,7 +247,26 @@ class Pipeline:
             pings, shed = shed_stale(pings, self.cfg.ingest.shed_above)
             if shed:
                 self.metrics.pings_shed.inc("stale", n=shed)
+            self._isolated(pings)
+
+    def _isolated(self, pings: list[Ping]) -> None:
+        """Position, match and track the batch at once; when that fails, each ping
+        alone, so only the ping that fails becomes a dead letter.  (What a batch
+        changes before it fails is its positions and fusion estimates; a ping's own
+        tracking, alerts and decisions are isolated in :meth:`_track_one`.)"""
+        mark = self.fx.mark()
+        try:
             self._process_pings(pings)
+        except self.shell_errors:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.fx.rollback(mark)
+            if len(pings) > 1:
+                for p in pings:
+                    self._isolated([p])
+                return
+            self._internal(exc)
+            self._dead_ping(pings[0], "internal", type(exc).__name__)
 
     # -- decoding
     def _decode_ping(self, m: Message, rest: str) -> Ping | None:
@@ -213,7 +274,7 @@ class Pipeline:
         if len(parts) != 3 or not parts[2]:
             raise PayloadError("topic", f"ping topic must be {self.root}/ping/{{source}}/{{device}} "
                                         f"({len(parts) + 2} levels after the store id, got {len(parts)})")
-        source, device = parts[1], parts[2]
+        source, device = parts[1], codecs.check_device(parts[2])
         if source not in codecs.SOURCES:
             raise PayloadError("unknown_source", f"source {source!r}")
         cfg = self.cfg
@@ -306,12 +367,9 @@ class Pipeline:
                 floors[i] = p.floor if p.floor is not None else 0
                 accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
         sel = np.flatnonzero(ok)
-        guard = st.guard
-        tracks = st.tracks
         ping_clock = cfg.tracking.clock == "ping"
         times = np.array([((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
                           for p in (pings[i] for i in sel)], dtype=float)
-        params = rt.params
         # Only coarse fixes go to the filter: a precise one (UWB, a check-in: acc <= precise_acc)
         # is judged as it came, at no extra cost, and leaves the device's estimate as it was.
         fz = np.flatnonzero(fusible[sel] & (accs[sel] > rt.fusion.precise_acc)) if rt.fusion is not None else ()
@@ -332,31 +390,44 @@ class Pipeline:
             matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
             eff_acc = accs[sel]
             passed = None
-        for j, i in enumerate(sel):
+        guard = st.guard
+        tracks = st.tracks
+        params = rt.params
+        fx = self.fx
+        for j, i in enumerate(sel):  # each ping's tracking, alerts and decisions on its own
             p = pings[i]
-            self.metrics.pings.inc(p.source)
-            now = float(times[j])
-            if ping_clock and now > st.sim_now:
-                st.sim_now = now
-            spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts, p.mock)
-            if spoof is not None:
-                self.metrics.spoofed.inc(spoof)
-                continue
-            track = tracks.get(p.device)
-            if track is not None and now < track.last_seen:
-                continue  # out of order: an older ping never undoes a newer one
-            fresh = track is None or now - track.last_seen > rt.params.timeout_s
-            if fresh:
-                # A new visit (first ping, or the first after a silence timeout).
-                h = st.histories.get(st.person_for(p.device))
-                if h is not None:
-                    h.visit_count = 0
-            step_params = params if passed is None or passed[j] else rt.fused_params
-            events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
-            if fresh:
-                self.floor.on_visit(p.device, track, tracks.get(p.device), now)
-            if events:
-                self.on_transitions(p.device, events, p.received, now)
+            mark = fx.mark()
+            try:
+                self.metrics.pings.inc(p.source)
+                now = float(times[j])
+                if ping_clock and now > st.sim_now:
+                    st.sim_now = now
+                spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts,
+                                    p.mock)
+                if spoof is not None:
+                    self.metrics.spoofed.inc(spoof)
+                    continue
+                track = tracks.get(p.device)
+                if track is not None and now < track.last_seen:
+                    continue  # out of order: an older ping never undoes a newer one
+                fresh = track is None or now - track.last_seen > rt.params.timeout_s
+                if fresh:
+                    # A new visit (first ping, or the first after a silence timeout).
+                    h = st.histories.get(st.person_for(p.device))
+                    if h is not None:
+                        h.visit_count = 0
+                step_params = params if passed is None or passed[j] else rt.fused_params
+                events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
+                if fresh:
+                    self.floor.on_visit(p.device, track, tracks.get(p.device), now)
+                if events:
+                    self.on_transitions(p.device, events, p.received, now)
+            except self.shell_errors:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this ping only
+                fx.rollback(mark)
+                self._internal(exc)
+                self._dead_ping(p, "internal", type(exc).__name__)
 
     def _dead_ping(self, p: Ping, reason: str, detail: str) -> None:
         payload = p.raw if p.raw is not None else json.dumps({"device": p.device, "source": p.source}).encode()
@@ -412,11 +483,16 @@ class Pipeline:
             candidates = rt.promos.get(ev.fence, ())
             if fence is None or not candidates:
                 continue
+            history = st.history(person)
+            before = (dict(history.last_by_promo), history.visit_count, history.last_offer_ts, history.day,
+                      history.day_count)
             outcome = decide(trigger=kind, fence=fence, candidates=candidates, profile=profile, consent=consent,
-                             history=st.history(person), inventory=st.inv_view, now=now, tz=rt.tz,
+                             history=history, inventory=st.inv_view, now=now, tz=rt.tz,
                              offers=cfg.offers, holdout=lambda pid: st.fraction(person, pid),
                              stopped=st.campaign.stopped,
                              global_holdout=st.fraction(person, "*global*") if cfg.offers.global_holdout_pct else None)
+            if outcome.offer is not None or outcome.would_offer is not None:
+                fx.undo.append(partial(_restore_history, history, before))  # not committed: never happened
             self._outcome(device, pseudo, kind, fence, outcome, received, now, tracking=consent.tracking,
                           person=person)
 
@@ -480,6 +556,12 @@ class Pipeline:
         c = self.state.campaign
         c.offers[promo.id] = c.offers.get(promo.id, 0) + 1
         self.fx.rows.append(PromoCount(promo.id, offers=1))
+        self.fx.undo.append(partial(self._uncount_offer, promo))
+        self.update_budget_gauge(promo)
+
+    def _uncount_offer(self, promo) -> None:
+        c = self.state.campaign
+        c.offers[promo.id] = c.offers.get(promo.id, 1) - 1
         self.update_budget_gauge(promo)
 
     def update_budget_gauge(self, promo) -> None:
@@ -491,8 +573,12 @@ class Pipeline:
         """Pause or resume a promotion from the next decision on (False: unknown id)."""
         if not any(p.id == promotion_id for p in self.cfg.promotions):
             return False
-        self.state.campaign.paused[promotion_id] = paused
+        paused_map = self.state.campaign.paused
+        was = paused_map.get(promotion_id)
+        paused_map[promotion_id] = paused
         self.fx.rows.append(PauseRow(promotion_id, paused, now))
+        self.fx.undo.append(lambda: paused_map.pop(promotion_id) if was is None
+                            else paused_map.__setitem__(promotion_id, was))
         return True
 
     # -- admin
@@ -510,9 +596,14 @@ class Pipeline:
         st.histories.pop(person, None)  # the person's cooldowns and caps (campaigns key on the person)
         st.drop_device(device)
         self.floor.drop(device)
-        self.fx.rows.append(Forget(pseudo, full=True))
+        self.fx.rows.append(Forget(pseudo, full=True, person=person))
+        self.floor.drop_orders(person, pseudo)  # the store deletes their rows (and counts them)
         self.fx.event("forget", self.wall, pseudo)  # after the Forget row: the store keeps this one
         return dropped
+
+
+def _restore_history(h, saved) -> None:
+    h.last_by_promo, h.visit_count, h.last_offer_ts, h.day, h.day_count = saved
 
 
 def topic_device(topic: str) -> str | None:

@@ -17,7 +17,7 @@ and the shell keeps the batch's QoS 1 messages to retry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["Effects", "Event", "Audit", "OfferRow", "ConsentRow", "InventoryRow", "Forget", "Code",
            "Action", "Publish", "OfferOut", "Notice", "Exposure", "PromoCount", "PauseRow", "RedeemRow",
@@ -76,10 +76,12 @@ class InventoryRow:
 @dataclass(frozen=True, slots=True)
 class Forget:
     """Consent withdrawn: purge the device's stored zones and transitions.
-    ``full`` (a forget request): delete every row that carries the pseudonym."""
+    ``full`` (a forget request): delete every row that carries the pseudonym
+    or names ``person`` (pickup orders, purchases)."""
 
     device: str  # pseudonym
     full: bool = False
+    person: str | None = None  # the device's person pseudonym (its own pseudonym without a loyalty id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,8 @@ class PurchaseRow:
     currency: str | None
     skus: tuple[str, ...]
     attributed: tuple[tuple[int, float, str, str | None, str], ...] = ()
+    idempotency_key: str | None = None  # the till's, so a retry gets ``response`` again
+    response: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +220,22 @@ class Effects:
     publish: list[Publish] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
     acks: list[Any] = field(default_factory=list)  # transport messages to acknowledge
+    # What to undo in memory when the rows cannot be committed (a withheld offer's cooldown, a pause,
+    # a pickup order): the shell runs these, newest first, on a storage failure.
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def mark(self) -> tuple[int, ...]:
+        """Where each list ends now (:meth:`rollback` drops what came after)."""
+        return (len(self.rows), len(self.offers), len(self.publish), len(self.notices), len(self.acks),
+                len(self.undo))
+
+    def rollback(self, mark: tuple[int, ...]) -> None:
+        """Drop what one failed message added since ``mark``, undoing what it changed in
+        memory first (its own dead letter goes in after)."""
+        for undo in reversed(self.undo[mark[-1]:]):
+            undo()
+        for lst, n in zip((self.rows, self.offers, self.publish, self.notices, self.acks, self.undo), mark):
+            del lst[n:]
 
     def event(self, kind: str, ts: float, device: str | None, **fields: Any) -> None:
         self.rows.append(Event(kind, ts, device, fields))
@@ -229,3 +249,4 @@ class Effects:
         self.publish += other.publish
         self.notices += other.notices
         self.acks += other.acks
+        self.undo += other.undo

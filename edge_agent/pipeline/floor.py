@@ -398,7 +398,20 @@ class Floor:
         o = Order(order_id, person, zone, first_name, self.p.wall)
         self._index(o)
         self.p.fx.rows.append(o.row())
+        self.p.fx.undo.append(lambda: self._drop(o))  # not committed: no order
         return o, True
+
+    def _drop(self, o: Order) -> None:
+        if self.orders.get(o.order_id) is o:
+            del self.orders[o.order_id]
+        self._unwait(o)
+
+    def drop_orders(self, *persons: str) -> int:
+        """A forget: the orders of these persons leave memory (the store deletes their rows)."""
+        gone = [o for o in self.orders.values() if o.person in persons]
+        for o in gone:
+            self._drop(o)
+        return len(gone)
 
     def remove_order(self, order_id: str) -> Order:
         """``DELETE /v1/pickups/{order_id}``: collected.  An arrival alert still open resolves."""
@@ -407,6 +420,7 @@ class Floor:
             raise OrderError(404, "unknown_order")
         self._unwait(o)
         self.p.fx.rows.append(PickupGone(order_id))
+        self.p.fx.undo.append(lambda: self._index(o))  # not committed: the order still waits
         for aid, (_, oid) in list(self.arrivals.items()):
             if oid == order_id:
                 del self.arrivals[aid]

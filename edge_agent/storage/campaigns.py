@@ -92,6 +92,13 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX IF NOT EXISTS attributions_report ON attributions(promotion_id, variant, arm, person, exposure_ts);
     """,
+    # A till's retry of one purchase (its Idempotency-Key) is answered again, never recorded twice.
+    2: """
+    ALTER TABLE purchases ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE purchases ADD COLUMN response TEXT;
+    CREATE UNIQUE INDEX IF NOT EXISTS purchases_idempotency ON purchases(idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    """,
 }
 
 ARM = {"offered": TREATED, "holdout": CONTROL, "global_holdout": CONTROL}
@@ -140,8 +147,11 @@ class CampaignTables:
                 (r.offer_id, r.ts, r.person, r.device, r.promotion_id, r.variant, r.till, r.basket_total,
                  r.currency, r.idempotency_key, json.dumps(r.response, separators=(",", ":")), r.offer_ts))
         for r in by.get(fx.PurchaseRow, ()):
-            cur = c.execute("INSERT INTO purchases(ts, person, basket_total, currency, skus) VALUES (?,?,?,?,?)",
-                            (r.ts, r.person, r.basket_total, r.currency, json.dumps(list(r.skus))))
+            cur = c.execute("INSERT INTO purchases(ts, person, basket_total, currency, skus, idempotency_key, "
+                            "response) VALUES (?,?,?,?,?,?,?)",
+                            (r.ts, r.person, r.basket_total, r.currency, json.dumps(list(r.skus)),
+                             r.idempotency_key, json.dumps(r.response, separators=(",", ":"))
+                             if r.response is not None else None))
             pid = cur.lastrowid
             c.executemany(
                 "INSERT OR IGNORE INTO attributions(purchase_id, exposure_id, exposure_ts, person, promotion_id, "
@@ -187,6 +197,12 @@ class CampaignTables:
         return {"offer_id": r[0], "promotion_id": r[1], "device": r[2], "ts": r[3],
                 "code_ts": r[4] if r[4] is not None else r[3], "variant": payload.get("variant"),
                 "person": r[6] or r[2]}
+
+    def purchase_answer(self, idempotency_key: str) -> dict[str, Any] | None:
+        """The answer a purchase with this ``Idempotency-Key`` got, if one was recorded."""
+        r = self.conn.execute("SELECT response FROM purchases WHERE idempotency_key = ?",
+                              (idempotency_key,)).fetchone()
+        return None if r is None or r[0] is None else json.loads(r[0])
 
     def redemption(self, offer_id: str) -> dict[str, Any] | None:
         r = self.conn.execute("SELECT idempotency_key, response FROM redemptions WHERE offer_id = ?",

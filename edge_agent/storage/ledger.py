@@ -127,6 +127,11 @@ class Ledger:
             self.last_commit_s = time.perf_counter() - t0
             self._in_tx = False
 
+    @property
+    def in_transaction(self) -> bool:
+        """A write is open (something will be committed)."""
+        return self._in_tx
+
     def rollback(self) -> None:
         """End the open transaction; also after SQLite already rolled it back
         itself (a disk I/O error or a full disk does that)."""

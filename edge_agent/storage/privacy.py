@@ -14,7 +14,8 @@ Three things here keep that promise where the pseudonym is not enough:
   means that offers in flight at that moment are not re-sent.
 * **Forgetting** (:func:`erase`): every row that carries the pseudonym —
   offers (and their codes), audit rows, the consent override, queued and
-  set-aside outbox events — in the caller's transaction; the pipeline drops
+  set-aside outbox events — and the pickup orders of the device's person,
+  in the caller's transaction; the pipeline drops
   the live state (tracker, history, consent) and queues one ``forget`` event
   for central.
 * **The right of access** (:func:`export`): everything kept about a
@@ -71,10 +72,12 @@ class TopicSealer:
 
 # -- forgetting and the right of access (SQL on the agent's one file) ----------------------------
 
-def erase(conn: sqlite3.Connection, pseudo: str) -> dict[str, int]:
-    """Delete every stored row about ``pseudo``; returns counts per kind.
-    Runs in the caller's transaction (the shell commits)."""
+def erase(conn: sqlite3.Connection, pseudo: str, person: str | None = None) -> dict[str, int]:
+    """Delete every stored row about ``pseudo`` (and the pickup orders of its
+    ``person``); returns counts per kind.  Runs in the caller's transaction
+    (the shell commits)."""
     q = conn.execute
+    persons = (pseudo, person or pseudo)
     codes = q("SELECT count(*) FROM offers WHERE device = ? AND code IS NOT NULL", (pseudo,)).fetchone()[0]
     return {
         "offers": q("DELETE FROM offers WHERE device = ?", (pseudo,)).rowcount,
@@ -90,6 +93,8 @@ def erase(conn: sqlite3.Connection, pseudo: str) -> dict[str, int]:
         "exposures": q("DELETE FROM exposures WHERE device = ?", (pseudo,)).rowcount,
         "redemptions": q("DELETE FROM redemptions WHERE device = ?", (pseudo,)).rowcount,
         "purchases": q("DELETE FROM purchases WHERE person = ?", (pseudo,)).rowcount,
+        # click-and-collect orders name the person (and the first name the till gave)
+        "pickups": q("DELETE FROM pickups WHERE person IN (?, ?)", persons).rowcount,
     }
 
 

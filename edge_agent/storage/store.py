@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Iterable
 
-from store_config.model import Consent
+from store_config.model import Consent, EdgeError
 from sync.schema import migrate
 
 from edge_agent.transport.webhook import DeliveryTable
@@ -175,32 +176,111 @@ class Store:
                 led.event(r.kind, r.ts, r.device, **r.fields)
             elif isinstance(r, fx.Forget):
                 if r.full:
-                    self.forgotten[r.device] = privacy.erase(led.conn, r.device)
+                    self.forgotten[r.device] = privacy.erase(led.conn, r.device, r.person)
                 else:
                     led.forget_device(r.device)
 
     def commit(self) -> None:
         self.ledger.commit()
 
+    def probe(self, now: float) -> None:
+        """One small committed write (raises the storage error while there is one)."""
+        led = self.ledger
+        led.begin()
+        try:
+            led.conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('probe', ?)", (repr(now),))
+            led.commit()
+        except sqlite3.Error:
+            led.rollback()
+            raise
+
     def rollback(self) -> None:
         self.ledger.rollback()
 
 
-def open_ledger(path: Path, *, store_id: str, on_corrupt=None) -> Ledger:
-    """Open the ledger; a file that is not a usable SQLite database is moved
-    aside (kept for forensics, never deleted) and a fresh one is started."""
-    try:
-        return Ledger(path, store_id=store_id)
-    except sqlite3.DatabaseError as exc:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(path) + suffix)
-            if src.exists():
-                src.rename(Path(str(aside) + suffix))
-        if on_corrupt is not None:
-            on_corrupt()
-        log.error("%s is not a usable database (%s): moved to %s; starting a fresh ledger. "
-                  "Offers, codes and unsent events in the old file are not lost: recover them with "
-                  "`sqlite3 %s .recover`", path, exc, aside, aside)
-        return Ledger(path, store_id=store_id)
+class StorageUnwritable(EdgeError):
+    """The ledger cannot be opened for writing (permissions, a read-only disk, a full
+    one): an error for the operator, never a reason to move the file aside."""
+
+
+# SQLite's primary result codes (sqlite3.h) by what they tell the operator.
+_KINDS = {13: "full", 8: "readonly", 3: "readonly", 14: "readonly", 5: "busy", 6: "busy", 10: "io",
+          11: "corrupt", 26: "corrupt"}
+
+
+def error_kind(exc: BaseException) -> str:
+    """``full``, ``readonly``, ``busy``, ``io`` or ``corrupt`` (only what SQLite itself
+    calls corrupt: SQLITE_CORRUPT, SQLITE_NOTADB), else the exception's type."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF) in _KINDS:
+        return _KINDS[code & 0xFF]
+    return type(exc).__name__
+
+
+def set_aside(path: Path, exc: BaseException, when: str) -> Path:
+    """Move a ledger SQLite calls corrupt aside and say so in one line (how to recover included)."""
+    aside = move_aside(path)
+    log.error("%s is corrupt (%s, %s): moved to %s; starting a fresh ledger. Offers, codes and unsent events in "
+              "the old file are not lost: recover them with `sqlite3 %s .recover`", path, exc, when, aside, aside)
+    return aside
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a corrupt ledger (and its -wal/-shm) to ``<name>.corrupt-<stamp>``: kept, never deleted."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            src.rename(Path(str(aside) + suffix))
+    return aside
+
+
+def _unwritable(path: Path, why: str) -> StorageUnwritable:
+    return StorageUnwritable(f"cannot write the ledger {path} ({why}); the file is left as it is: give the "
+                             f"agent's user write access to it and to {path.parent} (a restore done as "
+                             f"another user?), or free the disk, then start again")
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, in one line, a ledger or data dir the agent cannot write."""
+    for p in (path, path.parent, Path(str(path) + "-wal"), Path(str(path) + "-shm")):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise _unwritable(path, f"{p.name} is not writable" if p != path.parent
+                              else f"{p} is not writable")
+
+
+def open_ledger(path: Path, *, store_id: str, on_corrupt=None, sealer=None) -> tuple[Ledger, Store]:
+    """Open the ledger and every table on it, checked (``PRAGMA quick_check``).
+
+    A file SQLite calls corrupt — not a database, or a malformed page with the
+    header intact — is moved aside (kept for ``sqlite3 .recover``, never
+    deleted) with one error line, and a fresh ledger is started: never a crash
+    at every start.  A file that cannot be written raises
+    :class:`StorageUnwritable` and is left exactly as it is."""
+    path = Path(path)
+    check_writable(path)
+    for attempt in (1, 2):
+        ledger = None
+        try:
+            ledger = Ledger(path, store_id=store_id)
+            bad = [r[0] for r in ledger.conn.execute("PRAGMA quick_check(3)")]
+            if bad != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(bad))
+            return ledger, Store(ledger, sealer)
+        except sqlite3.Error as exc:
+            if ledger is not None:
+                ledger.conn.close()
+            kind = error_kind(exc) if getattr(exc, "sqlite_errorcode", None) is not None else "corrupt"
+            if kind != "corrupt":
+                raise _unwritable(path, f"{exc}") from None
+            if attempt == 2:
+                raise
+            set_aside(path, exc, "at start")
+            if on_corrupt is not None:
+                on_corrupt()
+    raise AssertionError("unreachable")

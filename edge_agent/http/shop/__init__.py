@@ -31,12 +31,13 @@ import weakref
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import WSMsgType, web
 from shapely.geometry import MultiPolygon
 from shapely.ops import polylabel
 
 from edge_agent.pipeline.codecs import Ping
-from edge_agent.http.base import close_socket
+from edge_agent.http.base import close_socket, read_body
 from edge_agent.transport.mqtt import Message
 from .channel import ShopChannel
 from .qr import code_svg
@@ -135,7 +136,7 @@ def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
         device = authorized(request, "ping")
         device_rate(device, "ping")
         source = request.query.get("source", "html5")
-        body = await request.content.read(MAX_BODY + 1)
+        body = await read_body(request, MAX_BODY)  # whole, however it arrives; 413 past the limit
         msg = Message(f"{agent.root}/ping/{source}/{device}", body, 0, 0, agent.clock())
         dead = agent.metrics.deadletters.values
         before = dict(dead)
@@ -208,8 +209,8 @@ def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
     def _on_page_message(device: str, data: str) -> dict[str, Any] | None:
         """A page's ``{"type": "ping" | "action" | "consent", ...}`` (the MQTT payload beside ``type``)."""
         try:
-            obj = json.loads(data)
-        except ValueError:
+            obj = orjson.loads(data)  # strict: deep nesting and huge numbers are refused here
+        except orjson.JSONDecodeError:
             obj = None
         kind = obj.pop("type", None) if isinstance(obj, dict) else None
         if kind not in ("ping", "action", "consent"):

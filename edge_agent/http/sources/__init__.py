@@ -19,6 +19,7 @@ from typing import Callable
 from aiohttp import web
 
 from . import aruba, meraki
+from ._common import add_limits
 
 __all__ = ["add_routes", "mqtt_routes"]
 
@@ -26,6 +27,7 @@ __all__ = ["add_routes", "mqtt_routes"]
 def add_routes(app: web.Application) -> None:
     """Register the vendor ingest endpoints (each answers 404 until its
     ``[sources.NAME]`` table is configured)."""
+    add_limits(app)  # [http] vendor_rate per client address, checked before anything else
     meraki.add_routes(app)
     aruba.add_routes(app)
 

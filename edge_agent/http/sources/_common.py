@@ -7,9 +7,12 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from aiohttp import web
+
 from store_config.model import FloorPlan
 
 from edge_agent.metrics import Counter
+from ..shop.limits import Buckets
 
 
 def num(v: Any) -> float | None:
@@ -25,7 +28,10 @@ def num(v: Any) -> float | None:
             return None
     if not isinstance(v, (int, float)):
         return None
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
     return v if math.isfinite(v) else None
 
 
@@ -94,6 +100,30 @@ def device_id(agent, vendor: str, raw: str) -> str:
     a MAC the vendor already hashed).  Stable per store (the store's
     pseudonym key); the raw value never leaves this function."""
     return f"{vendor}:{agent.pseudonym(vendor + ':' + raw.strip().lower())}"
+
+
+LIMITS: web.AppKey[Buckets] = web.AppKey("vendor_limits", Buckets)
+
+
+def add_limits(app: web.Application) -> None:
+    """One table of token buckets for every receiver of ``app`` (see :func:`limited`)."""
+    app[LIMITS] = Buckets(10.0, 20.0)  # the rates are the config's, read at each request
+
+
+def limited(request, path: str) -> None:
+    """429 past ``[http] vendor_rate`` posts per second per client address on a
+    receiver (bursts of twice that), counted in ``edge_http_limited_total{path,by="source"}``.
+    Checked first, before the secret and the body."""
+    from edge_agent.http.base import AGENT
+
+    agent = request.app[AGENT]
+    buckets = request.app[LIMITS]
+    buckets.rate = rate = agent.cfg.http.vendor_rate  # a reload may change it
+    buckets.burst = 2 * rate
+    if not buckets.take(f"{path} {request.remote}", agent.clock()):
+        agent.metrics.http_limited.inc(path, "source")
+        raise web.HTTPTooManyRequests(text='{"error": "rate_limited"}', content_type="application/json",
+                                      headers={"Retry-After": str(max(1, round(1 / rate)))})
 
 
 def records_counter(agent) -> Counter:

@@ -25,18 +25,18 @@ store's key; ``sta_eth_mac.addr`` when ALE runs without anonymisation).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable, Mapping
 
+import orjson
 from aiohttp import web
 
 from geometry.floorplans import UNITS
 
 from edge_agent.pipeline.codecs import PayloadError, Ping, _check_ranges
-from edge_agent.http.base import AGENT, bearer_ok
+from edge_agent.http.base import AGENT, bearer_ok, read_body
 from edge_agent.transport.mqtt import Message
-from ._common import Plans, device_id, num, parse_time, plans_for, records_counter
+from ._common import Plans, device_id, limited, num, parse_time, plans_for, records_counter
 
 log = logging.getLogger("edge_agent.http.sources.aruba")
 
@@ -142,8 +142,8 @@ def _decode(payload: bytes) -> Any:
     if len(payload) > MAX_BODY:
         raise PayloadError("too_large", f"{len(payload)} bytes > {MAX_BODY}")
     try:
-        return json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(payload)  # strict: deep nesting and huge numbers are refused
+    except orjson.JSONDecodeError as exc:
         raise PayloadError("decode", f"invalid JSON: {exc}") from None
 
 
@@ -185,10 +185,11 @@ async def post_records(request: web.Request) -> web.Response:
     conf = agent.cfg.sources.get("aruba")
     if conf is None:
         raise web.HTTPNotFound(text="Aruba ingest is not configured ([sources.aruba] in store.toml)\n")
-    if not bearer_ok(request, conf.get("token")):
+    limited(request, PATH)
+    if not bearer_ok(request, conf.get("token")):  # before the body is read: an unauthenticated post stores nothing
         raise web.HTTPUnauthorized(text="[sources.aruba] token required\n", headers={"WWW-Authenticate": "Bearer"})
     received = agent.clock()
-    body = await request.content.read(MAX_BODY + 1)
+    body = await read_body(request, MAX_BODY)  # whole, however it arrives; 413 past the limit
     msg = Message(f"{agent.root}/ingest/aruba", body, 0, 0, received)
     try:
         pings, skipped = _parse(agent, _decode(body), received)
