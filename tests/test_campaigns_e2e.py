@@ -279,3 +279,23 @@ async def test_purchases_are_attributed_and_the_report_answers_through_http_and_
 def _reason_of(shop: Shop, device: str) -> str:
     pseudo = shop.agent.pseudonym(device)
     return " ".join(r["reason"] for r in shop.agent.ledger.read_audit(device=pseudo))
+
+
+async def test_scores_change_the_winner_and_model_and_propensity_reach_central(
+        store_factory, agent_factory, mqtt_client, tmp_path):
+    """Issue 23: central's scores pick the lower-priority promotion; the offer event
+    for central carries the model, the propensity and what the rules allowed."""
+    (tmp_path / "store").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "store" / "scores.json").write_text(json.dumps(
+        {"model": "propensity-2026-12-01", "scores": {"*": {"rules-pick": 0.01, "model-pick": 0.2}}}))
+    promos = [{"id": "rules-pick", "title": "By priority", "zones": ["aisle-1"], "priority": 9},
+              {"id": "model-pick", "title": "By score", "zones": ["aisle-1"], "priority": 1}]
+    shop = await open_shop(store_factory, agent_factory, mqtt_client, promotions=promos, toml_extra="""
+        [offers]
+        scores = "scores.json"
+    """)
+    await shop.ping("p1", "aisle-1")
+    assert (await shop.offer("p1"))["promotion_id"] == "model-pick"
+    (ev,) = shop.outbox("offer")
+    assert ev["model"] == "propensity-2026-12-01" and ev["propensity"] == 1.0
+    assert ev["allowed"] == ["rules-pick", "model-pick"] and ev["segments"] == []

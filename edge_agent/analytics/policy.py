@@ -36,7 +36,7 @@ import orjson
 
 from .stats import Z95
 
-__all__ = ["policy_probs", "evaluate", "choose"]
+__all__ = ["policy_probs", "evaluate", "choose", "score_of", "promo_value"]
 
 
 def promo_value(promo: Any | None) -> float:
@@ -49,7 +49,8 @@ def promo_value(promo: Any | None) -> float:
     return (promo.margin_pct - pct) / 100.0
 
 
-def _score(table: Mapping[str, Mapping[str, float]], segments: Sequence[str], pid: str) -> float:
+def score_of(table: Mapping[str, Mapping[str, float]], segments: Sequence[str], pid: str) -> float:
+    """The first of the person's segments that scores ``pid``, else ``"*"``, else 0."""
     for s in segments:
         row = table.get(s)
         if row is not None and pid in row:
@@ -61,7 +62,7 @@ def _score(table: Mapping[str, Mapping[str, float]], segments: Sequence[str], pi
 def choose(allowed: Sequence[str], segments: Sequence[str], table: Mapping[str, Mapping[str, float]],
            values: Mapping[str, float], priority: Mapping[str, int]) -> str:
     """The winner by score × value; higher priority, then the smaller id, breaks ties."""
-    return min(allowed, key=lambda pid: (-_score(table, segments, pid) * values.get(pid, 1.0),
+    return min(allowed, key=lambda pid: (-score_of(table, segments, pid) * values.get(pid, 1.0),
                                          -priority.get(pid, 0), pid))
 
 

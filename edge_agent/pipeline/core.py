@@ -406,13 +406,19 @@ class Pipeline:
                              history=st.history(person), inventory=st.inv_view, now=now, tz=rt.tz,
                              offers=cfg.offers, holdout=lambda pid: st.fraction(person, pid),
                              stopped=st.campaign.stopped,
-                             global_holdout=st.fraction(person, "*global*") if cfg.offers.global_holdout_pct else None)
+                             global_holdout=st.fraction(person, "*global*") if cfg.offers.global_holdout_pct else None,
+                             scores=cfg.scores, rand=st.rng.random)
             self._outcome(device, pseudo, kind, fence, outcome, received, now, tracking=consent.tracking,
-                          person=person)
+                          person=person, segments=profile.segments if profile is not None else ())
 
     def _outcome(self, device: str, pseudo: str, trigger: str, fence, outcome, received: float, now: float,
-                 *, tracking: bool, person: str) -> None:
+                 *, tracking: bool, person: str, segments: tuple[str, ...] = ()) -> None:
         fx = self.fx
+        # what central needs to evaluate another policy offline (inverse propensity weighting)
+        policy = {"model": outcome.model, "propensity": outcome.propensity}
+        if outcome.model is not None:
+            policy["allowed"] = list(outcome.allowed)
+            policy["segments"] = list(segments)
         promo = outcome.promotion  # the winner, offered or held out: its variant is the person's
         variant = (campaigns.variant_for(promo.variants, self.state.fraction(person, promo.id, "*variant*"))
                    if promo is not None and promo.variants else None)
@@ -427,7 +433,7 @@ class Pipeline:
             if d.outcome == "suppressed" and d.reason != "outranked":
                 if d.reason in campaigns.HOLDOUT_REASONS:  # the control group: what it would have got
                     fx.event("would_offer", now, pseudo, person=person, promotion_id=d.promotion_id, zone=where,
-                             reason=d.reason, variant=vid)
+                             reason=d.reason, variant=vid, **policy)
                     fx.rows.append(Exposure(now, person, pseudo, d.promotion_id, vid, d.reason))
                 else:
                     fx.event("suppressed", now, pseudo, person=person, promotion_id=d.promotion_id, zone=where,
@@ -449,7 +455,7 @@ class Pipeline:
             fx.rows.append(Exposure(now, person, pseudo, promo.id, vid, "offered", offer_id))
             self.count_offer(promo)
             fx.event("offer", now, pseudo, person=person, offer_id=offer_id, promotion_id=promo.id, zone=fence.id,
-                     sku=d.sku, alternative_zone=d.alternative_zone, variant=vid)
+                     sku=d.sku, alternative_zone=d.alternative_zone, variant=vid, **policy)
             fx.offers.append(OfferOut(device, payload, received))
             fx.notices.append(Notice("offer", {"device": pseudo, **payload}))
             self.alerts.on_offer(device, pseudo, promo, fence.id, now)
