@@ -477,6 +477,29 @@ class Pipeline:
         self.fx.rows.append(PromoCount(promo.id, offers=1))
         self.update_budget_gauge(promo)
 
+    def count_dismissal(self, promotion_id: str, now: float) -> None:
+        """A dismissed offer: counted, and the promotion's guardrail checked; past it
+        the promotion pauses itself (reason ``guardrail``) and the managers hear why."""
+        c = self.state.campaign
+        c.dismissals[promotion_id] = c.dismissals.get(promotion_id, 0) + 1
+        self.fx.rows.append(PromoCount(promotion_id, dismissals=1))
+        promo = next((p for p in self.cfg.promotions if p.id == promotion_id), None)
+        rate = c.guardrail_tripped(promo) if promo is not None else None
+        if rate is None:
+            return
+        c.paused[promotion_id] = True
+        c.pause_reason[promotion_id] = "guardrail"
+        self.fx.rows.append(PauseRow(promotion_id, True, now, "guardrail"))
+        n = c.offers.get(promotion_id, 0)
+        self.fx.event("guardrail", now, None, promotion_id=promotion_id, dismiss_rate=round(rate, 4),
+                      exposures=n, dismissals=c.dismissals[promotion_id],
+                      max_dismiss_rate=promo.guardrails.max_dismiss_rate)
+        self.alerts.raise_alert(
+            "guardrail", promo.zones[0] if promo.zones else None, None,
+            f"“{promo.title}” paused itself: {100 * rate:.0f} % of its {n} offers were dismissed "
+            f"(limit {100 * promo.guardrails.max_dismiss_rate:.0f} %). Resume it from the admin endpoint.",
+            None, audiences=("manager",), promotion_id=promotion_id, dismiss_rate=round(rate, 4))
+
     def update_budget_gauge(self, promo) -> None:
         left = self.state.campaign.remaining(promo)
         if left is not None:
@@ -487,6 +510,7 @@ class Pipeline:
         if not any(p.id == promotion_id for p in self.cfg.promotions):
             return False
         self.state.campaign.paused[promotion_id] = paused
+        self.state.campaign.pause_reason.pop(promotion_id, None)  # the admin's word: a plain pause or resume
         self.fx.rows.append(PauseRow(promotion_id, paused, now))
         return True
 
