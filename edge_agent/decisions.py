@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Callable, Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
@@ -58,6 +59,7 @@ from store_config.model import Consent, Fence, OffersConfig, Profile, Promotion,
 from .analytics.policy import promo_value, score_of
 
 OFFERED, SUPPRESSED = "offered", "suppressed"
+_RULES_ONLY: Mapping[str, object] = MappingProxyType({})  # no scores: the Outcome's defaults, nothing allocated
 
 
 @dataclass(slots=True)
@@ -278,7 +280,7 @@ def decide(
     if limit:
         decisions.append(Decision(best.id, SUPPRESSED, limit, best_decision.sku))
         return Outcome(tuple(decisions), None, None)
-    policy = {} if scores is None else {"model": model, "propensity": propensity, "allowed": allowed}
+    policy = _RULES_ONLY if scores is None else {"model": model, "propensity": propensity, "allowed": allowed}
     held = None
     if global_holdout is not None and offers.global_holdout_pct > 0 \
             and global_holdout * 100.0 < offers.global_holdout_pct:
