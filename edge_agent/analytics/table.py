@@ -67,8 +67,10 @@ def verdicts(report: dict[str, Any]) -> list[str]:
         if v["offered"] == 0 and v["holdout"] == 0:
             continue
         if ci is None:
-            why = (f"{v['holdout']} people held out, {v['offered']} offers; {MIN_PEOPLE} people needed "
-                   f"in each group" if _short(v) else "no purchase in either group yet")
+            offers = f"{v['offered']} offer{'' if v['offered'] == 1 else 's'}"
+            held = f"{v['holdout']} {'person' if v['holdout'] == 1 else 'people'} held out"
+            why = (f"{held}, {offers}; {MIN_PEOPLE} people needed in each group" if _short(v)
+                   else "no purchase in either group yet")
             out.append(f"- **{name}**: {NOT_ENOUGH} ({why}).")
             continue
         margin = v["incremental_margin"]
