@@ -63,3 +63,19 @@ def test_explore_pct_picks_uniformly_and_records_the_propensity():
         props[out.offer.promotion_id] = out.propensity
     assert props == pytest.approx({"b": 0.7 + 0.15, "a": 0.15})
     assert abs(picks["a"] / 4000 - 0.15) < 0.02 and abs(picks["b"] / 4000 - 0.85) < 0.02
+
+
+def test_a_bundles_scores_replace_the_files_and_bad_ones_are_refused():
+    from pathlib import Path
+
+    from store_config.load import load_store
+    from store_config.model import ConfigError
+    from sync.downlink import build_config
+
+    base = load_store(Path(__file__).resolve().parent.parent / "store_config" / "sample" / "store.toml")
+    assert base.scores is None
+    cfg = build_config(base, {"version": "1", "scores": {"model": "m2", "scores": {"*": {"bakery-morning": 0.2}}}})
+    assert cfg.scores.model == "m2" and cfg.scores.table["*"]["bakery-morning"] == 0.2
+    assert cfg.version != base.version
+    with pytest.raises(ConfigError, match="finite number"):
+        build_config(base, {"version": "2", "scores": {"model": "m3", "scores": {"*": {"x": -1}}}})
