@@ -2,7 +2,7 @@
 
 ``{"model": "propensity-2026-12-01", "scores": {"<segment or *>": {"<promotion>": 0.031, ...}}}``
 — a score is a finite number >= 0 (a promotion's chance of converting, say);
-the ranking multiplies it by the promotion's value (see ``edge_agent.decisions``).
+the ranking multiplies it by the promotion's value (see ``edge_agent.pipeline.decisions``).
 """
 
 from __future__ import annotations

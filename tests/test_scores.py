@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from edge_agent.decisions import OfferHistory, decide
+from edge_agent.pipeline.decisions import OfferHistory, decide
 from store_config.load import parse_scores
 from store_config.model import Discount, OffersConfig, Profile, Promotion
 

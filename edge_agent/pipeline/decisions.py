@@ -56,7 +56,7 @@ from zoneinfo import ZoneInfo
 
 from store_config.model import Consent, Fence, OffersConfig, Profile, Promotion, Scores
 
-from .analytics.policy import promo_value, score_of
+from edge_agent.analytics.policy import promo_value, score_of
 
 OFFERED, SUPPRESSED = "offered", "suppressed"
 _RULES_ONLY: Mapping[str, object] = MappingProxyType({})  # no scores: the Outcome's defaults, nothing allocated

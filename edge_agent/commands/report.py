@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-from .analytics.stats import Arm, discount_of
-from .analytics.table import format_markdown, variant_row
-from .campaigns import CONTROL, NO_VARIANT, TREATED
+from edge_agent.analytics.stats import Arm, discount_of
+from edge_agent.analytics.table import format_markdown, variant_row
+from edge_agent.pipeline.campaigns import CONTROL, NO_VARIANT, TREATED
 
 Z95 = 1.959963984540054
 
@@ -182,7 +182,7 @@ def run_chain(args: argparse.Namespace) -> int:
     """``report --chain EVENTS...``: the stratified table across the chain's stores."""
     from store_config.model import ConfigError
 
-    from .analytics.chain import ExportError, chain_report
+    from edge_agent.analytics.chain import ExportError, chain_report
 
     try:
         promotions = _promotions_file(args.promotions)
@@ -206,8 +206,8 @@ def run_policy(args: argparse.Namespace) -> int:
     from store_config.load import parse_scores
     from store_config.model import ConfigError
 
-    from .analytics.chain import ExportError, read_lines
-    from .analytics.policy import evaluate, promo_value
+    from edge_agent.analytics.chain import ExportError, read_lines
+    from edge_agent.analytics.policy import evaluate, promo_value
 
     if len(args.policy_eval) < 2:
         print("error: --policy-eval needs a scores file and at least one export", file=sys.stderr)
