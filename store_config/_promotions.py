@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from ._checks import Collector, check_timezone, raise_if, type_name, where_obj
 from ._checks import ID_RE
-from .model import Fence, Problem, Promotion, Variant
+from .model import Discount, Fence, Guardrails, Problem, Promotion, Variant
 
 __all__ = ["parse_promotions", "parse_hours", "cross_check", "cross_check_raw", "never_matching"]
 
@@ -19,7 +19,7 @@ _PROMO_KEYS = frozenset({
     "id", "title", "message", "zones", "categories", "skus", "trigger", "segments",
     "min_loyalty_score", "starts", "ends", "hours", "requires_stock", "alternative_zone",
     "priority", "cooldown_s", "holdout_pct", "associate_alert", "vip_only",
-    "variants", "max_offers", "max_redemptions", "paused",
+    "variants", "max_offers", "max_redemptions", "paused", "discount", "margin_pct", "guardrails",
 })
 _VARIANT_KEYS = frozenset({"id", "title", "message", "weight"})
 
@@ -54,6 +54,38 @@ def _parse_variants(c: Collector, p: dict, where: str, title: str | None, messag
         if vid is not None and vtitle is not None:
             out.append(Variant(id=vid, title=vtitle, message=vmessage, weight=weight))
     return tuple(out)
+
+
+def _parse_discount(c: Collector, p: dict, where: str) -> Discount | None:
+    """``discount``: ``{"pct": 20}`` (of the redeemed basket) or ``{"amount": 2.5}``."""
+    raw = p.get("discount")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or len(raw) != 1 or not set(raw) <= {"pct", "amount"}:
+        c.err(where, "discount", 'must be {"pct": 20} or {"amount": 2.5}')
+        return None
+    if "pct" in raw:
+        pct = c.number(raw, "pct", where + " discount", minimum=0, maximum=100, required=True)
+        return Discount(pct=pct) if pct is not None else None
+    amount = c.number(raw, "amount", where + " discount", minimum=0, required=True)
+    return Discount(amount=amount) if amount is not None else None
+
+
+def _parse_guardrails(c: Collector, p: dict, where: str) -> Guardrails | None:
+    """``guardrails``: ``{"max_dismiss_rate": 0.5, "min_exposures": 50}``."""
+    raw = p.get("guardrails")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        c.err(where, "guardrails", f"must be an object, not {type_name(raw)}")
+        return None
+    gw = where + " guardrails"
+    c.unknown_keys(raw, {"max_dismiss_rate", "min_exposures"}, gw)
+    rate = c.number(raw, "max_dismiss_rate", gw, required=True, minimum=0, maximum=1)
+    n = c.integer(raw, "min_exposures", gw, default=50, minimum=1)
+    if rate is None or n is None:
+        return None
+    return Guardrails(max_dismiss_rate=rate, min_exposures=n)
 
 
 def _parse_hhmm(s: str, *, is_end: bool) -> int | None:
@@ -177,6 +209,9 @@ def parse_promotions(obj: Any, *, file: str, timezone: str,
         max_offers = c.integer(p, "max_offers", where, default=None, minimum=0)
         max_redemptions = c.integer(p, "max_redemptions", where, default=None, minimum=0)
         paused = c.boolean(p, "paused", where)
+        discount = _parse_discount(c, p, where)
+        margin_pct = c.number(p, "margin_pct", where, default=None, minimum=0, maximum=100)
+        guardrails = _parse_guardrails(c, p, where)
         if len(c.problems) > n_before or pid is None or title is None:
             continue
         out.append(Promotion(
@@ -185,7 +220,8 @@ def parse_promotions(obj: Any, *, file: str, timezone: str,
             hours=hours, requires_stock=requires_stock, alternative_zone=alternative_zone,
             priority=priority, cooldown_s=cooldown_s, holdout_pct=holdout_pct,
             associate_alert=associate_alert, vip_only=vip_only, variants=variants, max_offers=max_offers,
-            max_redemptions=max_redemptions, paused=paused,
+            max_redemptions=max_redemptions, paused=paused, discount=discount, margin_pct=margin_pct,
+            guardrails=guardrails,
         ))
     if warnings is not None:
         warnings.extend(c.warnings)

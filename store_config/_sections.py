@@ -53,7 +53,7 @@ SECTIONS: dict[str, frozenset[str]] = {
                            "max_future_skew_s", "max_speed_mps", "fusion", "confidence", "acc_sigmas"}),
     "ingest": frozenset({"owntracks", "owntracks_cmd", "max_payload_bytes", "shed_above"}),
     "offers": frozenset({"ttl_s", "per_visit_cap", "min_gap_s", "daily_cap", "global_holdout_pct", "code_ttl_s",
-                         "attribution_window_s"}),
+                         "attribution_window_s", "scores", "explore_pct"}),
     "privacy": frozenset({"anonymous_offers", "anonymous_tracking", "position_retention_s"}),
     "sync": frozenset({"central_url", "token", "interval_s", "transport", "mqtt_url", "encoding", "batch_size",
                        "max_outbox_mb", "timeout_s", "retention_days"}),
@@ -263,6 +263,8 @@ def parse_offers(c: Collector, doc: dict) -> OffersConfig:
         global_holdout_pct=c.number(o, "global_holdout_pct", W, default=0.0, minimum=0, maximum=100),
         code_ttl_s=c.number(o, "code_ttl_s", W, default=86400.0, positive=True),
         attribution_window_s=c.number(o, "attribution_window_s", W, default=7200.0, positive=True),
+        scores=c.string(o, "scores", W, default=None, nonempty=True),
+        explore_pct=c.number(o, "explore_pct", W, default=0.0, minimum=0, maximum=100),
     )
 
 

@@ -38,6 +38,7 @@ from ._inventory import parse_inventory
 from ._layout import MAX_LAYOUT_EXTENT_M, parse_layout, raw_fence_ids
 from ._profiles import parse_profiles
 from ._promotions import cross_check, cross_check_raw, never_matching, parse_hours, parse_promotions
+from ._scores import parse_scores
 from ._sources import parse_floorplans, parse_sources
 from ._store import parse_store
 from .model import Beacon, ConfigError, Fence, Problem, Profile, Promotion, StoreConfig
@@ -46,6 +47,7 @@ __all__ = [
     "load_store",
     "parse_layout",
     "parse_promotions",
+    "parse_scores",
     "parse_profiles",
     "parse_inventory",
     "cross_check",
@@ -174,6 +176,20 @@ def load_store(path: str | Path) -> StoreConfig:
     profiles: dict[str, Profile] = run(
         "profiles", lambda obj, f: parse_profiles(obj, file=f, warnings=warnings)) or {}
     inventory: dict[str, int] = run("inventory", lambda obj, f: parse_inventory(obj, file=f)) or {}
+    scores = None
+    if offers.scores is not None:
+        sp = path.parent / offers.scores
+        lc = Collector(str(sp))
+        obj = _load_json(lc, sp, "scores") if sp.is_file() else None
+        if not sp.is_file():
+            lc.err("[offers]", "scores", f"file not found: {sp}")
+        problems.extend(lc.problems)
+        if obj is not None:
+            parts["scores"] = obj
+            try:
+                scores = parse_scores(obj, file=str(sp))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
     if fence_ids is not None:
         errors, warns = sections.check_roles(associates, fence_ids, file=toml_file)
         problems.extend(errors)
@@ -205,6 +221,7 @@ def load_store(path: str | Path) -> StoreConfig:
         reload=reload_cfg,
         floor=floor,
         pos=pos,
+        scores=scores,
         data_dir=data_dir,
         outline=outline,
         warnings=tuple(warnings),

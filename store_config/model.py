@@ -115,6 +115,31 @@ class Variant:
 
 
 @dataclass(frozen=True, slots=True)
+class Discount:
+    """What a redemption gives away: ``pct`` of the redeemed basket, or a fixed ``amount``."""
+
+    pct: float | None = None
+    amount: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrails:
+    """Pause the promotion by itself once ``min_exposures`` offers have been
+    sent and more than ``max_dismiss_rate`` of them were dismissed."""
+
+    max_dismiss_rate: float = 0.5
+    min_exposures: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """Central's model scores: ``{segment or "*": {promotion: score}}``."""
+
+    model: str
+    table: Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True, slots=True)
 class Promotion:
     id: str
     title: str
@@ -139,6 +164,9 @@ class Promotion:
     max_offers: int | None = None  # offers over the promotion's life in this store (None: no limit)
     max_redemptions: int | None = None  # POS redemptions (None: no limit)
     paused: bool = False  # a file or bundle may pause it; the admin endpoints override until it changes
+    discount: Discount | None = None  # what a redemption gives away (discount_cost in the report)
+    margin_pct: float | None = None  # gross margin on its sales (incremental_margin; score x value)
+    guardrails: Guardrails | None = None  # pause itself when shoppers dismiss it too often
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +263,8 @@ class OffersConfig:
     global_holdout_pct: float = 0.0  # the global control group: people who get no offer at all
     code_ttl_s: float = 86400.0  # a redemption code older than this is refused at the till (410)
     attribution_window_s: float = 7200.0  # a purchase counts for offers / would-offers this recent
+    scores: str | None = None  # a scores file from central (relative to store.toml); a bundle's scores win
+    explore_pct: float = 0.0  # with scores: this share of decisions picks uniformly among the allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +365,7 @@ class StoreConfig:
     reload: ReloadConfig = ReloadConfig()
     floor: FloorConfig = FloorConfig()
     pos: PosConfig = PosConfig()
+    scores: Scores | None = None  # from [offers] scores or a bundle; None: the rules rank alone
     data_dir: Path = Path("var")
     outline: Any = None  # shapely geometry of the store outline, if the layout has one
     warnings: tuple[Problem, ...] = ()

@@ -4,7 +4,8 @@
 with ``If-None-Match: <ETag of the last good bundle>``.  A 304 changes
 nothing.  A 200 body (JSON, or msgpack with ``Content-Type:
 application/msgpack``) is ``{"version", "ts"?, "promotions"?, "profiles"?,
-"inventory"?, "layout"?}``; a key that is missing means "unchanged".
+"inventory"?, "layout"?, "scores"?}``; a key that is missing means "unchanged"
+(``scores``: central's model scores, which replace ``[offers] scores``' file).
 
 The bundle is validated with the same parsers as the files
 (:mod:`store_config.load`) against the rest of the configuration (promotions
@@ -44,6 +45,7 @@ from store_config.load import (  # the same validation as the files
     parse_layout,
     parse_profiles,
     parse_promotions,
+    parse_scores,
 )
 from store_config.model import ConfigError, Problem, StoreConfig
 
@@ -56,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("sync.downlink")
 
-BUNDLE_KEYS = ("layout", "promotions", "profiles", "inventory")
+BUNDLE_KEYS = ("layout", "promotions", "profiles", "inventory", "scores")
 META_KEYS = frozenset({"version", "ts", "store"})
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 STATE_FILE = "bundle.json"
@@ -93,6 +95,10 @@ def build_config(base: StoreConfig, bundle: dict[str, Any]) -> StoreConfig:
         res = run("profiles", lambda o, f: parse_profiles(o, file=f, warnings=warnings, strict=False))
         if res is not None:
             profiles = MappingProxyType(res)
+    scores = base.scores
+    if "scores" in bundle:  # central's model scores: they replace [offers] scores' file
+        res = run("scores", lambda o, f: parse_scores(o, file=f))
+        scores = res if res is not None else scores
     if "inventory" in bundle:
         res = run("inventory", lambda o, f: parse_inventory(o, file=f))
         if res is not None:
@@ -115,7 +121,7 @@ def build_config(base: StoreConfig, bundle: dict[str, Any]) -> StoreConfig:
         log.warning("bundle: %s", w)
     parts = {k: bundle[k] for k in BUNDLE_KEYS if k in bundle}
     return replace(base, fences=fences, beacons=beacons, outline=outline, promotions=promotions,
-                   profiles=profiles, inventory=inventory,
+                   profiles=profiles, inventory=inventory, scores=scores,
                    version=config_version({"files": base.version, "bundle": parts}))
 
 

@@ -217,10 +217,19 @@ def test_scripted_campaign_gives_uplift_near_020_with_an_interval_excluding_zero
     lo, hi = v["uplift_ci95"]
     assert 0 < lo < v["uplift"] < hi
     assert set(v) == {"offered", "applied", "redeemed", "holdout", "converted_treated", "converted_control",
-                      "conversion_treated", "conversion_control", "uplift", "uplift_ci95"}
+                      "conversion_treated", "conversion_control", "uplift", "uplift_ci95",
+                      "revenue_per_person_treated", "revenue_per_person_control", "basket_mean_treated",
+                      "basket_mean_control", "discount_cost", "incremental_revenue", "incremental_revenue_ci95",
+                      "incremental_margin"}
+    # money (issue 23): every buyer spent 12.50; the known lift is 1000 × (0.30 − 0.10) × 12.50 = 2500
+    assert v["basket_mean_treated"] == v["basket_mean_control"] == 12.5
+    assert v["revenue_per_person_treated"] == pytest.approx(12.5 * v["conversion_treated"], abs=0.01)
+    rlo, rhi = v["incremental_revenue_ci95"]
+    assert rlo <= 2500 <= rhi and rlo > 0
+    assert v["discount_cost"] == 0.0 and v["incremental_margin"] is None  # no discount, no margin known
     assert rep["since"] is None and rep["until"].startswith("2027-")
     md = format_markdown(rep)
-    assert "| apples | A | 1000 |" in md and "pts" in md
+    assert "| apples | A | 1000 |" in md and "pts" in md and "**apples (A) earned money**" in md
     # --since after everything: an empty period, the configured variant still listed with zeros
     later = build_report(led.conn, since=t0 + 10**6, until=t0 + 10**7, tz=PRAGUE, promotions=[p])
     assert later["promotions"]["apples"]["variants"]["A"]["offered"] == 0

@@ -279,3 +279,56 @@ async def test_purchases_are_attributed_and_the_report_answers_through_http_and_
 def _reason_of(shop: Shop, device: str) -> str:
     pseudo = shop.agent.pseudonym(device)
     return " ".join(r["reason"] for r in shop.agent.ledger.read_audit(device=pseudo))
+
+
+async def test_scores_change_the_winner_and_model_and_propensity_reach_central(
+        store_factory, agent_factory, mqtt_client, tmp_path):
+    """Issue 23: central's scores pick the lower-priority promotion; the offer event
+    for central carries the model, the propensity and what the rules allowed."""
+    (tmp_path / "store").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "store" / "scores.json").write_text(json.dumps(
+        {"model": "propensity-2026-12-01", "scores": {"*": {"rules-pick": 0.01, "model-pick": 0.2}}}))
+    promos = [{"id": "rules-pick", "title": "By priority", "zones": ["aisle-1"], "priority": 9},
+              {"id": "model-pick", "title": "By score", "zones": ["aisle-1"], "priority": 1}]
+    shop = await open_shop(store_factory, agent_factory, mqtt_client, promotions=promos, toml_extra="""
+        [offers]
+        scores = "scores.json"
+    """)
+    await shop.ping("p1", "aisle-1")
+    assert (await shop.offer("p1"))["promotion_id"] == "model-pick"
+    (ev,) = shop.outbox("offer")
+    assert ev["model"] == "propensity-2026-12-01" and ev["propensity"] == 1.0
+    assert ev["allowed"] == ["rules-pick", "model-pick"] and ev["segments"] == []
+
+
+async def test_a_guardrail_pauses_a_promotion_by_itself_until_the_admin_resumes(
+        store_factory, agent_factory, mqtt_client):
+    """Issue 23: two offers, both dismissed: past max_dismiss_rate 0.5 after
+    min_exposures 2 the promotion pauses itself (reason guardrail), the managers
+    get an alert, central a guardrail event; a restart keeps it paused."""
+    cfg = store_factory(toml_extra=POS, promotions=[
+        {"id": "chips", "title": "Chips", "zones": ["aisle-1"],
+         "guardrails": {"max_dismiss_rate": 0.5, "min_exposures": 2}}])
+    shop = Shop(await agent_factory(cfg), mqtt_client(), cfg)
+    for t in ("offer/+", "deadletter", "alert/manager"):
+        await shop.phone.subscribe(f"{shop.R}/{t}")
+    for d in ("g1", "g2"):
+        await shop.ping(d, "aisle-1")
+        offer = await shop.offer(d)
+        await shop.action(d, offer["offer_id"], "dismiss")
+    await shop.marker(f"{shop.R}/action/g2", qos=1)
+    alert = await shop.phone.next_json(f"{shop.R}/alert/manager")
+    assert alert["kind"] == "guardrail" and alert["promotion_id"] == "chips" and alert["dismiss_rate"] == 1.0
+    (ev,) = shop.outbox("guardrail")
+    assert (ev["promotion_id"], ev["exposures"], ev["dismissals"]) == ("chips", 2, 2)
+    await shop.ping("g3", "aisle-1")
+    await shop.settle("g3")
+    assert shop.no_offers() and shop.decisions("suppressed", "guardrail") == 1
+    shop2 = await reopen(shop, agent_factory, cfg)  # the pause survives a restart
+    await shop2.ping("g4", "aisle-1")
+    await shop2.settle("g4")
+    assert shop2.no_offers() and shop2.decisions("suppressed", "guardrail") == 1
+    base = shop2.server.url + "/v1/admin/promotions"
+    assert (await http("POST", f"{base}/chips/resume", headers=ADMIN))[0] == 200  # resume is the admin's
+    await shop2.ping("g5", "aisle-1")
+    assert (await shop2.offer("g5"))["promotion_id"] == "chips"

@@ -148,4 +148,4 @@ def test_openapi_describes_the_paths_and_event_kinds_the_agent_uses():
     kinds = doc["components"]["schemas"]["EventBase"]["properties"]["kind"]["enum"]
     assert set(kinds) == {"transition", "offer", "suppressed", "would_offer", "redemption", "dismissal", "alert",
                           "consent", "deadletter", "forget", "conversion", "purchase", "pickup_arrival", "visit",
-                          "visits"}
+                          "visits", "guardrail"}

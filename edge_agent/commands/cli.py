@@ -263,6 +263,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     Markdown table by default.
 
     Example: edge-agent report --config store.toml --since 2026-11-01 --json
+
+    Across the chain, from central's event exports (JSON Lines, .gz allowed),
+    stratified by store:
+    edge-agent report --chain exports/*.jsonl.gz --promotions promotions.json --by-store
+
+    What another scores file would have earned (inverse propensity weighting):
+    edge-agent report --policy-eval scores.json exports/*.jsonl.gz
     """
     from .report import run_report
 
@@ -383,10 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
     p = sub.add_parser("report", help="campaign report: conversion and uplift per promotion and variant",
                        description=cmd_report.__doc__)
-    p.add_argument("--config", required=True, help="path of store.toml")
+    p.add_argument("--config", help="path of store.toml (one store's report)")
     p.add_argument("--since", default=None, help="epoch seconds or ISO 8601 (store time when no offset); "
                                                  "default: from the start")
     p.add_argument("--json", action="store_true", help="JSON instead of a Markdown table")
+    p.add_argument("--chain", nargs="+", metavar="EVENTS", default=None,
+                   help="central's event exports (JSON Lines, .gz allowed): the report across the chain")
+    p.add_argument("--by-store", action="store_true", help="with --chain: each store's table too")
+    p.add_argument("--promotions", default=None,
+                   help="with --chain or --policy-eval: promotions.json (discount, margin_pct, priority)")
+    p.add_argument("--policy-eval", nargs="+", metavar=("SCORES", "EXPORT"), default=None,
+                   help="scores.json then exports: the inverse-propensity value of that scores file")
+    p.add_argument("--explore-pct", type=float, default=0.0, help="with --policy-eval: the new policy's "
+                                                                  "explore_pct (default 0)")
     p.set_defaults(fn=cmd_report)
     return parser
 

@@ -22,10 +22,16 @@ Per variant (``"-"`` for a promotion without variants):
                        offers: a person offered twice counts once); null
                        when the arm is empty
 ``uplift``             conversion_treated − conversion_control
-``uplift_ci95``        ``[lo, hi]``: uplift ± 1.96 × the unpooled standard
-                       error of the difference of two proportions (Wald)
+``uplift_ci95``        ``[lo, hi]``: the Agresti–Caffo interval of the
+                       difference of two proportions
+``revenue_per_person_*``, ``basket_mean_*``, ``discount_cost``,
+``incremental_revenue``, ``incremental_revenue_ci95``, ``incremental_margin``
+                       the money (see :mod:`edge_agent.analytics.stats`);
+                       fewer than 30 people in an arm: intervals null
 
 and per promotion ``suppressed``: ``{reason: count}`` from the audit trail.
+``--chain`` reads central's exports instead (:mod:`.analytics.chain`),
+``--policy-eval`` evaluates a scores file on them (:mod:`.analytics.policy`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from pathlib import Path
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
+from edge_agent.analytics.stats import Arm, discount_of
+from edge_agent.analytics.table import format_markdown, variant_row
 from edge_agent.pipeline.campaigns import CONTROL, NO_VARIANT, TREATED
 
 Z95 = 1.959963984540054
@@ -71,6 +79,7 @@ def build_report(conn: sqlite3.Connection, *, since: float | None, until: float,
                  promotions: Iterable = ()) -> dict[str, Any]:
     """The report over ``[since, until)`` (``since`` None: from the start).
     ``promotions`` (the configured ones) add their variants with zero counts."""
+    promotions = tuple(promotions)
     lo = since if since is not None else float("-inf")
     args = (lo, until)
     cells: dict[tuple[str, str], dict[str, float]] = {}
@@ -101,14 +110,33 @@ def build_report(conn: sqlite3.Connection, *, since: float | None, until: float,
             "SELECT promotion_id, variant, count(*) FROM redemptions WHERE offer_ts >= ? AND offer_ts < ? "
             "GROUP BY promotion_id, variant", args):
         cell(pid, variant)["redeemed"] += n
-    for pid, variant, arm, n in q(
-            "SELECT promotion_id, variant, arm, count(DISTINCT person) FROM ("
-            " SELECT promotion_id, variant, arm, person FROM attributions INDEXED BY attributions_report"
-            "  WHERE exposure_ts >= ? AND exposure_ts < ?"
-            " UNION ALL"
-            " SELECT promotion_id, variant, 'treated', person FROM redemptions WHERE offer_ts >= ? AND offer_ts < ?"
-            ") GROUP BY promotion_id, variant, arm", args + args):
-        cell(pid, variant)["converted_treated" if arm == TREATED else "converted_control"] += n
+    # People per arm with what they bought: converted (an attributed purchase or a redemption after
+    # their exposure) and their revenue (the attributed baskets, each purchase once per arm).
+    arms: dict[tuple[str, str, str], Arm] = {}
+    for pid, variant, arm, _person, converted, revenue, baskets in q(
+            "WITH people AS (SELECT DISTINCT promotion_id, variant, arm, person FROM exposures INDEXED BY "
+            "  exposures_report WHERE ts >= ? AND ts < ?),"
+            " bought AS (SELECT a.promotion_id, a.variant, a.arm, a.person, sum(coalesce(p.basket_total, 0)) AS rev,"
+            "  count(p.basket_total) AS n FROM (SELECT DISTINCT purchase_id, promotion_id, variant, arm, person"
+            "  FROM attributions INDEXED BY attributions_report WHERE exposure_ts >= ? AND exposure_ts < ?) a"
+            "  JOIN purchases p ON p.id = a.purchase_id GROUP BY 1, 2, 3, 4),"
+            " redeemed AS (SELECT DISTINCT promotion_id, variant, person FROM redemptions"
+            "  WHERE offer_ts >= ? AND offer_ts < ?)"
+            " SELECT e.promotion_id, e.variant, e.arm, e.person,"
+            "  (b.person IS NOT NULL OR r.person IS NOT NULL), coalesce(b.rev, 0), coalesce(b.n, 0)"
+            " FROM people e LEFT JOIN bought b ON b.promotion_id = e.promotion_id AND b.variant IS e.variant"
+            "  AND b.arm = e.arm AND b.person = e.person"
+            " LEFT JOIN redeemed r ON e.arm = 'treated' AND r.promotion_id = e.promotion_id"
+            "  AND r.variant IS e.variant AND r.person = e.person", args + args + args):
+        key = (pid, variant or NO_VARIANT, arm)
+        a = arms.get(key)
+        if a is None:
+            a = arms[key] = Arm()
+        a.add(bool(converted), float(revenue), int(baskets))
+    redeemed_baskets: dict[tuple[str, str], float] = {}
+    for pid, variant, total in q("SELECT promotion_id, variant, sum(coalesce(basket_total, 0)) FROM redemptions "
+                                 "WHERE offer_ts >= ? AND offer_ts < ? GROUP BY 1, 2", args):
+        redeemed_baskets[(pid, variant or NO_VARIANT)] = float(total or 0.0)
     suppressed: dict[str, dict[str, int]] = {}
     audit_q = ("SELECT promotion_id, reason, count(*) FROM audit INDEXED BY audit_report "
                "WHERE outcome = 'suppressed' AND ts >= ? AND ts < ? GROUP BY promotion_id, reason")
@@ -120,56 +148,113 @@ def build_report(conn: sqlite3.Connection, *, since: float | None, until: float,
         if pid is not None:
             suppressed.setdefault(pid, {})[reason] = n
 
+    configured = {p.id: p for p in promotions}
     out: dict[str, Any] = {}
     for (pid, variant), c in sorted(cells.items()):
-        p1, p0, diff, ci = two_proportion(int(c["converted_treated"]), int(c["treated_people"]),
-                                          int(c["converted_control"]), int(c["holdout"]))
-        out.setdefault(pid, {"variants": {}, "suppressed": {}})["variants"][variant] = {
-            "offered": int(c["offered"]), "applied": int(c["applied"]), "redeemed": int(c["redeemed"]),
-            "holdout": int(c["holdout"]), "converted_treated": int(c["converted_treated"]),
-            "converted_control": int(c["converted_control"]), "conversion_treated": _r(p1),
-            "conversion_control": _r(p0), "uplift": _r(diff), "uplift_ci95": [_r(x) for x in ci] if ci else None,
-        }
+        promo = configured.get(pid)
+        cost = None
+        if promo is not None:
+            d = promo.discount
+            cost = 0.0 if d is None else (d.amount * c["redeemed"] if d.amount is not None else
+                                          discount_of({"pct": d.pct}, redeemed_baskets.get((pid, variant), 0.0)))
+        strata = [(arms.get((pid, variant, TREATED), Arm()), arms.get((pid, variant, CONTROL), Arm()))]
+        row = variant_row(offered=int(c["offered"]), applied=int(c["applied"]), redeemed=int(c["redeemed"]),
+                          strata=strata, discount_cost=cost,
+                          margin_pct=promo.margin_pct if promo is not None else None)
+        out.setdefault(pid, {"variants": {}, "suppressed": {}})["variants"][variant] = row
     for pid, reasons in suppressed.items():
         out.setdefault(pid, {"variants": {}, "suppressed": {}})["suppressed"] = dict(sorted(reasons.items()))
     return {"since": _iso(since, tz), "until": _iso(until, tz), "promotions": dict(sorted(out.items()))}
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f} %"
+def _promotions_file(path: str | None) -> dict[str, Any] | None:
+    """``--promotions promotions.json`` parsed like the store's (ConfigError / OSError on a bad one)."""
+    if path is None:
+        return None
+    from store_config.load import parse_promotions
+
+    with open(path, "rb") as f:
+        raw = json.load(f)
+    return {p.id: p for p in parse_promotions(raw, file=str(path), timezone="UTC")}
 
 
-def _pts(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:+.1f} pts"
+def run_chain(args: argparse.Namespace) -> int:
+    """``report --chain EVENTS...``: the stratified table across the chain's stores."""
+    from store_config.model import ConfigError
+
+    from edge_agent.analytics.chain import ExportError, chain_report
+
+    try:
+        promotions = _promotions_file(args.promotions)
+        report = chain_report(args.chain, promotions=promotions, by_store=args.by_store)
+    except (ExportError, ConfigError, OSError, ValueError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    out = [format_markdown(report, title="Chain campaign report")]
+    for store, rep in report.get("by_store", {}).items():
+        out.append(format_markdown({"since": report["since"], "until": report["until"], **rep},
+                                   title=f"Store {store}"))
+    sys.stdout.write("\n".join(out))
+    return 0
 
 
-def format_markdown(report: dict[str, Any]) -> str:
-    """A Markdown table a category manager can paste, then the suppressions."""
-    period = f"{report['since'] or 'the start'} → {report['until']}"
-    lines = [f"Campaign report, {period}", "",
-             "| promotion | variant | offered | applied | redeemed | held out | converted (treated) "
-             "| converted (control) | uplift | 95 % interval |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for pid, p in report["promotions"].items():
-        for vid, v in p["variants"].items():
-            ci = v["uplift_ci95"]
-            ci_s = "–" if ci is None else f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} pts"
-            lines.append(
-                f"| {pid} | {vid} | {v['offered']} | {v['applied']} | {v['redeemed']} | {v['holdout']} "
-                f"| {v['converted_treated']} ({_pct(v['conversion_treated'])}) "
-                f"| {v['converted_control']} ({_pct(v['conversion_control'])}) "
-                f"| {_pts(v['uplift'])} | {ci_s} |")
-    supp = [(pid, r, n) for pid, p in report["promotions"].items() for r, n in p["suppressed"].items()]
-    if supp:
-        lines += ["", "| promotion | suppressed because | decisions |", "|---|---|---:|"]
-        lines += [f"| {pid} | {r} | {n} |" for pid, r, n in supp]
-    return "\n".join(lines) + "\n"
+def run_policy(args: argparse.Namespace) -> int:
+    """``report --policy-eval scores.json EXPORT...``: the scores file's estimated revenue per decision."""
+    from store_config.load import parse_scores
+    from store_config.model import ConfigError
+
+    from edge_agent.analytics.chain import ExportError, read_lines
+    from edge_agent.analytics.policy import evaluate, promo_value
+
+    if len(args.policy_eval) < 2:
+        print("error: --policy-eval needs a scores file and at least one export", file=sys.stderr)
+        return 2
+    scores_path, *exports = args.policy_eval
+    try:
+        with open(scores_path, "rb") as f:
+            scores = parse_scores(json.load(f), file=scores_path)
+        promotions = _promotions_file(args.promotions) or {}
+        out = evaluate(read_lines(exports), table=scores.table, explore_pct=args.explore_pct,
+                       values={pid: promo_value(p) for pid, p in promotions.items()},
+                       priority={pid: p.priority for pid, p in promotions.items()})
+    except (ExportError, ConfigError, OSError, ValueError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    out = {"model": scores.model, **out}
+    if args.json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return 0
+    if out["value"] is None:
+        sys.stdout.write("No logged decisions with a propensity in these exports.\n")
+        return 0
+
+    def ci(c):
+        return "not enough data" if c is None else f"{c[0]:,.2f} to {c[1]:,.2f}"
+    sys.stdout.write(
+        f"Policy evaluation of {scores.model} over {out['decisions']} logged decisions "
+        f"(inverse propensity weighting)\n\n"
+        f"| policy | revenue per decision | 95 % interval |\n|---|---:|---|\n"
+        f"| {scores.model} (new) | {out['value']:,.2f} | {ci(out['value_ci95'])} |\n"
+        f"| logged (what ran) | {out['logged_value']:,.2f} | {ci(out['logged_value_ci95'])} |\n")
+    return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
     """The ``report`` command: 0 on success, 2 when the ledger cannot be read."""
     from store_config import load_store
     from store_config.model import ConfigError
+
+    if getattr(args, "chain", None):
+        return run_chain(args)
+    if getattr(args, "policy_eval", None):
+        return run_policy(args)
+    if not args.config:
+        print("error: report needs --config store.toml, --chain EVENTS... or --policy-eval SCORES EVENTS...",
+              file=sys.stderr)
+        return 2
 
     from .audit import LEDGER_FILE, AuditError, locate, open_readonly, parse_since
 

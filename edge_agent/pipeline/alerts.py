@@ -45,7 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("edge_agent.pipeline.alerts")
 
-KINDS = ("vip_arrival", "assist", "stock_out", "crowding", "queue", "pickup_arrival")  # the last three: pipeline/floor.py
+KINDS = ("vip_arrival", "assist", "stock_out", "crowding", "queue", "pickup_arrival",
+         "guardrail")  # a promotion paused itself (pipeline/core.py), to role manager  # the last three: pipeline/floor.py
 OPEN, CLAIMED, ESCALATED, RESOLVED = "open", "claimed", "escalated", "resolved"
 MAX_ALERTS = 1000  # kept in memory; the oldest resolved/claimed ones go first
 MAX_ASSOCIATE_LEN = 64

@@ -15,10 +15,17 @@ person's keyed value ``u`` in [0, 1) for (person, promotion): the same
 person always sees the same variant, across restarts, while the key file
 (``pseudonym.key``) is kept.
 
-**Budgets and pause.**  :class:`CampaignState` counts offers and
-redemptions per promotion (persisted with every commit) and holds the
+**Budgets and pause.**  :class:`CampaignState` counts offers, redemptions
+and dismissals per promotion (persisted with every commit) and holds the
 admin's pause/resume overrides; :meth:`CampaignState.stopped` is the
-``paused`` / ``budget`` reason a decision reads.
+``paused`` / ``guardrail`` / ``budget`` reason a decision reads.
+
+**Guardrails.**  A promotion's ``guardrails`` (``max_dismiss_rate``,
+``min_exposures``): once it has been offered ``min_exposures`` times and
+more than ``max_dismiss_rate`` of its offers were dismissed,
+:meth:`CampaignState.guardrail_tripped` says so and the shell pauses it
+with reason ``guardrail`` — as if paused by the admin (it survives a
+restart); resume is the admin's.
 
 **Till.**  :func:`redeem_answer` is every answer of ``POST /v1/pos/redeem``
 in the order it is checked: ``unknown_code`` (404), ``already_redeemed``
@@ -82,6 +89,19 @@ class CampaignState:
     offers: dict[str, int] = field(default_factory=dict)
     redemptions: dict[str, int] = field(default_factory=dict)
     paused: dict[str, bool] = field(default_factory=dict)
+    dismissals: dict[str, int] = field(default_factory=dict)
+    pause_reason: dict[str, str] = field(default_factory=dict)  # "guardrail": it paused itself
+
+    def guardrail_tripped(self, promo: Promotion) -> float | None:
+        """The dismiss rate when the promotion's guardrail says stop (and it is not paused yet)."""
+        g = promo.guardrails
+        if g is None or self.is_paused(promo):
+            return None
+        n = self.offers.get(promo.id, 0)
+        if n < g.min_exposures:
+            return None
+        rate = self.dismissals.get(promo.id, 0) / n
+        return rate if rate > g.max_dismiss_rate else None
 
     def is_paused(self, promo: Promotion) -> bool:
         return self.paused.get(promo.id, promo.paused)
@@ -94,7 +114,7 @@ class CampaignState:
     def stopped(self, promo: Promotion) -> str | None:
         """``paused`` or ``budget`` when the promotion may not be offered now."""
         if self.is_paused(promo):
-            return "paused"
+            return self.pause_reason.get(promo.id, "paused")
         if self.over_budget(promo):
             return "budget"
         return None
@@ -115,6 +135,7 @@ class CampaignState:
         dropped = [p.id for p in new if p.id in before and before[p.id] != p.paused and p.id in self.paused]
         for pid in dropped:
             del self.paused[pid]
+            self.pause_reason.pop(pid, None)
         return dropped
 
 

@@ -76,6 +76,7 @@ class Control:
             fx.rows.append(Action(offer_id, "dismiss", now))
             fx.event("dismissal", now, pseudo, person=self.p.state.person_for(device), offer_id=offer_id,
                      promotion_id=row.promotion_id, variant=row.payload.get("variant"))
+            self.p.count_dismissal(row.promotion_id, now)
 
     def on_consent(self, m: Message, device: str) -> None:
         obj = codecs.decode_object(m.payload, max_bytes=self.p.cfg.ingest.max_payload_bytes)

@@ -490,15 +490,21 @@ class Pipeline:
                              history=history, inventory=st.inv_view, now=now, tz=rt.tz,
                              offers=cfg.offers, holdout=lambda pid: st.fraction(person, pid),
                              stopped=st.campaign.stopped,
-                             global_holdout=st.fraction(person, "*global*") if cfg.offers.global_holdout_pct else None)
+                             global_holdout=st.fraction(person, "*global*") if cfg.offers.global_holdout_pct else None,
+                             scores=cfg.scores, rand=st.rng.random)
             if outcome.offer is not None or outcome.would_offer is not None:
                 fx.undo.append(partial(_restore_history, history, before))  # not committed: never happened
             self._outcome(device, pseudo, kind, fence, outcome, received, now, tracking=consent.tracking,
-                          person=person)
+                          person=person, segments=profile.segments if profile is not None else ())
 
     def _outcome(self, device: str, pseudo: str, trigger: str, fence, outcome, received: float, now: float,
-                 *, tracking: bool, person: str) -> None:
+                 *, tracking: bool, person: str, segments: tuple[str, ...] = ()) -> None:
         fx = self.fx
+        # what central needs to evaluate another policy offline (inverse propensity weighting)
+        policy = {"model": outcome.model, "propensity": outcome.propensity}
+        if outcome.model is not None:
+            policy["allowed"] = list(outcome.allowed)
+            policy["segments"] = list(segments)
         promo = outcome.promotion  # the winner, offered or held out: its variant is the person's
         variant = (campaigns.variant_for(promo.variants, self.state.fraction(person, promo.id, "*variant*"))
                    if promo is not None and promo.variants else None)
@@ -513,7 +519,7 @@ class Pipeline:
             if d.outcome == "suppressed" and d.reason != "outranked":
                 if d.reason in campaigns.HOLDOUT_REASONS:  # the control group: what it would have got
                     fx.event("would_offer", now, pseudo, person=person, promotion_id=d.promotion_id, zone=where,
-                             reason=d.reason, variant=vid)
+                             reason=d.reason, variant=vid, **policy)
                     fx.rows.append(Exposure(now, person, pseudo, d.promotion_id, vid, d.reason))
                 else:
                     fx.event("suppressed", now, pseudo, person=person, promotion_id=d.promotion_id, zone=where,
@@ -536,7 +542,7 @@ class Pipeline:
             fx.rows.append(Exposure(now, person, pseudo, promo.id, vid, "offered", offer_id))
             self.count_offer(promo)
             fx.event("offer", now, pseudo, person=person, offer_id=offer_id, promotion_id=promo.id, zone=fence.id,
-                     sku=d.sku, alternative_zone=d.alternative_zone, variant=vid)
+                     sku=d.sku, alternative_zone=d.alternative_zone, variant=vid, **policy)
             fx.offers.append(OfferOut(device, payload, received))
             fx.notices.append(Notice("offer", {"device": pseudo, **payload}))
             self.alerts.on_offer(device, pseudo, promo, fence.id, now)
@@ -564,6 +570,29 @@ class Pipeline:
         c.offers[promo.id] = c.offers.get(promo.id, 1) - 1
         self.update_budget_gauge(promo)
 
+    def count_dismissal(self, promotion_id: str, now: float) -> None:
+        """A dismissed offer: counted, and the promotion's guardrail checked; past it
+        the promotion pauses itself (reason ``guardrail``) and the managers hear why."""
+        c = self.state.campaign
+        c.dismissals[promotion_id] = c.dismissals.get(promotion_id, 0) + 1
+        self.fx.rows.append(PromoCount(promotion_id, dismissals=1))
+        promo = next((p for p in self.cfg.promotions if p.id == promotion_id), None)
+        rate = c.guardrail_tripped(promo) if promo is not None else None
+        if rate is None:
+            return
+        c.paused[promotion_id] = True
+        c.pause_reason[promotion_id] = "guardrail"
+        self.fx.rows.append(PauseRow(promotion_id, True, now, "guardrail"))
+        n = c.offers.get(promotion_id, 0)
+        self.fx.event("guardrail", now, None, promotion_id=promotion_id, dismiss_rate=round(rate, 4),
+                      exposures=n, dismissals=c.dismissals[promotion_id],
+                      max_dismiss_rate=promo.guardrails.max_dismiss_rate)
+        self.alerts.raise_alert(
+            "guardrail", promo.zones[0] if promo.zones else None, None,
+            f"“{promo.title}” paused itself: {100 * rate:.0f} % of its {n} offers were dismissed "
+            f"(limit {100 * promo.guardrails.max_dismiss_rate:.0f} %). Resume it from the admin endpoint.",
+            None, audiences=("manager",), promotion_id=promotion_id, dismiss_rate=round(rate, 4))
+
     def update_budget_gauge(self, promo) -> None:
         left = self.state.campaign.remaining(promo)
         if left is not None:
@@ -573,12 +602,19 @@ class Pipeline:
         """Pause or resume a promotion from the next decision on (False: unknown id)."""
         if not any(p.id == promotion_id for p in self.cfg.promotions):
             return False
-        paused_map = self.state.campaign.paused
-        was = paused_map.get(promotion_id)
+        paused_map, reasons = self.state.campaign.paused, self.state.campaign.pause_reason
+        was, was_reason = paused_map.get(promotion_id), reasons.pop(promotion_id, None)  # the admin's word
         paused_map[promotion_id] = paused
         self.fx.rows.append(PauseRow(promotion_id, paused, now))
-        self.fx.undo.append(lambda: paused_map.pop(promotion_id) if was is None
-                            else paused_map.__setitem__(promotion_id, was))
+
+        def undo() -> None:
+            if was is None:
+                paused_map.pop(promotion_id, None)
+            else:
+                paused_map[promotion_id] = was
+            if was_reason is not None:
+                reasons[promotion_id] = was_reason
+        self.fx.undo.append(undo)
         return True
 
     # -- admin

@@ -31,6 +31,15 @@ a control group gets nothing and leaves a ``would_offer`` record.  The others ar
 control group is not replaced by the runner-up: the control group must see
 what the treated group would not have seen, or uplift cannot be measured.
 
+Scores (rules + models): with central's scores (``[offers] scores`` or a
+bundle's), the winner among the eligible promotions is the highest score ×
+value (:func:`~edge_agent.analytics.policy.promo_value`; priority, then id,
+breaks ties), and ``[offers] explore_pct`` of decisions pick uniformly among
+them instead.  The outcome records ``model``, ``propensity`` (the chance
+this policy had of choosing the winner) and ``allowed`` (the eligible ids),
+so central can evaluate another policy offline.  No scores: the ranking
+above, propensity 1.
+
 Windows: ``starts``/``ends`` are compared as instants (epoch seconds), so the
 hour that repeats when daylight saving ends is not ambiguous; ``hours`` are
 wall-clock minutes of the store's day (a window that falls into the hour
@@ -41,12 +50,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Callable, Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
-from store_config.model import Consent, Fence, OffersConfig, Profile, Promotion
+from store_config.model import Consent, Fence, OffersConfig, Profile, Promotion, Scores
+
+from edge_agent.analytics.policy import promo_value, score_of
 
 OFFERED, SUPPRESSED = "offered", "suppressed"
+_RULES_ONLY: Mapping[str, object] = MappingProxyType({})  # no scores: the Outcome's defaults, nothing allocated
 
 
 @dataclass(slots=True)
@@ -84,6 +97,9 @@ class Outcome:
     offer: Decision | None  # the one offered, if any
     would_offer: Decision | None  # the holdout record, if any
     promotion: Promotion | None = None
+    model: str | None = None  # the scores' model that chose (None: the rules alone)
+    propensity: float = 1.0  # the chance the policy had of choosing ``promotion``
+    allowed: tuple[str, ...] = ()  # the promotions the rules allowed (with scores)
 
 
 def promotion_matches(fence: Fence, promo: Promotion) -> bool:
@@ -183,12 +199,15 @@ def decide(
     holdout: Callable[[str], float],
     stopped: Callable[[Promotion], str | None] | None = None,
     global_holdout: float | None = None,
+    scores: Scores | None = None,
+    rand: Callable[[], float] | None = None,
 ) -> Outcome:
     """Decide for one transition.  ``candidates`` are the fence's promotions
     (any order); ``holdout(promotion_id)`` is the person's keyed value in
     [0, 1), ``global_holdout`` its keyed value for the global control group;
-    ``stopped(promotion)`` says ``paused`` or ``budget`` (or None).  Updates
-    ``history`` when something is offered or held out."""
+    ``stopped(promotion)`` says ``paused`` or ``budget`` (or None); ``scores``
+    rank the eligible ones, ``rand()`` (uniform in [0, 1)) draws the
+    exploration.  Updates ``history`` when something is offered or held out."""
     local = datetime.fromtimestamp(now, tz)
     candidates = sorted(candidates, key=rank_key)
     decisions: list[Decision] = []
@@ -228,9 +247,28 @@ def decide(
     if not eligible:
         return Outcome(tuple(decisions), None, None)
 
-    best, best_decision = eligible[0]
-    for p, d in eligible[1:]:
-        decisions.append(Decision(p.id, SUPPRESSED, "outranked", d.sku))
+    model, propensity, allowed = None, 1.0, ()
+    if scores is None:
+        pick = 0
+    else:
+        segs = profile.segments if profile is not None else ()
+        k = len(eligible)
+        top = 0
+        top_v = float("-inf")
+        for i, (p, _) in enumerate(eligible):  # ranked: the first of equal values has the priority
+            v = score_of(scores.table, segs, p.id) * promo_value(p)
+            if v > top_v:
+                top, top_v = i, v
+        e = offers.explore_pct / 100.0
+        pick = top
+        if e > 0 and rand is not None and rand() < e:
+            pick = min(k - 1, int(rand() * k))
+        model, propensity = scores.model, (1.0 - e if pick == top else 0.0) + e / k
+        allowed = tuple(p.id for p, _ in eligible)
+    best, best_decision = eligible[pick]
+    for i, (p, d) in enumerate(eligible):
+        if i != pick:
+            decisions.append(Decision(p.id, SUPPRESSED, "outranked", d.sku))
     day = store_day(local)
     limit = None
     if offers.per_visit_cap and history.visit_count >= offers.per_visit_cap:
@@ -242,6 +280,7 @@ def decide(
     if limit:
         decisions.append(Decision(best.id, SUPPRESSED, limit, best_decision.sku))
         return Outcome(tuple(decisions), None, None)
+    policy = _RULES_ONLY if scores is None else {"model": model, "propensity": propensity, "allowed": allowed}
     held = None
     if global_holdout is not None and offers.global_holdout_pct > 0 \
             and global_holdout * 100.0 < offers.global_holdout_pct:
@@ -252,7 +291,7 @@ def decide(
         d = Decision(best.id, SUPPRESSED, held, best_decision.sku, best_decision.alternative_zone)
         decisions.append(d)
         history.record(best.id, now, day, counted=False)
-        return Outcome(tuple(decisions), None, d, best)
+        return Outcome(tuple(decisions), None, d, best, **policy)
     decisions.append(best_decision)
     history.record(best.id, now, day)
-    return Outcome(tuple(decisions), best_decision, None, best)
+    return Outcome(tuple(decisions), best_decision, None, best, **policy)

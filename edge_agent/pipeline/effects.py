@@ -150,6 +150,7 @@ class PromoCount:
     promotion_id: str
     offers: int = 0
     redemptions: int = 0
+    dismissals: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,7 @@ class PauseRow:
     promotion_id: str
     paused: bool | None
     ts: float
+    reason: str | None = None  # "guardrail" when the promotion paused itself
 
 
 @dataclass(frozen=True, slots=True)

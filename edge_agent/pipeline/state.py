@@ -8,6 +8,7 @@ nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
@@ -103,6 +104,7 @@ class State:
     inventory: dict[str, tuple[int, float]] = field(default_factory=dict)
     inv_view: dict[str, int] = field(default_factory=dict)  # sku -> qty, what decisions read
     sim_now: float = 0.0  # latest ping time seen, for clock = "ping"
+    rng: random.Random = field(default_factory=random.Random)  # explore_pct's draws (with scores)
     fusion: FusionState = field(default_factory=FusionState)  # per-device estimates (geometry.fusion)
 
     def drop_device(self, device: str) -> None:

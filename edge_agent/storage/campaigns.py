@@ -99,6 +99,11 @@ MIGRATIONS: dict[int, str] = {
     CREATE UNIQUE INDEX IF NOT EXISTS purchases_idempotency ON purchases(idempotency_key)
         WHERE idempotency_key IS NOT NULL;
     """,
+    # Guardrails: dismissals counted per promotion; a pause says whether the promotion paused itself.
+    3: """
+    ALTER TABLE promo_counts ADD COLUMN dismissals INTEGER NOT NULL DEFAULT 0;  -- guardrails
+    ALTER TABLE promo_pause ADD COLUMN reason TEXT;  -- 'guardrail' when the promotion paused itself
+    """,
 }
 
 ARM = {"offered": TREATED, "holdout": CONTROL, "global_holdout": CONTROL}
@@ -123,22 +128,23 @@ class CampaignTables:
         if fx.PromoCount in by:
             totals: dict[str, list[int]] = {}
             for r in by[fx.PromoCount]:
-                t = totals.setdefault(r.promotion_id, [0, 0])
+                t = totals.setdefault(r.promotion_id, [0, 0, 0])
                 t[0] += r.offers
                 t[1] += r.redemptions
+                t[2] += r.dismissals
             c.executemany(
-                "INSERT INTO promo_counts(promotion_id, offers, redemptions) VALUES (?,?,?) "
+                "INSERT INTO promo_counts(promotion_id, offers, redemptions, dismissals) VALUES (?,?,?,?) "
                 "ON CONFLICT(promotion_id) DO UPDATE SET offers = offers + excluded.offers, "
-                "redemptions = redemptions + excluded.redemptions",
-                [(pid, o, r) for pid, (o, r) in totals.items()])
+                "redemptions = redemptions + excluded.redemptions, dismissals = dismissals + excluded.dismissals",
+                [(pid, o, r, d) for pid, (o, r, d) in totals.items()])
         if fx.Code in by:
             c.executemany("UPDATE exposures SET applied = 1 WHERE offer_id = ?", [(r.offer_id,) for r in by[fx.Code]])
         for r in by.get(fx.PauseRow, ()):
             if r.paused is None:
                 c.execute("DELETE FROM promo_pause WHERE promotion_id = ?", (r.promotion_id,))
             else:
-                c.execute("INSERT OR REPLACE INTO promo_pause(promotion_id, paused, ts) VALUES (?,?,?)",
-                          (r.promotion_id, int(r.paused), r.ts))
+                c.execute("INSERT OR REPLACE INTO promo_pause(promotion_id, paused, ts, reason) VALUES (?,?,?,?)",
+                          (r.promotion_id, int(r.paused), r.ts, r.reason))
         for r in by.get(fx.RedeemRow, ()):
             # A plain INSERT: a second burn of one offer violates the key and fails the transaction.
             c.execute(
@@ -161,12 +167,15 @@ class CampaignTables:
     # -- reads
     def load_state(self) -> CampaignState:
         st = CampaignState()
-        for pid, offers, redemptions in self.conn.execute(
-                "SELECT promotion_id, offers, redemptions FROM promo_counts"):
+        for pid, offers, redemptions, dismissals in self.conn.execute(
+                "SELECT promotion_id, offers, redemptions, dismissals FROM promo_counts"):
             st.offers[pid] = offers
             st.redemptions[pid] = redemptions
-        for pid, paused in self.conn.execute("SELECT promotion_id, paused FROM promo_pause"):
+            st.dismissals[pid] = dismissals
+        for pid, paused, reason in self.conn.execute("SELECT promotion_id, paused, reason FROM promo_pause"):
             st.paused[pid] = bool(paused)
+            if paused and reason:
+                st.pause_reason[pid] = reason
         return st
 
     def recent_exposures(self, since: float) -> list[tuple[str, str, str, float]]:
