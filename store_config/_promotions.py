@@ -4,15 +4,17 @@ and the check that the fence ids promotions name exist in the layout.  Pure.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
 from ._checks import Collector, check_timezone, raise_if, type_name, where_obj
 from ._checks import ID_RE
-from .model import Discount, Fence, Guardrails, Problem, Promotion, Variant
+from .model import Discount, Fence, Guardrails, Problem, Promotion, Scores, Variant
 
-__all__ = ["parse_promotions", "parse_hours", "cross_check", "cross_check_raw", "never_matching"]
+__all__ = ["parse_scores", "parse_promotions", "parse_hours", "cross_check", "cross_check_raw", "never_matching"]
 
 
 _PROMO_KEYS = frozenset({
@@ -303,3 +305,38 @@ def never_matching(fences: Iterable[Fence], promotions: Iterable[Promotion], *, 
                                     f"is a dwell promotion but none of its fences ({', '.join(f.id for f in matched)}) "
                                     "has dwell_s, so no dwell event fires and it can never be offered"))
     return problems
+
+
+# -- central's model scores: ``scores.json`` or a bundle's ``scores``
+#
+# ``{"model": "propensity-2026-12-01", "scores": {"<segment or *>": {"<promotion>": 0.031, ...}}}``
+# — a score is a finite number >= 0 (a promotion's chance of converting, say);
+# the ranking multiplies it by the promotion's value (see ``edge_agent.pipeline.decisions``).
+
+def parse_scores(obj: Any, *, file: str) -> Scores:
+    """Validate a scores document; raises ``ConfigError`` naming the bad entry."""
+    c = Collector(file)
+    if not isinstance(obj, dict):
+        c.err("scores", "", f"must be an object with 'model' and 'scores', not {type_name(obj)}")
+        raise_if(c.problems)
+    c.unknown_keys(obj, {"model", "scores"}, "scores")
+    model = c.string(obj, "model", "scores", required=True, nonempty=True)
+    raw = obj.get("scores")
+    table: dict[str, Any] = {}
+    if not isinstance(raw, dict):
+        c.err("scores", "scores", f"must be an object {{segment or '*': {{promotion: score}}}}, not {type_name(raw)}")
+    else:
+        for seg, row in raw.items():
+            if not isinstance(row, dict):
+                c.err("scores", seg, f"must be an object {{promotion: score}}, not {type_name(row)}")
+                continue
+            good = {}
+            for pid, v in row.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                    c.err(f"scores {seg!r}", pid, f"must be a finite number >= 0, not {v!r}")
+                else:
+                    good[pid] = float(v)
+            table[seg] = MappingProxyType(good)
+    raise_if(c.problems)
+    assert model is not None
+    return Scores(model=model, table=MappingProxyType(table))

@@ -37,8 +37,7 @@ from ._checks import Collector, check_timezone, raise_if
 from ._inventory import parse_inventory
 from ._layout import MAX_LAYOUT_EXTENT_M, parse_layout, raw_fence_ids
 from ._profiles import parse_profiles
-from ._promotions import cross_check, cross_check_raw, never_matching, parse_hours, parse_promotions
-from ._scores import parse_scores
+from ._promotions import cross_check, cross_check_raw, never_matching, parse_hours, parse_promotions, parse_scores
 from ._sources import parse_floorplans, parse_sources
 from ._store import parse_store
 from .model import Beacon, ConfigError, Fence, Problem, Profile, Promotion, StoreConfig

@@ -221,12 +221,13 @@ def test_the_pipeline_core_does_no_io_and_reads_no_clock():
 SHELL = {"edge_agent.service", "edge_agent.runner", "edge_agent.reload", "edge_agent.instance"}
 ROOM_DEPS: dict[str, set[str]] = {
     "metrics": set(),  # the counters every room updates
-    "pipeline": {"metrics"},  # pure: decode, track, decide
-    "storage": {"metrics", "pipeline"},  # every table the agent owns
-    "transport": {"metrics", "pipeline", "storage"},  # MQTT, the embedded broker, the push webhook
-    "http": {"metrics", "pipeline", "storage", "transport"},  # the aiohttp app and every route
-    "shell": {"metrics", "pipeline", "storage", "transport", "http"},  # composes the rooms, runs them
-    "commands": {"metrics", "pipeline", "storage", "transport", "http", "shell"},  # the CLI on top
+    "analytics": set(),  # pure: estimates, the report's table, the chain, policy evaluation
+    "pipeline": {"metrics", "analytics"},  # pure: decode, track, decide
+    "storage": {"metrics", "analytics", "pipeline"},  # every table the agent owns
+    "transport": {"metrics", "analytics", "pipeline", "storage"},  # MQTT, the embedded broker, the push webhook
+    "http": {"metrics", "analytics", "pipeline", "storage", "transport"},  # the aiohttp app and every route
+    "shell": {"metrics", "analytics", "pipeline", "storage", "transport", "http"},  # composes the rooms, runs them
+    "commands": {"metrics", "analytics", "pipeline", "storage", "transport", "http", "shell"},  # the CLI on top
 }
 
 
