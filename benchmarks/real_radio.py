@@ -96,13 +96,16 @@ def fixes_old(ds: Dataset) -> dict:
     return {"x": x, "y": y, "acc": acc}
 
 
-def dump(ds: Dataset, fx: dict, out: Path, method: str) -> Path:
+DUMP_AS = {"agent+survey": "", "agent": ".nosurvey", "agent-old": ".old"}
+
+
+def dump(ds: Dataset, fx: dict, out: Path, method: str, suffix: str = "") -> Path:
     """One JSON line per scan for the tracker developer (see README there)."""
     out.mkdir(parents=True, exist_ok=True)
     heard = (~np.isnan(ds.rssi)).sum(1)
     zt = zone_of(ds, ds.x, ds.y)
     name = ds.variant.replace("@", "_at")
-    p = out / f"{name}.jsonl"
+    p = out / f"{name}{suffix}.jsonl"
     with open(p, "w") as f:
         for i in range(len(ds.lines)):
             ok = np.isfinite(fx["x"][i])
@@ -135,22 +138,143 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--dump", help="write per-scan fixes (JSONL) and zones here")
-    ap.add_argument("--method", default="agent-old")
+    ap.add_argument("--methods", default="agent-old,agent,agent+survey,centroid,knn")
     a = ap.parse_args(argv)
     res = {"machine": machine(), "variants": {}}
     for v in a.variants:
         ds = load(v)
-        t0 = time.perf_counter()
-        fx = fixes_old(ds)
-        e = errors(ds, fx)
-        e["wall_s"] = round(time.perf_counter() - t0, 2)
-        res["variants"][v] = {"agent-old": e}
-        print(v, json.dumps(e))
-        if a.dump:
-            print("  dump:", dump(ds, fx, Path(a.dump), "agent-old"))
+        res["variants"][v] = {}
+        for m in a.methods.split(","):
+            t0 = time.perf_counter()
+            fx = fixes_old(ds) if m == "agent-old" else lowo(ds, m)
+            e = errors(ds, fx)
+            e["wall_s"] = round(time.perf_counter() - t0, 2)
+            res["variants"][v][m] = e
+            print(v, m, json.dumps(e))
+            if a.dump and m in DUMP_AS:
+                print("  dump:", dump(ds, fx, Path(a.dump), m, DUMP_AS[m]))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "real_radio.json").write_text(json.dumps(res, indent=1) + "\n")
     return 0
+
+
+
+# ---------------------------------------------------------------- methods (leave-one-walk-out)
+def bounds_of(ds: Dataset) -> dict:
+    pts = np.array([p for poly in ds.zones.values() for p in poly])
+    return {0: (float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max()))}
+
+
+def _empty(n):
+    return {"x": np.full(n, np.nan), "y": np.full(n, np.nan), "acc": np.full(n, np.nan)}
+
+
+def lowo(ds: Dataset, method: str, params=None) -> dict:
+    """Fixes of every scan, each from a model fitted without its walk."""
+    from geometry import radio
+
+    n = len(ds.lines)
+    out = _empty(n)
+    F = np.zeros(n, dtype=np.int64)
+    B = len(ds.ids)
+    tx0 = np.full(B, DEFAULT_TX)
+    heard = ~np.isnan(ds.rssi)
+    params = params or radio.RadioParams()
+    if method == "agent":  # no survey: nothing is fitted, so no fold is needed
+        m = radio.BleModel(ds.ids, ds.bx, ds.by, np.zeros(B), tx0, params, bounds_of(ds))
+        x, y, _, acc, _ = radio.predict(m, F, ds.rssi)
+        return {"x": x, "y": y, "acc": acc}
+    for w in ds.walks:
+        te = ds.walk == w
+        tr = ~te
+        if method == "agent+survey":
+            m, _ = radio.fit(ds.ids, ds.bx, ds.by, np.zeros(B), tx0, ds.x[tr], ds.y[tr], F[tr], ds.rssi[tr],
+                             ds.walk[tr], ds.ts[tr], params=params, bounds=bounds_of(ds))
+            x, y, _, acc, _ = radio.predict(m, F[te], ds.rssi[te])
+        elif method == "agent+pathloss":
+            m, _ = radio.fit(ds.ids, ds.bx, ds.by, np.zeros(B), tx0, ds.x[tr], ds.y[tr], F[tr], ds.rssi[tr],
+                             ds.walk[tr], ds.ts[tr], params=params, bounds=bounds_of(ds), survey=False)
+            x, y, _, acc, _ = radio.predict(m, F[te], ds.rssi[te])
+        elif method == "centroid":
+            def cen(R):
+                w_ = np.where(np.isnan(R), 0.0, 10 ** (np.nan_to_num(R) / 20.0))
+                s = w_.sum(1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return (w_ @ ds.bx) / s, (w_ @ ds.by) / s
+            cx, cy = cen(ds.rssi[tr])
+            e = np.hypot(cx - ds.x[tr], cy - ds.y[tr])
+            q = float(np.nanquantile(e, NOMINAL))
+            x, y = cen(ds.rssi[te])
+            acc = np.where(np.isfinite(x), q, np.nan)
+        elif method == "knn":
+            def knn(Rq, Rt, Xt, Yt, k=5):
+                A = np.nan_to_num(Rq, nan=-100.0)
+                T = np.nan_to_num(Rt, nan=-100.0)
+                d = ((A[:, None, :] - T[None, :, :]) ** 2).sum(2)
+                idx = np.argsort(d, axis=1)[:, :k]
+                return Xt[idx].mean(1), Yt[idx].mean(1)
+            # acc: p86.5 of the training error, itself leave-one-walk-out within the training walks
+            errs = []
+            for w2 in ds.walks:
+                if w2 == w:
+                    continue
+                a_ = tr & (ds.walk == w2)
+                b_ = tr & (ds.walk != w2)
+                kx, ky = knn(ds.rssi[a_], ds.rssi[b_], ds.x[b_], ds.y[b_])
+                errs.append(np.hypot(kx - ds.x[a_], ky - ds.y[a_])[heard[a_].any(1)])
+            q = float(np.quantile(np.concatenate(errs), NOMINAL))
+            x, y = knn(ds.rssi[te], ds.rssi[tr], ds.x[tr], ds.y[tr])
+            acc = np.full(x.size, q)
+            none = ~heard[te].any(1)
+            x[none] = y[none] = acc[none] = np.nan
+        else:
+            raise ValueError(method)
+        out["x"][te], out["y"][te], out["acc"][te] = x, y, acc
+    return out
+
+
+DEFAULT_GRID = {"sens_dbm": (-95.0, -85.0, -75.0), "sens_width_db": (5.0, 10.0), "p_miss": (0.1, 0.3),
+                "temperature": (1.0, 0.5, 0.25), "sigma_db": (6.0, 9.0)}
+
+
+def fit_defaults(variants, log=print):
+    """The no-survey parameters: the grid point with the lowest mean (over
+    ``variants``) median error at layout tx_power -59 dBm and n = 2, then
+    ``acc_scale`` per beacons-heard class = the pooled 86.5 % quantile of
+    error / raw acc.  Nothing here sees a data set's walks separately: the
+    whole set is the 'other store' the defaults come from."""
+    import itertools
+    from dataclasses import replace
+
+    from geometry import radio
+
+    sets = [load(v) for v in variants]
+    best = None
+    keys = list(DEFAULT_GRID)
+    for vals in itertools.product(*(DEFAULT_GRID[k] for k in keys)):
+        p = radio.RadioParams(**dict(zip(keys, vals)))
+        meds = []
+        for ds in sets:
+            fx = lowo(ds, "agent", p)
+            e = np.hypot(fx["x"] - ds.x, fx["y"] - ds.y)
+            meds.append(np.nanmedian(e) / np.nanmedian(np.hypot(ds.x - ds.x.mean(), ds.y - ds.y.mean())))
+        score = float(np.mean(meds))
+        if best is None or score < best[0]:
+            best = (score, p)
+    p = best[1]
+    ratios = {0: [], 1: [], 2: []}
+    for ds in sets:
+        fx = lowo(ds, "agent", replace(p, acc_scale=(1.0, 1.0, 1.0)))
+        k = radio.heard_class((~np.isnan(ds.rssi)).sum(1))
+        r = np.hypot(fx["x"] - ds.x, fx["y"] - ds.y) / fx["acc"]
+        for c in range(3):
+            ratios[c] += r[(k == c) & np.isfinite(r)].tolist()
+    allr = np.concatenate([np.asarray(v) for v in ratios.values()])
+    scale = tuple(round(float(np.quantile(ratios[c], radio.NOMINAL)) if len(ratios[c]) >= 20
+                        else float(np.quantile(allr, radio.NOMINAL)), 3) for c in range(3))
+    p = replace(p, acc_scale=scale)
+    log(f"defaults from {', '.join(variants)}: {p}")
+    return p
 
 
 if __name__ == "__main__":
