@@ -51,7 +51,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["NOMINAL", "RadioParams", "BleModel", "fit", "distinct_readings", "heard_class"]
+__all__ = ["NOMINAL", "RadioParams", "BleModel", "fit", "predict", "store_model", "distinct_readings", "heard_class"]
 
 NOMINAL = 1.0 - math.exp(-2.0)  # P(r <= 2 sigma), 2-D isotropic Gaussian: 0.8647
 _CHUNK = 3_000_000  # elements per dense (scans x cells x beacons) block
@@ -326,6 +326,26 @@ class BleModel:
                        [b["tx"] for b in bs], params, bounds=bounds, survey=survey, meta=d.get("meta", {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed BLE model: {e}") from None
+
+
+def store_model(beacons: Sequence[Any], ble: Mapping[str, Any], outline_bounds=None,
+                fitted: Mapping[str, Any] | None = None) -> BleModel | None:
+    """A store's BLE radio: its ``fitted`` model (``survey fit``) when it has
+    one, else the no-survey defaults over its layout ``beacons`` with the
+    ``[sources.ble]`` table's ``path_loss_exponent``, ``rssi_sigma_db`` and
+    ``min_acc``; the grid spans ``outline_bounds`` (x0, y0, x1, y1) + 1 m when
+    given.  None without beacons."""
+    if fitted is not None:
+        return BleModel.from_dict(fitted)
+    if not beacons:
+        return None
+    params = RadioParams(n=ble.get("path_loss_exponent", 2.0), sigma_db=ble.get("rssi_sigma_db", 6.0),
+                         min_acc=ble.get("min_acc", 1.5))
+    bounds = None
+    if outline_bounds is not None:
+        x0, y0, x1, y1 = outline_bounds
+        bounds = {int(b.floor): (x0 - 1.0, y0 - 1.0, x1 + 1.0, y1 + 1.0) for b in beacons}
+    return BleModel.from_beacons(beacons, params, bounds)
 
 
 # ---------------------------------------------------------------- fitting

@@ -176,7 +176,7 @@ def load_store(path: str | Path) -> StoreConfig:
         problems.extend(errors)
         warnings.extend(warns)
 
-    ble_model, model_file = _ble_model(sources, base, beacons if layout_ok else None, problems, parts)
+    ble_model, model_file = _ble_model(sources, base, beacons if layout_ok else None, problems, parts, warnings)
 
     raise_if(problems)
     assert st.store_id is not None and st.timezone is not None and st.anchor is not None
@@ -220,7 +220,7 @@ def load_store(path: str | Path) -> StoreConfig:
 BLE_MODEL_FILE = "ble-model.json"
 
 
-def _ble_model(sources, base: Path, beacons, problems: list, parts: dict):
+def _ble_model(sources, base: Path, beacons, problems: list, parts: dict, warnings: list):
     """The store's fitted BLE model: ``[sources.ble] model`` (relative to
     store.toml) or ``ble-model.json`` beside it when that exists.  Returns
     ``(model dict or None, path)``; the path is always watched for reload."""
@@ -230,8 +230,9 @@ def _ble_model(sources, base: Path, beacons, problems: list, parts: dict):
     path = (base / named) if named else base / BLE_MODEL_FILE
     if not path.exists():
         if named:
-            problems.append(Problem(str(path), "", "", "BLE model file not found ([sources.ble] model); "
-                                    "write one with `edge-agent survey fit`"))
+            warnings.append(Problem(str(path), "", "", "BLE model file not found ([sources.ble] model): "
+                                    "positioning with the no-survey defaults until `edge-agent survey fit` "
+                                    "writes it"))
         return None, path
     lc = Collector(str(path))
     obj = _load_json(lc, path, "model")

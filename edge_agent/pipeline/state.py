@@ -18,7 +18,7 @@ from geometry.fences import FenceIndex
 from geometry.fusion import FusionParams, FusionState, evidence_fences
 from geometry.space import obstacles_on
 from geometry.frames import LocalFrame
-from geometry.radio import BleModel, RadioParams
+from geometry.radio import BleModel, store_model
 from geometry.schedule import Tracks
 from geometry.tracking import TrackParams
 from store_config.model import Consent, Profile, StoreConfig
@@ -50,21 +50,10 @@ class Runtime:
 
 
 def ble_model(cfg: StoreConfig) -> BleModel | None:
-    """The store's BLE radio: its fitted model (``survey fit``) when it has
-    one, else the no-survey defaults over its beacons (``[sources.ble]``
-    ``path_loss_exponent``, ``rssi_sigma_db`` and ``min_acc`` apply)."""
-    if cfg.ble_model is not None:
-        return BleModel.from_dict(cfg.ble_model)
-    if not cfg.beacons:
-        return None
-    ble = cfg.sources.get("ble", {})
-    params = RadioParams(n=ble.get("path_loss_exponent", 2.0), sigma_db=ble.get("rssi_sigma_db", 6.0),
-                         min_acc=ble.get("min_acc", 1.5))
-    bounds = None
-    if cfg.outline is not None:
-        x0, y0, x1, y1 = cfg.outline.bounds
-        bounds = {int(b.floor): (x0 - 1.0, y0 - 1.0, x1 + 1.0, y1 + 1.0) for b in cfg.beacons}
-    return BleModel.from_beacons(cfg.beacons, params, bounds)
+    """The store's BLE radio: its fitted model (``survey fit``), else the
+    no-survey defaults over its beacons (geometry.radio.store_model)."""
+    return store_model(cfg.beacons, cfg.sources.get("ble", {}),
+                       cfg.outline.bounds if cfg.outline is not None else None, cfg.ble_model)
 
 
 def build_runtime(cfg: StoreConfig) -> Runtime:
