@@ -148,6 +148,7 @@ class _Floor:
     delta: np.ndarray | None = None  # survey: (C, Bf) dB added to the path-loss mean
     pdet: np.ndarray | None = None  # survey: (C, Bf) heard rate
     sig_c: np.ndarray | None = None  # survey: (C,) scale per cell
+    pos: dict | None = None  # model beacon index -> column on this floor
 
 
 class BleModel:
@@ -217,6 +218,7 @@ class BleModel:
         g.sig = g.sig_c if g.sig_c is not None else np.full(g.cx.size, p.sigma_db)
         g.gain = np.log(pd) - np.log1p(-pd)
         g.base = np.log1p(-pd).sum(axis=1)
+        g.pos = {int(c): j for j, c in enumerate(g.cols)}
 
     # -- positioning
     def _post(self, g: _Floor, ll: np.ndarray, k: np.ndarray):
@@ -275,7 +277,7 @@ class BleModel:
         fl = int(self.floor[self.index[top]])
         g = self.floors[fl]
         cols, rs = [], []
-        pos = {int(c): j for j, c in enumerate(g.cols)}
+        pos = g.pos
         for bid, r in best.items():
             j = pos.get(self.index[bid])
             if j is not None:
@@ -286,8 +288,20 @@ class BleModel:
         z = (np.asarray(rs)[None, :] - g.mu[:, cols_a]) / g.sig[:, None]
         ll = (g.base + g.gain[:, cols_a].sum(axis=1) - (p.nu + 1.0) / 2.0 * np.log1p(z * z / p.nu).sum(axis=1)
               - len(cols) * np.log(g.sig))
-        x, y, acc = self._post(g, ll[None, :], np.asarray([len(cols)]))
-        return (float(x[0]), float(y[0]), fl, float(acc[0])), unknown, len(cols)
+        # one scan: the same arithmetic as _post on 1-D arrays, sorting only the cells that
+        # hold any weight (~4x cheaper than the batch path for one row)
+        w = np.exp(p.temperature * (ll - ll.max()))
+        keep = np.flatnonzero(w > 1e-9)
+        w = w[keep]
+        w /= w.sum()
+        cx, cy = g.cx[keep], g.cy[keep]
+        mx, my = float(w @ cx), float(w @ cy)
+        d = np.hypot(cx - mx, cy - my)
+        o = np.argsort(d)
+        j = min(int(np.searchsorted(np.cumsum(w[o]), NOMINAL)), o.size - 1)
+        r = float(d[o[j]]) + 0.5 * p.cell
+        acc = max(r * p.acc_scale[min(len(cols), 3) - 1], p.min_acc)
+        return (mx, my, fl, acc), unknown, len(cols)
 
     # -- persistence
     def to_dict(self) -> dict:
