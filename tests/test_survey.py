@@ -140,3 +140,31 @@ def test_parse_accepts_lat_lon_comments_and_empty_scans():
                        "out of range"), ("{", "not valid JSON")):
         with pytest.raises(SurveyError, match=r"^s\.jsonl:1: .*" + msg.replace("[", r"\[")):
             parse([line], "s.jsonl", frame)
+
+
+def test_the_simulators_radio_misses_far_beacons_has_offsets_and_heavy_tails_or_uses_the_store_model(store,
+                                                                                                     tmp_path):
+    cfg = load_store(store / "store.toml")
+    bs = [b for b in cfg.beacons if b.floor == 0][:2]
+    n = 4000
+    rng = np.random.default_rng(0)
+    near = ble_rssi(np.full(n, bs[0].x + 1.0), np.full(n, bs[0].y), bs, rng, seed=3)
+    far = ble_rssi(np.full(n, bs[0].x + 250.0), np.full(n, bs[0].y), bs, rng, seed=3)
+    assert 0.8 < near[1][:, 0].mean() < 0.95  # a beacon in range is usually, not always, heard
+    assert far[1][:, 0].mean() < 0.1
+    r = near[0][near[1][:, 0], 0]
+    z = (r - np.median(r)) / (1.4826 * np.median(np.abs(r - np.median(r))))
+    assert np.mean(np.abs(z) > 3.5) > 0.005  # heavier tails than a Gaussian (6e-4)
+    again = ble_rssi(np.full(n, bs[0].x + 1.0), np.full(n, bs[0].y), bs, np.random.default_rng(1), seed=3)
+    other = ble_rssi(np.full(n, bs[0].x + 1.0), np.full(n, bs[0].y), bs, np.random.default_rng(1), seed=4)
+    assert abs(np.median(again[0][:, 0]) - np.median(near[0][:, 0])) < 0.6  # the offset is the beacon's
+    assert np.median(again[0][:, 0]) != np.median(other[0][:, 0])  # and another store's differs
+    # with a fitted model the simulator draws from it
+    assert _cli("fit", "--config", store / "store.toml", tmp_path / "mon.jsonl", tmp_path / "tue.jsonl").returncode == 0
+    from geometry.radio import BleModel
+
+    fitted = load_store(store / "store.toml")
+    m = BleModel.from_dict(fitted.ble_model)
+    rssi, heard = ble_rssi(np.full(200, 20.0), np.full(200, 15.0), [b for b in fitted.beacons if b.floor == 0],
+                           np.random.default_rng(2), model=m)
+    assert rssi.shape == (200, len(fitted.beacons)) and 0 < heard.mean() < 1
