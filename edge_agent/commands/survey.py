@@ -105,7 +105,7 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from geometry import radio
 
-    from .pipeline.state import ble_model
+    from edge_agent.pipeline.state import ble_model
     from geometry.survey import SurveyError, arrays, format_report, report
 
     try:
