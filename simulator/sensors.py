@@ -15,10 +15,17 @@ wifi      wifi     N(0, 4 m) per axis            5–10 m           5–15 s    
 html5     html5    N(0, acc/2) per axis          15–40 m          1–5 s     0.2–1 s
 ========  =======  ============================  ===============  ========  ===========
 
-* ``ble``: for every beacon on the floor, RSSI = ``tx_power - 10 n log10(d)``
-  with ``n = 2.2`` plus log-normal shadowing (σ 3 dB); a beacon is heard when
-  RSSI ≥ -92 dBm and it is not missed by the scan (10 %); the ping carries the
-  ``beacons`` list and the agent positions it (its own model uses n = 2).
+* ``ble``: real radio, fitted to public labelled scans (BENCHMARKS.md, "Real
+  radio"): for every beacon on the floor, RSSI = ``tx_power + offset -
+  10 n log10(d)`` with ``n = 1.8``, a fixed per-beacon ``offset`` (σ 2.5 dB:
+  the real sets' per-beacon spread was 1.5-2.3 dB), Student-t noise (ν 4,
+  scale 5.5 dB: their residuals have σ 4.9-6.7 dB and heavy tails), rounded
+  to 1 dB; a beacon is heard with probability ``0.9 · Φ((mean RSSI + 92) /
+  5)`` (a phone's scan misses ~10 % of beacons in range, and fades out around
+  -92 dBm).  With a store's fitted model (``survey fit``: ``[sources.ble]
+  model``) the mean RSSI, the heard rate and the spread per cell come from
+  that model instead.  The ping carries the ``beacons`` list and the agent
+  positions it.
 * ``html5``: 3 % of fixes are far outdoor fixes (an error of 60–300 m
   reported with a confident 5–15 m accuracy), as phones do near windows.
 * dropouts: uwb 1 %, ble 3 %, wifi 5 %, html5 2 %.
@@ -53,10 +60,52 @@ TECHS = {
     "html5": Tech("html5", "html5", (1.0, 5.0), 0.02, (0.2, 1.0)),
 }
 
-BLE_N = 2.2
-BLE_SHADOW_DB = 3.0
+BLE_N = 1.8
+BLE_OFFSET_DB = 2.5
+BLE_NOISE_DB = 5.5
+BLE_NU = 4.0
 BLE_SENSITIVITY_DBM = -92.0
+BLE_SENS_WIDTH_DB = 5.0
 BLE_MISS = 0.10
+BLE_FLOOR_DBM = -105.0
+
+
+def _ndtr(z):
+    from math import erf, sqrt
+
+    return 0.5 * (1.0 + np.vectorize(erf, otypes=[float])(np.asarray(z) / sqrt(2.0)))
+
+
+def ble_rssi(xs, ys, beacons, rng, *, model=None, seed: int = 0):
+    """``(rssi, heard)`` arrays (samples x beacons) for true positions ``xs, ys``
+    and layout ``beacons`` (one floor): the real-radio model above, or the
+    store's fitted :class:`geometry.radio.BleModel` when given."""
+    bx = np.array([b.x for b in beacons])
+    by = np.array([b.y for b in beacons])
+    n = len(xs)
+    if model is not None:
+        fl = int(beacons[0].floor)
+        g = model.floors[fl]
+        cols = [int(np.flatnonzero(g.cols == model.index[b.beacon_id.lower()])[0]) for b in beacons]
+        ix = np.clip(((np.asarray(xs) - g.x0) // model.params.cell).astype(int), 0, g.nx - 1)
+        iy = np.clip(((np.asarray(ys) - g.y0) // model.params.cell).astype(int), 0, g.ny - 1)
+        c = ix + g.nx * iy
+        mean = g.mu[np.ix_(c, cols)]
+        sig = g.sig[c][:, None]
+        pd = 1.0 / (1.0 + np.exp(-g.gain[np.ix_(c, cols)]))
+        rssi = mean + sig * rng.standard_t(model.params.nu, mean.shape)
+    else:
+        # the per-beacon offsets are the store's (fixed per beacon and seed), not the shopper's
+        off = np.array([np.random.default_rng([seed, 0xB1E, *b.beacon_id.encode()]).normal(0, BLE_OFFSET_DB)
+                        for b in beacons])
+        tx = np.array([b.tx_power for b in beacons]) + off
+        d = np.maximum(np.hypot(np.asarray(xs)[:, None] - bx[None, :], np.asarray(ys)[:, None] - by[None, :]), 0.5)
+        mean = tx[None, :] - 10 * BLE_N * np.log10(d)
+        rssi = mean + BLE_NOISE_DB * rng.standard_t(BLE_NU, mean.shape)
+        pd = (1.0 - BLE_MISS) * _ndtr((mean - BLE_SENSITIVITY_DBM) / BLE_SENS_WIDTH_DB)
+    # no receiver reports below its noise floor, however the fade went
+    heard = (rng.uniform(size=mean.shape) < pd) & (rssi >= BLE_FLOOR_DBM)
+    return np.round(np.minimum(rssi, 0.0)), heard
 
 
 @dataclass(slots=True)
@@ -137,12 +186,7 @@ def sample_shopper(shopper, tech_name: str, *, cfg, frame, seed: int, duration: 
         beacons = [b for b in cfg.beacons if b.floor == shopper.floor]
         if not beacons:
             raise ValueError("--tech ble needs BLE beacons (Point features with kind \"beacon\") in the layout")
-        bx = np.array([b.x for b in beacons])
-        by = np.array([b.y for b in beacons])
-        tx = np.array([b.tx_power for b in beacons])
-        d = np.maximum(np.hypot(xs[:, None] - bx[None, :], ys[:, None] - by[None, :]), 0.1)
-        rssi = tx[None, :] - 10 * BLE_N * np.log10(d) + rng.normal(0, BLE_SHADOW_DB, d.shape)
-        heard = (rssi >= BLE_SENSITIVITY_DBM) & (rng.uniform(size=d.shape) >= BLE_MISS)
+        rssi, heard = ble_rssi(xs, ys, beacons, rng, model=_store_model(cfg), seed=seed)
         payloads = []
         for k in range(n):
             idx = np.flatnonzero(heard[k])
@@ -167,16 +211,31 @@ def sample_shopper(shopper, tech_name: str, *, cfg, frame, seed: int, duration: 
     return out
 
 
+def _store_model(cfg):
+    """The store's fitted BLE model, if it has one (built once per config)."""
+    if getattr(cfg, "ble_model", None) is None:
+        return None
+    key = id(cfg.ble_model)
+    m = _MODELS.get(key)
+    if m is None:
+        from geometry.radio import BleModel
+
+        m = _MODELS[key] = (cfg.ble_model, BleModel.from_dict(cfg.ble_model))
+    return m[1]
+
+
+_MODELS: dict = {}
+
+
 def reported_fixes(samples, *, cfg, frame) -> list[tuple[int, float, float, float, float]]:
     """``(shopper, t, x, y, acc)`` of every sent sample as the technology reports
     it, in local metres (for the map): ``x``/``y`` as published, HTML5 fixes
     projected back from WGS84, BLE sightings positioned as the agent does
-    (:mod:`geometry.beacons`, the config's ``[sources.ble]`` model)."""
-    from geometry.beacons import locate
+    (:mod:`geometry.radio`: the store's fitted model, else the defaults)."""
+    from geometry.radio import store_model
 
-    ble = cfg.sources.get("ble", {})
-    n_exp, k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 8)
-    beacons = {b.beacon_id.lower(): b for b in cfg.beacons}
+    model = store_model(cfg.beacons, cfg.sources.get("ble", {}),
+                        cfg.outline.bounds if cfg.outline is not None else None, cfg.ble_model)
     out = []
     geo = []
     for s in samples:
@@ -189,8 +248,7 @@ def reported_fixes(samples, *, cfg, frame) -> list[tuple[int, float, float, floa
             c = p["coords"]
             geo.append((s.shopper, s.t, c["longitude"], c["latitude"], float(c["accuracy"])))
         elif "beacons" in p:
-            r = locate([(b["id"], b["rssi"]) for b in p["beacons"]], beacons, n=n_exp, strongest=k,
-                       min_acc=ble.get("min_acc", 1.5), rssi_sigma_db=ble.get("rssi_sigma_db", 4.0))
+            r = model.locate([(b["id"], b["rssi"]) for b in p["beacons"]])[0] if model is not None else None
             if r is not None:
                 out.append((s.shopper, s.t, r[0], r[1], r[3]))
     if geo:

@@ -25,7 +25,7 @@ MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 SOURCE_KEYS = {
     "meraki": {"secret", "validator", "aps", "ap_acc", "min_acc"},
     "aruba": {"topic", "token", "min_acc"},
-    "ble": {"path_loss_exponent", "strongest", "min_acc", "rssi_sigma_db"},
+    "ble": {"path_loss_exponent", "strongest", "min_acc", "rssi_sigma_db", "model"},
 }
 
 
@@ -93,7 +93,8 @@ def parse_sources(c: Collector, src: Mapping[str, Any]) -> dict[str, Mapping[str
                                                   minimum=1.0, maximum=6.0)
             norm["strongest"] = c.integer(table, "strongest", W, default=8, minimum=1, maximum=64)
             norm["min_acc"] = c.number(table, "min_acc", W, default=1.5, minimum=0)
-            norm["rssi_sigma_db"] = c.number(table, "rssi_sigma_db", W, default=4.0, positive=True)
+            norm["rssi_sigma_db"] = c.number(table, "rssi_sigma_db", W, default=6.0, positive=True)
+            norm["model"] = c.string(table, "model", W, nonempty=True)
         out[sname] = MappingProxyType(norm)
     return out
 

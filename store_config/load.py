@@ -194,6 +194,8 @@ def load_store(path: str | Path) -> StoreConfig:
         problems.extend(errors)
         warnings.extend(warns)
 
+    ble_model, model_file = _ble_model(sources, base, beacons if layout_ok else None, problems, parts, warnings)
+
     raise_if(problems)
     assert st.store_id is not None and st.timezone is not None and st.anchor is not None
     return StoreConfig(
@@ -228,5 +230,45 @@ def load_store(path: str | Path) -> StoreConfig:
         sources=MappingProxyType(sources),
         floorplans=floorplans,
         files=MappingProxyType({"store": toml_file,
-                                **{k: str(v) for k, v in st.files.items() if v is not None}}),
+                                **{k: str(v) for k, v in st.files.items() if v is not None},
+                                "ble_model": str(model_file)}),
+        ble_model=ble_model,
     )
+
+
+BLE_MODEL_FILE = "ble-model.json"
+
+
+def _ble_model(sources, base: Path, beacons, problems: list, parts: dict, warnings: list):
+    """The store's fitted BLE model: ``[sources.ble] model`` (relative to
+    store.toml) or ``ble-model.json`` beside it when that exists.  Returns
+    ``(model dict or None, path)``; the path is always watched for reload."""
+    from geometry.radio import BleModel
+
+    named = (sources.get("ble") or {}).get("model")
+    path = (base / named) if named else base / BLE_MODEL_FILE
+    if not path.exists():
+        if named:
+            warnings.append(Problem(str(path), "", "", "BLE model file not found ([sources.ble] model): "
+                                    "positioning with the no-survey defaults until `edge-agent survey fit` "
+                                    "writes it"))
+        return None, path
+    lc = Collector(str(path))
+    obj = _load_json(lc, path, "model")
+    problems.extend(lc.problems)
+    if obj is None:
+        return None, path
+    try:
+        model = BleModel.from_dict(obj)
+    except ValueError as exc:
+        problems.append(Problem(str(path), "", "", str(exc)))
+        return None, path
+    if beacons is not None:
+        known = {b.beacon_id.lower() for b in beacons}
+        missing = [b for b in model.ids if b not in known]
+        if missing:
+            problems.append(Problem(str(path), "beacons", "", f"beacon {missing[0]!r} of the BLE model is not in "
+                                    f"the layout ({len(missing)} such); refit with `edge-agent survey fit`"))
+            return None, path
+    parts["ble_model"] = obj
+    return MappingProxyType(obj), path

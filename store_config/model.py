@@ -377,6 +377,10 @@ class StoreConfig:
     # The files this config was loaded from: "store", "layout", "promotions",
     # "profiles", "inventory" -> path as used in Problem.file.
     files: Mapping[str, str] = field(default_factory=dict)
+    # The store's fitted BLE radio (`edge-agent survey fit`): the JSON of
+    # `[sources.ble] model` (default `ble-model.json` beside store.toml), checked
+    # by geometry.radio.BleModel.from_dict; None when there is none.
+    ble_model: Mapping[str, Any] | None = None
 
     @property
     def root_topic(self) -> str:

@@ -290,6 +290,31 @@ def cmd_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_survey_fit(args: argparse.Namespace) -> int:
+    """Fit the store's BLE radio from survey walks and print a report cross-validated
+    by walk (error, coverage of the claimed accuracy, per-zone placement). Writes
+    [sources.ble] model, default ble-model.json beside store.toml; the agent loads
+    it at start and on reload. Survey lines: {"walk", "ts", "x", "y", "floor",
+    "beacons": [{"id", "rssi"}, ...]} (lat/lon instead of x/y allowed).
+
+    Example: edge-agent survey fit --config store.toml tue-am.jsonl tue-pm.jsonl
+    """
+    from .survey import run_fit
+
+    return run_fit(args)
+
+
+def cmd_survey_report(args: argparse.Namespace) -> int:
+    """The same report for the BLE model in place (the fitted one, else the
+    no-survey defaults) on survey walks.
+
+    Example: edge-agent survey report --config store.toml wed-am.jsonl
+    """
+    from .survey import run_report
+
+    return run_report(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="In-store geofencing edge service.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -404,6 +429,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explore-pct", type=float, default=0.0, help="with --policy-eval: the new policy's "
                                                                   "explore_pct (default 0)")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("survey", help="fit and check the store's BLE radio from labelled walks",
+                       description="Site survey: fit the BLE model from labelled walks, or report on the model "
+                                   "in place.")
+    ssub = p.add_subparsers(dest="survey_command", required=True, metavar="SUBCOMMAND")
+    for name, fn, help_ in (("fit", cmd_survey_fit, "fit the BLE model and print a cross-validated report"),
+                            ("report", cmd_survey_report, "report on the model in place")):
+        sp = ssub.add_parser(name, help=help_, description=fn.__doc__)
+        sp.add_argument("--config", required=True, help="path of store.toml")
+        sp.add_argument("files", nargs="+", metavar="survey.jsonl", help="survey files (one scan per line)")
+        if name == "fit":
+            sp.add_argument("--out", default=None, help="model file (default: [sources.ble] model, else "
+                                                        "ble-model.json beside store.toml)")
+        sp.add_argument("--json", action="store_true", help="print the report as JSON")
+        sp.set_defaults(fn=fn)
     return parser
 
 
@@ -413,6 +453,9 @@ def markdown_help() -> str:
     for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse has no public walk
         for name, sp in action.choices.items():
             out += ["", f"### `edge-agent {name}`", "", "```", sp.format_help().rstrip(), "```"]
+            for sub in sp._subparsers._group_actions if sp._subparsers else ():  # noqa: SLF001
+                for sname, ssp in getattr(sub, "choices", {}).items():
+                    out += ["", f"### `edge-agent {name} {sname}`", "", "```", ssp.format_help().rstrip(), "```"]
     return "\n".join(out) + "\n"
 
 

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from geometry import beacons as beaconing
 from geometry.fusion import fuse
 from geometry.tracking import Entered, Exited
 from store_config.model import StoreConfig
@@ -318,9 +317,6 @@ class Pipeline:
         ok = np.ones(n, dtype=bool)
         fusible = np.ones(n, dtype=bool)
         default_acc = cfg.tracking.default_acc
-        ble = cfg.sources.get("ble", {})
-        ble_n, ble_k = ble.get("path_loss_exponent", 2.0), ble.get("strongest", 8)
-        ble_min_acc, ble_sigma = ble.get("min_acc", 1.5), ble.get("rssi_sigma_db", 4.0)
         geo_idx = []
         for i, p in enumerate(pings):
             if p.x is not None:
@@ -328,8 +324,10 @@ class Pipeline:
             elif p.lat is not None:
                 geo_idx.append(i)
             else:
-                located, unknown = beaconing.locate_detail(p.beacons, rt.beacons, n=ble_n, strongest=ble_k,
-                                                           min_acc=ble_min_acc, rssi_sigma_db=ble_sigma)
+                if rt.ble is not None:
+                    located, unknown, distinct = rt.ble.locate(p.beacons)
+                else:
+                    located, unknown, distinct = None, len(p.beacons), 0
                 if unknown:
                     self.metrics.unknown_beacons.inc(n=unknown)
                 if located is None:
@@ -337,7 +335,7 @@ class Pipeline:
                     self._dead_ping(p, "no_position", "no known beacon in the sighting")
                     continue
                 xs[i], ys[i], fl, acc = located
-                if len(p.beacons) - unknown < 3:
+                if distinct < 3:
                     # One or two beacons give a proximity, not a fix: its error does not average
                     # out over repeated sightings, so it is judged on its own, never fused.
                     fusible[i] = False

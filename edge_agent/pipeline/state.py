@@ -19,6 +19,7 @@ from geometry.fences import FenceIndex
 from geometry.fusion import FusionParams, FusionState, evidence_fences
 from geometry.space import obstacles_on
 from geometry.frames import LocalFrame
+from geometry.radio import BleModel, store_model
 from geometry.schedule import Tracks
 from geometry.tracking import TrackParams
 from store_config.model import Consent, Profile, StoreConfig
@@ -46,6 +47,14 @@ class Runtime:
     fused_index: FenceIndex | None
     fused_params: TrackParams | None
     floors: frozenset  # floors of fences, beacons and vendor plans; ground floor always
+    ble: BleModel | None = None  # positions BLE scans (geometry.radio): the survey's model, else defaults
+
+
+def ble_model(cfg: StoreConfig) -> BleModel | None:
+    """The store's BLE radio: its fitted model (``survey fit``), else the
+    no-survey defaults over its beacons (geometry.radio.store_model)."""
+    return store_model(cfg.beacons, cfg.sources.get("ble", {}),
+                       cfg.outline.bounds if cfg.outline is not None else None, cfg.ble_model)
 
 
 def build_runtime(cfg: StoreConfig) -> Runtime:
@@ -82,6 +91,7 @@ def build_runtime(cfg: StoreConfig) -> Runtime:
         fused_params=fused_params,
         floors=frozenset([0, *(f.floor for f in cfg.fences), *(b.floor for b in cfg.beacons),
                            *(p.floor for p in cfg.floorplans)]),
+        ble=ble_model(cfg),
     )
 
 

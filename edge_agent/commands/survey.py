@@ -1,0 +1,127 @@
+"""``edge-agent survey fit`` and ``survey report``: the store's BLE radio from labelled walks.
+
+The method lives in ``geometry.radio`` (the model and its fit) and
+``geometry.survey`` (the line format and the report); this module reads the
+files, writes the model and prints.  Exit 1 with one clear line on a bad
+survey line (file:line), a beacon not in the layout, or too few scans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+MIN_SCANS = 30
+
+
+def _fail(msg: str) -> int:
+    print(f"edge-agent survey: {msg}", file=sys.stderr)
+    return 1
+
+
+def _load(args):
+    """(cfg, scans) or raises SystemExit-worthy messages as ValueError."""
+    from geometry.frames import LocalFrame
+    from geometry.survey import parse
+    from store_config import ConfigError, load_store
+
+    try:
+        cfg = load_store(args.config)
+    except ConfigError as e:
+        raise ValueError(str(e).splitlines()[0] if str(e) else "invalid configuration") from None
+    if not cfg.beacons:
+        raise ValueError(f"{args.config}: the layout has no BLE beacons (kind \"beacon\" points) to survey")
+    frame = LocalFrame(cfg.anchor.lat, cfg.anchor.lon, cfg.anchor.bearing)
+    scans = []
+    for f in args.files:
+        try:
+            text = Path(f).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"{f}: cannot read: {e.strerror or e}") from None
+        scans += parse(text.splitlines(), f, frame)
+    return cfg, scans
+
+
+def _zones(cfg):
+    return [(f.id, int(f.floor), f.geometry) for f in cfg.fences if f.kind != "obstacle"]
+
+
+def _bounds(cfg):
+    if cfg.outline is None:
+        return None
+    x0, y0, x1, y1 = cfg.outline.bounds
+    return {int(b.floor): (x0 - 1.0, y0 - 1.0, x1 + 1.0, y1 + 1.0) for b in cfg.beacons}
+
+
+def model_path(cfg) -> Path:
+    """Where the store's BLE model lives: ``[sources.ble] model`` (relative to
+    store.toml) or ``ble-model.json`` beside it."""
+    named = (cfg.sources.get("ble") or {}).get("model")
+    base = Path(cfg.files["store"]).resolve().parent
+    return base / named if named else base / "ble-model.json"
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from geometry import radio
+    from geometry.survey import SurveyError, arrays, format_report, report
+
+    try:
+        cfg, scans = _load(args)
+        ids = [b.beacon_id.lower() for b in cfg.beacons]
+        X, Y, F, R, walks, ts = arrays(scans, ids)
+    except (SurveyError, ValueError) as e:
+        return _fail(str(e))
+    heard = (~np.isnan(R)).any(axis=1)
+    if heard.sum() < MIN_SCANS:
+        return _fail(f"too few scans: {int(heard.sum())} hear a beacon of the layout, at least {MIN_SCANS} needed "
+                     "(walk every zone, ~20 scans per zone, in two or more walks)")
+    bs = cfg.beacons
+    ble = cfg.sources.get("ble", {})
+    params = radio.RadioParams(n=ble.get("path_loss_exponent", 2.0), min_acc=ble.get("min_acc", 1.5))
+    nwalks = len(set(walks.tolist()))
+    model, cv = radio.fit(ids, [b.x for b in bs], [b.y for b in bs], [b.floor for b in bs],
+                          [b.tx_power for b in bs], X, Y, F, R, walks, ts, params=params, bounds=_bounds(cfg),
+                          meta={"scans": int(len(scans)), "walks": nwalks,
+                                "files": [os.path.basename(f) for f in args.files]})
+    out = Path(args.out) if args.out else model_path(cfg)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(model.to_dict(), separators=(",", ":")) + "\n", encoding="utf-8")
+    os.replace(tmp, out)  # the agent's reload never sees half a file
+    rep = report(X, Y, F, cv["x"], cv["y"], cv["acc"], cv["heard"], _zones(cfg), confidence=cfg.tracking.confidence)
+    how = "one walk held out at a time" if nwalks >= 2 else "one walk only: thirds of it held out in turn"
+    if args.json:
+        print(json.dumps({"model": str(out), "cross_validated": how, "report": rep}, indent=1))
+    else:
+        print(f"wrote {out} ({len(scans)} scans, {nwalks} walks); the agent loads it at start and on reload")
+        print(format_report(rep, f"Cross-validated ({how}):"), end="")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from geometry import radio
+
+    from edge_agent.pipeline.state import ble_model
+    from geometry.survey import SurveyError, arrays, format_report, report
+
+    try:
+        cfg, scans = _load(args)
+        model = ble_model(cfg)
+        X, Y, F, R, _, _ = arrays(scans, model.ids)
+    except (SurveyError, ValueError) as e:
+        return _fail(str(e))
+    if not scans:
+        return _fail("too few scans: none")
+    x, y, _, acc, k = radio.predict(model, F, R)
+    rep = report(X, Y, F, x, y, acc, k, _zones(cfg), confidence=cfg.tracking.confidence)
+    src = "the fitted model " + str(model_path(cfg)) if cfg.ble_model is not None else "the no-survey defaults"
+    if args.json:
+        print(json.dumps({"model": src, "report": rep}, indent=1))
+    else:
+        print(format_report(rep, f"The model in place ({src}) on {', '.join(args.files)} "
+                                 "(scans used in its fit are not held out):"), end="")
+    return 0

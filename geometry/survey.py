@@ -1,0 +1,221 @@
+"""Site survey files and the report on a BLE model (pure: lines in, numbers out).
+
+A survey file has one scan with its truth per line (JSON)::
+
+    {"walk": "tue-am", "ts": 1764930000.5, "x": 12.5, "y": 30.1, "floor": 0,
+     "beacons": [{"id": "uuid:major:minor", "rssi": -71}, ...]}
+
+``lat``/``lon`` may replace ``x``/``y`` (a ``frame`` converts them);
+``floor`` defaults to 0; ``walk`` groups scans taken in one go and is the
+unit the report holds out; ``beacons`` may be empty (nothing heard: that is
+evidence too).  Blank lines and lines starting with ``#`` are skipped.
+
+:func:`parse` raises :class:`SurveyError` with ``file:line: message``.
+:func:`arrays` lines the scans up against the model's beacons (a beacon not
+in the layout is an error naming the line).  :func:`report` scores fixes
+against the truth: median and p90 error, how often the claimed ``acc``
+covers the truth (per number of beacons heard), and per zone the share of
+its scans placed right, wrong or nowhere; :func:`format_report` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .radio import NOMINAL, heard_class
+
+__all__ = ["Scan", "SurveyError", "parse", "arrays", "report", "format_report", "placed_zones"]
+
+
+class SurveyError(ValueError):
+    """A bad survey line or set of lines (message: ``file:line: what``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    file: str
+    line: int
+    walk: str
+    ts: float
+    x: float
+    y: float
+    floor: int
+    beacons: tuple[tuple[str, float], ...]
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def parse(lines: Iterable[str], file: str, frame=None) -> list[Scan]:
+    """Scans of one survey file; ``frame`` (a ``LocalFrame``) converts
+    ``lat``/``lon`` lines to local metres."""
+    out: list[Scan] = []
+    for no, raw in enumerate(lines, 1):
+        s = raw.strip()
+        if not s or s.startswith("#"):
+            continue
+        where = f"{file}:{no}"
+        try:
+            obj = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise SurveyError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise SurveyError(f"{where}: a line must be a JSON object")
+        walk = obj.get("walk")
+        if not isinstance(walk, str) or not walk:
+            raise SurveyError(f"{where}: 'walk' must be a non-empty string (the walk this scan belongs to)")
+        ts = _num(obj.get("ts"))
+        if ts is None:
+            raise SurveyError(f"{where}: 'ts' must be a number (epoch seconds)")
+        if "x" in obj or "y" in obj:
+            x, y = _num(obj.get("x")), _num(obj.get("y"))
+            if x is None or y is None:
+                raise SurveyError(f"{where}: 'x' and 'y' must both be numbers (local metres)")
+        elif "lat" in obj or "lon" in obj:
+            la, lo = _num(obj.get("lat")), _num(obj.get("lon"))
+            if la is None or lo is None or not (-90 <= la <= 90 and -180 <= lo <= 180):
+                raise SurveyError(f"{where}: 'lat' and 'lon' must both be numbers in range")
+            if frame is None:
+                raise SurveyError(f"{where}: 'lat'/'lon' need the store's anchor to convert")
+            xs, ys = frame.to_local(np.array([lo]), np.array([la]))
+            x, y = float(xs[0]), float(ys[0])
+        else:
+            raise SurveyError(f"{where}: the true position is missing ('x' and 'y', or 'lat' and 'lon')")
+        fl = obj.get("floor", 0)
+        if isinstance(fl, bool) or not isinstance(fl, int):
+            raise SurveyError(f"{where}: 'floor' must be an integer")
+        bl = obj.get("beacons")
+        if not isinstance(bl, list):
+            raise SurveyError(f"{where}: 'beacons' must be a list of {{\"id\", \"rssi\"}} (empty: none heard)")
+        beacons = []
+        for k, b in enumerate(bl):
+            if not isinstance(b, dict) or not isinstance(b.get("id"), str) or _num(b.get("rssi")) is None:
+                raise SurveyError(f"{where}: beacons[{k}] must be {{\"id\": str, \"rssi\": number}}")
+            r = float(b["rssi"])
+            if not -130 <= r <= 20:
+                raise SurveyError(f"{where}: beacons[{k}] rssi {r:g} is out of range (-130..20 dBm)")
+            beacons.append((b["id"].lower(), r))
+        out.append(Scan(file, no, walk, ts, x, y, int(fl), tuple(beacons)))
+    return out
+
+
+def arrays(scans: Sequence[Scan], ids: Sequence[str]):
+    """``X, Y, F, R, walks, ts`` for :func:`geometry.radio.fit`: ``R`` (scans,
+    beacons in ``ids`` order), the strongest reading per beacon, NaN = not
+    heard.  A beacon not in ``ids`` raises :class:`SurveyError`."""
+    col = {b.lower(): j for j, b in enumerate(ids)}
+    S = len(scans)
+    R = np.full((S, len(ids)), np.nan)
+    for i, s in enumerate(scans):
+        for bid, r in s.beacons:
+            j = col.get(bid)
+            if j is None:
+                raise SurveyError(f"{s.file}:{s.line}: beacon {bid!r} is not in the layout "
+                                  "(add it as a kind \"beacon\" point, or fix the id)")
+            if not r <= R[i, j]:  # NaN or weaker
+                R[i, j] = r
+    X = np.array([s.x for s in scans], dtype=float)
+    Y = np.array([s.y for s in scans], dtype=float)
+    F = np.array([s.floor for s in scans], dtype=np.int64)
+    walks = np.array([s.walk for s in scans])
+    ts = np.array([s.ts for s in scans], dtype=float)
+    return X, Y, F, R, walks, ts
+
+
+def placed_zones(zones: Sequence[tuple[str, int, Any]], x, y, floor, acc, *, confidence: float = 0.9):
+    """Per fix, the zone it places the device in: the one whose polygon holds
+    its disc of ``Φ⁻¹(confidence) · acc / 2`` (the fused tracker's rule for
+    one fix), else ``""``.  ``zones``: ``(id, floor, shapely geometry)``."""
+    import shapely
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(confidence)
+    x, y, acc = (np.asarray(v, dtype=float) for v in (x, y, acc))
+    floor = np.asarray(floor)
+    out = np.full(x.size, "", dtype=object)
+    ok = np.isfinite(x) & np.isfinite(acc)
+    pts = shapely.points(np.where(ok, x, 0.0), np.where(ok, y, 0.0))
+    for zid, zfl, geom in zones:
+        m = ok & (floor == zfl) & shapely.contains_xy(geom, np.where(ok, x, 0.0), np.where(ok, y, 0.0))
+        if m.any():
+            d = shapely.distance(pts, geom.boundary)
+            m &= d >= z * acc / 2.0
+            out[m & (out == "")] = zid
+    return out
+
+
+def truth_zones(zones, X, Y, F):
+    """Zone holding each true position ("" if none; the first listed wins)."""
+    import shapely
+
+    out = np.full(len(X), "", dtype=object)
+    for zid, zfl, geom in zones:
+        m = (np.asarray(F) == zfl) & shapely.contains_xy(geom, np.asarray(X, float), np.asarray(Y, float))
+        out[m & (out == "")] = zid
+    return out
+
+
+def report(X, Y, F, x, y, acc, heard, zones=(), *, confidence: float = 0.9) -> dict:
+    """Scores of fixes ``x, y, acc`` (NaN: no fix) against the truth ``X, Y, F``."""
+    X, Y, x, y, acc = (np.asarray(v, dtype=float) for v in (X, Y, x, y, acc))
+    heard = np.asarray(heard)
+    ok = np.isfinite(x) & np.isfinite(acc)
+    err = np.hypot(x - X, y - Y)
+    out: dict[str, Any] = {"scans": int(X.size), "fixes": int(ok.sum()), "nominal_coverage": round(NOMINAL, 3)}
+    if ok.any():
+        out["median_error_m"] = round(float(np.median(err[ok])), 2)
+        out["p90_error_m"] = round(float(np.percentile(err[ok], 90)), 2)
+        out["coverage"] = round(float(np.mean(err[ok] <= acc[ok])), 3)
+    cls = heard_class(np.maximum(heard, 1))
+    out["by_beacons_heard"] = {}
+    for c, name in enumerate(("1", "2", "3+")):
+        m = ok & (cls == c)
+        if m.any():
+            out["by_beacons_heard"][name] = {"scans": int(m.sum()), "median_error_m": round(float(np.median(err[m])), 2),
+                                             "median_acc_m": round(float(np.median(acc[m])), 2),
+                                             "coverage": round(float(np.mean(err[m] <= acc[m])), 3)}
+    zs = list(zones)
+    if zs:
+        truth = truth_zones(zs, X, Y, F)
+        placed = placed_zones(zs, x, y, F, acc, confidence=confidence)
+        per = {}
+        for zid, _, _ in zs:
+            m = truth == zid
+            n = int(m.sum())
+            if n == 0:
+                continue
+            right = int(np.sum(placed[m] == zid))
+            none = int(np.sum(placed[m] == ""))
+            per[zid] = {"scans": n, "right": round(right / n, 3), "wrong": round((n - right - none) / n, 3),
+                        "none": round(none / n, 3)}
+        out["zones"] = per
+    return out
+
+
+def format_report(rep: Mapping[str, Any], title: str) -> str:
+    """The report as plain text (what the CLI prints)."""
+    lines = [title, ""]
+    if "median_error_m" not in rep:
+        return "\n".join(lines + [f"{rep['scans']} scans, no fix (no beacon of the layout heard)"]) + "\n"
+    lines.append(f"{rep['fixes']} fixes of {rep['scans']} scans: median error {rep['median_error_m']} m, "
+                 f"p90 {rep['p90_error_m']} m; claimed accuracy covers the truth {100 * rep['coverage']:.0f} % "
+                 f"(nominal {100 * rep['nominal_coverage']:.0f} %)")
+    lines.append("")
+    lines.append("beacons heard | scans | median error | median acc | coverage")
+    for k, v in rep["by_beacons_heard"].items():
+        lines.append(f"{k:>13} | {v['scans']:>5} | {v['median_error_m']:>10} m | {v['median_acc_m']:>8} m | "
+                     f"{100 * v['coverage']:>6.0f} %")
+    if rep.get("zones"):
+        lines += ["", "zone | scans | placed right | wrong | not placed"]
+        for zid, v in rep["zones"].items():
+            lines.append(f"{zid} | {v['scans']} | {100 * v['right']:.0f} % | {100 * v['wrong']:.0f} % | "
+                         f"{100 * v['none']:.0f} %")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""`edge-agent survey fit` / `survey report` end to end, and the survey file format (pure parts)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geometry.survey import SurveyError, arrays, parse
+from simulator.sensors import ble_rssi
+from store_config import load_store, sample_path
+
+
+def _survey_walk(cfg, name: str, seed: int, n: int = 160, t0: float = 1764930000.0) -> list[str]:
+    """A surveyor's walk over the sample floor: a scan every 2 s at random
+    standing points, RSSI from the simulator's real-radio model."""
+    rng = np.random.default_rng(seed)
+    xs, ys = rng.uniform(1, 39, n), rng.uniform(1, 29, n)
+    bs = [b for b in cfg.beacons if b.floor == 0]
+    rssi, heard = ble_rssi(xs, ys, bs, rng, seed=7)
+    lines = []
+    for i in range(n):
+        beacons = [{"id": bs[j].beacon_id, "rssi": int(rssi[i, j])} for j in np.flatnonzero(heard[i])]
+        lines.append(json.dumps({"walk": name, "ts": t0 + 2 * i, "x": round(float(xs[i]), 2),
+                                 "y": round(float(ys[i]), 2), "floor": 0, "beacons": beacons}))
+    return lines
+
+
+@pytest.fixture
+def store(tmp_path):
+    d = tmp_path / "store"
+    shutil.copytree(Path(sample_path()).parent, d)
+    cfg = load_store(d / "store.toml")
+    for name, seed in (("mon", 1), ("tue", 2), ("wed", 3)):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(_survey_walk(cfg, name, seed)) + "\n")
+    return d
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "edge_agent", "survey", *map(str, args)], capture_output=True,
+                          text=True)
+
+
+def test_fit_writes_the_model_the_agent_loads_and_prints_a_cross_validated_report(store, tmp_path):
+    toml = store / "store.toml"
+    before = load_store(toml)
+    assert before.ble_model is None
+    r = _cli("fit", "--config", toml, tmp_path / "mon.jsonl", tmp_path / "tue.jsonl", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    model_file = store / "ble-model.json"
+    assert out["model"] == str(model_file) and model_file.exists()
+    rep = out["report"]
+    assert out["cross_validated"] == "one walk held out at a time"
+    assert rep["scans"] == 320 and rep["fixes"] > 300
+    assert rep["median_error_m"] < 4.0
+    assert abs(rep["coverage"] - 0.865) < 0.08  # calibrated on held-out walks
+    assert set(rep["by_beacons_heard"]) <= {"1", "2", "3+"}
+    z = rep["zones"]["grocery"]
+    assert z["scans"] > 0 and abs(z["right"] + z["wrong"] + z["none"] - 1.0) < 1e-6
+
+    # the agent's config now carries it, and the runtime positions BLE with it
+    after = load_store(toml)
+    assert after.ble_model is not None and after.ble_model["meta"]["walks"] == 2
+    assert after.version != before.version  # a new model is a new config version: reload rebuilds
+    assert after.files["ble_model"] == str(model_file)
+    from edge_agent.pipeline.state import build_runtime
+
+    rt = build_runtime(after)
+    assert rt.ble.meta["scans"] == 320
+    fix, unknown, distinct = rt.ble.locate([(after.beacons[0].beacon_id, -60)])
+    assert fix is not None and distinct == 1
+
+    # the text report, and `survey report` on a walk the fit never saw
+    r = _cli("fit", "--config", toml, tmp_path / "mon.jsonl", tmp_path / "tue.jsonl")
+    assert r.returncode == 0 and "Cross-validated (one walk held out at a time)" in r.stdout
+    assert "beacons heard | scans | median error | median acc | coverage" in r.stdout
+    r = _cli("report", "--config", toml, tmp_path / "wed.jsonl", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)["report"]
+    assert rep["scans"] == 160 and abs(rep["coverage"] - 0.865) < 0.12
+
+
+def test_a_named_model_path_is_written_and_loaded_and_a_broken_one_is_a_config_error(store, tmp_path):
+    toml = store / "store.toml"
+    toml.write_text(toml.read_text().replace("[sources.ble]\n", '[sources.ble]\nmodel = "radio/model.json"\n'))
+    (store / "radio").mkdir()
+    cfg = load_store(toml)  # not surveyed yet: the defaults, with a warning
+    assert cfg.ble_model is None
+    assert any("BLE model file not found" in w.message for w in cfg.warnings)
+    r = _cli("fit", "--config", toml, tmp_path / "mon.jsonl", tmp_path / "tue.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {store / 'radio' / 'model.json'}" in r.stdout and not (store / "ble-model.json").exists()
+    assert load_store(toml).ble_model is not None
+    (store / "radio" / "model.json").write_text("{}")
+    with pytest.raises(Exception, match="not an edge-agent BLE model"):
+        load_store(toml)
+
+
+def test_bad_lines_unknown_beacons_and_too_few_scans_exit_1_with_file_and_line(store, tmp_path):
+    toml = store / "store.toml"
+    good = (tmp_path / "mon.jsonl").read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(good[:3] + ['{"walk": "mon", "ts": 1, "x": 1}'] + good[3:]) + "\n")
+    r = _cli("fit", "--config", toml, bad)
+    assert r.returncode == 1
+    assert f"{bad}:4: the true position is missing" in r.stderr or f"{bad}:4: 'x' and 'y'" in r.stderr
+    unk = tmp_path / "unk.jsonl"
+    unk.write_text("\n".join(good[:5] + ['{"walk": "mon", "ts": 1, "x": 1, "y": 2, "beacons": '
+                                         '[{"id": "dead:1:2", "rssi": -70}]}']) + "\n")
+    r = _cli("fit", "--config", toml, unk)
+    assert r.returncode == 1 and f"{unk}:6: beacon 'dead:1:2' is not in the layout" in r.stderr
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(good[:10]) + "\n")
+    r = _cli("fit", "--config", toml, few)
+    assert r.returncode == 1 and "too few scans" in r.stderr
+    assert not (store / "ble-model.json").exists()
+
+
+def test_parse_accepts_lat_lon_comments_and_empty_scans():
+    from geometry.frames import LocalFrame
+
+    frame = LocalFrame(49.1875, 16.6130, 12.5)
+    lines = ["# a comment", "", '{"walk": "w", "ts": 5, "lat": 49.1876, "lon": 16.6131, "beacons": []}',
+             '{"walk": "w", "ts": 6, "x": 1, "y": 2, "floor": 1, "beacons": [{"id": "A:1:2", "rssi": -70},'
+             ' {"id": "a:1:2", "rssi": -65}]}']
+    scans = parse(lines, "s.jsonl", frame)
+    assert [s.line for s in scans] == [3, 4]
+    assert scans[0].beacons == () and abs(scans[0].y - 11) < 3
+    X, Y, F, R, walks, ts = arrays(scans, ["a:1:2"])
+    assert R[1, 0] == -65 and np.isnan(R[0, 0]) and F.tolist() == [0, 1]
+    for line, msg in (("[1]", "must be a JSON object"), ('{"walk": "", "ts": 1}', "'walk'"),
+                      ('{"walk": "w", "ts": "x"}', "'ts'"), ('{"walk": "w", "ts": 1, "x": 1, "y": 1}', "'beacons'"),
+                      ('{"walk": "w", "ts": 1, "x": 1, "y": 1, "beacons": [{"id": "a", "rssi": 99}]}',
+                       "out of range"), ("{", "not valid JSON")):
+        with pytest.raises(SurveyError, match=r"^s\.jsonl:1: .*" + msg.replace("[", r"\[")):
+            parse([line], "s.jsonl", frame)
+
+
+def test_the_simulators_radio_misses_far_beacons_has_offsets_and_heavy_tails_or_uses_the_store_model(store,
+                                                                                                     tmp_path):
+    cfg = load_store(store / "store.toml")
+    bs = [b for b in cfg.beacons if b.floor == 0][:2]
+    n = 4000
+    rng = np.random.default_rng(0)
+    near = ble_rssi(np.full(n, bs[0].x + 1.0), np.full(n, bs[0].y), bs, rng, seed=3)
+    far = ble_rssi(np.full(n, bs[0].x + 250.0), np.full(n, bs[0].y), bs, rng, seed=3)
+    assert 0.8 < near[1][:, 0].mean() < 0.95  # a beacon in range is usually, not always, heard
+    assert far[1][:, 0].mean() < 0.1
+    r = near[0][near[1][:, 0], 0]
+    z = (r - np.median(r)) / (1.4826 * np.median(np.abs(r - np.median(r))))
+    assert np.mean(np.abs(z) > 3.5) > 0.005  # heavier tails than a Gaussian (6e-4)
+    again = ble_rssi(np.full(n, bs[0].x + 1.0), np.full(n, bs[0].y), bs, np.random.default_rng(1), seed=3)
+    other = ble_rssi(np.full(n, bs[0].x + 1.0), np.full(n, bs[0].y), bs, np.random.default_rng(1), seed=4)
+    assert abs(np.median(again[0][:, 0]) - np.median(near[0][:, 0])) < 0.6  # the offset is the beacon's
+    assert np.median(again[0][:, 0]) != np.median(other[0][:, 0])  # and another store's differs
+    # with a fitted model the simulator draws from it
+    assert _cli("fit", "--config", store / "store.toml", tmp_path / "mon.jsonl", tmp_path / "tue.jsonl").returncode == 0
+    from geometry.radio import BleModel
+
+    fitted = load_store(store / "store.toml")
+    m = BleModel.from_dict(fitted.ble_model)
+    rssi, heard = ble_rssi(np.full(200, 20.0), np.full(200, 15.0), [b for b in fitted.beacons if b.floor == 0],
+                           np.random.default_rng(2), model=m)
+    assert rssi.shape == (200, len(fitted.beacons)) and 0 < heard.mean() < 1
