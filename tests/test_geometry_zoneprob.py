@@ -1,0 +1,133 @@
+"""The tracker that abstains and lets go (issue 21), pure: P(inside) of a
+Gaussian position per fence (geometry.zoneprob), weak fixes in the filter
+(geometry.fusion), and the two composed with geometry.tracking.step."""
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import Point, box
+
+from geometry.fences import FenceIndex, Match
+from geometry.fusion import FusionParams, FusionState, fuse, z_for
+from geometry.tracking import Entered, Exited, TrackParams, step
+from geometry.zoneprob import ZoneProb, norm_cdf
+
+from .fusion_scenarios import Fence, judge, sample, walk
+
+Z90 = z_for(0.9)
+
+
+def zp_of(*fences):
+    idx = FenceIndex(fences)
+    return ZoneProb(idx, fences)
+
+
+def test_norm_cdf_matches_the_error_function():
+    from math import erf, sqrt
+
+    z = np.linspace(-7, 7, 281)
+    want = np.array([0.5 * (1 + erf(v / sqrt(2))) for v in z])
+    assert np.max(np.abs(norm_cdf(z) - want)) < 2e-7
+
+
+@pytest.mark.parametrize("x,y,s", [(2.0, 1.5, 0.5), (2.0, 1.5, 1.5), (0.5, 0.4, 1.0), (10.0, 10.0, 1.0),
+                                   (11.2, 10.3, 0.7), (21.0, 1.0, 1.0), (25.0, 1.0, 2.0), (23.0, 6.0, 1.5)])
+def test_p_inside_is_the_gaussian_mass_in_the_fence(x, y, s):
+    fences = [Fence("box", box(0, 0, 4, 3)), Fence("disc", Point(10, 10).buffer(2.0, 64)),
+              Fence("ell", box(20, 0, 30, 2).union(box(20, 0, 22, 10)))]
+    zp = zp_of(*fences)
+    _, hits, p = zp.judge([x], [y], [0], [s], 0.9, Z90)
+    got = {zp.index.ids[k]: v for k, v in zip(hits.fence.tolist(), p.tolist())}
+    pts = np.random.default_rng(7).normal([x, y], s, (400_000, 2))
+    for f in fences:
+        mc = shapely.contains_xy(f.geometry, pts[:, 0], pts[:, 1]).mean()
+        # a box is exact; other shapes are rasterised (their rim: within 0.01)
+        assert got.get(f.id, 0.0) == pytest.approx(mc, abs=0.01 if f.id != "box" else 0.004), f.id
+
+
+def test_a_narrow_aisle_is_not_entered_on_a_disc_that_fits_but_holds_too_little():
+    # 2.6 m wide, estimate in the middle with sigma 1 m: the 0.9 disc (1.28 m) fits, yet P = 0.81
+    aisle = Fence("aisle", box(0, 0, 2.6, 20))
+    zp = zp_of(aisle)
+    [m], _, p = zp.judge([1.3], [10.0], [0], [1.0], 0.9, Z90)
+    assert p[0] == pytest.approx(2 * norm_cdf(1.3) - 1, abs=1e-6)
+    assert zp.index.classify([1.3], [10.0], [0], [Z90 * 1.0])[0].inside == {"aisle"}  # the disc alone: inside
+    assert m.inside == frozenset() and m.straddle == {"aisle"}  # P(inside): abstain
+    # wide enough, it enters
+    [m], _, _ = zp.judge([1.3], [10.0], [0], [0.6], 0.9, Z90)
+    assert m.inside == {"aisle"}
+
+
+def test_an_estimate_past_a_corner_is_let_go_though_its_disc_still_touches():
+    a = Fence("a", box(0, 0, 10, 10))
+    zp = zp_of(a)
+    # 0.7 m past the corner, sigma 1: the disc of 1.28 m still reaches the fence, P(inside) = 0.095
+    [m], _, p = zp.judge([10.5], [10.5], [0], [1.0], 0.9, Z90)
+    assert zp.index.classify([10.5], [10.5], [0], [Z90])[0].straddle == {"a"}
+    assert p[0] < 0.1 and m == Match()
+    track, _ = step(None, Match(["a"], [], ["a"]), 0.0, TrackParams())
+    track, ev = step(track, m, 1.0, TrackParams(sustained_pings=0))
+    assert ev == [Exited("a", 1.0, "left")]
+
+
+def test_judge_is_the_same_for_a_batch_and_one_at_a_time():
+    fences = [Fence(f"z{i}", box(i * 4.0, 0, i * 4.0 + 4, 5)) for i in range(5)]
+    zp = zp_of(*fences)
+    rng = np.random.default_rng(3)
+    x, y, s = rng.uniform(-2, 22, 200), rng.uniform(-2, 7, 200), rng.uniform(0.2, 4, 200)
+    batch, _, _ = zp.judge(x, y, np.zeros(200), s, 0.9, Z90)
+    one = [zp.judge(x[i:i + 1], y[i:i + 1], [0], s[i:i + 1], 0.9, Z90)[0][0] for i in range(200)]
+    assert batch == one
+
+
+def test_weak_fixes_move_the_estimate_but_never_tighten_it_below_their_floor():
+    p = FusionParams(weak_floor=0.7)
+    st = FusionState(4)
+    weak, strong = st.rows(["w", "s"])
+    for k in range(30):
+        f = fuse(st, [weak, strong], [5.0, 5.0], [5.0, 5.0], [0, 0], [4.0, 4.0], [2.0 * k] * 2, p,
+                 weak=[True, False])
+    sw, ss = f.sigma
+    assert sw >= 0.7 * 2.0 - 1e-9  # sigma of one fix: acc 4 / 2
+    assert ss < 0.6 * sw  # the same fixes, independent: averaged
+    # they still move it: the weak estimate follows a proximity that moved
+    for k in range(30, 45):
+        f = fuse(st, [weak], [9.0], [5.0], [0], [4.0], [2.0 * k], p, weak=[True])
+    assert f.x[0] > 8.0
+
+
+def test_repeated_one_beacon_proximities_near_an_edge_never_enter():
+    # A phone that hears one beacon 1 m inside the zone's edge, scan after scan: "near that
+    # beacon" (acc 5 m) says nothing about which side of the edge it is on.
+    zone = Fence("zone", box(0, 0, 12, 12))
+    t = np.arange(0.0, 60.0, 2.0)
+    fx, fy = np.full(t.size, 11.0), np.full(t.size, 6.0)
+    assert not [e for e in judge([zone], t, fx, fy, 5.0, weak=True) if isinstance(e, Entered)]
+    # the single-fix rule's sustained evidence (3 centre-inside fixes, acc below the half-width) did
+    assert [e for e in judge([zone], t, fx, fy, 5.0, fused=False) if isinstance(e, Entered)]
+    # independent fixes that agree that often are evidence: they enter
+    assert [e for e in judge([zone], t, fx - 1.5, fy, 5.0) if isinstance(e, Entered)]
+
+
+def _walk_out(seed, sigma, fences, stop_at, **kw):
+    rng = np.random.default_rng(seed)
+    knots = walk([(6.0, 6.0), stop_at], [1.0], [40.0, 60.0])
+    t, _, _, fx, fy = sample(knots, 2.0, rng, sigma)
+    return judge(fences, t, fx, fy, 2 * sigma, **kw)
+
+
+def test_a_shopper_who_walks_into_the_next_zone_is_let_go_within_a_few_scans():
+    # Two 12 m zones side by side (a floor partitioned into sections); she browses in a for
+    # 40 s, walks 7 m into b and browses there.  Fixes: sigma 2.5 m, acc 5 m (honest), every 2 s.
+    a, b = Fence("a", box(0, 0, 12, 12)), Fence("b", box(12, 0, 24, 12))
+    t_cross = 40.0 + 6.0
+    new, old = [], []
+    for seed in range(12):
+        for kw, out in (({}, new), ({"fused": False}, old)):
+            ev = _walk_out(seed, 2.5, [a, b], (19.0, 6.0), **kw)
+            if any(isinstance(e, Entered) and e.fence == "a" and e.ts < t_cross for e in ev):
+                ex = [e.ts for e in ev if isinstance(e, Exited) and e.fence == "a" and e.ts >= t_cross]
+                out.append((ex[0] - t_cross) / 2.0 if ex else np.inf)
+    assert len(new) == 12
+    assert np.median(new) <= 4 and max(new) <= 8, new  # scans after she crossed
+    assert np.median(old) > np.median(new) or len(old) < 12  # the whole-circle rule held on longer
