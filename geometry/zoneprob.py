@@ -39,6 +39,7 @@ Pure: no I/O, no clock; numpy and shapely only.
 from __future__ import annotations
 
 import math
+from math import erf
 from collections.abc import Sequence
 
 import numpy as np
@@ -181,6 +182,8 @@ class ZoneProb:
         sigma = np.asarray(sigma, dtype=float)
         hits = self.index.classify_hits(x, y, floor, z * sigma)
         n = x.size
+        if n == 1:  # a batch of one (low load): plain floats, a few rectangles
+            return self._judge_one(hits, float(x[0]), float(y[0]), float(sigma[0]), confidence)
         indptr, fence, code = hits
         pair_ping = np.repeat(np.arange(n), np.diff(indptr))
         p = self.mass(pair_ping, fence, x, y, sigma)
@@ -198,3 +201,39 @@ class ZoneProb:
                            [ids[f] for f, b in zip(fence[s:e].tolist(), cen[s:e].tolist()) if b])
         return out, hits, p
 
+    def _judge_one(self, hits: Hits, x: float, y: float, s: float, confidence: float):
+        """:meth:`judge` for one position with Python floats (the same arithmetic;
+        tests check both agree)."""
+        _, fence, code = hits
+        if not fence.size:
+            return [EMPTY_MATCH], hits, np.zeros(0)
+        fl = fence.tolist()
+        if not self._built[fl].all():
+            self._ensure(fence)
+        s = max(s, 1e-9)
+        k = _SQRT1_2 / s
+        ids = self.index.ids
+        rects, start, count = self._rects, self._start, self._count
+        ps, ins, strad, cen = [], [], [], []
+        for f, c in zip(fl, code.tolist()):
+            a, m = int(start[f]), int(count[f])
+            if m <= 8:
+                p = 0.0
+                for x0, y0, x1, y1 in rects[a:a + m].tolist():
+                    p += 0.25 * (erf((x1 - x) * k) - erf((x0 - x) * k)) * (erf((y1 - y) * k) - erf((y0 - y) * k))
+            else:
+                R = rects[a:a + m]
+                F = norm_cdf((R - (x, y, x, y)) / s)
+                p = float(((F[:, 2] - F[:, 0]) * (F[:, 3] - F[:, 1])).sum())
+            p = min(p, 1.0)
+            ps.append(p)
+            if p >= confidence:
+                ins.append(ids[f])
+            elif p > 1.0 - confidence:
+                strad.append(ids[f])
+            else:
+                continue
+            if c & CENTRE_IN:
+                cen.append(ids[f])
+        m = Match(ins, strad, cen) if ins or strad else EMPTY_MATCH
+        return [m], hits, np.array(ps)
