@@ -58,6 +58,11 @@ few σ).  So
 
 which is exactly "a disc of radius ``z σ`` lies wholly inside", and
 ``P(inside) ≤ 1 − confidence`` is exactly "that disc lies wholly outside".
+(The pipeline now computes the mass itself, per fence the disc reaches:
+:class:`geometry.zoneprob.ZoneProb`, from ``Fused.sigma``.  The disc is what
+finds the candidates; in a narrow fence or a corner the true mass is lower
+than the nearest edge says, and the device is neither entered there on a
+disc that merely fits nor held once it walked half-way out.)
 :func:`fuse` therefore returns, per fix, an *effective fix*
 ``(ex, ey, eacc = z σ)`` that the existing ``FenceIndex.classify`` and
 ``tracking.step`` judge as they judge any fix today: enter when the disc is
@@ -72,6 +77,12 @@ next to it, every obstacle point to its nearest fence
 estimate whose disc spills onto the shelf beside aisle 3 is then still
 "in aisle 3" (the shelf holds no probability: ``P(aisle 3 | walkable)``),
 and never in aisle 4 behind the shelf.
+
+Weak fixes.  A BLE scan that hears one or two beacons is a proximity
+whose error repeats from scan to scan; passed with ``weak``, such a fix
+moves the estimate but leaves each filter's variance at least
+``(weak_floor · σ_fix)²``, so a proximity repeated near an edge never adds
+up to an entry.
 
 The precise path is untouched.  A fix whose ``acc <= precise_acc`` (UWB, a
 check-in), or whose own disc is no larger than the fused one, is returned
