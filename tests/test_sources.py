@@ -363,11 +363,14 @@ async def test_ble_four_beacons_place_within_1m_and_one_beacon_cannot_enter_smal
     await phone.subscribe(f"{R}/deadletter")
     # Four beacons in aisle-1 (plus one unknown beacon, counted and ignored) -> enters, gets the offer.
     # With the default exponent (2.0) the ranges would disagree by metres and the ping could not enter.
+    # One such fix (acc 2.8 m) holds P = 0.84 of the 4 m aisle (issue 21: the tracker enters at 0.9,
+    # not on a disc that merely fits): it takes a second sighting.
     four = sighting((24.0, 10.0), [1, 2, 3, 4]) + [{"id": "00000000-0000-0000-0000-000000000000:9:9", "rssi": -40}]
-    await phone.publish(f"{R}/ping/ble/four", {"beacons": four}, qos=0)
+    for _ in range(2):
+        await phone.publish(f"{R}/ping/ble/four", {"beacons": four}, qos=0)
     m = await phone.next(f"{R}/offer/+")
     assert m.topic.endswith("/four") and json.loads(m.payload)["zone"] == "aisle-1"
-    assert agent.metrics.unknown_beacons.get() == 1
+    assert agent.metrics.unknown_beacons.get() == 2
 
     # One beacon alone, right at the 0.9 m coffee display: its accuracy (the estimated range,
     # never under 1.5 m) is larger than the display, so however often it pings it never enters.
