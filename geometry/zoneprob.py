@@ -187,6 +187,7 @@ class ZoneProb:
         indptr, fence, code = hits
         pair_ping = np.repeat(np.arange(n), np.diff(indptr))
         p = self.mass(pair_ping, fence, x, y, sigma)
+        p[~np.isfinite(sigma[pair_ping])] = 0.5  # no position information: straddles, changes nothing
         out: list[Match] = [EMPTY_MATCH] * n
         if not fence.size:
             return out, hits, p
@@ -210,6 +211,8 @@ class ZoneProb:
         fl = fence.tolist()
         if not self._built[fl].all():
             self._ensure(fence)
+        if not math.isfinite(s):  # no position information: straddles every fence it reaches
+            return [Match([], [self.index.ids[f] for f in fl], [])], hits, np.full(len(fl), 0.5)
         s = max(s, 1e-9)
         k = _SQRT1_2 / s
         ids = self.index.ids

@@ -70,6 +70,13 @@ def test_an_estimate_past_a_corner_is_let_go_though_its_disc_still_touches():
     assert ev == [Exited("a", 1.0, "left")]
 
 
+def test_a_position_without_accuracy_changes_nothing():
+    zp = zp_of(Fence("a", box(0, 0, 10, 10)), Fence("b", box(20, 0, 30, 10)))
+    for n in (1, 3):
+        ms, _, _ = zp.judge([5.0] * n, [5.0] * n, [0] * n, [np.inf] * n, 0.9, Z90)
+        assert all(m.inside == frozenset() and m.straddle == {"a", "b"} for m in ms)
+
+
 def test_judge_is_the_same_for_a_batch_and_one_at_a_time():
     fences = [Fence(f"z{i}", box(i * 4.0, 0, i * 4.0 + 4, 5)) for i in range(5)]
     zp = zp_of(*fences)
