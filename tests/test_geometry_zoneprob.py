@@ -131,3 +131,18 @@ def test_a_shopper_who_walked_out_is_let_go_though_her_circle_still_touches_the_
     out = [e.ts for e in new if isinstance(e, Exited)]
     assert out and out[0] <= 40.0 + 6 * 2.0, out  # within six sightings of b (measured: five)
     assert not [e for e in old if isinstance(e, Exited)]  # held in A for the whole minute near b
+
+
+def test_a_sources_accuracy_is_calibrated_from_a_survey_or_its_own_spread():
+    from geometry.calibrate import coverage_of, scale_from_spread, scale_from_survey
+
+    rng = np.random.default_rng(5)
+    # an engine that reports acc 5 (2 sigma = 5: sigma 2.5) while its error is sigma 3.5 per axis
+    e = rng.normal(0, 3.5, (4000, 2))
+    err = np.hypot(e[:, 0], e[:, 1])
+    k = scale_from_survey(err, np.full(err.size, 5.0))
+    assert k == pytest.approx(3.5 / 2.5, rel=0.05)
+    assert np.mean(err <= k * 5.0) == pytest.approx(coverage_of(2.0), abs=0.01)
+    assert scale_from_spread(10 + e[:, 0], 20 + e[:, 1], np.full(err.size, 5.0)) == pytest.approx(1.4, rel=0.05)
+    with pytest.raises(ValueError):
+        scale_from_survey([1.0], [2.0])

@@ -102,3 +102,15 @@ def test_a_shopper_who_walked_out_is_let_go_though_the_circle_still_touches_the_
             out = k
             break
     assert out is not None and out <= 4, out
+
+
+def test_a_sources_calibrated_acc_scale_applies_to_its_fixes(tmp_path):
+    # A Wi-Fi engine that claims 0.8 m: judged as it came, its circle fits and it enters at once.
+    # Calibrated ([tracking.acc_scale] wifi = 3: a survey found its errors three times larger),
+    # the same fix is a coarse 2.4 m one, and alone it is not evidence enough.
+    fix = pub("wifi", "w", {"x": 11.5, "y": 6.5, "acc": 0.8}, T0)
+    p = make(tmp_path)
+    assert events(p, [fix], T0) == [(p.pseudonym("w"), "enter", "produce")]
+    p = make(tmp_path, toml_extra="[tracking.acc_scale]\nwifi = 3.0\n")
+    assert p.cfg.tracking.acc_scale == {"wifi": 3.0}
+    assert events(p, [fix], T0) == []

@@ -296,6 +296,9 @@ class Pipeline:
                     continue
                 floors[i] = p.floor if p.floor is not None else 0
                 accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
+        scale = cfg.tracking.acc_scale
+        if scale:  # [tracking.acc_scale]: a source's acc calibrated from a survey or its fixes' spread
+            accs *= np.fromiter((scale.get(p.source, 1.0) for p in pings), dtype=float, count=n)
         sel = np.flatnonzero(ok)
         guard = st.guard
         tracks = st.tracks
