@@ -315,7 +315,7 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
 def ping_stream(store_id: str, n: int, devices: int, entry_share: float):
     """e2e's load as messages: most pings inside nothing or in the fence the
     device is already in; every 1/entry_share-th one a fresh entry."""
-    from edge_agent.mqtt import Message
+    from edge_agent.transport.mqtt import Message
 
     inside: set[str] = set()
     every = max(1, int(round(1 / entry_share)))

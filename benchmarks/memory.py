@@ -60,7 +60,7 @@ def _rss() -> int:
 
 def build_state(n: int, fences: int, pings: int, offered: float, seed: int, trace: bool, acc_mode="mix") -> dict:
     from benchmarks._synth import make_fences, make_points
-    from edge_agent.decisions import OfferHistory
+    from edge_agent.pipeline.decisions import OfferHistory
     from geometry.fences import FenceIndex
     from geometry.tracking import Entered, TrackParams, step
     from sync.pseudonym import Pseudonymizer

@@ -27,7 +27,7 @@ from benchmarks._common import RESULTS, machine, table, write_json  # noqa: E402
 
 
 def run(directory: Path, group: int, events: int, repeat: int) -> dict:
-    from edge_agent.ledger import Ledger
+    from edge_agent.storage.ledger import Ledger
 
     best = float("inf")
     for r in range(repeat):

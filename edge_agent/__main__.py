@@ -1,2 +1,2 @@
-from .cli import main
+from .commands.cli import main
 raise SystemExit(main())

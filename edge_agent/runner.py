@@ -12,7 +12,7 @@ from aiohttp import web
 
 from store_config.model import StoreConfig
 
-from .http import make_app
+from .http.app import make_app
 from .instance import InstanceLocked
 from .service import Agent
 

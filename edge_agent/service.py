@@ -34,18 +34,18 @@ from store_config.model import Consent, Profile, StoreConfig
 from sync.pseudonym import Pseudonymizer, load_or_create_secret
 from sync.tasks import Sync, cancel_and_wait
 
-from . import sources
-from .campaign_store import restore_histories
-from .codecs import Ping, owntracks_cmd
-from .guard import SpoofGuard
+from .http import sources
+from .storage.campaigns import restore_histories
+from .pipeline.codecs import Ping, owntracks_cmd
+from .pipeline.guard import SpoofGuard
 from .instance import lock_data_dir, unlock
-from .ledger import Ledger
+from .storage.ledger import Ledger
 from .metrics import Metrics
-from .mqtt import Message, MqttClient
+from .transport.mqtt import Message, MqttClient
 from .pipeline import Effects, Pipeline, State, build_runtime
-from .privacy import TopicSealer
+from .storage.privacy import TopicSealer
 from .reload import Reloader, file_mtime
-from .store import Store, open_ledger
+from .storage.store import Store, open_ledger
 
 log = logging.getLogger("edge_agent")
 

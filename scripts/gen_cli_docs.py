@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edge_agent.cli import markdown_help  # noqa: E402
+from edge_agent.commands.cli import markdown_help
 
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 PATH = Path(__file__).resolve().parent.parent / "docs" / "cli.md"

@@ -1,7 +1,7 @@
 """``[sources.*]`` and ``[[floorplans]]`` of ``store.toml``: validated once.
 
 ``[sources.NAME]`` tables stay raw mappings on :class:`StoreConfig` (the
-adapters in ``edge_agent.sources`` read them), but every key an adapter reads
+adapters in ``edge_agent.http.sources`` read them), but every key an adapter reads
 is checked here, so a bad value is a :class:`Problem` naming the field, not a
 failure at the first webhook.  Pure.
 """

@@ -67,7 +67,7 @@ class UplinkMqttClient(Protocol):
 
 
 class MqttClientFactory(Protocol):
-    """Builds an :class:`UplinkMqttClient` (``edge_agent.mqtt.MqttClient`` itself fits)."""
+    """Builds an :class:`UplinkMqttClient` (``edge_agent.transport.mqtt.MqttClient`` itself fits)."""
 
     def __call__(self, cfg: MqttConfig, *, client_id: str, subscriptions: list[tuple[str, int]],
                  on_batch: Callable[[list[Any]], None], on_published: Callable[[int], None] | None = None,

@@ -19,7 +19,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.mqtt import nodelay
+from edge_agent.transport.mqtt import nodelay
 from store_config import load_store
 
 

@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 
-from edge_agent.audit import parse_since, run_audit
+from edge_agent.commands.audit import parse_since, run_audit
 from store_config import load_store
 
 pytestmark = pytest.mark.broker

@@ -10,13 +10,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge_agent import campaigns
-from edge_agent.campaigns import CampaignState, normalize_code, redeem_answer, variant_for
-from edge_agent.decisions import OfferHistory
-from edge_agent.effects import Exposure, PurchaseRow
-from edge_agent.ledger import Ledger
-from edge_agent.store import Store
-from edge_agent.report import build_report, format_markdown, two_proportion
+from edge_agent.pipeline import campaigns
+from edge_agent.pipeline.campaigns import CampaignState, normalize_code, redeem_answer, variant_for
+from edge_agent.pipeline.decisions import OfferHistory
+from edge_agent.pipeline.effects import Exposure, PurchaseRow
+from edge_agent.storage.ledger import Ledger
+from edge_agent.storage.store import Store
+from edge_agent.commands.report import build_report, format_markdown, two_proportion
 from store_config.load import parse_promotions
 from store_config.model import ConfigError, OffersConfig, Promotion, Variant
 from sync.pseudonym import Pseudonymizer
@@ -80,7 +80,7 @@ def test_global_holdout_is_checked_after_caps_and_before_the_promotion_holdout()
     h = OfferHistory()
     out = run([promo(holdout_pct=100)], offers=offers, history=h, holdout=lambda pid: 0.0)
     assert out.offer is None and reasons(out) == {"p": "holdout"}  # not in the global group: its own holdout
-    from edge_agent.decisions import decide
+    from edge_agent.pipeline.decisions import decide
     from .test_decisions import FENCE, NOON_ISH, YES
     out = decide(trigger="enter", fence=FENCE, candidates=[promo("q")], profile=None, consent=YES,
                  history=OfferHistory(), inventory={}, now=NOON_ISH, tz=PRAGUE, offers=offers,
@@ -97,7 +97,7 @@ def test_global_holdout_is_checked_after_caps_and_before_the_promotion_holdout()
 def test_paused_and_budget_are_reasons_and_the_runner_up_gets_the_offer():
     st = CampaignState()
     a, b = promo("a", priority=9, max_offers=2), promo("b", priority=1)
-    from edge_agent.decisions import decide
+    from edge_agent.pipeline.decisions import decide
     from .test_decisions import FENCE, NOON_ISH, YES
 
     def go():

@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 
-from edge_agent.report import run_report
+from edge_agent.commands.report import run_report
 from edge_agent.service import Agent
 
 from .test_offers_rules import Shop

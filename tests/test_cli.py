@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge_agent.cli import markdown_help
+from edge_agent.commands.cli import markdown_help
 from store_config import sample_path
 
 ROOT = Path(__file__).resolve().parent.parent

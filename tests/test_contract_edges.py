@@ -12,7 +12,7 @@ import aiohttp
 import msgpack
 import pytest
 
-from edge_agent.ledger import Ledger
+from edge_agent.storage.ledger import Ledger
 
 
 @pytest.mark.broker
@@ -62,7 +62,7 @@ async def test_retained_consent_without_ts_never_beats_a_newer_one(store_factory
 
 
 def _msg(topic, obj):
-    from edge_agent.mqtt import Message
+    from edge_agent.transport.mqtt import Message
     return Message(topic, json.dumps(obj).encode(), 1, 0, time.time(), True)
 
 

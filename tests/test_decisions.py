@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from shapely.geometry import box
 
-from edge_agent.decisions import OFFERED, OfferHistory, decide, in_window, promotions_by_fence
+from edge_agent.pipeline.decisions import OFFERED, OfferHistory, decide, in_window, promotions_by_fence
 from store_config.load import parse_promotions
 from store_config.model import Consent, Fence, OffersConfig, Profile, Promotion
 from sync.pseudonym import Pseudonymizer
@@ -298,7 +298,7 @@ def test_promotions_by_fence_index_matches_the_definition():
     """The indexed lookup gives exactly promotion_matches(), ranked."""
     import random
 
-    from edge_agent.decisions import promotion_matches, promotions_by_fence, rank_key
+    from edge_agent.pipeline.decisions import promotion_matches, promotions_by_fence, rank_key
     from store_config.model import Fence as F, Promotion as P
 
     rng = random.Random(3)

@@ -98,7 +98,7 @@ async def test_offers_codes_and_notices_reach_the_webhook_after_retries(store_fa
     await mq.publish(f"{R}/action/phone-1", {"offer_id": oid, "action": "apply"})
     assert await mq.next_json(f"{R}/offer/phone-1") == code
     # a notice ({R}/notice/{device})
-    from edge_agent.effects import Publish
+    from edge_agent.pipeline.effects import Publish
 
     notice = {"kind": "pickup", "order_id": "o-7", "text": "We are bringing your order"}
     agent.touch().fx.publish.append(Publish(f"{R}/notice/phone-1", notice))

@@ -26,7 +26,7 @@ def test_asyncapi_lists_every_contract_topic():
 
 
 def test_shop_openapi_names_every_shop_path_the_app_serves():
-    from edge_agent.http import make_app
+    from edge_agent.http.app import make_app
     from edge_agent.service import Agent
     from store_config import load_store, sample_path
 
@@ -54,7 +54,7 @@ def section_of(page: str, heading: str) -> str:
 
 
 def test_contract_page_names_every_topic_and_http_path():
-    from edge_agent.http import make_app
+    from edge_agent.http.app import make_app
     from edge_agent.service import Agent
     from store_config import load_store, sample_path
 

@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 
-from edge_agent.mqtt import Message
+from edge_agent.transport.mqtt import Message
 from store_config import load_store
 
 from .conftest import TestClient, wait_until, write_store

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from edge_agent.effects import Event, PickupRow
+from edge_agent.pipeline.effects import Event, PickupRow
 from edge_agent.pipeline.floor import visit_class, zone_state
 from store_config.load import load_store
 from store_config.model import ConfigError

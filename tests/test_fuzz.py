@@ -10,8 +10,8 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import codecs
-from edge_agent.codecs import PayloadError
+from edge_agent.pipeline import codecs
+from edge_agent.pipeline.codecs import PayloadError
 from store_config.load import parse_inventory, parse_layout, parse_profiles, parse_promotions
 from store_config.model import Anchor, ConfigError
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from edge_agent.codecs import Ping
-from edge_agent.guard import SpoofGuard, shed_stale
-from edge_agent.mqtt import Message
+from edge_agent.pipeline.codecs import Ping
+from edge_agent.pipeline.guard import SpoofGuard, shed_stale
+from edge_agent.transport.mqtt import Message
 
 
 def test_teleport_is_rejected_then_reanchored():

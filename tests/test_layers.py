@@ -164,12 +164,12 @@ def test_no_import_circles_inside_a_package(pkg):
 
 def test_the_checker_sees_function_level_and_relative_imports():
     """The walk is only as good as what it finds: spot-check known edges."""
-    http = {t for t, _, _ in IMPORTS["edge_agent.http"]}
-    assert {"edge_agent.service", "edge_agent.sources", "edge_agent.http_base"} <= http
-    assert "edge_agent.sources.aruba" in {t for t, _, _ in IMPORTS["edge_agent.sources"]}
-    cli = {t for t, _, _ in IMPORTS["edge_agent.cli"]}  # all of them inside functions
-    assert {"edge_agent.runner", "edge_agent.simulate", "edge_agent.demo"} <= cli
-    assert ("edge_agent.service", True) in {(t, tc) for t, tc, _ in IMPORTS["edge_agent.http_base"]}
+    http = {t for t, _, _ in IMPORTS["edge_agent.http.app"]}
+    assert {"edge_agent.service", "edge_agent.http.sources", "edge_agent.http.base"} <= http
+    assert "edge_agent.http.sources.aruba" in {t for t, _, _ in IMPORTS["edge_agent.http.sources"]}
+    cli = {t for t, _, _ in IMPORTS["edge_agent.commands.cli"]}  # all of them inside functions
+    assert {"edge_agent.runner", "edge_agent.commands.simulate", "edge_agent.commands.demo"} <= cli
+    assert ("edge_agent.service", True) in {(t, tc) for t, tc, _ in IMPORTS["edge_agent.http.base"]}
 
 
 IO_MODULES = {"asyncio", "paho", "aiohttp", "sqlite3", "socket", "threading", "time", "datetime.now"}
@@ -208,5 +208,5 @@ def test_the_pipeline_core_does_no_io_and_reads_no_clock():
         todo += [t for t, tc, _ in IMPORTS[m] if not tc]
     bad = {m: sorted(_external(MODULES[m]) & IO_MODULES) for m in sorted(seen)}
     bad = {m: v for m, v in bad.items() if v}
-    assert "edge_agent.decisions" in seen and "geometry.tracking" in seen  # the walk did reach the core
+    assert "edge_agent.pipeline.decisions" in seen and "geometry.tracking" in seen  # the walk did reach the core
     assert not bad, f"the pipeline reaches I/O or the clock: {bad}"

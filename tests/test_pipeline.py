@@ -8,7 +8,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
-from edge_agent.effects import Audit, ConsentRow, Event, Forget, OfferRow
+from edge_agent.pipeline.effects import Audit, ConsentRow, Event, Forget, OfferRow
 from edge_agent.metrics import Metrics
 from edge_agent.pipeline import Pipeline, State, build_runtime
 from edge_agent.service import Agent

@@ -16,10 +16,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edge_agent.ledger import Ledger
-from edge_agent.mqtt import Message
-from edge_agent.privacy import TopicSealer
-from edge_agent.store import Store
+from edge_agent.storage.ledger import Ledger
+from edge_agent.transport.mqtt import Message
+from edge_agent.storage.privacy import TopicSealer
+from edge_agent.storage.store import Store
 from geometry.frames import LocalFrame
 from store_config import load_store
 from sync.pseudonym import Pseudonymizer

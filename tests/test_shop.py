@@ -11,7 +11,7 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from edge_agent.effects import Publish
+from edge_agent.pipeline.effects import Publish
 from geometry.frames import LocalFrame
 from tests.conftest import wait_until
 

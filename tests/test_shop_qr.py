@@ -7,8 +7,8 @@ import io
 import segno
 from shapely.geometry import Point
 
-from edge_agent.cli import main
-from edge_agent.shop import checkin_point
+from edge_agent.commands.cli import main
+from edge_agent.http.shop import checkin_point
 from store_config import load_store
 from tests.conftest import write_store
 

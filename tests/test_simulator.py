@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import shapely
 
-from edge_agent.cli import main
+from edge_agent.commands.cli import main
 from simulator.report import deterministic_part
 from simulator.run import plan
 from store_config import lint, load_store, sample_path

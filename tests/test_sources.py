@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edge_agent.sources._common import device_id
+from edge_agent.http.sources._common import device_id
 from geometry import beacons as beaconing
 from geometry.floorplans import FEET_M
 from geometry.frames import LocalFrame

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edge_agent.ledger import Ledger
+from edge_agent.storage.ledger import Ledger
 from store_config import load_store
 from store_config.model import ConfigError
 from sync.downlink import build_config

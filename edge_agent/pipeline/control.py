@@ -23,9 +23,9 @@ import numpy as np
 
 from store_config.model import Consent, StoreConfig
 
-from .. import codecs
-from ..codecs import PayloadError
-from ..effects import Action, Code, ConsentRow, Forget, InventoryRow, Publish
+from . import codecs
+from .codecs import PayloadError
+from .effects import Action, Code, ConsentRow, Forget, InventoryRow, Publish
 from .ids import new_code
 
 if TYPE_CHECKING:  # pragma: no cover

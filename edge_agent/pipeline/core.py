@@ -32,17 +32,27 @@ from geometry.fusion import fuse
 from geometry.tracking import Entered, Exited
 from store_config.model import StoreConfig
 
-from .. import codecs
-from .. import campaigns
-from ..alerts import AlertManager
-from ..codecs import PayloadError, Ping
-from ..decisions import decide
-from ..guard import shed_stale
+from . import codecs
+from . import campaigns
+from .alerts import AlertManager
+from .codecs import PayloadError, Ping
+from .decisions import decide
+from .guard import shed_stale
 from .floor import Floor
 from .control import Control
 from .ids import new_offer_id
-from ..effects import (Audit, Effects, Exposure, Forget, Notice,
-                       OfferOut, OfferRow, PauseRow, PromoCount, Publish)
+from .effects import (
+    Audit,
+    Effects,
+    Exposure,
+    Forget,
+    Notice,
+    OfferOut,
+    OfferRow,
+    PauseRow,
+    PromoCount,
+    Publish,
+)
 from .state import Runtime, State, build_runtime
 
 if TYPE_CHECKING:  # pragma: no cover

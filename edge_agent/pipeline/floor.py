@@ -1,6 +1,6 @@
 """The store floor: occupancy, crowding, queues, pickup arrivals, visits.
 
-One room of the pipeline (like :mod:`edge_agent.alerts`): no I/O, no clock
+One room of the pipeline (like :mod:`edge_agent.pipeline.alerts`): no I/O, no clock
 reads; what it decides is added to the pipeline's effects.  The pipeline
 calls it with a few hooks:
 
@@ -56,10 +56,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from geometry.tracking import Entered, Exited
 
-from ..effects import Notice, PickupGone, PickupRow, Publish
+from .effects import Notice, PickupGone, PickupRow, Publish
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..alerts import Alert
+    from .alerts import Alert
     from .core import Pipeline
 
 BUSY = 0.8  # busy from 80 % of capacity; crowding and queue alerts resolve below it

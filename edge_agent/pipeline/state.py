@@ -23,9 +23,9 @@ from geometry.tracking import TrackParams
 from geometry.zoneprob import ZoneProb
 from store_config.model import Consent, Profile, StoreConfig
 
-from ..campaigns import CampaignState, person_key
-from ..decisions import OfferHistory, promotions_by_fence
-from ..guard import SpoofGuard
+from .campaigns import CampaignState, person_key
+from .decisions import OfferHistory, promotions_by_fence
+from .guard import SpoofGuard
 
 
 @dataclass(slots=True)

@@ -2,7 +2,7 @@
 
 The application owns every long-lived resource (STYLE.md §4): the agent is
 started and stopped by one ``cleanup_ctx`` and shared under a typed
-``web.AppKey`` (:data:`edge_agent.http_base.AGENT`).  Routes of their own
+``web.AppKey`` (:data:`edge_agent.http.base.AGENT`).  Routes of their own
 modules are added here too: the associates' page and alerts
 (:mod:`.http_associates`) and the vendor feeds (:mod:`.sources`).
 """
@@ -14,12 +14,14 @@ from typing import Callable
 
 from aiohttp import web
 
-from . import delivery, http_associates, http_floor, pos, privacy, shop, sources
-from .audit import AuditError, parse_since
-from .http_base import AGENT, bearer_ok, require_admin
-from .service import Agent
+from edge_agent.transport import webhook as delivery
+from . import associates as http_associates, floor as http_floor, pos, shop, sources
+from edge_agent.storage import privacy
+from edge_agent.commands.audit import AuditError, parse_since
+from .base import AGENT, bearer_ok, require_admin
+from edge_agent.service import Agent
 
-log = logging.getLogger("edge_agent.http")
+log = logging.getLogger("edge_agent.http.app")
 
 MAX_BODY = 64 * 1024
 

@@ -24,7 +24,7 @@ from store_config import load_store
 from store_config.model import ConfigError
 from sync.pseudonym import Pseudonymizer
 
-from .ledger import read_audit
+from edge_agent.storage.ledger import read_audit
 
 LEDGER_FILE = "edge.sqlite3"
 KEY_FILE = "pseudonym.key"

@@ -17,14 +17,14 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..mqtt import Message
+from edge_agent.transport.mqtt import Message
 from .limits import Buckets
 from .sessions import Sessions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..service import Agent
+    from edge_agent.service import Agent
 
-log = logging.getLogger("edge_agent.shop")
+log = logging.getLogger("edge_agent.http.shop")
 
 QUEUE = 256  # messages waiting for one slow socket before it starts over from a snapshot
 

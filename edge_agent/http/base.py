@@ -1,9 +1,9 @@
 """What every HTTP handler module shares: the app key of the agent and the
 bearer-token checks.
 
-It sits below :mod:`edge_agent.http` (the application), the associates'
-routes (:mod:`edge_agent.http_associates`) and the vendor adapters
-(:mod:`edge_agent.sources`), so they all reach the agent through the typed
+It sits below :mod:`edge_agent.http.app` (the application), the associates'
+routes (:mod:`edge_agent.http.associates`) and the vendor adapters
+(:mod:`edge_agent.http.sources`), so they all reach the agent through the typed
 ``web.AppKey`` (STYLE.md §4) without importing the module that builds the
 app — and the service, which composes the adapters, never sits in a circle.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
-    from .service import Agent
+    from edge_agent.service import Agent
 
 AGENT: web.AppKey[Agent] = web.AppKey("agent")
 

@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 
 from store_config.model import EdgeError, MqttConfig
 
-log = logging.getLogger("edge_agent.mqtt")
+log = logging.getLogger("edge_agent.transport.mqtt")
 
 MAX_DRAIN = 2000  # packets read per readable callback before yielding to the loop
 

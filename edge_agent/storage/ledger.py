@@ -24,9 +24,9 @@ from typing import Any, Iterable
 from sync.outbox import Event, Outbox
 from sync.schema import migrate
 
-from .pipeline.ids import CODE_ALPHABET, CODE_LEN  # noqa: F401 - the code format, re-exported
+from edge_agent.pipeline.ids import CODE_ALPHABET, CODE_LEN
 
-log = logging.getLogger("edge_agent.ledger")
+log = logging.getLogger("edge_agent.storage.ledger")
 
 
 MIGRATIONS: dict[int, str] = {
@@ -61,7 +61,7 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS audit_device_ts ON audit(device, ts);
     CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);
     """,
-    # The raw id an unacknowledged offer is re-published to, sealed (edge_agent.privacy);
+    # The raw id an unacknowledged offer is re-published to, sealed (edge_agent.storage.privacy);
     # NULL once the broker acknowledged the offer, it expired, or the device was forgotten.
     2: "ALTER TABLE offers ADD COLUMN sealed BLOB",
 }

@@ -40,12 +40,12 @@ from typing import Any, Callable, Mapping
 
 from aiohttp import web
 
-from ..codecs import PayloadError, Ping, _check_ranges
-from ..http_base import AGENT
-from ..mqtt import Message
+from edge_agent.pipeline.codecs import PayloadError, Ping, _check_ranges
+from edge_agent.http.base import AGENT
+from edge_agent.transport.mqtt import Message
 from ._common import device_id, num, parse_time, plans_for, records_counter, Plans
 
-log = logging.getLogger("edge_agent.sources.meraki")
+log = logging.getLogger("edge_agent.http.sources.meraki")
 
 PATH = "/v1/ingest/meraki"
 MAX_BODY = 8 * 1024 * 1024  # Meraki posts one body per network per minute; big stores send a few MB

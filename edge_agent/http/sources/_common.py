@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from store_config.model import FloorPlan
 
-from ..metrics import Counter
+from edge_agent.metrics import Counter
 
 
 def num(v: Any) -> float | None:

@@ -1,7 +1,7 @@
 """``edge-agent`` — thin commands over the library.
 
 Every command is one call into the library; the command reference (docs/cli.md) is
-generated from ``--help`` (``python -m edge_agent.cli --markdown-help``).
+generated from ``--help`` (``python -m edge_agent.commands.cli --markdown-help``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-log = logging.getLogger("edge_agent.cli")
+log = logging.getLogger("edge_agent.commands.cli")
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.mqtt.url is None:
         print("[mqtt] url is required for `run` (an embedded broker is for `demo` only)", file=sys.stderr)
         return 2
-    from .runner import StartupError, serve
+    from edge_agent.runner import StartupError, serve
 
     try:
         return asyncio.run(serve(cfg))
@@ -156,7 +156,7 @@ def cmd_qr(args: argparse.Namespace) -> int:
 
     Example: edge-agent qr --config store.toml --out qr/ --format png
     """
-    from .shop.qr import public_url, write_store_codes
+    from edge_agent.http.shop.qr import public_url, write_store_codes
 
     cfg = _load(args.config)
     base = args.base_url or public_url(cfg)

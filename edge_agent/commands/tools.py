@@ -13,7 +13,7 @@ from typing import TextIO
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .mqtt import MqttError, parse_url
+from edge_agent.transport.mqtt import MqttError, parse_url
 
 
 def _client(url: str, name: str) -> paho.Client:

@@ -24,7 +24,7 @@ after ``escalate_after_s``: the state ``escalated`` is announced on the
 alert's topics and the alert itself is re-sent to ``all``.
 
 The manager knows nothing of HTTP: the associates' routes (``/associates``,
-``/associates/ws``, ``/v1/alerts/...``) live in :mod:`edge_agent.http_associates`
+``/associates/ws``, ``/v1/alerts/...``) live in :mod:`edge_agent.http.associates`
 and call its plain methods — :meth:`AlertManager.claim`, ``resolve``,
 ``open_alerts``, and ``subscribe`` / ``unsubscribe`` for a page's live feed.
 """
@@ -40,10 +40,10 @@ from .codecs import PayloadError, decode_object
 from .effects import Notice, Publish
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mqtt import Message
-    from .pipeline import Pipeline
+    from edge_agent.transport.mqtt import Message
+    from . import Pipeline
 
-log = logging.getLogger("edge_agent.alerts")
+log = logging.getLogger("edge_agent.pipeline.alerts")
 
 KINDS = ("vip_arrival", "assist", "stock_out", "crowding", "queue", "pickup_arrival")  # the last three: pipeline/floor.py
 OPEN, CLAIMED, ESCALATED, RESOLVED = "open", "claimed", "escalated", "resolved"

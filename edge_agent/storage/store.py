@@ -3,10 +3,10 @@
 One file, so an offer's ledger row, its audit rows and its outbox event
 commit in one transaction before the offer is published.  Each owner keeps
 its own tables and migrations (``sync.schema``): the offer ledger and audit
-trail (:class:`~edge_agent.ledger.Ledger`), the outbox
+trail (:class:`~edge_agent.storage.ledger.Ledger`), the outbox
 (:class:`~sync.outbox.Outbox`), the push webhook's queue
-(:class:`~edge_agent.delivery.DeliveryTable`), the campaign tables
-(:class:`~edge_agent.campaign_store.CampaignTables`), and here consent
+(:class:`~edge_agent.transport.webhook.DeliveryTable`), the campaign tables
+(:class:`~edge_agent.storage.campaigns.CampaignTables`), and here consent
 overrides and inventory.
 :meth:`Store.apply` writes a pipeline step's rows with plain ``executemany``
 per kind (the hot path), inside the transaction the shell commits once.
@@ -24,13 +24,13 @@ from typing import Iterable
 from store_config.model import Consent
 from sync.schema import migrate
 
-from .delivery import DeliveryTable
-from .campaign_store import CampaignTables
+from edge_agent.transport.webhook import DeliveryTable
+from .campaigns import CampaignTables
 from .ledger import Ledger
-from . import effects as fx
+from edge_agent.pipeline import effects as fx
 from . import privacy
 
-log = logging.getLogger("edge_agent.store")
+log = logging.getLogger("edge_agent.storage.store")
 
 
 class ConsentTable:

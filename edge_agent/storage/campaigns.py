@@ -27,9 +27,9 @@ from zoneinfo import ZoneInfo
 
 from sync.schema import migrate
 
-from . import effects as fx
-from .campaigns import CONTROL, TREATED, CampaignState
-from .decisions import store_day
+from edge_agent.pipeline import effects as fx
+from edge_agent.pipeline.campaigns import CONTROL, TREATED, CampaignState
+from edge_agent.pipeline.decisions import store_day
 
 MIGRATIONS: dict[int, str] = {
     1: """

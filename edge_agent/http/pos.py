@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
-from . import campaigns
-from .effects import Effects, PromoCount, PurchaseRow, RedeemRow
-from .report import build_report
+from edge_agent.pipeline import campaigns
+from edge_agent.pipeline.effects import Effects, PromoCount, PurchaseRow, RedeemRow
+from edge_agent.commands.report import build_report
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .service import Agent
+    from edge_agent.service import Agent
 
-log = logging.getLogger("edge_agent.pos")
+log = logging.getLogger("edge_agent.http.pos")
 
 MAX_SKUS = 1000
 
@@ -196,7 +196,7 @@ def setup_routes(app: web.Application, agent_key: web.AppKey, require_admin: Cal
         return handler
 
     async def get_report(request: web.Request) -> web.Response:
-        from .audit import AuditError, parse_since
+        from edge_agent.commands.audit import AuditError, parse_since
 
         require_admin(request)
         agent = request.app[agent_key]

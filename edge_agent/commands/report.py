@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-from .campaigns import CONTROL, NO_VARIANT, TREATED
+from edge_agent.pipeline.campaigns import CONTROL, NO_VARIANT, TREATED
 
 Z95 = 1.959963984540054
 

@@ -34,18 +34,18 @@ from aiohttp import WSMsgType, web
 from shapely.geometry import MultiPolygon
 from shapely.ops import polylabel
 
-from ..codecs import Ping
-from ..http_base import close_socket
-from ..mqtt import Message
+from edge_agent.pipeline.codecs import Ping
+from edge_agent.http.base import close_socket
+from edge_agent.transport.mqtt import Message
 from .channel import ShopChannel
 from .qr import code_svg
 from .sessions import Sessions
 from .texts import texts
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..service import Agent
+    from edge_agent.service import Agent
 
-log = logging.getLogger("edge_agent.shop")
+log = logging.getLogger("edge_agent.http.shop")
 
 __all__ = ["setup", "CHANNEL", "ShopChannel", "Sessions", "checkin_point"]
 

@@ -23,10 +23,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from store_config import load_store, sample_path
 
-from .embedded import EmbeddedBroker, free_port
-from .runner import Server
+from edge_agent.transport.embedded import EmbeddedBroker, free_port
+from edge_agent.runner import Server
 
-log = logging.getLogger("edge_agent.demo")
+log = logging.getLogger("edge_agent.commands.demo")
 
 
 def _port_free(port: int) -> bool:
@@ -116,7 +116,7 @@ class DemoTill:
             self.offered.setdefault(data["device"], set()).add(data["sku"])
 
     def leave(self, device: str) -> None:
-        from .pos import purchase
+        from edge_agent.http.pos import purchase
 
         agent = self.agent
         got = self.offered.get(agent.pseudonym(device), set())

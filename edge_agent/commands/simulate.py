@@ -36,7 +36,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-log = logging.getLogger("edge_agent.simulate")
+log = logging.getLogger("edge_agent.commands.simulate")
 
 
 def _sim_config(cfg, *, broker_url: str, data_dir: Path, keep_auth: bool, fusion: bool | None = None,
@@ -59,7 +59,7 @@ def _sim_config(cfg, *, broker_url: str, data_dir: Path, keep_auth: bool, fusion
 
 async def _start_broker(args: argparse.Namespace):
     """``(broker or None, url, name)`` for a self-contained run."""
-    from .embedded import EmbeddedBroker, run_broker
+    from edge_agent.transport.embedded import EmbeddedBroker, run_broker
 
     if args.broker is not None:
         return None, args.broker, "external"
@@ -77,7 +77,7 @@ async def _one_run(cfg, args: argparse.Namespace, out: Path, url: str, broker_na
                    fusion: bool | None = None, baseline: dict | None = None) -> dict:
     from simulator.run import simulate
 
-    from .runner import Server
+    from edge_agent.runner import Server
 
     data = Path(tempfile.mkdtemp(prefix="edge-sim-"))
     # a seed-derived pseudonym key: the agent's holdout groups then repeat run to run

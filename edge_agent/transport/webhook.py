@@ -52,12 +52,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sync.pseudonym import load_or_create_secret
 from sync.schema import migrate
 
-from .effects import Effects, Forget
+from edge_agent.pipeline.effects import Effects, Forget
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .service import Agent
+    from edge_agent.service import Agent
 
-log = logging.getLogger("edge_agent.delivery")
+log = logging.getLogger("edge_agent.transport.webhook")
 
 KEY_FILE = "delivery.key"
 RETRY_STATUSES = frozenset({408, 425, 429})

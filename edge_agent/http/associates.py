@@ -10,7 +10,7 @@
 
 Every path needs ``[associates] token`` as ``Authorization: Bearer`` (the
 page and its WebSocket also take ``?token=``, which a browser can put in a
-URL).  The rules live in :class:`~edge_agent.alerts.AlertManager`, which
+URL).  The rules live in :class:`~edge_agent.pipeline.alerts.AlertManager`, which
 knows nothing of HTTP: these handlers call its plain methods (``claim``,
 ``resolve``, ``open_alerts``, ``subscribe`` / ``unsubscribe``).
 """
@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .alerts import MAX_ASSOCIATE_LEN, AlertManager, ClaimError, valid_associate
-from .http_base import AGENT, close_socket, require_associate
+from edge_agent.pipeline.alerts import MAX_ASSOCIATE_LEN, AlertManager, ClaimError, valid_associate
+from .base import AGENT, close_socket, require_associate
 
 STATIC = Path(__file__).parent / "static"
 PAGE_QUEUE = 1000  # changes a page may fall behind by before it is sent a fresh snapshot

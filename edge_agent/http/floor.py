@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .http_base import AGENT, bearer_ok, require_associate
-from .pipeline.floor import OrderError, floor_map
+from .base import AGENT, bearer_ok, require_associate
+from edge_agent.pipeline.floor import OrderError, floor_map
 
 MAX_ID_LEN = 64
 MAX_NAME_LEN = 64

@@ -33,12 +33,12 @@ from aiohttp import web
 
 from geometry.floorplans import UNITS
 
-from ..codecs import PayloadError, Ping, _check_ranges
-from ..http_base import AGENT, bearer_ok
-from ..mqtt import Message
+from edge_agent.pipeline.codecs import PayloadError, Ping, _check_ranges
+from edge_agent.http.base import AGENT, bearer_ok
+from edge_agent.transport.mqtt import Message
 from ._common import Plans, device_id, num, parse_time, plans_for, records_counter
 
-log = logging.getLogger("edge_agent.sources.aruba")
+log = logging.getLogger("edge_agent.http.sources.aruba")
 
 PATH = "/v1/ingest/aruba"
 MAX_BODY = 4 * 1024 * 1024
