@@ -58,6 +58,11 @@ few σ).  So
 
 which is exactly "a disc of radius ``z σ`` lies wholly inside", and
 ``P(inside) ≤ 1 − confidence`` is exactly "that disc lies wholly outside".
+(The pipeline now computes the mass itself, per fence the disc reaches:
+:class:`geometry.zoneprob.ZoneProb`, from ``Fused.sigma``.  The disc is what
+finds the candidates; in a narrow fence or a corner the true mass is lower
+than the nearest edge says, and the device is neither entered there on a
+disc that merely fits nor held once it walked half-way out.)
 :func:`fuse` therefore returns, per fix, an *effective fix*
 ``(ex, ey, eacc = z σ)`` that the existing ``FenceIndex.classify`` and
 ``tracking.step`` judge as they judge any fix today: enter when the disc is
@@ -72,6 +77,12 @@ next to it, every obstacle point to its nearest fence
 estimate whose disc spills onto the shelf beside aisle 3 is then still
 "in aisle 3" (the shelf holds no probability: ``P(aisle 3 | walkable)``),
 and never in aisle 4 behind the shelf.
+
+Weak fixes.  A BLE scan that hears one or two beacons is a proximity
+whose error repeats from scan to scan; passed with ``weak``, such a fix
+moves the estimate but leaves each filter's variance at least
+``(weak_floor · σ_fix)²``, so a proximity repeated near an edge never adds
+up to an entry.
 
 The precise path is untouched.  A fix whose ``acc <= precise_acc`` (UWB, a
 check-in), or whose own disc is no larger than the fused one, is returned
@@ -136,19 +147,25 @@ class FusionParams:
 
     confidence: float = 0.9
     acc_sigmas: float = 2.0
-    q_still: float = 0.05
+    # q_still, q_move and weak_floor were tuned on real scans (benchmarks/_zones.py on the
+    # labelled BLE data sets of issue 21, BENCHMARKS.md "The tracker on real scans"); the
+    # simulator's scenarios (tests/fusion_scenarios.py) only checked that nothing broke.
+    q_still: float = 0.1
     q_move: float = 1.0
     to_move_s: float = 60.0
     to_still_s: float = 10.0
     max_gap_s: float = 60.0
     precise_acc: float = 1.0
     gate: float = 25.0  # normalised innovation squared (2 dof) beyond which a fix is an outlier
+    weak_floor: float = 0.85  # a weak fix leaves each filter's sigma >= weak_floor * its own sigma
 
     def __post_init__(self):
         z_for(self.confidence)
         for k in ("acc_sigmas", "q_still", "q_move", "to_move_s", "to_still_s", "max_gap_s", "gate"):
             if not getattr(self, k) > 0:
                 raise ValueError(f"{k} must be positive")
+        if not 0 <= self.weak_floor <= 1:
+            raise ValueError("weak_floor must be between 0 and 1")
         if self.q_still > self.q_move:
             raise ValueError("q_still must not exceed q_move")
 
@@ -255,7 +272,8 @@ class Fused(NamedTuple):
     passed: np.ndarray
 
 
-def fuse(state: FusionState, rows, x, y, floor, acc, ts, params: FusionParams = FusionParams()) -> Fused:
+def fuse(state: FusionState, rows, x, y, floor, acc, ts, params: FusionParams = FusionParams(), *,
+         weak=None) -> Fused:
     """Fold a batch of fixes into the per-device estimates and return the
     effective fix of each (see the module docstring).
 
@@ -263,7 +281,12 @@ def fuse(state: FusionState, rows, x, y, floor, acc, ts, params: FusionParams = 
     ``x``, ``y`` local metres; ``floor`` int; ``acc`` metres (NaN/inf: no
     position information — passed through, state untouched); ``ts``
     seconds.  Equal-length arrays; a device may appear several times, in any
-    time order.
+    time order.  ``weak`` (optional, bool per fix): fixes whose error
+    persists from one fix to the next (a BLE scan that hears one or two
+    beacons says "near beacon B" every time, wherever near B the phone is);
+    they move the estimate like any fix but never leave either filter's
+    variance below ``(weak_floor * acc / acc_sigmas)²``, so that repeating
+    the same proximity never makes it more precise than one of them.
     """
     rows = np.asarray(rows, dtype=np.int64).ravel()
     x = np.asarray(x, dtype=float).ravel()
@@ -279,11 +302,14 @@ def fuse(state: FusionState, rows, x, y, floor, acc, ts, params: FusionParams = 
     passed = np.ones(n, dtype=bool)
     if n == 0:
         return Fused(ex, ey, eacc, sigma, passed)
+    wk = np.zeros(n, dtype=bool) if weak is None else np.asarray(weak, dtype=bool).ravel()
+    if wk.size != n:
+        raise ValueError("weak must have one flag per fix")
     usable = np.isfinite(x) & np.isfinite(y) & np.isfinite(acc) & np.isfinite(ts)
     if n == 1:  # a batch of one (low load): plain floats, ~15x fewer numpy calls
         if usable[0]:
             o = _one(state, int(rows[0]), float(x[0]), float(y[0]), int(fl[0]), max(float(acc[0]), 0.0),
-                     float(ts[0]), params)
+                     float(ts[0]), params, bool(wk[0]))
             if o is not None:
                 ex[0], ey[0], eacc[0], sigma[0] = o
                 passed[0] = False
@@ -297,11 +323,13 @@ def fuse(state: FusionState, rows, x, y, floor, acc, ts, params: FusionParams = 
     a = np.maximum(acc, 0.0)
     for k in range(int(rank.max()) + 1 if order.size else 0):
         sel = order[rank == k]
-        _round(state, rows[sel], x[sel], y[sel], fl[sel], a[sel], ts[sel], params, ex, ey, eacc, sigma, passed, sel)
+        _round(state, rows[sel], x[sel], y[sel], fl[sel], a[sel], ts[sel], params, ex, ey, eacc, sigma, passed, sel,
+               wk[sel])
     return Fused(ex, ey, eacc, sigma, passed)
 
 
-def _round(st: FusionState, r, zx, zy, fl, acc, ts, p: FusionParams, ex, ey, eacc, sigma, passed, out) -> None:
+def _round(st: FusionState, r, zx, zy, fl, acc, ts, p: FusionParams, ex, ey, eacc, sigma, passed, out,
+           weak) -> None:
     """One vectorised IMM update; ``r`` holds distinct rows."""
     sf = np.maximum(acc / p.acc_sigmas, 1e-3)
     R = sf * sf
@@ -349,6 +377,9 @@ def _round(st: FusionState, r, zx, zy, fl, acc, ts, p: FusionParams, ex, ey, eac
     Ks, Km = p0s / Ss, p0m / Sm
     xs1, ys1, ps1 = x0s + Ks * nxs, y0s + Ks * nys, (1 - Ks) * p0s
     xm1, ym1, pm1 = x0m + Km * nxm, y0m + Km * nym, (1 - Km) * p0m
+    if weak.any():  # a persistent error does not average out: keep the variance at its floor
+        vf = np.where(weak, (p.weak_floor * p.weak_floor) * R, 0.0)
+        ps1, pm1 = np.maximum(ps1, vf), np.maximum(pm1, vf)
     # mode probabilities (log-likelihoods of 2-D isotropic Gaussians, 2π dropped)
     ls = -0.5 * nis_s - np.log(Ss) + np.log(cs_)
     lm = -0.5 * nis_m - np.log(Sm) + np.log(cm_)
@@ -390,7 +421,8 @@ def _round(st: FusionState, r, zx, zy, fl, acc, ts, p: FusionParams, ex, ey, eac
     passed[out] = through
 
 
-def _one(st: FusionState, r: int, zx: float, zy: float, fl: int, acc: float, ts: float, p: FusionParams):
+def _one(st: FusionState, r: int, zx: float, zy: float, fl: int, acc: float, ts: float, p: FusionParams,
+         weak: bool = False):
     """:func:`_round` for one fix with Python floats (the same arithmetic;
     tests check both agree).  Returns ``(x, y, acc, sigma)`` of the fused
     estimate, or None when the fix passes through as it came."""
@@ -427,8 +459,9 @@ def _one(st: FusionState, r: int, zx: float, zy: float, fl: int, acc: float, ts:
     Ks, Km = p0s / Ss, p0m / Sm
     d = min(max(-0.5 * nis_s - math.log(Ss) + math.log(cs_) - (-0.5 * nis_m - math.log(Sm) + math.log(cm_)),
                 -700.0), 700.0)
-    new = (1.0 / (1.0 + math.exp(d)), x0s + Ks * nxs, y0s + Ks * nys, (1 - Ks) * p0s,
-           x0m + Km * nxm, y0m + Km * nym, (1 - Km) * p0m)
+    vf = p.weak_floor * p.weak_floor * R if weak else 0.0
+    new = (1.0 / (1.0 + math.exp(d)), x0s + Ks * nxs, y0s + Ks * nys, max((1 - Ks) * p0s, vf),
+           x0m + Km * nxm, y0m + Km * nym, max((1 - Km) * p0m, vf))
     precise = acc <= p.precise_acc
     bad = not fresh and nis_m > p.gate
     out_l = bad and not precise

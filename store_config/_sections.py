@@ -50,7 +50,8 @@ SECTIONS: dict[str, frozenset[str]] = {
                        "address_rate", "header_timeout_s", "vendor_rate"}),
     "data": frozenset({"dir"}),
     "tracking": frozenset({"clock", "timeout_s", "publish_events", "sustained_pings", "default_acc",
-                           "max_future_skew_s", "max_speed_mps", "fusion", "confidence", "acc_sigmas"}),
+                           "max_future_skew_s", "max_speed_mps", "fusion", "confidence", "acc_sigmas",
+                           "acc_scale"}),
     "ingest": frozenset({"owntracks", "owntracks_cmd", "max_payload_bytes", "shed_above"}),
     "offers": frozenset({"ttl_s", "per_visit_cap", "min_gap_s", "daily_cap", "global_holdout_pct", "code_ttl_s",
                          "attribution_window_s", "scores", "explore_pct"}),
@@ -220,6 +221,17 @@ def parse_tracking(c: Collector, doc: dict) -> TrackingConfig:
             v = c.number(dacc, src, "[tracking.default_acc]", default=None, positive=True)
             if v is not None:
                 acc[src] = v
+    scale: dict[str, float] = {}
+    sacc = t.get("acc_scale", {})
+    if not isinstance(sacc, dict):
+        c.err("[tracking.acc_scale]", "", f"must be a table source -> factor, not {type_name(sacc)}")
+    else:
+        for src in sacc:
+            if src not in SOURCES:
+                c.warn("[tracking.acc_scale]", src, f"unknown source (known: {', '.join(SOURCES)})")
+            v = c.number(sacc, src, "[tracking.acc_scale]", default=None, positive=True)
+            if v is not None:
+                scale[src] = v
     return TrackingConfig(
         clock=c.string(t, "clock", W, default="receive", choices=("receive", "ping")),
         timeout_s=c.number(t, "timeout_s", W, default=120.0, positive=True),
@@ -231,6 +243,7 @@ def parse_tracking(c: Collector, doc: dict) -> TrackingConfig:
         fusion=c.boolean(t, "fusion", W, default=True),
         confidence=_confidence(c, t, W),
         acc_sigmas=c.number(t, "acc_sigmas", W, default=2.0, positive=True),
+        acc_scale=MappingProxyType(scale),
     )
 
 

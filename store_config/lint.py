@@ -6,7 +6,11 @@ Fence sizes are judged per positioning technology by :func:`predict`, a
 model of the trackers (``[tracking]``):
 
 * a single fix enters at once when its accuracy circle fits inside the
-  fence (inscribed radius ``r`` ≥ the technology's accuracy);
+  fence (inscribed radius ``r`` ≥ the technology's accuracy).  For a
+  coarse fix the tracker asks ``P(inside) ≥ confidence`` of the fix's
+  Gaussian (``geometry.zoneprob``): at the centre of a strip that needs
+  ``r ≥ 0.82 acc``, of a square ``0.97 acc``, of a circle ``1.07 acc`` (at
+  0.9), so ``r ≥ acc`` stays the rule of thumb;
 * otherwise the fused tracker averages fixes: with ``σ = acc / acc_sigmas``
   per fix and ``z = Φ⁻¹(confidence)``, a shopper standing ``d`` metres from
   the edge is placed inside after ``N`` fixes with ``z σ / √N ≤ d``, i.e.

@@ -240,6 +240,9 @@ class TrackingConfig:
     fusion: bool = True
     confidence: float = 0.9
     acc_sigmas: float = 2.0  # a fix's acc is this many sigma (2: a 95 % radius; phones report ~1.5)
+    # source -> factor on every coarse fix's acc (reported or default), calibrated from a survey or
+    # from the fixes' own spread (geometry.calibrate); absent: 1
+    acc_scale: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,10 @@ import shapely
 from shapely.geometry import box
 
 from geometry.fences import FenceIndex
-from geometry.fusion import FusionParams, FusionState, evidence_fences, fuse
+from geometry.fusion import FusionParams, FusionState, evidence_fences, fuse, z_for
 from geometry.space import infer_shelves
 from geometry.tracking import Entered, TrackParams, step
+from geometry.zoneprob import ZoneProb
 
 
 @dataclass(frozen=True)
@@ -57,22 +58,27 @@ _INDEXES: dict = {}
 
 
 def indexes(fences, obstacles=None):
-    """(raw index, evidence index) of a layout, built once."""
+    """(raw index, evidence index, its ZoneProb) of a layout, built once."""
     key = (tuple(fences), None if obstacles is None else obstacles.wkb)
     if key not in _INDEXES:
-        _INDEXES[key] = (FenceIndex(fences),
-                         FenceIndex(evidence_fences(fences, {0: obstacles} if obstacles is not None else {})))
+        grown = evidence_fences(fences, {0: obstacles} if obstacles is not None else {})
+        ev = FenceIndex(grown)
+        _INDEXES[key] = (FenceIndex(fences), ev, ZoneProb(ev, grown))
     return _INDEXES[key]
 
 
-def judge(fences, t, fx, fy, acc, *, fused=True, params=None, obstacles=None, batch=1, sustained=None):
+def judge(fences, t, fx, fy, acc, *, fused=True, params=None, obstacles=None, batch=1, sustained=None,
+          rule="p", weak=False):
     """Run one device's fixes through the pipeline; returns the events.
-    ``fused=False``: today's single-fix rule (raw fixes, raw fences).
+    ``fused=False``: the single-fix rule (raw fixes, raw fences).
     ``sustained``: the tracker's ``sustained_pings`` (default: 3 for raw
-    fixes as today, 0 for fused ones: the estimate *is* the sustained
-    evidence, and counting centre-inside estimates would bypass the
-    confidence rule)."""
-    raw, ev_idx = indexes(fences, obstacles)
+    fixes, 0 for fused ones: the estimate *is* the sustained evidence, and
+    counting centre-inside estimates would bypass the confidence rule).
+    ``rule``: ``"p"`` (the pipeline: P(inside) under the estimate,
+    :class:`geometry.zoneprob.ZoneProb`) or ``"disc"`` (before issue 21: the
+    estimate's disc of radius ``z σ``).  ``weak``: the fixes are weak
+    (one- or two-beacon proximities)."""
+    raw, ev_idx, zp = indexes(fences, obstacles)
     if sustained is None:
         sustained = 0 if fused else 3
     tp = TrackParams(halfwidth=raw.halfwidth, sustained_pings=sustained)
@@ -82,14 +88,20 @@ def judge(fences, t, fx, fy, acc, *, fused=True, params=None, obstacles=None, ba
         idx = ev_idx
         st = FusionState(4)
         rows = st.rows(["d"] * t.size)
-        ex, ey, ea = np.empty(t.size), np.empty(t.size), np.empty(t.size)
+        ex, ey, ea, sg = np.empty(t.size), np.empty(t.size), np.empty(t.size), np.empty(t.size)
+        wk = np.full(t.size, bool(weak))
         for s in range(0, t.size, batch):
             f = fuse(st, rows[s:s + batch], fx[s:s + batch], fy[s:s + batch], np.zeros(len(rows[s:s + batch])),
-                     accs[s:s + batch], t[s:s + batch], params)
-            ex[s:s + batch], ey[s:s + batch], ea[s:s + batch] = f.x, f.y, f.acc
+                     accs[s:s + batch], t[s:s + batch], params, weak=wk[s:s + batch])
+            ex[s:s + batch], ey[s:s + batch], ea[s:s + batch], sg[s:s + batch] = f.x, f.y, f.acc, f.sigma
     else:
         idx, (ex, ey, ea) = raw, (fx, fy, accs)
-    matches = idx.classify(ex, ey, np.zeros(t.size), ea)
+    if fused and rule == "p":
+        z = z_for(params.confidence)
+        matches, _, _ = zp.judge(ex, ey, np.zeros(t.size), sg, params.confidence, z)
+        ea = z * sg
+    else:
+        matches = idx.classify(ex, ey, np.zeros(t.size), ea)
     track, events = None, []
     for j in range(t.size):
         track, ev = step(track, matches[j], float(t[j]), tp, acc=float(ea[j]))
@@ -178,11 +190,10 @@ def aisle_layout(n=5, width=2.0, shelf=1.2, length=14.0, y0=4.0):
     return fences, shelves
 
 
-def browse_aisle(seed, k, *, sigma=1.5, acc=3.0, every=1.0, dwell=20.0, fused=True, params=None,
-                 layout=None):
-    """A shopper walks from the cross aisle into aisle ``k`` (0-based) and
-    browses ``dwell`` s there.  Returns (entered her aisle while browsing,
-    entered a neighbour at any time)."""
+def aisle_fixes(seed, k, *, sigma=1.5, every=1.0, dwell=20.0, layout=None):
+    """A shopper walks from the cross aisle into aisle ``k`` (0-based),
+    browses ``dwell`` s at two spots there and walks back.  Returns (t, fx,
+    fy, t_leave): the noisy fixes and when she left the second spot."""
     rng = np.random.default_rng(seed)
     fences, shelves = layout or aisle_layout()
     g = fences[k].geometry
@@ -195,7 +206,15 @@ def browse_aisle(seed, k, *, sigma=1.5, acc=3.0, every=1.0, dwell=20.0, fused=Tr
     knots = walk([start, mouth, a, b, mouth, start], [1.1, 1.1, 0.4, 1.1, 1.1],
                  [0, 0, dwell / 2, dwell / 2, 0, 0])
     t, _, _, fx, fy = sample(knots, every, rng, sigma)
-    t_leave = knots[3, 0] + dwell / 2
+    return t, fx, fy, knots[3, 0] + dwell / 2
+
+
+def browse_aisle(seed, k, *, sigma=1.5, acc=3.0, every=1.0, dwell=20.0, fused=True, params=None,
+                 layout=None):
+    """:func:`aisle_fixes` judged.  Returns (entered her aisle while browsing,
+    entered a neighbour at any time)."""
+    fences, shelves = layout or aisle_layout()
+    t, fx, fy, t_leave = aisle_fixes(seed, k, sigma=sigma, every=every, dwell=dwell, layout=(fences, shelves))
     ev = judge(fences, t, fx, fy, acc, fused=fused, params=params, obstacles=shelves)
     own = first_enter(ev, fences[k].id, t_to=t_leave) is not None
     neigh = any(entered(ev, fences[j].id) for j in (k - 1, k + 1) if 0 <= j < len(fences))

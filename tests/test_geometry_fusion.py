@@ -61,7 +61,8 @@ def test_stationary_wifi_converges():
         assert f.acc[-1] == pytest.approx(z_for(0.9) * f.sigma[-1])  # the effective disc is z σ
     err, mean_err = np.array(err), np.array(mean_err)
     assert np.median(err) < 1.5
-    assert np.sqrt((err ** 2).mean()) < 1.25 * np.sqrt((mean_err ** 2).mean())
+    # 1.25 before issue 21 (q_still 0.05); q_still 0.1, tuned on real scans, averages a little less: 1.26
+    assert np.sqrt((err ** 2).mean()) < 1.3 * np.sqrt((mean_err ** 2).mean())
     assert np.sqrt((err ** 2).mean() / 2) <= np.mean(sig)  # per-axis error within the reported σ
 
 
@@ -234,9 +235,10 @@ def test_wifi_section_browsers_enter_and_passers_by_do_not():
 
 def test_html5_department_browsers_enter_and_passers_by_do_not():
     kw = dict(sigma=8.0, acc=16.0, every=2.0)
-    res = [browse_zone(s, DEPARTMENT, dwell=90.0, **kw) for s in SEEDS]
+    # 40 browsers: with P(inside) judged exactly (issue 21) the median of 12 moves by 3-5 s with the seeds
+    res = [browse_zone(s, DEPARTMENT, dwell=90.0, **kw) for s in range(40)]
     delays = [d for ok, d in res if ok]
-    assert len(delays) >= 10, res
+    assert len(delays) >= 34, res
     assert np.median(delays) < 20.0, delays
     assert sum(pass_by(s, DEPARTMENT, gap=3.0, **kw) for s in SEEDS) <= 2
 

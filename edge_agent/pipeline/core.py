@@ -337,7 +337,8 @@ class Pipeline:
                 xs[i], ys[i], fl, acc = located
                 if distinct < 3:
                     # One or two beacons give a proximity, not a fix: its error does not average
-                    # out over repeated sightings, so it is judged on its own, never fused.
+                    # out over repeated sightings, so the filter takes it as a weak fix (it moves
+                    # the estimate but never makes it more precise than itself).
                     fusible[i] = False
                 if p.floor is None:
                     p.floor = fl
@@ -364,30 +365,42 @@ class Pipeline:
                     continue
                 floors[i] = p.floor if p.floor is not None else 0
                 accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
+        scale = cfg.tracking.acc_scale
+        if scale:  # [tracking.acc_scale]: a source's acc calibrated from a survey or its fixes' spread
+            accs *= np.fromiter((scale.get(p.source, 1.0) for p in pings), dtype=float, count=n)
         sel = np.flatnonzero(ok)
         ping_clock = cfg.tracking.clock == "ping"
         times = np.array([((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
                           for p in (pings[i] for i in sel)], dtype=float)
         # Only coarse fixes go to the filter: a precise one (UWB, a check-in: acc <= precise_acc)
         # is judged as it came, at no extra cost, and leaves the device's estimate as it was.
-        fz = np.flatnonzero(fusible[sel] & (accs[sel] > rt.fusion.precise_acc)) if rt.fusion is not None else ()
+        # Every coarse fix does: judged alone, a coarse fix near an edge holds a device in a zone
+        # it left until a whole accuracy circle clears the edge (DESIGN "Positioning that tells
+        # the truth": leave when P(inside) <= 1 - confidence).
+        fz = np.flatnonzero(accs[sel] > rt.fusion.precise_acc) if rt.fusion is not None else ()
         if len(fz):
-            # Coarse fixes are fused per device into an estimate whose disc (z sigma) is judged
-            # against the fences grown over their shelves.
-            ex, ey, eff_acc, fl = xs[sel], ys[sel], accs[sel], floors[sel]
-            passed = np.ones(len(sel), dtype=bool)
-            f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), ex[fz], ey[fz], fl[fz],
-                     eff_acc[fz], times[fz], rt.fusion)
-            ex[fz], ey[fz], eff_acc[fz], passed[fz] = f.x, f.y, f.acc, f.passed
+            # Coarse fixes are fused per device into a Gaussian estimate, and the tracker is handed
+            # P(inside) of each fence (grown over its shelves) under it: inside at >= confidence,
+            # straddling in between, outside at <= 1 - confidence (geometry.zoneprob).
+            eff_acc = accs[sel].copy()
+            f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), xs[sel][fz], ys[sel][fz],
+                     floors[sel][fz], eff_acc[fz], times[fz], rt.fusion, weak=~fusible[sel[fz]])
+            coarse = np.zeros(len(sel), dtype=bool)
+            coarse[fz] = True
             matches = [None] * len(sel)
-            for idx, index in ((np.flatnonzero(passed), rt.index), (np.flatnonzero(~passed), rt.fused_index)):
-                if len(idx):
-                    for j, m in zip(idx, index.classify(ex[idx], ey[idx], fl[idx], eff_acc[idx])):
-                        matches[j] = m
+            cm, _, _ = rt.zone_prob.judge(f.x, f.y, floors[sel][fz], f.sigma, rt.fusion.confidence, rt.z)
+            for j, m in zip(fz, cm):
+                matches[j] = m
+            eff_acc[fz] = rt.z * f.sigma
+            rest = np.flatnonzero(~coarse)
+            if len(rest):
+                for j, m in zip(rest, rt.index.classify(xs[sel][rest], ys[sel][rest], floors[sel][rest],
+                                                        eff_acc[rest])):
+                    matches[j] = m
         else:
             matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
             eff_acc = accs[sel]
-            passed = None
+            coarse = None
         guard = st.guard
         tracks = st.tracks
         params = rt.params
@@ -414,7 +427,7 @@ class Pipeline:
                     h = st.histories.get(st.person_for(p.device))
                     if h is not None:
                         h.visit_count = 0
-                step_params = params if passed is None or passed[j] else rt.fused_params
+                step_params = params if coarse is None or not coarse[j] else rt.fused_params
                 events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
                 if fresh:
                     self.floor.on_visit(p.device, track, tracks.get(p.device), now)

@@ -16,12 +16,13 @@ from shapely.ops import unary_union
 from zoneinfo import ZoneInfo
 
 from geometry.fences import FenceIndex
-from geometry.fusion import FusionParams, FusionState, evidence_fences
+from geometry.fusion import FusionParams, FusionState, evidence_fences, z_for
 from geometry.space import obstacles_on
 from geometry.frames import LocalFrame
 from geometry.radio import BleModel, store_model
 from geometry.schedule import Tracks
 from geometry.tracking import TrackParams
+from geometry.zoneprob import ZoneProb
 from store_config.model import Consent, Profile, StoreConfig
 
 from .campaigns import CampaignState, person_key
@@ -46,6 +47,8 @@ class Runtime:
     fusion: FusionParams | None
     fused_index: FenceIndex | None
     fused_params: TrackParams | None
+    zone_prob: ZoneProb | None  # P(inside) of the fused_index's fences under a Gaussian estimate
+    z: float  # Φ⁻¹(confidence): the radius, in σ, beyond which a fence holds <= 1 - confidence
     floors: frozenset  # floors of fences, beacons and vendor plans; ground floor always
     ble: BleModel | None = None  # positions BLE scans (geometry.radio): the survey's model, else defaults
 
@@ -67,7 +70,7 @@ def build_runtime(cfg: StoreConfig) -> Runtime:
         halfwidth=index.halfwidth,
     )
     t = cfg.tracking
-    fusion = fused_index = fused_params = None
+    fusion = fused_index = fused_params = zone_prob = None
     if t.fusion:
         fusion = FusionParams(confidence=t.confidence, acc_sigmas=t.acc_sigmas, max_gap_s=min(60.0, t.timeout_s))
         obstacles = {}
@@ -75,7 +78,9 @@ def build_runtime(cfg: StoreConfig) -> Runtime:
             parts = obstacles_on(cfg.fences, fl)
             if parts:
                 obstacles[fl] = unary_union(parts)
-        fused_index = FenceIndex(evidence_fences(fences, obstacles))
+        grown = evidence_fences(fences, obstacles)
+        fused_index = FenceIndex(grown)
+        zone_prob = ZoneProb(fused_index, grown)
         fused_params = replace(params, sustained_pings=0)
     return Runtime(
         cfg=cfg,
@@ -89,6 +94,8 @@ def build_runtime(cfg: StoreConfig) -> Runtime:
         fusion=fusion,
         fused_index=fused_index,
         fused_params=fused_params,
+        zone_prob=zone_prob,
+        z=z_for(t.confidence),
         floors=frozenset([0, *(f.floor for f in cfg.fences), *(b.floor for b in cfg.beacons),
                            *(p.floor for p in cfg.floorplans)]),
         ble=ble_model(cfg),
