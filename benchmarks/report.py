@@ -1,4 +1,4 @@
-"""The campaign report over a large ledger: ``edge_agent.commands.report.build_report``.
+"""The campaign report over a large ledger: ``edge_agent.storage.report.build_report``.
 
 A real ledger file (the agent's tables and migrations) is filled with
 ``--audit`` audit rows (decisions over 40 promotions with a realistic mix of
@@ -106,7 +106,7 @@ def fill(path: Path, n_audit: int, n_offers: int, seed: int = 1) -> dict:
 
 
 def time_report(path: Path, since: float | None, repeat: int) -> tuple[float, dict]:
-    from edge_agent.commands.report import build_report
+    from edge_agent.storage.report import build_report
 
     best, rep = float("inf"), {}
     for _ in range(repeat):

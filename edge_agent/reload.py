@@ -22,15 +22,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from store_config import load_store
 from store_config.model import ConfigError, StoreConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .service import Agent
+    from .metrics import Metrics
 
 log = logging.getLogger("edge_agent.reload")
+
+class ReloadHost(Protocol):
+    """What reloading uses of the agent (its door): the running config, the
+    install of a new one, the inventory merge, the counters, the listeners
+    told of a reload, and central's downlink overlay (``sync``)."""
+
+    metrics: Metrics
+    listeners: list[Callable[[str, dict], None]]
+    sync: Any  # sync.tasks.Sync | None: its ``downlink.overlay`` lays central's bundles over the files
+
+    @property
+    def cfg(self) -> StoreConfig: ...
+
+    def install(self, cfg: StoreConfig, *, inventory_ts: float | None = None) -> None: ...
+
+    def merge_inventory(self, items: Any, ts: float | None) -> list[str]: ...
+
 
 Signature = dict[str, tuple[int, int] | None]
 RESTART_ONLY = ("mqtt", "http", "data_dir")
@@ -62,7 +79,7 @@ def signature(cfg: StoreConfig) -> Signature:
 class Reloader:
     """Reloads one agent's configuration from its files."""
 
-    def __init__(self, agent: "Agent"):
+    def __init__(self, agent: ReloadHost):
         self.agent = agent
         self._seen: Signature | None = None
 

@@ -156,7 +156,7 @@ class Agent:
         ``stock_out`` (published with the next commit)."""
         if self.store is None:
             return [sku for sku, _, _ in self.state.newer_inventory(items, ts)]
-        return self.pipeline.merge_inventory(items, ts, self.clock())
+        return self.pipeline.control.merge_inventory(items, ts, self.clock())
 
     # -- lifecycle
     async def start(self) -> None:
@@ -229,7 +229,7 @@ class Agent:
         restore_histories(st, self.store.campaigns, led, since=now - horizon, now=now, tz=self.rt.tz)
         st.campaign = self.store.campaigns.load_state()  # budgets and pause overrides
         for promo in self.cfg.promotions:
-            self.pipeline.update_budget_gauge(promo)
+            self.pipeline.offering.update_budget_gauge(promo)
         st.consents.update(self.store.consent.load())
         for sku, qty, ts in self.store.inventory.load():
             if ts >= st.inventory.get(sku, (0, 0.0))[1]:

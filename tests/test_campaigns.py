@@ -16,7 +16,7 @@ from edge_agent.pipeline.decisions import OfferHistory
 from edge_agent.pipeline.effects import Exposure, PurchaseRow
 from edge_agent.storage.ledger import Ledger
 from edge_agent.storage.store import Store
-from edge_agent.commands.report import build_report, format_markdown, two_proportion
+from edge_agent.storage.report import build_report, format_markdown, two_proportion
 from store_config.load import parse_promotions
 from store_config.model import ConfigError, OffersConfig, Promotion, Variant
 from sync.pseudonym import Pseudonymizer

@@ -245,6 +245,25 @@ def test_every_module_of_the_agent_is_in_a_room():
     assert not loose, f"modules outside every room (add them to one, or name a new room here): {loose}"
 
 
+
+def test_rooms_import_only_the_rooms_below():
+    bad = [f"{MODULES[m].relative_to(ROOT)}:{line} ({_room(m)}) imports {t} ({_room(t)})"
+           for m, imps in IMPORTS.items() if _pkg(m) == "edge_agent" and _room(m)
+           for t, _, line in imps
+           if _pkg(t) == "edge_agent" and _room(t) and _room(t) != _room(m) and _room(t) not in ROOM_DEPS[_room(m)]]
+    assert not bad, "a room reaches up or sideways:\n" + "\n".join(bad)
+
+
+
+def test_no_circles_between_modules_even_through_annotations():
+    graph = {m: {t for t, _, _ in imps if _pkg(t) == "edge_agent" and t != m}
+             for m, imps in IMPORTS.items() if _pkg(m) == "edge_agent"}
+    # A package's __init__ re-exporting its own modules is not a circle of the design.
+    for m in graph:
+        graph[m] = {t for t in graph[m] if not (m.startswith(t + ".") and MODULES[t].name == "__init__.py")}
+    assert not _cycles(graph), f"import circles (annotation imports included): {_cycles(graph)}"
+
+
 def test_each_room_says_what_it_owns():
     for room in ("pipeline", "storage", "transport", "http", "commands"):
         doc = ast.get_docstring(ast.parse((ROOT / "edge_agent" / room / "__init__.py").read_text()))
@@ -267,3 +286,9 @@ def _sizes(path: Path):
             yield "function", node.name, node.end_lineno - node.lineno + 1, node.lineno
 
 
+def test_units_of_a_readable_size():
+    """No class over 400 lines, no function over 120 (issue 26)."""
+    limits = {"class": 400, "function": 120}
+    big = [f"{path.relative_to(ROOT)}:{line} {kind} {name} is {n} lines (limit {limits[kind]})"
+           for path in MODULES.values() for kind, name, n, line in _sizes(path) if n > limits[kind]]
+    assert not big, "\n".join(big)

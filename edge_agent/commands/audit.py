@@ -24,14 +24,10 @@ from store_config import load_store
 from store_config.model import ConfigError
 from sync.pseudonym import Pseudonymizer
 
-from edge_agent.storage.ledger import read_audit
+from edge_agent.storage.ledger import AuditError, parse_since, read_audit
 
 LEDGER_FILE = "edge.sqlite3"
 KEY_FILE = "pseudonym.key"
-
-
-class AuditError(Exception):
-    """The audit trail cannot be read (missing files, bad arguments)."""
 
 
 def locate(config: str | Path) -> tuple[Path, ZoneInfo]:
@@ -52,21 +48,6 @@ def locate(config: str | Path) -> tuple[Path, ZoneInfo]:
         print(f"warning: {config} has problems ({len(exc.problems)}); reading the audit trail anyway",
               file=sys.stderr)
         return (Path(config).resolve().parent / rel).resolve(), tz
-
-
-def parse_since(value: str, tz: ZoneInfo) -> float:
-    """Epoch seconds, or ISO 8601 (store time when it has no offset)."""
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise AuditError(f"--since {value!r} is neither epoch seconds nor ISO 8601 (e.g. 2026-11-22T08:00)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=tz)
-    return dt.timestamp()
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:

@@ -15,12 +15,11 @@ from typing import Callable
 
 from aiohttp import web
 
-from edge_agent.transport import webhook as delivery
+from . import delivery
 from . import associates as http_associates, floor as http_floor, pos, shop, sources
-from edge_agent.storage import privacy
-from edge_agent.commands.audit import AuditError, parse_since
-from .base import AGENT, bearer_ok, require_admin
-from edge_agent.service import Agent
+from . import privacy
+from edge_agent.storage.ledger import AuditError, parse_since
+from .base import AGENT, AgentPort, bearer_ok, require_admin
 
 log = logging.getLogger("edge_agent.http.app")
 
@@ -88,7 +87,7 @@ async def admin_audit(request: web.Request) -> web.Response:
     return web.json_response({"decisions": rows})
 
 
-def make_app(agent: Agent, *, extra: list[Callable[[web.Application], None]] | None = None) -> web.Application:
+def make_app(agent: AgentPort, *, extra: list[Callable[[web.Application], None]] | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[AGENT] = agent
 

@@ -1,11 +1,13 @@
-"""What every HTTP handler module shares: the app key of the agent and the
-bearer-token checks.
+"""What every HTTP handler module shares: the agent's door (:class:`AgentPort`),
+its app key, the bearer-token checks and whole-body reads.
 
 It sits below :mod:`edge_agent.http.app` (the application), the associates'
 routes (:mod:`edge_agent.http.associates`) and the vendor adapters
 (:mod:`edge_agent.http.sources`), so they all reach the agent through the typed
 ``web.AppKey`` (STYLE.md §4) without importing the module that builds the
 app — and the service, which composes the adapters, never sits in a circle.
+Routes see the agent only through :class:`AgentPort`: what they use of it,
+named here (the service's ``Agent`` is one), never the whole shell.
 """
 
 from __future__ import annotations
@@ -13,15 +15,73 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import orjson
 from aiohttp import web
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
-    from edge_agent.service import Agent
+    from store_config.model import Consent, Profile, StoreConfig
+    from sync.pseudonym import Pseudonymizer
+    from edge_agent.metrics import Metrics
+    from edge_agent.pipeline import Effects, Pipeline, State
+    from edge_agent.pipeline.codecs import Ping
+    from edge_agent.pipeline.state import Runtime
+    from edge_agent.storage.ledger import Ledger
+    from edge_agent.storage.store import Store
+    from edge_agent.transport.mqtt import Message, MqttClient
 
-AGENT: web.AppKey[Agent] = web.AppKey("agent")
+
+class AgentPort(Protocol):
+    """What the routes use of the agent (the HTTP room's door to the shell)."""
+
+    pipeline: Pipeline
+    state: State
+    metrics: Metrics
+    ledger: Ledger | None
+    store: Store | None
+    mqtt: MqttClient | None
+    sync: Any  # sync.tasks.Sync: its uplink's ``wake`` (readyz pokes it)
+    pseudo: Pseudonymizer
+    ready: bool
+    clock: Callable[[], float]
+    outlets: list[Callable[[str, Any], None]]  # (topic, payload) after each commit: the shop page
+
+    @property
+    def cfg(self) -> StoreConfig: ...
+
+    @property
+    def rt(self) -> Runtime: ...
+
+    @property
+    def root(self) -> str: ...
+
+    def pseudonym(self, device: str) -> str: ...
+
+    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]: ...
+
+    def storage_ok(self) -> bool: ...
+
+    def touch(self) -> Pipeline: ...
+
+    def forget(self, device: str) -> dict[str, Any] | None: ...
+
+    def on_batch(self, msgs: list[Message]) -> None: ...
+
+    def ingest_pings(self, pings: list[Ping]) -> bool: ...
+
+    def deadletter(self, m: Message, reason: str, detail: str = "", *, device: str | None = None) -> None: ...
+
+    def commit(self) -> bool: ...
+
+    def commit_effects(self, fx: Effects) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+AGENT: web.AppKey[AgentPort] = web.AppKey("agent")
 
 
 def bearer_ok(request: web.Request, token: str | None, *, allow_query: bool = False) -> bool:

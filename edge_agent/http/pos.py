@@ -25,10 +25,10 @@ from aiohttp import web
 from edge_agent.pipeline import campaigns
 from edge_agent.pipeline.effects import Effects, PromoCount, PurchaseRow, RedeemRow
 from .base import read_json
-from edge_agent.commands.report import build_report
+from edge_agent.storage.report import build_report
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edge_agent.service import Agent
+    from edge_agent.http.base import AgentPort
 
 log = logging.getLogger("edge_agent.http.pos")
 
@@ -67,7 +67,7 @@ def _string(body: dict, key: str, *, required: bool = False) -> str | None:
     return v
 
 
-def _when(agent: "Agent", body: dict, now: float) -> float:
+def _when(agent: "AgentPort", body: dict, now: float) -> float:
     """The body's ``ts`` (a till that queued offline), never in the future and
     at most ``MAX_BACKDATE_S`` in the past (a redemption's expiry is judged at
     it: an older one would let any expired code through)."""
@@ -88,7 +88,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-def redeem(agent: "Agent", body: dict, idempotency_key: str | None) -> campaigns.Answer:
+def redeem(agent: "AgentPort", body: dict, idempotency_key: str | None) -> campaigns.Answer:
     """Check and burn one code in one transaction; see ``campaigns.redeem_answer``."""
     code = campaigns.normalize_code(_string(body, "code", required=True))
     till, currency = _string(body, "till"), _string(body, "currency")
@@ -127,11 +127,11 @@ def redeem(agent: "Agent", body: dict, idempotency_key: str | None) -> campaigns
     agent.metrics.redemptions.inc(pid, answer.outcome)
     agent.metrics.conversions.inc(pid)
     if promo is not None:
-        agent.pipeline.update_budget_gauge(promo)
+        agent.pipeline.offering.update_budget_gauge(promo)
     return answer
 
 
-def purchase(agent: "Agent", body: dict, idempotency_key: str | None = None) -> dict[str, Any]:
+def purchase(agent: "AgentPort", body: dict, idempotency_key: str | None = None) -> dict[str, Any]:
     """Record a basket and attribute it to the person's offers and would-offers
     of the last ``[offers] attribution_window_s`` whose skus meet it.  A retry
     with the ``Idempotency-Key`` of a recorded purchase gets its answer again
@@ -217,7 +217,7 @@ def setup_routes(app: web.Application, agent_key: web.AppKey, require_admin: Cal
             require_admin(request)
             agent = request.app[agent_key]
             pid = request.match_info["id"]
-            if not agent.touch().set_paused(pid, paused, agent.clock()):
+            if not agent.touch().offering.set_paused(pid, paused, agent.clock()):
                 return web.json_response({"error": "unknown_promotion"}, status=404)
             if not agent.commit():  # not on disk: not in force either (the shell undid it)
                 raise web.HTTPServiceUnavailable(text="storage unavailable; nothing changed, retry\n")
@@ -226,7 +226,7 @@ def setup_routes(app: web.Application, agent_key: web.AppKey, require_admin: Cal
         return handler
 
     async def get_report(request: web.Request) -> web.Response:
-        from edge_agent.commands.audit import AuditError, parse_since
+        from edge_agent.storage.ledger import AuditError, parse_since
 
         require_admin(request)
         agent = request.app[agent_key]

@@ -34,14 +34,17 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from .codecs import PayloadError, decode_object
-from .effects import Notice, Publish
+from geometry.schedule import Tracks
+from store_config.model import Consent, Profile, StoreConfig
+
+from .codecs import Message, PayloadError, decode_object
+from .effects import Effects, Notice, Publish
+from .state import Runtime
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edge_agent.transport.mqtt import Message
-    from . import Pipeline
+    from ..metrics import Metrics
 
 log = logging.getLogger("edge_agent.pipeline.alerts")
 
@@ -85,10 +88,36 @@ class Alert:
                 "audience": list(self.audiences), "zone_name": zone_name or self.zone}
 
 
+class AlertHost(Protocol):
+    """What alerts use of the pipeline (their door): the config, the trackers,
+    consent and pseudonyms, the effects they add to, the counters and the
+    time of the current call."""
+
+    fx: Effects
+    metrics: "Metrics"
+    wall: float
+
+    @property
+    def cfg(self) -> StoreConfig: ...
+
+    @property
+    def rt(self) -> Runtime: ...
+
+    @property
+    def root(self) -> str: ...
+
+    @property
+    def tracks(self) -> Tracks: ...
+
+    def pseudonym(self, device: str) -> str: ...
+
+    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]: ...
+
+
 class AlertManager:
     """Alerts of one agent.  Call only from the agent's loop thread."""
 
-    def __init__(self, agent: "Pipeline"):
+    def __init__(self, agent: AlertHost):
         self.agent = agent  # the pipeline: config, consent, trackers, and the effects alerts add to
         self.alerts: dict[str, Alert] = {}
         self._seen: dict[tuple[str, str], float] = {}  # (kind, shopper pseudonym | sku) -> last raised
@@ -301,7 +330,7 @@ class AlertManager:
             del self.alerts[next(iter(self.alerts))]
 
     # -- MQTT claims: {R}/alert/claim {"alert_id", "associate"}
-    def on_claim_message(self, m: "Message") -> None:
+    def on_claim_message(self, m: Message) -> None:
         obj = decode_object(m.payload, max_bytes=4096)
         alert_id, associate = obj.get("alert_id"), obj.get("associate")
         if not isinstance(alert_id, str) or not valid_associate(associate):

@@ -14,7 +14,7 @@ import html
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import msgpack
 import orjson
@@ -26,6 +26,16 @@ MAX_COORD_M = 100_000.0  # a local coordinate beyond 100 km is not in a store
 MAX_ACC_M = 100_000.0
 MAX_BEACONS = 64
 MAX_DEVICE_LEN = 128  # longer ids could not be named in a forget or export URL
+
+
+class Message(Protocol):
+    """A transport message as the pipeline reads it (``transport.mqtt.Message`` is one)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    received: float
+    retain: bool
 
 
 class PayloadError(EdgeError):
@@ -269,3 +279,34 @@ def owntracks_cmd(device: str, offer: Mapping[str, Any]) -> tuple[str, dict[str,
     content += f"<p><small>Offer {esc(offer['offer_id'])}</small></p>"
     return f"owntracks/{user}/{dev}/cmd", {"_type": "cmd", "action": "action", "notification": offer["title"],
                                           "content": content, "tst": int(offer["ts"])}
+
+
+# -- a message's topic and payload to a ping (the pipeline's routes)
+def decode_topic_ping(m: Message, rest: str, root: str, cfg: Any) -> Ping:
+    """``{root}/ping/{source}/{device}`` (``rest`` is the topic after ``root/``):
+    the topic checked, the payload decoded and parsed."""
+    parts = rest.split("/")
+    if len(parts) != 3 or not parts[2]:
+        raise PayloadError("topic", f"ping topic must be {root}/ping/{{source}}/{{device}} "
+                                    f"({len(parts) + 2} levels after the store id, got {len(parts)})")
+    source, device = parts[1], check_device(parts[2])
+    if source not in SOURCES:
+        raise PayloadError("unknown_source", f"source {source!r}")
+    obj = decode_object(m.payload, max_bytes=cfg.ingest.max_payload_bytes)
+    claimed = obj.get("device")
+    if claimed is not None and claimed != device:
+        raise PayloadError("device_mismatch", "payload device differs from the topic's")
+    ping = parse_ping(obj, device=device, source=source, received=m.received,
+                      max_future_skew_s=cfg.tracking.max_future_skew_s)
+    ping.raw = m.payload  # kept for a dead letter after positioning (e.g. no known beacon)
+    return ping
+
+
+def decode_owntracks_topic(m: Message, cfg: Any) -> Ping | None:
+    """``owntracks/{user}/{device}``: an OwnTracks location (None for its other subtopics)."""
+    parts = m.topic.split("/")
+    if len(parts) != 3:
+        return None  # owntracks/+/+ only; cmd/event subtopics are not pings
+    obj = decode_object(m.payload, max_bytes=cfg.ingest.max_payload_bytes)
+    return parse_owntracks(obj, user=parts[1], device=parts[2], received=m.received,
+                           max_future_skew_s=cfg.tracking.max_future_skew_s)

@@ -17,26 +17,60 @@ shell only after their effects are committed.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from store_config.model import Consent, StoreConfig
+from store_config.model import Consent, Profile, StoreConfig
 
 from . import codecs
 from .codecs import PayloadError
-from .effects import Action, Code, ConsentRow, Forget, InventoryRow, Publish
+from .alerts import AlertManager
+from .codecs import Message
+from .effects import Action, Code, ConsentRow, Effects, Forget, InventoryRow, Publish
+from .floor import Floor
 from .ids import new_code
+from .offering import Offering
+from .state import State
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core import Message, Pipeline
+    from ..metrics import Metrics
 
 INVENTORY_MAX_BYTES = 1 << 20
 MAX_QTY = 10**9  # beyond any shelf, and within SQLite's 64-bit integers
 
 
+class Offers(Protocol):
+    """Read access to the offer ledger (actions check the offer they name)."""
+
+    def get_offer(self, offer_id: str) -> Any: ...
+
+
+class ControlHost(Protocol):
+    """What actions, consent and inventory use of the pipeline (their door)."""
+
+    state: State
+    fx: Effects
+    metrics: "Metrics"
+    offers: Offers
+    alerts: AlertManager
+    floor: Floor
+    offering: Offering
+    wall: float
+
+    @property
+    def cfg(self) -> StoreConfig: ...
+
+    @property
+    def root(self) -> str: ...
+
+    def pseudonym(self, device: str) -> str: ...
+
+    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]: ...
+
+
 class Control:
     """Actions, consent and inventory of one pipeline."""
 
-    def __init__(self, pipeline: "Pipeline"):
+    def __init__(self, pipeline: ControlHost):
         self.p = pipeline
         self.codes: dict[str, str] = {}  # codes drawn in this batch, not committed yet (cleared by take)
 
@@ -76,7 +110,7 @@ class Control:
             fx.rows.append(Action(offer_id, "dismiss", now))
             fx.event("dismissal", now, pseudo, person=self.p.state.person_for(device), offer_id=offer_id,
                      promotion_id=row.promotion_id, variant=row.payload.get("variant"))
-            self.p.count_dismissal(row.promotion_id, now)
+            self.p.offering.count_dismissal(row.promotion_id, now)
 
     def on_consent(self, m: Message, device: str) -> None:
         obj = codecs.decode_object(m.payload, max_bytes=self.p.cfg.ingest.max_payload_bytes)
@@ -169,3 +203,32 @@ class Control:
             self.p.alerts.on_inventory(sku, st.inv_view.get(sku), qty)
             st.set_inventory(sku, qty, ts)
             self.p.fx.rows.append(InventoryRow(sku, qty, ts))
+
+    def merge_inventory(self, items, ts: float | None, now: float) -> list[str]:
+        """Take ``{sku: qty}`` as of ``ts`` (newest wins); ``ts=None`` only fills
+        skus not known yet.  A promoted sku run out raises ``stock_out``."""
+        self.p.wall = now
+        taken = []
+        for sku, before, qty in self.p.state.newer_inventory(items, ts):
+            self.p.alerts.on_inventory(sku, before, qty)
+            taken.append(sku)
+        return taken
+
+    def forget(self, device: str) -> dict[str, int | str]:
+        """Forget a device: drop its live state (tracker, offer history, consent
+        override) and ask the store to delete every row carrying its pseudonym;
+        then one ``forget`` event (pseudonym only) tells central to erase its copy.
+        Returns the pseudonym and what was dropped from memory."""
+        st = self.p.state
+        pseudo = st.pseudonym(device)
+        person = st.person_for(device)
+        dropped = {"device": pseudo, "tracks": int(st.tracks.get(device) is not None),
+                   "histories": int(st.histories.pop(pseudo, None) is not None),
+                   "consent_live": int(st.consents.pop(pseudo, None) is not None)}
+        st.histories.pop(person, None)  # the person's cooldowns and caps (campaigns key on the person)
+        st.drop_device(device)
+        self.p.floor.drop(device)
+        self.p.fx.rows.append(Forget(pseudo, full=True, person=person))
+        self.p.floor.drop_orders(person, pseudo)  # the store deletes their rows (and counts them)
+        self.p.fx.event("forget", self.p.wall, pseudo)  # after the Forget row: the store keeps this one
+        return dropped

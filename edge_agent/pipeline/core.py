@@ -23,9 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from dataclasses import replace
-from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -34,24 +32,16 @@ from geometry.tracking import Entered, Exited
 from store_config.model import StoreConfig
 
 from . import codecs
-from . import campaigns
 from .alerts import AlertManager
-from .codecs import PayloadError, Ping
-from .decisions import decide
+from .codecs import Message, PayloadError, Ping
 from .guard import shed_stale
 from .floor import Floor
-from .control import Control
-from .ids import new_offer_id
+from .control import Control, Offers
+from .offering import Offering
 from .effects import (
-    Audit,
     Effects,
-    Exposure,
-    Forget,
     Notice,
-    OfferOut,
-    OfferRow,
     PauseRow,
-    PromoCount,
     Publish,
 )
 from .state import Runtime, State, build_runtime
@@ -74,20 +64,6 @@ def _where(exc: BaseException) -> str:
 
 
 
-class Offers(Protocol):
-    """Read access to the offer ledger (actions check the offer they name)."""
-
-    def get_offer(self, offer_id: str) -> Any: ...
-
-
-class Message(Protocol):
-    topic: str
-    payload: bytes
-    qos: int
-    received: float
-    retain: bool
-
-
 Route = Callable[[Any], list[Ping]]
 
 
@@ -104,6 +80,7 @@ class Pipeline:
         self.alerts = AlertManager(self)
         self.control = Control(self)  # actions, consent, inventory
         self.floor = Floor(self)  # occupancy, crowding, queues, pickups, visits (pipeline/floor.py)
+        self.offering = Offering(self)  # decisions after a transition, campaign counters (pipeline/offering.py)
 
     # -- what alerts and adapters read
     @property
@@ -147,16 +124,6 @@ class Pipeline:
         for pid in self.state.campaign.file_flags_changed(old.promotions, cfg.promotions):
             self.fx.rows.append(PauseRow(pid, None, now))  # the file's newer word wins over the admin's
 
-    def merge_inventory(self, items, ts: float | None, now: float) -> list[str]:
-        """Take ``{sku: qty}`` as of ``ts`` (newest wins); ``ts=None`` only fills
-        skus not known yet.  A promoted sku run out raises ``stock_out``."""
-        self.wall = now
-        taken = []
-        for sku, before, qty in self.state.newer_inventory(items, ts):
-            self.alerts.on_inventory(sku, before, qty)
-            taken.append(sku)
-        return taken
-
     # -- the batch step
     def step(self, msgs: Sequence[Message], now: float) -> Effects:
         """Handle one batch of transport messages received by ``now``.  Each
@@ -192,7 +159,7 @@ class Pipeline:
         elif m.topic.startswith(root):
             rest = m.topic[len(root):]
             if rest.startswith("ping/"):
-                ping = self._decode_ping(m, rest)
+                ping = codecs.decode_topic_ping(m, rest, self.root, self.cfg)
                 if ping is not None and not (m.retain and self._stale_retained(ping)):
                     pings.append(ping)
             elif rest.startswith("action/"):
@@ -210,7 +177,7 @@ class Pipeline:
             else:
                 fx.acks.append(m)
         elif m.topic.startswith("owntracks/"):
-            ping = self._decode_owntracks(m)
+            ping = codecs.decode_owntracks_topic(m, self.cfg)
             if ping is not None and not (m.retain and self._stale_retained(ping)):
                 pings.append(ping)
 
@@ -267,34 +234,6 @@ class Pipeline:
             self._internal(exc)
             self._dead_ping(pings[0], "internal", type(exc).__name__)
 
-    # -- decoding
-    def _decode_ping(self, m: Message, rest: str) -> Ping | None:
-        parts = rest.split("/")
-        if len(parts) != 3 or not parts[2]:
-            raise PayloadError("topic", f"ping topic must be {self.root}/ping/{{source}}/{{device}} "
-                                        f"({len(parts) + 2} levels after the store id, got {len(parts)})")
-        source, device = parts[1], codecs.check_device(parts[2])
-        if source not in codecs.SOURCES:
-            raise PayloadError("unknown_source", f"source {source!r}")
-        cfg = self.cfg
-        obj = codecs.decode_object(m.payload, max_bytes=cfg.ingest.max_payload_bytes)
-        claimed = obj.get("device")
-        if claimed is not None and claimed != device:
-            raise PayloadError("device_mismatch", "payload device differs from the topic's")
-        ping = codecs.parse_ping(obj, device=device, source=source, received=m.received,
-                                 max_future_skew_s=cfg.tracking.max_future_skew_s)
-        ping.raw = m.payload  # kept for a dead letter after positioning (e.g. no known beacon)
-        return ping
-
-    def _decode_owntracks(self, m: Message) -> Ping | None:
-        parts = m.topic.split("/")
-        if len(parts) != 3:
-            return None  # owntracks/+/+ only; cmd/event subtopics are not pings
-        cfg = self.cfg
-        obj = codecs.decode_object(m.payload, max_bytes=cfg.ingest.max_payload_bytes)
-        return codecs.parse_owntracks(obj, user=parts[1], device=parts[2], received=m.received,
-                                      max_future_skew_s=cfg.tracking.max_future_skew_s)
-
     def _stale_retained(self, ping: Ping) -> bool:
         """A retained ping is the broker's memory of an old position (the
         OwnTracks app, for one, publishes locations retained). Use it only when
@@ -306,6 +245,57 @@ class Pipeline:
 
     # -- pings
     def _process_pings(self, pings: list[Ping]) -> None:
+        st = self.state
+        rt = st.rt
+        cfg = rt.cfg
+        xs, ys, floors, accs, ok, fusible = self._position(pings)
+        sel = np.flatnonzero(ok)
+        ping_clock = cfg.tracking.clock == "ping"
+        times = np.array([((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
+                          for p in (pings[i] for i in sel)], dtype=float)
+        matches, eff_acc, coarse = self._classify(pings, sel, xs, ys, floors, accs, fusible, times)
+        guard = st.guard
+        tracks = st.tracks
+        params = rt.params
+        fx = self.fx
+        for j, i in enumerate(sel):  # each ping's tracking, alerts and decisions on its own
+            p = pings[i]
+            mark = fx.mark()
+            try:
+                self.metrics.pings.inc(p.source)
+                now = float(times[j])
+                if ping_clock and now > st.sim_now:
+                    st.sim_now = now
+                spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts,
+                                    p.mock)
+                if spoof is not None:
+                    self.metrics.spoofed.inc(spoof)
+                    continue
+                track = tracks.get(p.device)
+                if track is not None and now < track.last_seen:
+                    continue  # out of order: an older ping never undoes a newer one
+                fresh = track is None or now - track.last_seen > rt.params.timeout_s
+                if fresh:
+                    # A new visit (first ping, or the first after a silence timeout).
+                    h = st.histories.get(st.person_for(p.device))
+                    if h is not None:
+                        h.visit_count = 0
+                step_params = params if coarse is None or not coarse[j] else rt.fused_params
+                events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
+                if fresh:
+                    self.floor.on_visit(p.device, track, tracks.get(p.device), now)
+                if events:
+                    self.on_transitions(p.device, events, p.received, now)
+            except self.shell_errors:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this ping only
+                fx.rollback(mark)
+                self._internal(exc)
+                self._dead_ping(p, "internal", type(exc).__name__)
+
+    def _position(self, pings: list[Ping]):
+        """Each ping's position in the store's frame: x/y as sent, lon/lat projected,
+        BLE sightings located; what cannot be placed becomes a dead letter (``ok`` false)."""
         st = self.state
         rt = st.rt
         cfg = rt.cfg
@@ -368,10 +358,13 @@ class Pipeline:
         scale = cfg.tracking.acc_scale
         if scale:  # [tracking.acc_scale]: a source's acc calibrated from a survey or its fixes' spread
             accs *= np.fromiter((scale.get(p.source, 1.0) for p in pings), dtype=float, count=n)
-        sel = np.flatnonzero(ok)
-        ping_clock = cfg.tracking.clock == "ping"
-        times = np.array([((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
-                          for p in (pings[i] for i in sel)], dtype=float)
+        return xs, ys, floors, accs, ok, fusible
+
+    def _classify(self, pings: list[Ping], sel, xs, ys, floors, accs, fusible, times):
+        """The selected pings' fence matches: precise fixes judged as they came,
+        coarse ones through each device's fused estimate."""
+        st = self.state
+        rt = st.rt
         # Only coarse fixes go to the filter: a precise one (UWB, a check-in: acc <= precise_acc)
         # is judged as it came, at no extra cost, and leaves the device's estimate as it was.
         # Every coarse fix does: judged alone, a coarse fix near an edge holds a device in a zone
@@ -401,44 +394,7 @@ class Pipeline:
             matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
             eff_acc = accs[sel]
             coarse = None
-        guard = st.guard
-        tracks = st.tracks
-        params = rt.params
-        fx = self.fx
-        for j, i in enumerate(sel):  # each ping's tracking, alerts and decisions on its own
-            p = pings[i]
-            mark = fx.mark()
-            try:
-                self.metrics.pings.inc(p.source)
-                now = float(times[j])
-                if ping_clock and now > st.sim_now:
-                    st.sim_now = now
-                spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts,
-                                    p.mock)
-                if spoof is not None:
-                    self.metrics.spoofed.inc(spoof)
-                    continue
-                track = tracks.get(p.device)
-                if track is not None and now < track.last_seen:
-                    continue  # out of order: an older ping never undoes a newer one
-                fresh = track is None or now - track.last_seen > rt.params.timeout_s
-                if fresh:
-                    # A new visit (first ping, or the first after a silence timeout).
-                    h = st.histories.get(st.person_for(p.device))
-                    if h is not None:
-                        h.visit_count = 0
-                step_params = params if coarse is None or not coarse[j] else rt.fused_params
-                events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
-                if fresh:
-                    self.floor.on_visit(p.device, track, tracks.get(p.device), now)
-                if events:
-                    self.on_transitions(p.device, events, p.received, now)
-            except self.shell_errors:
-                raise
-            except Exception as exc:  # noqa: BLE001 - this ping only
-                fx.rollback(mark)
-                self._internal(exc)
-                self._dead_ping(p, "internal", type(exc).__name__)
+        return matches, eff_acc, coarse
 
     def _dead_ping(self, p: Ping, reason: str, detail: str) -> None:
         payload = p.raw if p.raw is not None else json.dumps({"device": p.device, "source": p.source}).encode()
@@ -491,73 +447,7 @@ class Pipeline:
             fence = rt.fences.get(ev.fence)
             if fence is not None:  # associates' alerts: vip_arrival on enter, assist on long presence
                 (self.alerts.on_enter if kind == "enter" else self.alerts.on_dwell)(device, pseudo, fence, now)
-            candidates = rt.promos.get(ev.fence, ())
-            if fence is None or not candidates:
-                continue
-            history = st.history(person)
-            before = (dict(history.last_by_promo), history.visit_count, history.last_offer_ts, history.day,
-                      history.day_count)
-            outcome = decide(trigger=kind, fence=fence, candidates=candidates, profile=profile, consent=consent,
-                             history=history, inventory=st.inv_view, now=now, tz=rt.tz,
-                             offers=cfg.offers, holdout=lambda pid: st.fraction(person, pid),
-                             stopped=st.campaign.stopped,
-                             global_holdout=st.fraction(person, "*global*") if cfg.offers.global_holdout_pct else None,
-                             scores=cfg.scores, rand=st.rng.random)
-            if outcome.offer is not None or outcome.would_offer is not None:
-                fx.undo.append(partial(_restore_history, history, before))  # not committed: never happened
-            self._outcome(device, pseudo, kind, fence, outcome, received, now, tracking=consent.tracking,
-                          person=person, segments=profile.segments if profile is not None else ())
-
-    def _outcome(self, device: str, pseudo: str, trigger: str, fence, outcome, received: float, now: float,
-                 *, tracking: bool, person: str, segments: tuple[str, ...] = ()) -> None:
-        fx = self.fx
-        # what central needs to evaluate another policy offline (inverse propensity weighting)
-        policy = {"model": outcome.model, "propensity": outcome.propensity}
-        if outcome.model is not None:
-            policy["allowed"] = list(outcome.allowed)
-            policy["segments"] = list(segments)
-        promo = outcome.promotion  # the winner, offered or held out: its variant is the person's
-        variant = (campaigns.variant_for(promo.variants, self.state.fraction(person, promo.id, "*variant*"))
-                   if promo is not None and promo.variants else None)
-        vid = variant.id if variant is not None else None
-        audit = []
-        # Without tracking consent no zone of the device is stored or sent with a
-        # suppression (the promotion and the reason still are).
-        where = fence.id if tracking else None
-        for d in outcome.decisions:
-            self.metrics.decisions.inc(d.outcome, d.reason)
-            audit.append(Audit(now, pseudo, trigger, where, d.promotion_id, d.outcome, d.reason))
-            if d.outcome == "suppressed" and d.reason != "outranked":
-                if d.reason in campaigns.HOLDOUT_REASONS:  # the control group: what it would have got
-                    fx.event("would_offer", now, pseudo, person=person, promotion_id=d.promotion_id, zone=where,
-                             reason=d.reason, variant=vid, **policy)
-                    fx.rows.append(Exposure(now, person, pseudo, d.promotion_id, vid, d.reason))
-                else:
-                    fx.event("suppressed", now, pseudo, person=person, promotion_id=d.promotion_id, zone=where,
-                             reason=d.reason)
-        if outcome.offer is not None:
-            d = outcome.offer
-            offer_id = new_offer_id()
-            expires = now + self.cfg.offers.ttl_s
-            title, message = campaigns.offer_text(promo, variant)
-            payload = {"offer_id": offer_id, "promotion_id": promo.id, "zone": fence.id, "title": title,
-                       "message": message, "sku": d.sku, "ts": now, "expires": expires}
-            if variant is not None:
-                payload["variant"] = vid
-            if d.alternative_zone:
-                payload["alternative_zone"] = d.alternative_zone
-            # the offer row holds its zone whatever the consent, so its audit row may too
-            audit[-1] = replace(audit[-1], offer_id=offer_id, zone=fence.id)
-            fx.rows.append(OfferRow(offer_id, pseudo, promo.id, fence.id, now, expires, payload,
-                                    topic_device=device))  # sealed by the store, for a re-send
-            fx.rows.append(Exposure(now, person, pseudo, promo.id, vid, "offered", offer_id))
-            self.count_offer(promo)
-            fx.event("offer", now, pseudo, person=person, offer_id=offer_id, promotion_id=promo.id, zone=fence.id,
-                     sku=d.sku, alternative_zone=d.alternative_zone, variant=vid, **policy)
-            fx.offers.append(OfferOut(device, payload, received))
-            fx.notices.append(Notice("offer", {"device": pseudo, **payload}))
-            self.alerts.on_offer(device, pseudo, promo, fence.id, now)
-        fx.rows.extend(audit)
+            self.offering.decide(device, pseudo, person, profile, consent, kind, fence, received, now)
 
     # -- dead letters
     def deadletter(self, topic: str, payload: bytes, received: float, reason: str, detail: str = "", *,
@@ -568,89 +458,10 @@ class Pipeline:
             "payload_b64": base64.b64encode(payload[:65536]).decode()}, 0))
         self.fx.event("deadletter", received, self.pseudonym(device) if device else None, reason=reason)
 
-    # -- campaigns: budgets and pause (the state lives in ``campaigns.CampaignState``)
-    def count_offer(self, promo) -> None:
-        c = self.state.campaign
-        c.offers[promo.id] = c.offers.get(promo.id, 0) + 1
-        self.fx.rows.append(PromoCount(promo.id, offers=1))
-        self.fx.undo.append(partial(self._uncount_offer, promo))
-        self.update_budget_gauge(promo)
-
-    def _uncount_offer(self, promo) -> None:
-        c = self.state.campaign
-        c.offers[promo.id] = c.offers.get(promo.id, 1) - 1
-        self.update_budget_gauge(promo)
-
-    def count_dismissal(self, promotion_id: str, now: float) -> None:
-        """A dismissed offer: counted, and the promotion's guardrail checked; past it
-        the promotion pauses itself (reason ``guardrail``) and the managers hear why."""
-        c = self.state.campaign
-        c.dismissals[promotion_id] = c.dismissals.get(promotion_id, 0) + 1
-        self.fx.rows.append(PromoCount(promotion_id, dismissals=1))
-        promo = next((p for p in self.cfg.promotions if p.id == promotion_id), None)
-        rate = c.guardrail_tripped(promo) if promo is not None else None
-        if rate is None:
-            return
-        c.paused[promotion_id] = True
-        c.pause_reason[promotion_id] = "guardrail"
-        self.fx.rows.append(PauseRow(promotion_id, True, now, "guardrail"))
-        n = c.offers.get(promotion_id, 0)
-        self.fx.event("guardrail", now, None, promotion_id=promotion_id, dismiss_rate=round(rate, 4),
-                      exposures=n, dismissals=c.dismissals[promotion_id],
-                      max_dismiss_rate=promo.guardrails.max_dismiss_rate)
-        self.alerts.raise_alert(
-            "guardrail", promo.zones[0] if promo.zones else None, None,
-            f"“{promo.title}” paused itself: {100 * rate:.0f} % of its {n} offers were dismissed "
-            f"(limit {100 * promo.guardrails.max_dismiss_rate:.0f} %). Resume it from the admin endpoint.",
-            None, audiences=("manager",), promotion_id=promotion_id, dismiss_rate=round(rate, 4))
-
-    def update_budget_gauge(self, promo) -> None:
-        left = self.state.campaign.remaining(promo)
-        if left is not None:
-            self.metrics.budget_remaining.set(left, promo.id)
-
-    def set_paused(self, promotion_id: str, paused: bool, now: float) -> bool:
-        """Pause or resume a promotion from the next decision on (False: unknown id)."""
-        if not any(p.id == promotion_id for p in self.cfg.promotions):
-            return False
-        paused_map, reasons = self.state.campaign.paused, self.state.campaign.pause_reason
-        was, was_reason = paused_map.get(promotion_id), reasons.pop(promotion_id, None)  # the admin's word
-        paused_map[promotion_id] = paused
-        self.fx.rows.append(PauseRow(promotion_id, paused, now))
-
-        def undo() -> None:
-            if was is None:
-                paused_map.pop(promotion_id, None)
-            else:
-                paused_map[promotion_id] = was
-            if was_reason is not None:
-                reasons[promotion_id] = was_reason
-        self.fx.undo.append(undo)
-        return True
-
     # -- admin
     def forget(self, device: str) -> dict[str, int | str]:
-        """Forget a device: drop its live state (tracker, offer history, consent
-        override) and ask the store to delete every row carrying its pseudonym;
-        then one ``forget`` event (pseudonym only) tells central to erase its copy.
-        Returns the pseudonym and what was dropped from memory."""
-        st = self.state
-        pseudo = st.pseudonym(device)
-        person = st.person_for(device)
-        dropped = {"device": pseudo, "tracks": int(st.tracks.get(device) is not None),
-                   "histories": int(st.histories.pop(pseudo, None) is not None),
-                   "consent_live": int(st.consents.pop(pseudo, None) is not None)}
-        st.histories.pop(person, None)  # the person's cooldowns and caps (campaigns key on the person)
-        st.drop_device(device)
-        self.floor.drop(device)
-        self.fx.rows.append(Forget(pseudo, full=True, person=person))
-        self.floor.drop_orders(person, pseudo)  # the store deletes their rows (and counts them)
-        self.fx.event("forget", self.wall, pseudo)  # after the Forget row: the store keeps this one
-        return dropped
-
-
-def _restore_history(h, saved) -> None:
-    h.last_by_promo, h.visit_count, h.last_offer_ts, h.day, h.day_count = saved
+        """Forget a device (see :meth:`Control.forget`)."""
+        return self.control.forget(device)
 
 
 def topic_device(topic: str) -> str | None:

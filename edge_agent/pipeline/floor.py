@@ -52,19 +52,47 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from geometry.tracking import Entered, Exited
 
-from .effects import Notice, PickupGone, PickupRow, Publish
+from store_config.model import Consent, Profile, StoreConfig
+
+from .alerts import Alert, AlertManager
+from .effects import Effects, Notice, PickupGone, PickupRow, Publish
+from .state import Runtime, State
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .alerts import Alert
-    from .core import Pipeline
+    from ..metrics import Metrics
 
 BUSY = 0.8  # busy from 80 % of capacity; crowding and queue alerts resolve below it
 CLASSES = ("bounce", "visit", "engaged")
 HOUR = 3600.0
+
+
+class FloorHost(Protocol):
+    """What the floor uses of the pipeline (its door): state and config, the
+    alerts it raises and resolves, the effects it adds to, the counters, the
+    time of the current call, consent and pseudonyms."""
+
+    state: State
+    fx: Effects
+    metrics: "Metrics"
+    alerts: AlertManager
+    wall: float
+
+    @property
+    def cfg(self) -> StoreConfig: ...
+
+    @property
+    def rt(self) -> Runtime: ...
+
+    @property
+    def root(self) -> str: ...
+
+    def pseudonym(self, device: str) -> str: ...
+
+    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]: ...
 
 
 @dataclass(slots=True)
@@ -116,7 +144,7 @@ def visit_class(length: float, visit_s: float, engaged_s: float) -> str:
 class Floor:
     """The floor of one store.  Call only from the agent's loop thread."""
 
-    def __init__(self, pipeline: "Pipeline"):
+    def __init__(self, pipeline: FloorHost):
         self.p = pipeline
         self.counts: dict[str, int] = {}  # fence id -> devices inside (no staff)
         self.where: dict[str, set[str]] = {}  # raw device -> fences it is counted in (memory only)

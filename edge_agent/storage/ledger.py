@@ -18,8 +18,10 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
+from zoneinfo import ZoneInfo
 
 from sync.outbox import Event, Outbox
 from sync.schema import migrate
@@ -258,3 +260,23 @@ def read_audit(conn: sqlite3.Connection, *, device: str | None, since: float, li
     q += " ORDER BY id LIMIT ?"
     args.append(limit)
     return [dict(zip(AUDIT_COLUMNS, r)) for r in conn.execute(q, args).fetchall()]
+
+
+# -- reading the audit trail (``edge-agent audit`` and ``GET /v1/admin/audit``)
+class AuditError(Exception):
+    """The audit trail cannot be read (missing files, bad arguments)."""
+
+
+def parse_since(value: str, tz: ZoneInfo) -> float:
+    """Epoch seconds, or ISO 8601 (store time when it has no offset)."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise AuditError(f"--since {value!r} is neither epoch seconds nor ISO 8601 (e.g. 2026-11-22T08:00)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=tz)
+    return dt.timestamp()

@@ -21,7 +21,7 @@ Three things here keep that promise where the pseudonym is not enough:
 * **The right of access** (:func:`export`): everything kept about a
   pseudonym, as plain JSON-able data.
 
-The HTTP routes (:func:`add_routes`) are the admin's door to both.
+The HTTP routes (``edge_agent.http.privacy``) are the admin's door to both.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ import json
 import secrets
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sync.pseudonym import load_or_create_secret
 
-__all__ = ["TopicSealer", "TOPIC_KEY_FILE", "erase", "export", "add_routes"]
+__all__ = ["TopicSealer", "TOPIC_KEY_FILE", "erase", "export"]
 
 TOPIC_KEY_FILE = "topic.key"
 _NONCE = 12
@@ -131,32 +131,3 @@ def export(conn: sqlite3.Connection, pseudo: str) -> dict[str, Any]:
 
 
 # -- HTTP (admin token) ---------------------------------------------------------------------------
-
-def add_routes(app, agent_key, require_admin: Callable) -> None:
-    """``DELETE /v1/admin/devices/{device}`` and ``GET /v1/admin/devices/{device}/export``."""
-    from dataclasses import asdict
-
-    from aiohttp import web
-
-    async def forget(request: web.Request) -> web.Response:
-        require_admin(request)
-        agent = request.app[agent_key]
-        removed = agent.forget(request.match_info["device"])
-        if removed is None:
-            raise web.HTTPServiceUnavailable(text="storage unavailable; nothing was forgotten, retry\n")
-        pseudo = removed.pop("device")
-        return web.json_response({"device": pseudo, "forgotten": pseudo, "removed": removed})
-
-    async def export_(request: web.Request) -> web.Response:
-        require_admin(request)
-        agent = request.app[agent_key]
-        device = request.match_info["device"]
-        pseudo = agent.pseudonym(device)
-        body = export(agent.ledger.conn, pseudo)
-        profile, consent = agent.consent_for(device, pseudo)
-        body["effective_consent"] = {"offers": consent.offers, "tracking": consent.tracking}
-        body["profile"] = asdict(profile) if profile is not None else None
-        return web.json_response(body, dumps=lambda o: json.dumps(o, default=list))
-
-    app.router.add_delete("/v1/admin/devices/{device}", forget)
-    app.router.add_get("/v1/admin/devices/{device}/export", export_)

@@ -5,7 +5,7 @@ commit in one transaction before the offer is published.  Each owner keeps
 its own tables and migrations (``sync.schema``): the offer ledger and audit
 trail (:class:`~edge_agent.storage.ledger.Ledger`), the outbox
 (:class:`~sync.outbox.Outbox`), the push webhook's queue
-(:class:`~edge_agent.transport.webhook.DeliveryTable`), the campaign tables
+(:class:`~edge_agent.storage.delivery.DeliveryTable`), the campaign tables
 (:class:`~edge_agent.storage.campaigns.CampaignTables`), and here consent
 overrides and inventory.
 :meth:`Store.apply` writes a pipeline step's rows with plain ``executemany``
@@ -25,7 +25,7 @@ from typing import Iterable
 from store_config.model import Consent, EdgeError
 from sync.schema import migrate
 
-from edge_agent.transport.webhook import DeliveryTable
+from edge_agent.storage.delivery import DeliveryTable
 from .campaigns import CampaignTables
 from .ledger import Ledger
 from edge_agent.pipeline import effects as fx
@@ -104,7 +104,7 @@ class Store:
         self.sealer = sealer  # None: offers are stored without their topic (never re-sent after a restart)
         self.consent = ConsentTable(ledger.conn)
         self.inventory = InventoryTable(ledger.conn)
-        self.delivery = DeliveryTable(ledger.conn)  # the push webhook's queue (edge_agent/delivery.py)
+        self.delivery = DeliveryTable(ledger.conn)  # the push webhook's queue (storage/delivery.py)
         self.campaigns = CampaignTables(ledger.conn)
         self.pickups = PickupTable(ledger.conn)  # click-and-collect orders (pipeline/floor.py)
         self.forgotten: dict[str, dict[str, int]] = {}  # pseudonym -> rows deleted by a full Forget

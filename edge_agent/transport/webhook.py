@@ -35,27 +35,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import os
 import random
-import sqlite3
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import aiohttp
-from aiohttp import web
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sync.pseudonym import load_or_create_secret
-from sync.schema import migrate
 
 from edge_agent.pipeline.effects import Effects, Forget
 
+from edge_agent.storage.delivery import DeliveryTable, Row
+from edge_agent.storage.ledger import Ledger
+from edge_agent.storage.store import Store
+from store_config.model import StoreConfig
+
 if TYPE_CHECKING:  # pragma: no cover
-    from edge_agent.service import Agent
+    from edge_agent.metrics import Metrics
 
 log = logging.getLogger("edge_agent.transport.webhook")
 
@@ -64,88 +64,35 @@ RETRY_STATUSES = frozenset({408, 425, 429})
 MAX_BACKOFF_S = 30.0
 CONCURRENCY = 16
 
-MIGRATIONS: dict[int, str] = {1: """
-CREATE TABLE IF NOT EXISTS delivery (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    device TEXT NOT NULL,
-    device_enc BLOB NOT NULL,
-    payload TEXT NOT NULL,
-    ts REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    aside INTEGER NOT NULL DEFAULT 0,
-    status INTEGER,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS delivery_waiting ON delivery(aside, seq);
-CREATE INDEX IF NOT EXISTS delivery_device ON delivery(device);
-"""}
-
-
-@dataclass(slots=True)
-class Row:
-    seq: int
-    key: str
-    kind: str  # "offer" | "notice": the topic level
-    device_enc: bytes
-    payload: str
-
-
-class DeliveryTable:
-    """The webhook's queue, on the ledger's connection (the caller owns transactions)."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-        migrate(conn, "delivery", MIGRATIONS)
-
-    def put(self, rows: list[tuple]) -> None:
-        """rows: (key, kind, device pseudonym, encrypted raw id, payload JSON, ts); a known key is ignored."""
-        self.conn.executemany("INSERT OR IGNORE INTO delivery(key, kind, device, device_enc, payload, ts) "
-                              "VALUES (?,?,?,?,?,?)", rows)
-
-    def waiting(self, limit: int) -> list[Row]:
-        return [Row(*r) for r in self.conn.execute(
-            "SELECT seq, key, kind, device_enc, payload FROM delivery WHERE aside = 0 ORDER BY seq LIMIT ?",
-            (limit,))]
-
-    def pending(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM delivery WHERE aside = 0").fetchone()[0]
-
-    def aside_count(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM delivery WHERE aside = 1").fetchone()[0]
-
-    def delete(self, seqs: list[int]) -> None:
-        self.conn.executemany("DELETE FROM delivery WHERE seq = ?", [(s,) for s in seqs])
-
-    def attempted(self, seqs: list[int]) -> None:
-        self.conn.executemany("UPDATE delivery SET attempts = attempts + 1 WHERE seq = ?", [(s,) for s in seqs])
-
-    def set_aside(self, seq: int, status: int | None, error: str) -> None:
-        self.conn.execute("UPDATE delivery SET aside = 1, status = ?, error = ?, attempts = attempts + 1 "
-                          "WHERE seq = ?", (status, error[:1000], seq))
-
-    def requeue(self) -> int:
-        return self.conn.execute("UPDATE delivery SET aside = 0, status = NULL, error = NULL "
-                                 "WHERE aside = 1").rowcount
-
-    def forget(self, device: str) -> None:
-        self.conn.execute("DELETE FROM delivery WHERE device = ?", (device,))
-
-    def purge_aside(self, before: float) -> int:
-        return self.conn.execute("DELETE FROM delivery WHERE aside = 1 AND ts < ?", (before,)).rowcount
-
-
 def backoff(failures: int, first: float, rand: float) -> float:
     """``first * 2**(failures-1)`` capped at 30 s, with equal jitter (half to all of it)."""
     d = min(MAX_BACKOFF_S, first * 2.0 ** (failures - 1))
     return d / 2 + rand * d / 2
 
 
+class WebhookHost(Protocol):
+    """What the webhook uses of the agent (its door): the config, the clock,
+    the ledger and its store, the counters, pseudonyms and the commit's stagers."""
+
+    ledger: Ledger | None
+    store: Store | None
+    metrics: "Metrics"
+    clock: Callable[[], float]
+    stagers: list[Callable[[Effects], None]]
+
+    @property
+    def cfg(self) -> StoreConfig: ...
+
+    @property
+    def root(self) -> str: ...
+
+    def pseudonym(self, device: str) -> str: ...
+
+
 class Webhook:
     """Stages messages into the queue in each commit and sends them from it."""
 
-    def __init__(self, agent: "Agent", *, rand=random.random):
+    def __init__(self, agent: WebhookHost, *, rand=random.random):
         self.agent = agent
         self.rand = rand
         self.wake = asyncio.Event()
@@ -301,36 +248,3 @@ class Webhook:
         if status >= 500 or status in RETRY_STATUSES:
             return "retry", status, text
         return "aside", status, text
-
-
-WEBHOOK: web.AppKey[Webhook] = web.AppKey("webhook", Webhook)
-
-
-def setup(app: web.Application, agent_key: web.AppKey) -> None:
-    """Stage into the queue in every commit; run the sender while the app runs;
-    add ``POST /v1/admin/delivery/requeue``."""
-    agent = app[agent_key]
-    hook = app[WEBHOOK] = Webhook(agent)
-    agent.stagers.append(hook.stage)
-
-    async def sender_ctx(app: web.Application):
-        agent.metrics.delivery_pending.fn = lambda: hook.table.pending() if agent.store else 0.0
-        task = asyncio.create_task(hook.run(), name="delivery-webhook")
-        yield
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-    async def requeue(request: web.Request) -> web.Response:
-        token = agent.cfg.http.admin_token
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise web.HTTPUnauthorized(text="admin token required\n", headers={"WWW-Authenticate": "Bearer"})
-        n = hook._write(lambda t: t.requeue())
-        hook.wake.set()
-        return web.json_response({"requeued": n})
-
-    app.cleanup_ctx.append(sender_ctx)
-    app.router.add_post("/v1/admin/delivery/requeue", requeue)

@@ -46,7 +46,7 @@ from .notes import checkin_note
 from .texts import texts
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edge_agent.service import Agent
+    from edge_agent.http.base import AgentPort as Agent
 
 log = logging.getLogger("edge_agent.http.shop")
 

@@ -22,7 +22,7 @@ from .limits import Buckets
 from .sessions import Sessions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edge_agent.service import Agent
+    from edge_agent.http.base import AgentPort
 
 log = logging.getLogger("edge_agent.http.shop")
 
@@ -30,7 +30,7 @@ QUEUE = 256  # messages waiting for one slow socket before it starts over from a
 
 
 class ShopChannel:
-    def __init__(self, agent: "Agent"):
+    def __init__(self, agent: "AgentPort"):
         self.agent = agent
         self.sessions: Sessions | None = None  # its key is on disk: loaded once the agent started
         self.sockets: dict[str, set[asyncio.Queue]] = {}

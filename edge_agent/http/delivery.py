@@ -1,0 +1,46 @@
+"""The push webhook on the app: its sender runs while the app runs, every
+commit stages into its queue, and ``POST /v1/admin/delivery/requeue``
+(admin) sends the set-aside rows again.  The sender itself is
+``edge_agent.transport.webhook``; its queue ``edge_agent.storage.delivery``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+from aiohttp import web
+
+from edge_agent.transport.webhook import Webhook
+
+WEBHOOK: web.AppKey[Webhook] = web.AppKey("webhook", Webhook)
+
+
+def setup(app: web.Application, agent_key: web.AppKey) -> None:
+    """Stage into the queue in every commit; run the sender while the app runs;
+    add ``POST /v1/admin/delivery/requeue``."""
+    agent = app[agent_key]
+    hook = app[WEBHOOK] = Webhook(agent)
+    agent.stagers.append(hook.stage)
+
+    async def sender_ctx(app: web.Application):
+        agent.metrics.delivery_pending.fn = lambda: hook.table.pending() if agent.store else 0.0
+        task = asyncio.create_task(hook.run(), name="delivery-webhook")
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    async def requeue(request: web.Request) -> web.Response:
+        token = agent.cfg.http.admin_token
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise web.HTTPUnauthorized(text="admin token required\n", headers={"WWW-Authenticate": "Bearer"})
+        n = hook._write(lambda t: t.requeue())
+        hook.wake.set()
+        return web.json_response({"requeued": n})
+
+    app.cleanup_ctx.append(sender_ctx)
+    app.router.add_post("/v1/admin/delivery/requeue", requeue)
