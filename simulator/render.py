@@ -114,6 +114,84 @@ def place_labels(ax, fig, fences, texts: dict[str, tuple[str, str]], *, fontsize
     return {"boxes": placed, "hidden": hidden}
 
 
+def _draw_heatmap(fig, hax, cfg, shoppers, *, bounds, pad: float, size) -> None:
+    """The dwell heatmap, in its own panel: where shoppers spent their time (true path every second)."""
+    from matplotlib.patches import Polygon as MplPolygon
+
+    x0, y0, x1, y1 = bounds
+    w, h = size
+    pts = []
+    for s in shoppers:
+        ts = np.arange(s.arrive, s.leave, 1.0)
+        if ts.size:
+            xs, ys = s.position(ts)
+            pts.append(np.column_stack([xs, ys]))
+    if pts:
+        allp = np.vstack(pts)
+        bins = (max(8, int(w / 0.5)), max(8, int(h / 0.5)))
+        hist, xe, ye = np.histogram2d(allp[:, 0], allp[:, 1], bins=bins,
+                                      range=[[x0 - pad, x1 + pad], [y0 - pad, y1 + pad]])
+        hist = np.ma.masked_where(hist <= 0, hist)
+        im = hax.imshow(hist.T, origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), cmap="inferno_r",
+                        alpha=0.85, zorder=3, interpolation="nearest")
+        cb = fig.colorbar(im, ax=hax, orientation="horizontal", fraction=0.035, pad=0.08, aspect=50)
+        cb.set_label("shopper-seconds per 0.5 m cell")
+    for f in cfg.fences:
+        if f.kind != "obstacle":
+            for ring in _rings(f.geometry):
+                hax.add_patch(MplPolygon(ring, closed=True, fill=False, edgecolor="#525252", lw=0.6, zorder=4))
+    hax.set_title("Where the simulated shoppers spent their time (dwell heatmap)", fontsize=10)
+    hax.set_xlabel("x (m)")
+    hax.set_ylabel("y (m)")
+
+
+def _draw_fences(ax, cfg, space, report: dict) -> tuple[list, dict[str, tuple[str, str]]]:
+    """Fill each fence of this floor by its recall and outline it by its precision (hatched when lint
+    flagged it).  Returns the fences drawn and their labels (fence id -> (full, short))."""
+    from matplotlib.patches import Polygon as MplPolygon
+
+    zones = report.get("zones", {})
+    flagged = set(report.get("lint_flagged", ()))
+    fences = [f for f in cfg.fences if f.kind != "obstacle" and f.floor == space.floor]
+    texts: dict[str, tuple[str, str]] = {}
+    for f in sorted(fences, key=lambda f: (f.kind == "display", -f.geometry.area, f.id)):
+        z = zones.get(f.id) or {}
+        recall, precision = z.get("recall"), z.get("precision")
+        face = _KIND_FACE.get(f.kind, "#d9d9d9") if recall is None else _score_colour(recall)
+        edge = _score_colour(precision)
+        order = 2.5 + 0.01 * len(texts)  # larger (outer) fences first, so the nested ones sit on top
+        for ring in _rings(f.geometry):
+            ax.add_patch(MplPolygon(ring, closed=True, facecolor=face, alpha=0.45, edgecolor="none", zorder=order))
+            ax.add_patch(MplPolygon(ring, closed=True, fill=False, edgecolor=edge, lw=2.5,
+                                    hatch="//" if f.id in flagged else None, zorder=4))
+        verdict = z.get("verdict")
+        texts[f.id] = (f.id if recall is None else
+                       f"{f.id}\nR {recall:.0%} · P {'–' if precision is None else format(precision, '.0%')}"
+                       + (f" · {verdict}" if verdict else ""), f.id)
+    return fences, texts
+
+
+def _legend_handles(cfg) -> list:
+    """The map's legend: fill and outline colours, unscored kinds, hatching and the marks."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=_score_colour(v), alpha=0.4, label=f"fill: {t}")
+               for v, t in ((1.0, "recall ≥ 90 %"), (0.6, "recall ≥ 50 %"), (0.0, "recall < 50 %"))]
+    handles += [Patch(fill=False, edgecolor=_score_colour(v), lw=2.5, label=f"outline: {t}")
+                for v, t in ((1.0, "precision ≥ 90 %"), (0.6, "precision ≥ 50 %"), (0.0, "precision < 50 %"),
+                             (None, "no visits / no entries"))]
+    handles += [Patch(facecolor=c, alpha=0.5, label=f"{k} (unscored)") for k, c in _KIND_FACE.items()
+                if any(f.kind == k for f in cfg.fences)]
+    handles.append(Patch(fill=False, hatch="//", label="flagged by lint"))
+    handles += [Line2D([], [], color="#555555", lw=0.8, label="true path"),
+                Line2D([], [], ls="none", marker="o", ms=3, color="#555555", alpha=0.5, label="reported fix"),
+                Line2D([], [], ls="none", marker="x", color="#a50f15", mew=1.5, label="false entry (true position)"),
+                Line2D([], [], ls="none", marker="o", mfc="none", mec="#08306b", mew=1.2,
+                       label="missed visit")]
+    return handles
+
+
 def render_map(cfg, space, shoppers, samples, report: dict, path: Path, *, fixes=(), misses=(),
                false_entries=(), max_paths: int = 60) -> dict:
     """Draw the map.  ``fixes``: ``(shopper, t, x, y, acc)`` as reported;
@@ -124,7 +202,7 @@ def render_map(cfg, space, shoppers, samples, report: dict, path: Path, *, fixes
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Polygon as MplPolygon
+    from matplotlib.patches import Polygon as MplPolygon
 
     x0, y0, x1, y1 = space.walkable.bounds
     if cfg.outline is not None:
@@ -152,48 +230,9 @@ def render_map(cfg, space, shoppers, samples, report: dict, path: Path, *, fixes
     base(hax, shelves_face="#e0e0e0")
 
     # the dwell heatmap, in its own panel: where shoppers spent their time (true path every second)
-    pts = []
-    for s in shoppers:
-        ts = np.arange(s.arrive, s.leave, 1.0)
-        if ts.size:
-            xs, ys = s.position(ts)
-            pts.append(np.column_stack([xs, ys]))
-    if pts:
-        allp = np.vstack(pts)
-        bins = (max(8, int(w / 0.5)), max(8, int(h / 0.5)))
-        hist, xe, ye = np.histogram2d(allp[:, 0], allp[:, 1], bins=bins,
-                                      range=[[x0 - pad, x1 + pad], [y0 - pad, y1 + pad]])
-        hist = np.ma.masked_where(hist <= 0, hist)
-        im = hax.imshow(hist.T, origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), cmap="inferno_r",
-                        alpha=0.85, zorder=3, interpolation="nearest")
-        cb = fig.colorbar(im, ax=hax, orientation="horizontal", fraction=0.035, pad=0.08, aspect=50)
-        cb.set_label("shopper-seconds per 0.5 m cell")
-    for f in cfg.fences:
-        if f.kind != "obstacle":
-            for ring in _rings(f.geometry):
-                hax.add_patch(MplPolygon(ring, closed=True, fill=False, edgecolor="#525252", lw=0.6, zorder=4))
-    hax.set_title("Where the simulated shoppers spent their time (dwell heatmap)", fontsize=10)
-    hax.set_xlabel("x (m)")
-    hax.set_ylabel("y (m)")
+    _draw_heatmap(fig, hax, cfg, shoppers, bounds=(x0, y0, x1, y1), pad=pad, size=(w, h))
 
-    zones = report.get("zones", {})
-    flagged = set(report.get("lint_flagged", ()))
-    fences = [f for f in cfg.fences if f.kind != "obstacle" and f.floor == space.floor]
-    texts: dict[str, tuple[str, str]] = {}
-    for f in sorted(fences, key=lambda f: (f.kind == "display", -f.geometry.area, f.id)):
-        z = zones.get(f.id) or {}
-        recall, precision = z.get("recall"), z.get("precision")
-        face = _KIND_FACE.get(f.kind, "#d9d9d9") if recall is None else _score_colour(recall)
-        edge = _score_colour(precision)
-        order = 2.5 + 0.01 * len(texts)  # larger (outer) fences first, so the nested ones sit on top
-        for ring in _rings(f.geometry):
-            ax.add_patch(MplPolygon(ring, closed=True, facecolor=face, alpha=0.45, edgecolor="none", zorder=order))
-            ax.add_patch(MplPolygon(ring, closed=True, fill=False, edgecolor=edge, lw=2.5,
-                                    hatch="//" if f.id in flagged else None, zorder=4))
-        verdict = z.get("verdict")
-        texts[f.id] = (f.id if recall is None else
-                       f"{f.id}\nR {recall:.0%} · P {'–' if precision is None else format(precision, '.0%')}"
-                       + (f" · {verdict}" if verdict else ""), f.id)
+    fences, texts = _draw_fences(ax, cfg, space, report)
 
     # sampled true paths (the points the ground truth was taken at)
     by_shopper: dict[int, list] = {}
@@ -230,21 +269,7 @@ def render_map(cfg, space, shoppers, samples, report: dict, path: Path, *, fixes
                 label="BLE beacon")
     ax.plot(*space.door_outside, "s", color="black", ms=6, zorder=7)
 
-    from matplotlib.lines import Line2D
-
-    handles = [Patch(facecolor=_score_colour(v), alpha=0.4, label=f"fill: {t}")
-               for v, t in ((1.0, "recall ≥ 90 %"), (0.6, "recall ≥ 50 %"), (0.0, "recall < 50 %"))]
-    handles += [Patch(fill=False, edgecolor=_score_colour(v), lw=2.5, label=f"outline: {t}")
-                for v, t in ((1.0, "precision ≥ 90 %"), (0.6, "precision ≥ 50 %"), (0.0, "precision < 50 %"),
-                             (None, "no visits / no entries"))]
-    handles += [Patch(facecolor=c, alpha=0.5, label=f"{k} (unscored)") for k, c in _KIND_FACE.items()
-                if any(f.kind == k for f in cfg.fences)]
-    handles.append(Patch(fill=False, hatch="//", label="flagged by lint"))
-    handles += [Line2D([], [], color="#555555", lw=0.8, label="true path"),
-                Line2D([], [], ls="none", marker="o", ms=3, color="#555555", alpha=0.5, label="reported fix"),
-                Line2D([], [], ls="none", marker="x", color="#a50f15", mew=1.5, label="false entry (true position)"),
-                Line2D([], [], ls="none", marker="o", mfc="none", mec="#08306b", mew=1.2,
-                       label="missed visit")]
+    handles = _legend_handles(cfg)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     lat = report.get("latency_ms", {})
     lat_txt = f", offer latency p50 {lat['p50']} ms / p99 {lat['p99']} ms" if lat.get("n") else ""

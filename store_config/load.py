@@ -98,6 +98,41 @@ def _load_json(c: Collector, path: Path, key: str) -> Any:
         return None
 
 
+def _load_layout(st, run: Callable[[str, Callable[[Any, str], Any]], Any],
+                 warnings: list[Problem]) -> tuple[tuple[Fence, ...], tuple[Beacon, ...], Any, bool]:
+    """``layout.geojson`` through ``run``: ``(fences, beacons, outline, layout_ok)``;
+    empty and ``False`` when there is no anchor or the layout has errors."""
+    fences: tuple[Fence, ...] = ()
+    beacons: tuple[Beacon, ...] = ()
+    outline = None
+    layout_ok = False
+    if st.anchor is not None:
+        anchor = st.anchor
+        res = run("layout", lambda obj, f: parse_layout(obj, file=f, anchor=anchor, warnings=warnings))
+        if res is not None:
+            fences, beacons, outline = res
+            layout_ok = True
+    return fences, beacons, outline, layout_ok
+
+
+def _load_scores(sp: Path, parts: dict[str, Any], problems: list[Problem]) -> Any:
+    """The ``[offers] scores`` file at ``sp``, parsed, or ``None``; its problems
+    go to ``problems`` and its content to ``parts`` (for the version hash)."""
+    scores = None
+    lc = Collector(str(sp))
+    obj = _load_json(lc, sp, "scores") if sp.is_file() else None
+    if not sp.is_file():
+        lc.err("[offers]", "scores", f"file not found: {sp}")
+    problems.extend(lc.problems)
+    if obj is not None:
+        parts["scores"] = obj
+        try:
+            scores = parse_scores(obj, file=str(sp))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return scores
+
+
 def load_store(path: str | Path) -> StoreConfig:
     """Load ``store.toml`` and the files it names; validate everything once.
 
@@ -152,16 +187,7 @@ def load_store(path: str | Path) -> StoreConfig:
             problems.extend(exc.problems)
             return None
 
-    fences: tuple[Fence, ...] = ()
-    beacons: tuple[Beacon, ...] = ()
-    outline = None
-    layout_ok = False
-    if st.anchor is not None:
-        anchor = st.anchor
-        res = run("layout", lambda obj, f: parse_layout(obj, file=f, anchor=anchor, warnings=warnings))
-        if res is not None:
-            fences, beacons, outline = res
-            layout_ok = True
+    fences, beacons, outline, layout_ok = _load_layout(st, run, warnings)
     # When the layout has errors, still check references against the ids it names.
     fence_ids = {f.id for f in fences} if layout_ok else raw_fence_ids(parts.get("layout"))
     timezone = st.timezone if st.tz_ok else "UTC"
@@ -175,20 +201,7 @@ def load_store(path: str | Path) -> StoreConfig:
     profiles: dict[str, Profile] = run(
         "profiles", lambda obj, f: parse_profiles(obj, file=f, warnings=warnings)) or {}
     inventory: dict[str, int] = run("inventory", lambda obj, f: parse_inventory(obj, file=f)) or {}
-    scores = None
-    if offers.scores is not None:
-        sp = path.parent / offers.scores
-        lc = Collector(str(sp))
-        obj = _load_json(lc, sp, "scores") if sp.is_file() else None
-        if not sp.is_file():
-            lc.err("[offers]", "scores", f"file not found: {sp}")
-        problems.extend(lc.problems)
-        if obj is not None:
-            parts["scores"] = obj
-            try:
-                scores = parse_scores(obj, file=str(sp))
-            except ConfigError as exc:
-                problems.extend(exc.problems)
+    scores = _load_scores(path.parent / offers.scores, parts, problems) if offers.scores is not None else None
     if fence_ids is not None:
         errors, warns = sections.check_roles(associates, fence_ids, file=toml_file)
         problems.extend(errors)

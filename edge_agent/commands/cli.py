@@ -315,13 +315,8 @@ def cmd_survey_report(args: argparse.Namespace) -> int:
     return run_report(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agent", description="In-store geofencing edge service.")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
-    parser.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on failures")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_store_commands(sub: argparse._SubParsersAction) -> None:
+    """``run``, ``where`` and ``check``: the service and its store configuration."""
     p = sub.add_parser("run", help="run the service", description=cmd_run.__doc__)
     p.add_argument("--config", required=True, help="path of store.toml")
     p.add_argument("--broker", default=None, help="broker URL, e.g. mqtt://127.0.0.1:1883 (overrides [mqtt] url)")
@@ -343,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lint fences against this positioning technology (default: all)")
     p.set_defaults(fn=cmd_check)
 
+
+def _add_simulation_commands(sub: argparse._SubParsersAction) -> None:
+    """``demo`` and ``simulate``: simulated shoppers."""
     p = sub.add_parser("demo", help="embedded broker + sample store + simulated shoppers",
                        description=cmd_demo.__doc__)
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
@@ -374,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_simulate)
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """``audit``, ``qr`` and the MQTT hand tools ``watch``, ``ping`` and ``action``."""
     p = sub.add_parser("audit", help="read the decision audit trail", description=cmd_audit.__doc__)
     p.add_argument("--config", required=True, help="path of store.toml")
     p.add_argument("--device", help="raw device id (looked up by its pseudonym)")
@@ -413,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--acc", type=float, default=0.5, help="accuracy in metres (default 0.5)")
             p.add_argument("--floor", type=int, default=None)
         p.set_defaults(fn=fn)
+
+
+def _add_report_commands(sub: argparse._SubParsersAction) -> None:
+    """``report`` and ``survey``: campaign reports and the BLE site survey."""
     p = sub.add_parser("report", help="campaign report: conversion and uplift per promotion and variant",
                        description=cmd_report.__doc__)
     p.add_argument("--config", help="path of store.toml (one store's report)")
@@ -444,6 +449,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "ble-model.json beside store.toml)")
         sp.add_argument("--json", action="store_true", help="print the report as JSON")
         sp.set_defaults(fn=fn)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="In-store geofencing edge service.")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on failures")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_store_commands(sub)
+    _add_simulation_commands(sub)
+    _add_tool_commands(sub)
+    _add_report_commands(sub)
     return parser
 
 

@@ -85,6 +85,74 @@ def checkin_point(fence) -> tuple[float, float]:
     return p.x, p.y
 
 
+def _page_response(cfg) -> web.Response:
+    """``GET /shop``: the page, with the store's name, language, texts and zones in its boot blob."""
+    boot = {"store": cfg.name, "lang": cfg.shop.language, "tz": cfg.timezone, "text": texts(cfg.shop.language, cfg.shop.text),
+            "zones": {f.id: f.name or f.id for f in cfg.fences}}
+    blob = json.dumps(boot, ensure_ascii=False).replace("<", "\\u003c")
+    doc = PAGE.replace("__LANG__", html.escape(cfg.shop.language)) \
+              .replace("__TITLE__", html.escape(cfg.name)).replace("/*BOOT*/null", blob)
+    return web.Response(text=doc, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
+
+
+async def _serve_socket(request: web.Request, device: str, channel: ShopChannel, sockets: weakref.WeakSet,
+                        max_msg_size: int, on_message: Any) -> web.WebSocketResponse:
+    """``GET /shop/ws`` for an authorized ``device``: pump the channel's messages to the
+    page and hand each text frame to ``on_message(data)`` (its reply, if any, goes back)."""
+    sock = web.WebSocketResponse(heartbeat=25, max_msg_size=max_msg_size)
+    await sock.prepare(request)
+    sockets.add(sock)
+    q = channel.attach(device)
+
+    async def pump() -> None:
+        for m in channel.snapshot(device):
+            await sock.send_json(m)
+        while True:
+            m = await q.get()
+            for out in (channel.snapshot(device) if m is None else (m,)):
+                await sock.send_json(out)
+
+    sender = asyncio.create_task(pump())
+    try:
+        async for msg in sock:
+            if msg.type == WSMsgType.ERROR or sender.done():
+                break
+            if msg.type == WSMsgType.TEXT:
+                reply = on_message(msg.data)
+                if reply is not None:
+                    await sock.send_json(reply)
+    finally:
+        channel.detach(device, q)
+        await close_socket(sock, sender)
+    return sock
+
+
+def _on_page_message(device: str, data: str, *, channel: ShopChannel, clock: Any, on_batch: Any,
+                     consent_for: Any, pseudonym: Any) -> dict[str, Any] | None:
+    """A page's ``{"type": "ping" | "action" | "consent", ...}`` (the MQTT payload beside ``type``).
+
+    ``clock``, ``on_batch``, ``consent_for`` and ``pseudonym`` are the agent's."""
+    try:
+        obj = orjson.loads(data)  # strict: deep nesting and huge numbers are refused here
+    except orjson.JSONDecodeError:
+        obj = None
+    kind = obj.pop("type", None) if isinstance(obj, dict) else None
+    if kind not in ("ping", "action", "consent"):
+        return {"type": "error", "error": "bad_message",
+                "detail": 'expected {"type": "ping" | "action" | "consent", ...}'}
+    now = clock()
+    if kind == "ping":
+        if channel.allow_device(device, "ws"):  # beyond ping_rate: dropped (and counted)
+            channel.submit(channel.message(device, "ping", obj, now))
+        return None
+    channel._flush()  # the pings before it first: an opt-out never overtakes a ping
+    on_batch([channel.message(device, kind, obj, now)])
+    if kind == "consent":
+        _, consent = consent_for(device, pseudonym(device))
+        return {"type": "consent", "offers": consent.offers, "tracking": consent.tracking}
+    return None
+
+
 def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
     """Add the shop's routes to ``app`` and hook its channel into the agent."""
     agent = app[agent_key]
@@ -114,13 +182,7 @@ def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
             raise _limited(1.0 / agent.cfg.http.ping_rate)
 
     async def page(request: web.Request) -> web.Response:
-        cfg = agent.cfg
-        boot = {"store": cfg.name, "lang": cfg.shop.language, "tz": cfg.timezone, "text": texts(cfg.shop.language, cfg.shop.text),
-                "zones": {f.id: f.name or f.id for f in cfg.fences}}
-        blob = json.dumps(boot, ensure_ascii=False).replace("<", "\\u003c")
-        doc = PAGE.replace("__LANG__", html.escape(cfg.shop.language)) \
-                  .replace("__TITLE__", html.escape(cfg.name)).replace("/*BOOT*/null", blob)
-        return web.Response(text=doc, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
+        return _page_response(agent.cfg)
 
     async def session(request: web.Request) -> web.Response:
         if not channel.allow_address(request.remote, "session"):
@@ -179,54 +241,10 @@ def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
 
     async def ws(request: web.Request) -> web.WebSocketResponse:
         device = authorized(request, "ws")
-        sock = web.WebSocketResponse(heartbeat=25, max_msg_size=agent.cfg.ingest.max_payload_bytes)
-        await sock.prepare(request)
-        sockets.add(sock)
-        q = channel.attach(device)
-
-        async def pump() -> None:
-            for m in channel.snapshot(device):
-                await sock.send_json(m)
-            while True:
-                m = await q.get()
-                for out in (channel.snapshot(device) if m is None else (m,)):
-                    await sock.send_json(out)
-
-        sender = asyncio.create_task(pump())
-        try:
-            async for msg in sock:
-                if msg.type == WSMsgType.ERROR or sender.done():
-                    break
-                if msg.type == WSMsgType.TEXT:
-                    reply = _on_page_message(device, msg.data)
-                    if reply is not None:
-                        await sock.send_json(reply)
-        finally:
-            channel.detach(device, q)
-            await close_socket(sock, sender)
-        return sock
-
-    def _on_page_message(device: str, data: str) -> dict[str, Any] | None:
-        """A page's ``{"type": "ping" | "action" | "consent", ...}`` (the MQTT payload beside ``type``)."""
-        try:
-            obj = orjson.loads(data)  # strict: deep nesting and huge numbers are refused here
-        except orjson.JSONDecodeError:
-            obj = None
-        kind = obj.pop("type", None) if isinstance(obj, dict) else None
-        if kind not in ("ping", "action", "consent"):
-            return {"type": "error", "error": "bad_message",
-                    "detail": 'expected {"type": "ping" | "action" | "consent", ...}'}
-        now = agent.clock()
-        if kind == "ping":
-            if channel.allow_device(device, "ws"):  # beyond ping_rate: dropped (and counted)
-                channel.submit(channel.message(device, "ping", obj, now))
-            return None
-        channel._flush()  # the pings before it first: an opt-out never overtakes a ping
-        agent.on_batch([channel.message(device, kind, obj, now)])
-        if kind == "consent":
-            _, consent = agent.consent_for(device, agent.pseudonym(device))
-            return {"type": "consent", "offers": consent.offers, "tracking": consent.tracking}
-        return None
+        return await _serve_socket(
+            request, device, channel, sockets, agent.cfg.ingest.max_payload_bytes,
+            lambda data: _on_page_message(device, data, channel=channel, clock=agent.clock, on_batch=agent.on_batch,
+                                          consent_for=agent.consent_for, pseudonym=agent.pseudonym))
 
     async def close_sockets(app: web.Application) -> None:
         for s in list(sockets):
