@@ -212,9 +212,23 @@ async def test_http_surfaces_never_answer_5xx_and_the_next_shopper_gets_the_offe
     try:
         async with http.post(server.url + "/v1/shop/session") as r:
             s = await r.json()
-        ws = await http.ws_connect(server.url.replace("http", "ws")
-                                   + f"/shop/ws?device={s['device']}&token={s['token']}")
         auth = {"Authorization": f"Bearer {s['token']}"}
+        page: dict = {}
+
+        async def socket() -> aiohttp.ClientWebSocketResponse:
+            """The page's socket, reconnected as the page does after the server closed it (1009: a
+            frame over max_msg_size); a page reads its socket, which answers the heartbeat pings."""
+            if "ws" not in page or page["ws"].closed:
+                ws = page["ws"] = await http.ws_connect(server.url.replace("http", "ws")
+                                                        + f"/shop/ws?device={s['device']}&token={s['token']}")
+
+                async def read_page() -> None:
+                    async for _ in ws:
+                        pass
+                page["reader"] = asyncio.create_task(read_page())
+            return page["ws"]
+
+        await socket()
 
         async def one(surface: str, body: bytes) -> None:
             if surface == "ping":
@@ -228,8 +242,15 @@ async def test_http_surfaces_never_answer_5xx_and_the_next_shopper_gets_the_offe
                 async with http.post(server.url + "/v1/ingest/aruba", data=body, headers=ARUBA) as r:
                     assert r.status < 500, await r.text()
             else:
-                await ws.send_bytes(body) if surface == "ws-bytes" else await ws.send_str(
-                    body.decode("utf-8", "replace"))
+                for attempt in (1, 2):  # the server may have closed it after the previous frame
+                    ws = await socket()
+                    try:
+                        await ws.send_bytes(body) if surface == "ws-bytes" else await ws.send_str(
+                            body.decode("utf-8", "replace"))
+                        break
+                    except aiohttp.ClientConnectionResetError:
+                        await page["reader"]  # the server's close, read: the next socket() reconnects
+                        assert attempt == 1
             device = f"live-canary-{next(canaries)}"
             agent.on_batch([message(f"{agent.root}/ping/uwb/{device}", json.dumps(IN_AISLE).encode())])
             while True:
@@ -258,6 +279,7 @@ async def test_http_surfaces_never_answer_5xx_and_the_next_shopper_gets_the_offe
             asyncio.run_coroutine_threadsafe(one(*case), loop).result(30)
 
         await asyncio.to_thread(prop)
-        await ws.close()
+        await page["ws"].close()
+        await page["reader"]
     finally:
         await http.close()
