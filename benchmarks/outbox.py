@@ -1,6 +1,6 @@
 """Durable outbox appends per second: ``Ledger.event`` + ``Ledger.commit``.
 
-The agent's real ledger (edge_agent/ledger.py: SQLite, WAL,
+The agent's real ledger (edge_agent/storage/ledger.py: SQLite, WAL,
 ``synchronous=NORMAL``) on a real file (``--dir``, default a temporary
 directory on the same file system as the repository's benchmarks/results,
 i.e. the disk, not tmpfs).  Each run appends ``--events`` transition events
