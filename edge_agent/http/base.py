@@ -20,19 +20,19 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import orjson
 from aiohttp import web
 
+from edge_agent.pipeline.state import StoreView
+
 if TYPE_CHECKING:  # pragma: no cover - annotations only
-    from store_config.model import Consent, Profile, StoreConfig
     from sync.pseudonym import Pseudonymizer
     from edge_agent.metrics import Metrics
     from edge_agent.pipeline import Effects, Pipeline, State
     from edge_agent.pipeline.codecs import Ping
-    from edge_agent.pipeline.state import Runtime
     from edge_agent.storage.ledger import Ledger
     from edge_agent.storage.store import Store
     from edge_agent.transport.mqtt import Message, MqttClient
 
 
-class AgentPort(Protocol):
+class AgentPort(StoreView, Protocol):
     """What the routes use of the agent (the HTTP room's door to the shell)."""
 
     pipeline: Pipeline
@@ -46,19 +46,6 @@ class AgentPort(Protocol):
     ready: bool
     clock: Callable[[], float]
     outlets: list[Callable[[str, Any], None]]  # (topic, payload) after each commit: the shop page
-
-    @property
-    def cfg(self) -> StoreConfig: ...
-
-    @property
-    def rt(self) -> Runtime: ...
-
-    @property
-    def root(self) -> str: ...
-
-    def pseudonym(self, device: str) -> str: ...
-
-    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]: ...
 
     def storage_ok(self) -> bool: ...
 

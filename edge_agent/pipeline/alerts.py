@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from geometry.schedule import Tracks
-from store_config.model import Consent, Profile, StoreConfig
 
 from .codecs import Message, PayloadError, decode_object
 from .effects import Effects, Notice, Publish
-from .state import Runtime
+from .state import StoreView
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import Metrics
@@ -88,7 +87,7 @@ class Alert:
                 "audience": list(self.audiences), "zone_name": zone_name or self.zone}
 
 
-class AlertHost(Protocol):
+class AlertHost(StoreView, Protocol):
     """What alerts use of the pipeline (their door): the config, the trackers,
     consent and pseudonyms, the effects they add to, the counters and the
     time of the current call."""
@@ -98,20 +97,7 @@ class AlertHost(Protocol):
     wall: float
 
     @property
-    def cfg(self) -> StoreConfig: ...
-
-    @property
-    def rt(self) -> Runtime: ...
-
-    @property
-    def root(self) -> str: ...
-
-    @property
     def tracks(self) -> Tracks: ...
-
-    def pseudonym(self, device: str) -> str: ...
-
-    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]: ...
 
 
 class AlertManager:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from store_config.model import Consent, Profile, StoreConfig
+from store_config.model import Consent, StoreConfig
 
 from . import codecs
 from .codecs import PayloadError
@@ -29,7 +29,7 @@ from .effects import Action, Code, ConsentRow, Effects, Forget, InventoryRow, Pu
 from .floor import Floor
 from .ids import new_code
 from .offering import Offering
-from .state import State
+from .state import State, StoreView
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import Metrics
@@ -44,7 +44,7 @@ class Offers(Protocol):
     def get_offer(self, offer_id: str) -> Any: ...
 
 
-class ControlHost(Protocol):
+class ControlHost(StoreView, Protocol):
     """What actions, consent and inventory use of the pipeline (their door)."""
 
     state: State
@@ -55,16 +55,6 @@ class ControlHost(Protocol):
     floor: Floor
     offering: Offering
     wall: float
-
-    @property
-    def cfg(self) -> StoreConfig: ...
-
-    @property
-    def root(self) -> str: ...
-
-    def pseudonym(self, device: str) -> str: ...
-
-    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]: ...
 
 
 class Control:

@@ -56,11 +56,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from geometry.tracking import Entered, Exited
 
-from store_config.model import Consent, Profile, StoreConfig
-
 from .alerts import Alert, AlertManager
 from .effects import Effects, Notice, PickupGone, PickupRow, Publish
-from .state import Runtime, State
+from .state import State, StoreView
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import Metrics
@@ -70,7 +68,7 @@ CLASSES = ("bounce", "visit", "engaged")
 HOUR = 3600.0
 
 
-class FloorHost(Protocol):
+class FloorHost(StoreView, Protocol):
     """What the floor uses of the pipeline (its door): state and config, the
     alerts it raises and resolves, the effects it adds to, the counters, the
     time of the current call, consent and pseudonyms."""
@@ -80,19 +78,6 @@ class FloorHost(Protocol):
     metrics: "Metrics"
     alerts: AlertManager
     wall: float
-
-    @property
-    def cfg(self) -> StoreConfig: ...
-
-    @property
-    def rt(self) -> Runtime: ...
-
-    @property
-    def root(self) -> str: ...
-
-    def pseudonym(self, device: str) -> str: ...
-
-    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]: ...
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 from shapely.ops import unary_union
 from zoneinfo import ZoneInfo
@@ -183,3 +183,22 @@ class State:
             self.set_inventory(sku, int(qty), 0.0 if ts is None else float(ts))
             taken.append((sku, before, int(qty)))
         return taken
+
+
+class StoreView(Protocol):
+    """What most parts read of the one who runs the pipeline (the pipeline itself,
+    or the agent above it): the config, its runtime, the root topic, and a
+    device's pseudonym and consent.  The doors of the parts extend it."""
+
+    @property
+    def cfg(self) -> StoreConfig: ...
+
+    @property
+    def rt(self) -> Runtime: ...
+
+    @property
+    def root(self) -> str: ...
+
+    def pseudonym(self, device: str) -> str: ...
+
+    def consent_for(self, device: str, pseudo: str) -> tuple[Profile | None, Consent]: ...

@@ -18,7 +18,7 @@
   counted in ``edge_http_limited_total{path,by}``.
 
 :func:`setup` adds the routes and hooks the channel into the agent's
-after-commit publishing (``Agent.outlets``).
+after-commit publishing (``AgentPort.outlets``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from .notes import checkin_note
 from .texts import texts
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edge_agent.http.base import AgentPort as Agent
+    from edge_agent.http.base import AgentPort
 
 log = logging.getLogger("edge_agent.http.shop")
 
@@ -153,7 +153,7 @@ def _on_page_message(device: str, data: str, *, channel: ShopChannel, clock: Any
     return None
 
 
-def setup(app: web.Application, agent_key: "web.AppKey[Agent]") -> None:
+def setup(app: web.Application, agent_key: "web.AppKey[AgentPort]") -> None:
     """Add the shop's routes to ``app`` and hook its channel into the agent."""
     agent = app[agent_key]
     channel = ShopChannel(agent)
