@@ -84,7 +84,7 @@ def load_zones(src) -> tuple[list[Zone], dict[int, object]]:
     if isinstance(src, Mapping) and src.get("type") == "FeatureCollection":
         items = [{**(f.get("properties") or {}), "geometry": f["geometry"]} for f in src["features"]]
     elif isinstance(src, Mapping) and "zones" not in src and "obstacles" not in src:
-        # {zone id: [[x, y], ...]} (h-radio's <data set>.zones.json)
+        # {zone id: [[x, y], ...]} (real_radio.py --dump's <data set>.zones.json)
         items = [{"id": k, "geometry": {"type": "Polygon", "coordinates": [v]} if isinstance(v, list) else v}
                  for k, v in src.items()]
     elif isinstance(src, Mapping):
@@ -283,7 +283,8 @@ def main(argv=None) -> int:
     ap.add_argument("fixes")
     ap.add_argument("zones")
     ap.add_argument("--confidence", default="0.8,0.9,0.95")
-    ap.add_argument("--weak-floor", default="1.0")
+    ap.add_argument("--weak-floor", default=str(FusionParams().weak_floor),
+                    help="comma-separated; default the tracker's own (FusionParams.weak_floor)")
     ap.add_argument("--modes", default="legacy,fused")
     ap.add_argument("--skip", default="", help="walks to leave out, comma-separated")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE tracker config (repeatable)")

@@ -27,7 +27,9 @@ that one- and two-beacon scans, the common case in a store, are measured on
 real radio too.
 
     python benchmarks/real_radio.py                 # table + benchmarks/results/real_radio.json
-    python benchmarks/real_radio.py --dump /work/team/real_fixes   # per-scan fixes for the tracker
+    python benchmarks/real_radio.py --dump          # + per-scan fixes in benchmarks/results/real_fixes/
+    python benchmarks/_zones.py benchmarks/results/real_fixes/tetam_at-66.jsonl \\
+        benchmarks/results/real_fixes/tetam_at-66.zones.json --skip set1,set2   # tracker variants
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine  # noqa: E402
+import _zones  # noqa: E402
 from real_data import Dataset  # noqa: E402
 
 from geometry import beacons as old_beacons  # noqa: E402
@@ -100,21 +103,13 @@ DUMP_AS = {"agent+survey": "", "agent": ".nosurvey", "agent-old": ".old"}
 
 
 def dump(ds: Dataset, fx: dict, out: Path, method: str, suffix: str = "") -> Path:
-    """One JSON line per scan for the tracker developer (see README there)."""
+    """The per-scan fixes as JSON lines (``_zones.py``'s input) and the zones."""
     out.mkdir(parents=True, exist_ok=True)
-    heard = (~np.isnan(ds.rssi)).sum(1)
-    zt = zone_of(ds, ds.x, ds.y)
     name = ds.variant.replace("@", "_at")
     p = out / f"{name}{suffix}.jsonl"
     with open(p, "w") as f:
-        for i in range(len(ds.lines)):
-            ok = np.isfinite(fx["x"][i])
-            f.write(json.dumps({
-                "walk": str(ds.walk[i]), "ts": float(ds.ts[i]), "x_true": float(ds.x[i]), "y_true": float(ds.y[i]),
-                "zone_true": zt[i] or None,
-                "x": round(float(fx["x"][i]), 3) if ok else None, "y": round(float(fx["y"][i]), 3) if ok else None,
-                "acc": round(float(fx["acc"][i]), 3) if ok else None, "n_beacons": int(heard[i]),
-                "method": method}) + "\n")
+        for row in fix_rows(ds, fx, method):
+            f.write(json.dumps(row) + "\n")
     (out / f"{name}.zones.json").write_text(json.dumps(ds.zones, indent=1) + "\n")
     return p
 
@@ -154,14 +149,15 @@ def table(res: dict) -> str:
                   if z else "–")
             out.append(f"| {v} | {m} | {_fmt(e['median_m'])} | {_fmt(e['p90_m'])} | {cov} | {ep} | "
                        f"{_fmt(z.get('held_right'), True)} | {_fmt(z.get('held_wrong'), True)} | "
-                       f"{_fmt(z.get('visits_entered'), True)} |")
+                       f"{_fmt(z.get('visits_entered_share'), True)} ({z.get('visits_entered')}/{z.get('visits')}) |")
     return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("variants", nargs="*", default=list(VARIANTS))
-    ap.add_argument("--dump", help="write per-scan fixes (JSONL) and zones here")
+    ap.add_argument("--dump", nargs="?", const=str(RESULTS / "real_fixes"),
+                    help="write per-scan fixes (JSONL) and zones here (default benchmarks/results/real_fixes)")
     ap.add_argument("--methods", default="agent-old,agent,agent+survey,centroid,knn")
     a = ap.parse_args(argv)
     res = {"machine": machine(), "variants": {}, "defaults": {}}
@@ -183,7 +179,8 @@ def main(argv=None) -> int:
             else:
                 fx = lowo(ds, m)
             e = errors(ds, fx)
-            e["zones"] = replay(ds, fx)
+            # the agent before issue 21: its old fixes through its old tracker; the rest: the tracker now
+            e["zones"] = replay(ds, fx, mode="legacy" if m == "agent-old" else "fused")
             e["wall_s"] = round(time.perf_counter() - t0, 2)
             res["variants"][v][m] = e
             print(v, m, json.dumps({k: e[k] for k in ("median_m", "p90_m", "coverage")}), flush=True)
@@ -316,78 +313,40 @@ def fit_defaults(variants, log=print):
 
 
 # ---------------------------------------------------------------- zones: replay each held-out walk
-FINGERPRINT_WALKS = {"set1", "set2"}  # tetam's static fingerprint points: not walks, never replayed
+FINGERPRINT_WALKS = ("set1", "set2")  # tetam's static fingerprint points: a survey, not a shopper
 
 
-def replay(ds: Dataset, fx: dict, confidence: float = 0.9) -> dict:
-    """Each real walk as one shopper through the agent's tracker as on this
-    branch (``geometry.fusion`` + ``FenceIndex`` + ``tracking.step``, as the
-    pipeline runs them), fixes in time order, the scan's own ``ts`` as clock.
-
-    Reported: entry precision (entries into the zone the truth was in at that
-    scan / all entries), the share of scans after which the device was held
-    in the right zone / a wrong one, and the share of visits of 3+ scans
-    (runs of one true zone) during which the device was in that zone."""
-    from shapely.geometry import Polygon
-
-    from geometry.fences import FenceIndex
-    from geometry.fusion import FusionParams, FusionState, evidence_fences, fuse
-    from geometry.tracking import TrackParams, step
-
-    fences = evidence_fences([type("F", (), {"id": z, "floor": 0, "geometry": Polygon(p), "circle": None})()
-                              for z, p in ds.zones.items()], {})
-    index = FenceIndex(fences)
-    fp = FusionParams(confidence=confidence)
-    tp = TrackParams(sustained_pings=0)
+def fix_rows(ds: Dataset, fx: dict, method: str = "") -> list[dict]:
+    """One dict per scan in the format of :mod:`_zones` (and of ``--dump``)."""
     heard = (~np.isnan(ds.rssi)).sum(1)
     zt = zone_of(ds, ds.x, ds.y)
-    tot = {"entries": 0, "right_entries": 0, "scans": 0, "held_right": 0, "held_wrong": 0, "visits": 0,
-           "visits_entered": 0}
-    for w in ds.walks:
-        if w in FINGERPRINT_WALKS:
-            continue
-        idx = np.flatnonzero(ds.walk == w)
-        idx = idx[np.argsort(ds.ts[idx], kind="stable")]
-        st = FusionState()
-        track = None
-        held = []
-        for i in idx:
-            if not np.isfinite(fx["x"][i]):
-                held.append(set(track.inside) if track is not None else set())
-                continue
-            x, y, acc, t = fx["x"][i], fx["y"][i], fx["acc"][i], float(ds.ts[i])
-            if heard[i] >= 3 and acc > fp.precise_acc:
-                f = fuse(st, st.rows(["d"]), [x], [y], [0], [acc], [t], fp)
-                x, y, acc, passed = float(f.x[0]), float(f.y[0]), float(f.acc[0]), bool(f.passed[0])
-            else:
-                passed = True
-            m = index.classify_one(x, y, 0, acc)
-            track, ev = step(track, m, t, tp, acc=acc)
-            for e in ev:
-                if type(e).__name__ == "Entered":
-                    tot["entries"] += 1
-                    tot["right_entries"] += int(e.fence == zt[i])
-            held.append(set(track.inside))
-        z = zt[idx]
-        for k, ins in enumerate(held):
-            tot["scans"] += 1
-            if ins:
-                tot["held_right"] += int(z[k] in ins)
-                tot["held_wrong"] += int(bool(ins - {z[k]}))
-        k = 0
-        while k < len(z):
-            j = k
-            while j + 1 < len(z) and z[j + 1] == z[k]:
-                j += 1
-            if z[k] and j - k + 1 >= 3:
-                tot["visits"] += 1
-                tot["visits_entered"] += int(any(z[k] in held[q] for q in range(k, j + 1)))
-            k = j + 1
-    n = max(tot["scans"], 1)
-    return {**tot, "entry_precision": (tot["right_entries"] / tot["entries"]) if tot["entries"] else None,
-            "held_right": tot["held_right"] / n, "held_wrong": tot["held_wrong"] / n,
-            "visits_entered": (tot["visits_entered"] / tot["visits"]) if tot["visits"] else None,
-            "n_right_entries": tot["right_entries"], "n_wrong_entries": tot["entries"] - tot["right_entries"]}
+    out = []
+    for i in range(len(ds.lines)):
+        ok = bool(np.isfinite(fx["x"][i]))
+        out.append({"walk": str(ds.walk[i]), "ts": float(ds.ts[i]), "x_true": float(ds.x[i]),
+                    "y_true": float(ds.y[i]), "zone_true": zt[i] or None,
+                    "x": round(float(fx["x"][i]), 3) if ok else None,
+                    "y": round(float(fx["y"][i]), 3) if ok else None,
+                    "acc": round(float(fx["acc"][i]), 3) if ok else None,
+                    "n_beacons": int(heard[i]), "method": method})
+    return out
+
+
+def replay(ds: Dataset, fx: dict, confidence: float = 0.9, mode: str = "fused") -> dict:
+    """Each real walk (not tetam's fingerprint points) as one shopper through
+    the agent's tracker: :func:`_zones.replay`, the pipeline's path (coarse
+    fixes fused per device, one- and two-beacon scans as weak fixes, P(inside)
+    in at >= ``confidence``, out at <= 1 - ``confidence``); ``mode="legacy"``
+    is the tracker before issue 21 (weak fixes judged alone, exit when the
+    whole circle is outside).  The scan's own ``ts`` is the clock."""
+    z = _zones.replay(fix_rows(ds, fx), ds.zones, {"confidence": confidence, "mode": mode},
+                      skip_walks=FINGERPRINT_WALKS)
+    nw = z["entries"] - z["right_entries"]
+    return {"mode": mode, "scans": z["scans"], "entries": z["entries"], "right_entries": z["right_entries"],
+            "visits": z["visits"], "visits_entered": z["visits_entered"],
+            "entry_precision": z["entry_precision"], "held_right": z["held_right_share"],
+            "held_wrong": z["held_wrong_share"], "visits_entered_share": z["visit_recall"],
+            "n_right_entries": z["right_entries"], "n_wrong_entries": nw}
 
 
 if __name__ == "__main__":
