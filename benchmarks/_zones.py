@@ -125,7 +125,9 @@ def tracker_params(config: Mapping | None = None) -> tuple[FusionParams, dict]:
     """``config`` -> (FusionParams, the rest).  Keys: any FusionParams field
     (``confidence``, ``acc_sigmas``, ``weak_floor``, ``q_still``, ...), and
     ``timeout_s`` (120), ``sustained_pings`` (3), ``mode`` ("fused" |
-    "legacy" | "disc" | "single"), ``tol_s`` (0), ``min_visit_scans`` (3), ``weak_beacons`` (3)."""
+    "legacy" | "disc" | "single"), ``tol_s`` (0), ``min_visit_scans`` (3), ``weak_beacons`` (3),
+    ``correlated`` (0: as the pipeline today; 1: BLE fixes that are not weak -- those with
+    ``n_beacons`` -- are fused as correlated, :func:`geometry.fusion.fuse`)."""
     config = dict(config or {})
     names = {f.name for f in fields(FusionParams)}
     fp = {k: v for k, v in config.items() if k in names}
@@ -175,6 +177,7 @@ def replay(fixes: Iterable[Mapping], zones, tracker_config: Mapping | None = Non
     tol = float(rest.get("tol_s", 0.0))
     min_scans = int(rest.get("min_visit_scans", 3))
     weak_beacons = int(rest.get("weak_beacons", 3))
+    correlated = bool(rest.get("correlated", False))
     raw = FenceIndex(zs)
     grown = evidence_fences(zs, obs)
     ev = FenceIndex(grown) if mode != "single" else raw
@@ -209,6 +212,7 @@ def replay(fixes: Iterable[Mapping], zones, tracker_config: Mapping | None = Non
         weak = np.array([bool(f["weak"]) if "weak" in f else
                          (int(f["n_beacons"]) < weak_beacons if f.get("n_beacons") is not None else False)
                          for f in fs])
+        corr = np.array([correlated and f.get("n_beacons") is not None for f in fs]) & ~weak
         truth = [_truth(f, zs, gbf) for f in fs]
         state = FusionState(2)
         row = state.rows([name])
@@ -228,7 +232,7 @@ def replay(fixes: Iterable[Mapping], zones, tracker_config: Mapping | None = Non
             coarse = mode != "single" and a > fparams.precise_acc and not (mode == "legacy" and weak[k])
             if coarse and mode == "fused":  # the pipeline today: P(inside) under the estimate
                 f = fuse(state, row, x[k:k + 1], y[k:k + 1], fl[k:k + 1], acc[k:k + 1], ts[k:k + 1], fparams,
-                         weak=weak[k:k + 1])
+                         weak=weak[k:k + 1], correlated=corr[k:k + 1])
                 m = zp.judge(f.x, f.y, fl[k:k + 1], f.sigma, fparams.confidence, z)[0][0]
                 p, ea = fused_params, z * float(f.sigma[0])
             elif coarse:  # before issue 21: the estimate's disc of radius z sigma (a fix passed through: raw)

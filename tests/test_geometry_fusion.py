@@ -96,6 +96,52 @@ def test_one_fix_path_agrees_with_the_batch_path():
             assert np.allclose(getattr(a, c)[0], getattr(b, c)[0], rtol=1e-9, atol=1e-9), (i, c)
 
 
+def test_correlated_fixes_never_tighten_the_estimate_below_their_floor():
+    # A BLE fingerprint repeated from one spot: its error repeats too, so thirty of them are not
+    # thirty times one (measured on real scans: the 2-sigma disc held the truth on 24-46 % of them).
+    p = FusionParams(corr_floor=0.5)
+    st = FusionState(4)
+    rows = st.rows(["c", "i"])
+    for k in range(60):  # one scan a second
+        f = fuse(st, rows, [5.0] * 2, [5.0] * 2, [0] * 2, [8.0] * 2, [float(k)] * 2, p, correlated=[True, False])
+    sc, si = f.sigma
+    assert 0.5 * 4.0 - 1e-9 <= sc < 0.55 * 4.0  # sigma of one fix: acc 8 / 2
+    assert si < 0.65 * sc  # the same fixes, independent: averaged
+    # a precise fix (acc <= precise_acc: UWB at 20 Hz here) is never floored as correlated
+    rows = st.rows(["pc", "pi"])
+    for k in range(60):
+        fuse(st, rows, [5.0] * 2, [5.0] * 2, [0] * 2, [0.9] * 2, [0.05 * k] * 2, p, correlated=[True, False])
+    assert st.ps[rows[0]] == st.ps[rows[1]] < (0.5 * 0.45) ** 2
+    # the floor of a weak fix wins where both flags are set
+    st2 = FusionState(2)
+    r = st2.rows(["w"])
+    for k in range(30):
+        f = fuse(st2, r, [5.0], [5.0], [0], [4.0], [2.0 * k], p, weak=[True], correlated=[True])
+    assert f.sigma[0] >= p.weak_floor * 2.0 - 1e-9
+    with pytest.raises(ValueError):
+        fuse(st2, r, [5.0], [5.0], [0], [4.0], [70.0], p, correlated=[True, False])
+    with pytest.raises(ValueError):
+        FusionParams(corr_floor=1.5)
+
+
+def test_correlated_one_fix_path_agrees_with_the_batch_path():
+    rng = np.random.default_rng(12)
+    n = 120
+    t = np.cumsum(rng.choice([0.5, 1.0, 2.0], n))
+    x, y = np.cumsum(rng.normal(0, 0.5, n)) + rng.normal(0, 2, n), rng.normal(0, 2, n)
+    acc = rng.choice([0.5, 3.0, 5.0], n)
+    wk, cr = rng.random(n) < 0.3, rng.random(n) < 0.6
+    a, b = FusionState(), FusionState()
+    ra, rb = a.rows(["d"]), b.rows(["d", "other"])
+    for i in range(n):
+        fa = fuse(a, ra, x[i:i + 1], y[i:i + 1], [0], acc[i:i + 1], t[i:i + 1], P, weak=wk[i:i + 1],
+                  correlated=cr[i:i + 1])
+        fb = fuse(b, rb, np.r_[x[i], 0.0], np.r_[y[i], 0.0], [0, 0], np.r_[acc[i], 8.0], np.r_[t[i], t[i]], P,
+                  weak=np.r_[wk[i], False], correlated=np.r_[cr[i], True])
+        for u, v in zip(fa, fb):
+            assert np.allclose(u[0], v[0], rtol=1e-9, atol=1e-9), i
+
+
 def test_out_of_order_in_one_batch_is_applied_in_time_order():
     t, fx, fy = _fixes(12, 5.0, 5.0, 3.5, 2)
     perm = np.random.default_rng(0).permutation(t.size)
