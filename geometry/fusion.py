@@ -155,8 +155,8 @@ class FusionParams:
 
     confidence: float = 0.9
     acc_sigmas: float = 2.0
-    # q_still, q_move and weak_floor were tuned on real scans (benchmarks/_zones.py on the
-    # labelled BLE data sets of issue 21, BENCHMARKS.md "The tracker on real scans"); the
+    # q_still, q_move, weak_floor and corr_floor were tuned on real scans (benchmarks/_zones.py on the
+    # labelled BLE data sets of issue 21, BENCHMARKS.md section 11); the
     # simulator's scenarios (tests/fusion_scenarios.py) only checked that nothing broke.
     q_still: float = 0.1
     q_move: float = 1.0
