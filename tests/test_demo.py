@@ -34,6 +34,9 @@ def test_demo_leaves_its_data_for_report_and_audit(tmp_path):
     toml = data / "store.toml"
     assert f"edge-agent report --config {toml}" in out.stdout
     assert f"edge-agent audit --config {toml}" in out.stdout
+    # the money story: one store's minutes cannot decide, the chain's exports can, and the command is given
+    assert "**snacks-chocolate-test earned money**" in out.stdout and "not sure yet" in out.stdout
+    assert f"edge-agent report --chain {data / 'chain'}/*.jsonl.gz" in out.stdout
     assert "Europe/Prague" in out.stdout
     stamps = re.findall(r"^(\d\d:\d\d:\d\d)  \S+\s+(?:enter|OFFER)", out.stdout, re.M)
     assert stamps
