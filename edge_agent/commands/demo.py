@@ -248,5 +248,5 @@ async def _walk(cfg, port: int, n: int, stop: asyncio.Event, *, pace: float = 3.
                     pass
             round_no += 1
     finally:
+        client.disconnect()  # first: it wakes the network thread (else loop_stop waits out a 1 s select)
         client.loop_stop()
-        client.disconnect()

@@ -68,8 +68,8 @@ def watch(url: str, root: str, *, topics: list[str] | None = None, count: int | 
     except KeyboardInterrupt:
         pass
     finally:
+        c.disconnect()  # first: it wakes the network thread (else loop_stop waits out a 1 s select)
         c.loop_stop()
-        c.disconnect()
     return 0
 
 
@@ -80,8 +80,8 @@ def publish(url: str, topic: str, body: dict) -> str:
     try:
         c.publish(topic, json.dumps(body).encode(), qos=1).wait_for_publish(10)
     finally:
+        c.disconnect()  # first: it wakes the network thread (else loop_stop waits out a 1 s select)
         c.loop_stop()
-        c.disconnect()
     return topic
 
 
