@@ -42,6 +42,24 @@ LABELS = """() => Array.from(document.querySelectorAll('#map text')).filter(t =>
                       x0: r.left, y0: r.top, x1: r.right, y1: r.bottom}; })"""
 
 
+SHAPES = """() => { const out = {}, m = document.getElementById('map').getBoundingClientRect();
+  out.map = {x0: m.left, y0: m.top, x1: m.right, y1: m.bottom};
+  document.querySelectorAll('#map .zonegroup').forEach(g => { const r = g.querySelector('path').getBoundingClientRect();
+    out[g.dataset.zone] = {x0: r.left, y0: r.top, x1: r.right, y1: r.bottom}; });
+  return out; }"""
+
+
+def inside(label, box, slack=1.0):
+    """The label's box lies within ``box`` (CSS px, with ``slack``: a text's box includes the room above
+    and below its letters)."""
+    return (label["x0"] >= box["x0"] - slack and label["x1"] <= box["x1"] + slack
+            and label["y0"] >= box["y0"] - slack and label["y1"] <= box["y1"] + slack)
+
+
+def overlaps(a, b, by=1.0):
+    return a["x0"] < b["x1"] - by and b["x0"] < a["x1"] - by and a["y0"] < b["y1"] - by and b["y0"] < a["y1"] - by
+
+
 @pytest.mark.parametrize("size", ["phone", "desktop"])
 async def test_sample_floor_map_is_readable(sample_cfg, agent_factory, size, tmp_path):
     cfg = sample_cfg
@@ -64,12 +82,24 @@ async def test_sample_floor_map_is_readable(sample_cfg, agent_factory, size, tmp
             labels = await page.evaluate(LABELS)
             for i, a in enumerate(labels):
                 for b in labels[i + 1:]:
-                    assert not (a["x0"] < b["x1"] - 0.5 and b["x0"] < a["x1"] - 0.5 and a["y0"] < b["y1"] - 0.5
-                                and b["y0"] < a["y1"] - 0.5), (a, b)
+                    assert not overlaps(a, b, by=0.5), (a, b)
             counted = {lb["zone"] for lb in labels if lb["cls"] == "count"}
             assert counted == leaves, leaves ^ counted
             vw = SIZES[size]["viewport"]["width"]
             assert all(0 <= lb["x0"] and lb["x1"] <= vw for lb in labels)
+            # a leaf's name and count sit inside its shape, nothing clipped by the map's edge; a department's
+            # name covers no zone; every zone bigger than a round display shows a name
+            shapes = await page.evaluate(SHAPES)
+            for lb in labels:
+                s = shapes[lb["zone"]]
+                if lb["zone"] in leaves:
+                    assert inside(lb, s, slack=3 if lb["cls"] == "count" else 1), (lb, s)
+                else:
+                    assert inside(lb, shapes["map"]), lb
+                    assert not any(overlaps(lb, shapes[z]) for z in leaves), lb
+            named = {lb["zone"] for lb in labels if lb["cls"] not in ("count", "deptname")}
+            big = {z for z in leaves if max(shapes[z]["x1"] - shapes[z]["x0"], shapes[z]["y1"] - shapes[z]["y0"]) > 30}
+            assert big <= named, big - named
             # a tap names the zone in full
             await page.locator('#map [data-zone="aisle-5"] path').click()
             assert (await page.text_content("#zoneinfo")).startswith("Aisle 5: baby and family")
