@@ -7,7 +7,9 @@ Names follow DESIGN.md (``edge_pings_total{source}``, ...).
 from __future__ import annotations
 
 import bisect
+import logging
 import math
+import time
 from typing import Callable
 
 
@@ -164,3 +166,108 @@ class Metrics:
         for m in self.all():
             m.render(out)
         return "\n".join(out) + "\n"
+
+
+STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class Stages:
+    """Where an MQTT batch's milliseconds go (``[ingest] stages = true``): one
+    ``edge_stage_{name}_seconds`` histogram per stage, observed once per batch,
+    and a debug log line per batch (logger ``edge_agent.stages``).
+
+    The stamps (``time.perf_counter``), in order:
+
+    ``read``     the socket turned readable (the transport's callback began);
+    ``handed``   paho read and parsed the batch (``on_message`` for each message)
+                 and the transport handed it to the agent;
+    ``decoded``  the pipeline routed and decoded its messages (the step's ping
+                 work begins);
+    ``stepped``  the pure step returned its effects;
+    ``committed`` the one SQLite commit of the batch returned;
+    ``published`` offers, alerts and acks were handed to paho and the outlets;
+    ``written``  the loop next called the socket's writer (the wait for the
+                 loop to schedule it; only for batches that published).
+
+    Stage *k* is the time between stamp *k* and stamp *k + 1*; ``batch`` is
+    ``read`` → ``published``."""
+
+    NAMES = ("read", "decode", "step", "commit", "publish")
+    HELP = {
+        "read": "From the socket turning readable to the batch handed to the agent: paho's read and parse "
+                "(per batch).",
+        "decode": "The pipeline's routing and decoding of the batch's messages (per batch).",
+        "step": "The pure step's positioning, matching, tracking and decisions (per batch).",
+        "commit": "The batch's rows written and its one SQLite commit (per batch).",
+        "publish": "Offers, alerts and acks handed to paho and the in-process outlets (per batch).",
+        "write": "From the batch's publishes to the loop calling the socket's writer (per batch that published).",
+        "batch": "From the socket turning readable to the batch's publishes handed to paho (per batch).",
+    }
+
+    def __init__(self, metrics: "Metrics", clock: Callable[[], float] | None = None):
+        self.clock = clock or time.perf_counter
+        self.log = logging.getLogger("edge_agent.stages")
+        self.hist = {name: Histogram(f"edge_stage_{name}_seconds", self.HELP[name], STAGE_BUCKETS)
+                     for name in (*self.NAMES, "write", "batch")}
+        self.size = Histogram("edge_stage_batch_messages", "Messages per MQTT batch (per batch).", SIZE_BUCKETS)
+        metrics.extra += [*self.hist.values(), self.size]
+        self.read_at = 0.0  # set by the transport when its socket turns readable
+        self.stamps: list | None = None  # the batch in progress (None: outside a transport batch)
+        self.last: dict | None = None  # the last batch: {"n", "stamps": [read, handed, ..., published, written?]}
+        self._unwritten: list[dict] = []
+
+    def around(self, pipeline) -> "Stages":
+        """Stamp ``decoded`` when the pipeline's ping work begins (after routing and decoding)."""
+        run_pings, mark = pipeline.run_pings, self.mark
+
+        def staged_run_pings(pings) -> None:
+            mark(2)
+            run_pings(pings)
+
+        pipeline.run_pings = staged_run_pings
+        return self
+
+    # the transport
+    def readable(self) -> None:
+        self.read_at = self.clock()
+
+    def begin(self) -> None:
+        """The transport hands a batch to the agent."""
+        self.stamps = [self.read_at, self.clock(), None, None, None, None]
+
+    def done(self) -> None:
+        """The agent returned from the batch (a batch that failed keeps no record)."""
+        self.stamps = None
+
+    def writable(self) -> None:
+        if self._unwritten:
+            t = self.clock()
+            for b in self._unwritten:
+                b["stamps"].append(t)
+                self.hist["write"].observe(t - b["stamps"][5])
+            self._unwritten = []
+
+    # the agent (no-ops outside a transport batch: ticks, HTTP, retries)
+    def mark(self, i: int) -> None:
+        """Stamp ``i`` (2 decoded, 3 stepped, 4 committed) of the batch in progress."""
+        if self.stamps is not None:
+            self.stamps[i] = self.clock()
+
+    def end(self, n: int, published: bool) -> None:
+        s, self.stamps = self.stamps, None
+        if s is None:
+            return
+        s[5] = self.clock()
+        if None in s:
+            return
+        for name, a, b in zip(self.NAMES, s, s[1:]):
+            self.hist[name].observe(b - a)
+        self.hist["batch"].observe(s[5] - s[0])
+        self.size.observe(n)
+        self.last = {"n": n, "stamps": s}
+        if published:
+            self._unwritten.append(self.last)
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("batch of %d: read %.3f decode %.3f step %.3f commit %.3f publish %.3f = %.3f ms", n,
+                           *((b - a) * 1e3 for a, b in zip(s, s[1:])), (s[5] - s[0]) * 1e3)

@@ -40,7 +40,7 @@ from .pipeline.codecs import Ping, owntracks_cmd
 from .pipeline.guard import SpoofGuard
 from .instance import lock_data_dir, unlock
 from .storage.ledger import Ledger
-from .metrics import Metrics
+from .metrics import Metrics, Stages
 from .transport.mqtt import Message, MqttClient
 from .pipeline import Effects, Pipeline, State, build_runtime
 from .storage.privacy import TopicSealer
@@ -80,6 +80,7 @@ class Agent:
         self.reloader = Reloader(self)
         self.client_id = client_id or cfg.mqtt.client_id or f"edge-agent-{cfg.store_id}"
         self.mqtt: MqttClient | None = None
+        self.stages: Stages | None = None  # [ingest] stages: where a batch's milliseconds go (metrics.Stages)
         self.ledger: Ledger | None = None
         self.store: Store | None = None
         self.sync: Sync | None = None  # uplink, downlink, outbox housekeeping (sync/tasks.py)
@@ -189,10 +190,12 @@ class Agent:
         routes = sources.mqtt_routes(self)  # vendor feeds over MQTT (Aruba ALE)
         self.pipeline.source_routes = [(partial(topic_matches, flt), decode) for flt, _, decode in routes]
         subs += [(flt, qos) for flt, qos, _ in routes]
+        if cfg.ingest.stages:  # the transport stamps read, handed and written; the pipeline decoded
+            self.stages = Stages(self.metrics).around(self.pipeline)
         self.mqtt = MqttClient(cfg.mqtt, client_id=self.client_id, subscriptions=subs,
                                on_batch=self.on_batch, status_topic=f"{self.root}/status",
                                on_connected=self._on_connected, on_published=self._on_published,
-                               clock=self.clock)
+                               clock=self.clock, stages=self.stages)
         await self.mqtt.start()
         self._tasks.append(asyncio.create_task(self._ticker(), name="tracker-tick"))
         if cfg.path is not None:
@@ -263,7 +266,10 @@ class Agent:
         except sqlite3.Error as exc:  # reading the ledger (an action's offer)
             self._storage_failed(exc, msgs, self.pipeline.take())
             return
-        self._commit(fx, msgs)
+        if (st := self.stages) is not None:
+            st.mark(3)  # stepped
+        if self._commit(fx, msgs) and st is not None:
+            st.end(len(msgs), bool(fx.offers or fx.publish or fx.acks))
 
     def ingest_pings(self, pings: list[Ping]) -> bool:
         """Run already-decoded pings (vendor adapters: Meraki, Aruba) through
@@ -301,6 +307,8 @@ class Agent:
         except sqlite3.Error as exc:
             self._storage_failed(exc, msgs, fx)
             return False
+        if self.stages is not None:
+            self.stages.mark(4)  # committed (a no-op outside a transport batch)
         self._delivered = []
         if wrote:
             self._recovered()

@@ -52,7 +52,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "tracking": frozenset({"clock", "timeout_s", "publish_events", "sustained_pings", "default_acc",
                            "max_future_skew_s", "max_speed_mps", "fusion", "confidence", "acc_sigmas",
                            "acc_scale"}),
-    "ingest": frozenset({"owntracks", "owntracks_cmd", "max_payload_bytes", "shed_above"}),
+    "ingest": frozenset({"owntracks", "owntracks_cmd", "max_payload_bytes", "shed_above", "stages"}),
     "offers": frozenset({"ttl_s", "per_visit_cap", "min_gap_s", "daily_cap", "global_holdout_pct", "code_ttl_s",
                          "attribution_window_s", "scores", "explore_pct"}),
     "privacy": frozenset({"anonymous_offers", "anonymous_tracking", "position_retention_s"}),
@@ -262,6 +262,7 @@ def parse_ingest(c: Collector, doc: dict) -> IngestConfig:
         owntracks_cmd=c.boolean(g, "owntracks_cmd", "[ingest]", default=True),
         max_payload_bytes=c.integer(g, "max_payload_bytes", "[ingest]", default=16384, minimum=64),
         shed_above=c.integer(g, "shed_above", "[ingest]", default=5000, minimum=1),
+        stages=c.boolean(g, "stages", "[ingest]", default=False),
     )
 
 

@@ -255,6 +255,9 @@ class IngestConfig:
     # Overload: when one batch holds more pings than this, only the newest
     # ping of each device is processed (stale ones are shed and counted).
     shed_above: int = 5000
+    # Where a batch's milliseconds go: edge_stage_*_seconds histograms and a
+    # debug log line per batch (read at start; off costs one test per batch).
+    stages: bool = False
 
 
 @dataclass(frozen=True, slots=True)

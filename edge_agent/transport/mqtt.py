@@ -87,6 +87,7 @@ class MqttClient:
         on_connected: Callable[[], None] | None = None,
         on_published: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.time,
+        stages=None,
     ):
         if cfg.url is None:
             raise MqttError("no [mqtt] url configured")
@@ -98,6 +99,7 @@ class MqttClient:
         self.on_published = on_published
         self.status_topic = status_topic
         self.clock = clock
+        self.stages = stages  # metrics.Stages when [ingest] stages is on: readable, handed and written stamps
         self.connected = asyncio.Event()
         self.subscribed = asyncio.Event()  # SUBACK of the last (re)subscription received
         self._lost = asyncio.Event()
@@ -172,8 +174,12 @@ class MqttClient:
 
     def _writable(self) -> None:
         self.client.loop_write()
+        if self.stages is not None:
+            self.stages.writable()
 
     def _readable(self) -> None:
+        if self.stages is not None:
+            self.stages.readable()
         sock = self._sock
         c = self.client
         for _ in range(MAX_DRAIN):
@@ -194,10 +200,16 @@ class MqttClient:
     def _flush(self) -> None:
         if self._batch:
             batch, self._batch = self._batch, []
+            st = self.stages
+            if st is not None:
+                st.begin()
             try:
                 self.on_batch(batch)
             except Exception:  # never let one bad batch kill the transport
                 log.exception("message batch handler failed; %d messages", len(batch))
+            finally:
+                if st is not None:
+                    st.done()
 
     # -- paho callbacks (loop thread)
     def _on_message(self, client, userdata, msg) -> None:
