@@ -9,6 +9,17 @@ it is the figure to quote.
 
     python benchmarks/e2e.py --rates 1000,5000,10000,25000 --seconds 8
     python benchmarks/e2e.py --rates 27000,27000 --compare-git REV   # this tree vs REV, same load
+    python benchmarks/e2e.py --rates 5000,5000 --echo --stages        # the echo floor, the agent's stages
+
+With ``--echo`` the floor is a bare paho client that answers each fresh
+entry (the pings the agent answers with an offer) on ``{R}/offer/{device}``
+at QoS 1 through the same broker, timed by the same listener: the agent's
+p50/p99 over the echo's, at each rate, is the figure (issue 24: p50 ≤ 2x,
+p99 ≤ 1.5x).  With ``--stages`` the agent runs with ``[ingest] stages =
+true`` and each row also gives where its time went: the
+``edge_stage_*_seconds`` histograms over the load (per batch: mean, p50,
+p99 from the buckets) and each offer's split at its ``ts`` (the agent's
+clock when it took the batch): entry publish → agent, agent → listener.
 
 With ``--compare-git`` the agent of git revision REV (extracted with ``git
 archive``) takes every rate's load too, right before or after this tree's
@@ -44,7 +55,8 @@ from _common import RESULTS, ROOT, free_port, metric_total, scrape, start_agent,
 GRID = 20  # 400 fences
 
 
-def write_store(workdir: Path, port: int, http_port: int, store_id: str, extra_toml: str = "") -> Path:
+def write_store(workdir: Path, port: int, http_port: int, store_id: str, extra_toml: str = "",
+                stages: bool = False) -> Path:
     """The 400-fence grid store; ``extra_toml`` is appended to its store.toml
     (e.g. a ``[pos]`` section for the till benchmark)."""
     feats = []
@@ -81,7 +93,7 @@ def write_store(workdir: Path, port: int, http_port: int, store_id: str, extra_t
         sustained_pings = 0
         [ingest]
         shed_above = 1000000
-        """) + (("\n" + extra_toml.strip() + "\n") if extra_toml.strip() else ""))
+        """) + ("stages = true\n" if stages else "") + (("\n" + extra_toml.strip() + "\n") if extra_toml.strip() else ""))
     return workdir / "store.toml"
 
 
@@ -146,9 +158,18 @@ def offer_listener(port: int, store_id: str, ready, stop, out: "mp.Queue") -> No
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    got: list[tuple[str, float]] = []
+    got: list[tuple[str, float, float | None]] = []  # (device, arrival, the offer's ts)
+
+    def on_message(cl, u, m):
+        t = time.time()
+        try:
+            ts = json.loads(m.payload).get("ts")
+        except (ValueError, AttributeError):
+            ts = None
+        got.append((m.topic.rsplit("/", 1)[1], t, ts))
+
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"offers-{os.getpid()}")
-    c.on_message = lambda cl, u, m: got.append((m.topic.rsplit("/", 1)[1], time.time()))
+    c.on_message = on_message
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"store/{store_id}/offer/+", 1)
     c.on_subscribe = lambda *a: ready.set()
     c.on_socket_open = lambda cl, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -159,20 +180,28 @@ def offer_listener(port: int, store_id: str, ready, stop, out: "mp.Queue") -> No
     out.put(got)
 
 
-def bare_subscriber(port: int, store_id: str, ready, stop, out: "mp.Queue") -> None:
-    """The baseline: a paho subscriber that only counts (and decodes the JSON)."""
+def bare_subscriber(port: int, store_id: str, ready, stop, out: "mp.Queue", echo: bool = False) -> None:
+    """The baseline: a paho subscriber that only counts (and decodes the JSON);
+    with ``echo``, it also answers each fresh entry (a uwb ping at a fence's
+    (+1, +1), what the generator sends for one) on ``{R}/offer/{device}`` at
+    QoS 1, as the agent answers it with an offer."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
     count = [0]
     last = [0.0]
+    offer = f"store/{store_id}/offer/"
 
     def on_message(cl, u, m):
-        json.loads(m.payload)  # the least any consumer does
+        p = json.loads(m.payload)  # the least any consumer does
         count[0] += 1
         last[0] = time.time()
+        if echo and "/ping/uwb/" in m.topic and p["x"] % 4.0 == 1.0 and p["y"] % 4.0 == 1.0:
+            cl.publish(offer + m.topic.rsplit("/", 1)[1], json.dumps({"echo": count[0], "ts": last[0]}), qos=1)
 
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-{os.getpid()}")
+    c.max_queued_messages_set(0)
+    c.max_inflight_messages_set(1000)  # as the agent's
     c.on_message = on_message
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"store/{store_id}/ping/+/+", 0)
     c.on_subscribe = lambda *a: ready.set()
@@ -236,7 +265,7 @@ def pair_latencies(gens: list[dict], offers: list[tuple[str, float]]) -> list[fl
     """Ping→offer latencies (ms): each generator's entry paired with the next
     offer for that device that arrived after it."""
     by_dev: dict[str, list[float]] = {}
-    for dev, t in offers:
+    for dev, t, *_ in offers:
         by_dev.setdefault(dev, []).append(t)
     lat = []
     for g in gens:
@@ -252,6 +281,34 @@ def pair_latencies(gens: list[dict], offers: list[tuple[str, float]]) -> list[fl
     return lat
 
 
+STAGES = ("read", "decode", "step", "commit", "publish", "write", "batch")
+
+
+def stage_figures(m0: dict[str, float], m1: dict[str, float]) -> dict:
+    """The agent's ``edge_stage_*`` histograms over a load (two scrapes): per stage
+    the batches observed, the mean and the p50/p99 read off the buckets (the
+    bucket's upper bound, ms); and the mean messages per batch."""
+    out = {}
+    for name in (*(f"{n}_seconds" for n in STAGES), "batch_messages"):
+        base = f"edge_stage_{name}"
+        d = lambda k: m1.get(k, 0.0) - m0.get(k, 0.0)  # noqa: E731
+        n = d(f"{base}_count")
+        if not n:
+            continue
+        buckets = sorted((float(k.split('le="', 1)[1].split('"', 1)[0]), d(k)) for k in m1
+                         if k.startswith(f"{base}_bucket{{") and "+Inf" not in k)
+
+        def q(p):
+            for le, c in buckets:
+                if c >= p * n:
+                    return le
+            return float("inf")
+        scale = 1.0 if name == "batch_messages" else 1000.0
+        out[name.replace("_seconds", "")] = {"batches": int(n), "mean": d(f"{base}_sum") / n * scale,
+                                              "p50_le": q(0.5) * scale, "p99_le": q(0.99) * scale}
+    return out
+
+
 def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str, run: int) -> dict:
     """One agent (the code under ``root``) under the load at ``rate``: loss,
     drain, ping→offer latency and the agent's CPU per ping."""
@@ -259,7 +316,7 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     http_port = free_port()
     sdir = work / sid
     sdir.mkdir()
-    cfg = write_store(sdir, port, http_port, sid)
+    cfg = write_store(sdir, port, http_port, sid, stages=args.stages)
     agent = start_agent(cfg, http_port, root=root)
     q2: mp.Queue = mp.Queue()
     ready, stop = mp.Event(), mp.Event()
@@ -279,6 +336,7 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
             polling.wait(args.poll)
 
     poller = threading.Thread(target=poll, daemon=True)
+    m0 = scrape(http_port) if args.stages else {}
     cpu0 = agent_cpu_s(agent.pid)
     poller.start()
     gens = run_load(port, sid, rate, args.seconds, args.workers, args.devices, args.entry_share)
@@ -289,6 +347,7 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     polling.set()
     poller.join()
     cpu1 = agent_cpu_s(agent.pid)
+    m1 = scrape(http_port) if args.stages else {}
     processed = samples[-1][1] if samples else 0.0
     done = [t for t, n in samples if n >= a_published]
     drained_wall = done[0] if done else time.time()
@@ -300,7 +359,16 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     lat = pair_latencies(gens, offers)
     entries = sum(len(g["entries"]) for g in gens)
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-    return {
+    extra = {}
+    if args.stages:
+        to_agent = pair_latencies(gens, [(d, ts) for d, _, ts in offers if ts is not None])
+        to_listener = [(t - ts) * 1000 for _, t, ts in offers if ts is not None]
+        extra = {"stages_ms": stage_figures(m0, m1),
+                 "split_ms": {"entry_to_agent_p50": percentile(to_agent, 50),
+                              "entry_to_agent_p99": percentile(to_agent, 99),
+                              "agent_to_listener_p50": percentile(to_listener, 50),
+                              "agent_to_listener_p99": percentile(to_listener, 99)}}
+    return {**extra,
         "variant": variant,
         "rate": rate, "achieved_rate": round(a_published / max(g["seconds"] for g in gens)),
         "published": a_published, "agent_processed": processed,
@@ -348,6 +416,11 @@ def main() -> int:
     ap.add_argument("--compare-git", metavar="REV", default=None,
                     help="also run the agent as of git revision REV on the same load, right after this tree's "
                          "(before/after, same run)")
+    ap.add_argument("--echo", action="store_true",
+                    help="the baseline also answers each fresh entry on {R}/offer/{device} (QoS 1): the echo floor, "
+                         "its ping→offer p50/p99 beside the agent's")
+    ap.add_argument("--stages", action="store_true",
+                    help="run the agent with [ingest] stages = true and report where its time went")
     ap.add_argument("--out", default=str(RESULTS / "e2e.json"))
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -363,13 +436,30 @@ def main() -> int:
             q: mp.Queue = mp.Queue()
             ready, stop = mp.Event(), mp.Event()
             sid = f"B{int(rate)}r{i}"
-            bare = mp.Process(target=bare_subscriber, args=(port, sid, ready, stop, q))
+            bare = mp.Process(target=bare_subscriber, args=(port, sid, ready, stop, q, args.echo))
             bare.start()
             ready.wait(10)
+            if args.echo:
+                eq: mp.Queue = mp.Queue()
+                eready, estop = mp.Event(), mp.Event()
+                elst = mp.Process(target=offer_listener, args=(port, sid, eready, estop, eq))
+                elst.start()
+                eready.wait(10)
             gens = run_load(port, sid, rate, args.seconds, args.workers, args.devices, args.entry_share)
             stop.set()
             bare_count, bare_last = q.get()
             bare.join()
+            echo = {}
+            if args.echo:
+                estop.set()
+                eoffers = eq.get()
+                elst.join()
+                elat = pair_latencies(gens, eoffers)
+                echo = {"echo_p50_ms": percentile(elat, 50), "echo_p99_ms": percentile(elat, 99),
+                        "echo_p999_ms": percentile(elat, 99.9), "echo_answers": len(eoffers),
+                        "echo_entries": sum(len(g["entries"]) for g in gens)}
+                print(f"    echo rate {rate:>7.0f}/s  answers {len(eoffers)}/{echo['echo_entries']}  "
+                      f"p50 {echo['echo_p50_ms'] or 0:.2f} ms  p99 {echo['echo_p99_ms'] or 0:.2f} ms", flush=True)
             bare_drain = max(0.0, bare_last - max(g["end_wall"] for g in gens))
             published = sum(g["published"] for g in gens)
 
@@ -378,7 +468,20 @@ def main() -> int:
                 row = run_agent(work, port, rate, args, root, variant, i)
                 row.update({"bare_published": published, "bare_received": bare_count,
                             "bare_loss": round(1 - bare_count / published, 4) if published else None,
-                            "bare_drain_s": round(bare_drain, 2)})
+                            "bare_drain_s": round(bare_drain, 2), **echo})
+                if echo.get("echo_p50_ms") and row.get("p50_ms"):
+                    row["p50_over_echo"] = round(row["p50_ms"] / echo["echo_p50_ms"], 2)
+                    row["p99_over_echo"] = round(row["p99_ms"] / echo["echo_p99_ms"], 2)
+                    print(f"    agent/echo: p50 {row['p50_over_echo']}x (target <= 2), "
+                          f"p99 {row['p99_over_echo']}x (target <= 1.5)", flush=True)
+                if row.get("stages_ms"):
+                    print("    stages per batch (mean / p50 / p99 ms): " + ", ".join(
+                        f"{k} {v['mean']:.3f}/{v['p50_le']:.3g}/{v['p99_le']:.3g}" for k, v in row["stages_ms"].items()
+                        if k != "batch_messages"), flush=True)
+                    bm = row["stages_ms"].get("batch_messages")
+                    if bm:
+                        print(f"    messages per batch: mean {bm['mean']:.1f}, p50 <= {bm['p50_le']:g}, "
+                              f"p99 <= {bm['p99_le']:g}; split: {row['split_ms']}", flush=True)
                 rows.append(row)
                 cpu = f"  agent CPU {row['cpu_us_per_ping']:.1f} µs/ping" if row.get("cpu_us_per_ping") else ""
                 print(f"{variant:>8} rate {rate:>7.0f}/s (achieved {row['achieved_rate']}/s)  agent loss {row['agent_loss']:.2%}  bare loss {row['bare_loss']:.2%} "
