@@ -122,10 +122,11 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("mosquitto did not start")
 
 
-def start_agent(config: Path, http_port: int, *, timeout: float = 20.0, root: Path = ROOT) -> subprocess.Popen:
+def start_agent(config: Path, http_port: int, *, timeout: float = 20.0, root: Path = ROOT,
+                log_level: str = "warning", stderr=None) -> subprocess.Popen:
     """`edge-agent run` as its own process (the code under ``root``), returned once /readyz answers 200."""
-    agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--log-level", "warning", "run",
-                              "--config", str(config)], cwd=root)
+    agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "--log-level", log_level, "run",
+                              "--config", str(config)], cwd=root, stderr=stderr)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -309,6 +309,30 @@ def stage_figures(m0: dict[str, float], m1: dict[str, float]) -> dict:
     return out
 
 
+def stage_log(path: Path) -> dict:
+    """The agent's debug line per batch (``--stages-log``): per stage, mean and p50 (ms)
+    over the batches that made offers and over the rest."""
+    import re
+    pat = re.compile(r"batch of (\d+), (\d+) offers: read ([\d.]+) decode ([\d.]+) step ([\d.]+) commit ([\d.]+) "
+                     r"publish ([\d.]+) = ([\d.]+) ms")
+    groups: dict[str, list[list[float]]] = {"with_offers": [], "without": []}
+    for line in path.read_text(errors="replace").splitlines():
+        m = pat.search(line)
+        if m:
+            v = [float(x) for x in m.groups()]
+            groups["with_offers" if v[1] else "without"].append([v[0], *v[2:]])
+    out = {}
+    for g, rows in groups.items():
+        if rows:
+            cols = list(zip(*rows))
+            out[g] = {"batches": len(rows), **{f"{k}_mean": sum(c) / len(c) for k, c in
+                                                zip(("messages", "read", "decode", "step", "commit", "publish", "batch"),
+                                                    cols)},
+                      **{f"{k}_p50": percentile(list(c), 50) for k, c in
+                         zip(("messages", "read", "decode", "step", "commit", "publish", "batch"), cols)}}
+    return out
+
+
 def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str, run: int) -> dict:
     """One agent (the code under ``root``) under the load at ``rate``: loss,
     drain, ping→offer latency and the agent's CPU per ping."""
@@ -316,8 +340,9 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     http_port = free_port()
     sdir = work / sid
     sdir.mkdir()
-    cfg = write_store(sdir, port, http_port, sid, stages=args.stages)
-    agent = start_agent(cfg, http_port, root=root)
+    cfg = write_store(sdir, port, http_port, sid, stages=args.stages or args.stages_log)
+    log_file = (sdir / "agent.log").open("wb") if args.stages_log else None
+    agent = start_agent(cfg, http_port, root=root, log_level="debug" if log_file else "warning", stderr=log_file)
     q2: mp.Queue = mp.Queue()
     ready, stop = mp.Event(), mp.Event()
     lst = mp.Process(target=offer_listener, args=(port, sid, ready, stop, q2))
@@ -336,7 +361,7 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
             polling.wait(args.poll)
 
     poller = threading.Thread(target=poll, daemon=True)
-    m0 = scrape(http_port) if args.stages else {}
+    m0 = scrape(http_port) if args.stages or args.stages_log else {}
     cpu0 = agent_cpu_s(agent.pid)
     poller.start()
     gens = run_load(port, sid, rate, args.seconds, args.workers, args.devices, args.entry_share)
@@ -347,7 +372,7 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     polling.set()
     poller.join()
     cpu1 = agent_cpu_s(agent.pid)
-    m1 = scrape(http_port) if args.stages else {}
+    m1 = scrape(http_port) if args.stages or args.stages_log else {}
     processed = samples[-1][1] if samples else 0.0
     done = [t for t, n in samples if n >= a_published]
     drained_wall = done[0] if done else time.time()
@@ -356,14 +381,16 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     lst.join()
     agent.send_signal(signal.SIGTERM)
     agent.wait(30)
+    if log_file is not None:
+        log_file.close()
     lat = pair_latencies(gens, offers)
     entries = sum(len(g["entries"]) for g in gens)
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-    extra = {}
-    if args.stages:
+    extra = {"stage_log": stage_log(sdir / "agent.log")} if log_file is not None else {}
+    if args.stages or args.stages_log:
         to_agent = pair_latencies(gens, [(d, ts) for d, _, ts in offers if ts is not None])
         to_listener = [(t - ts) * 1000 for _, t, ts in offers if ts is not None]
-        extra = {"stages_ms": stage_figures(m0, m1),
+        extra |= {"stages_ms": stage_figures(m0, m1),
                  "split_ms": {"entry_to_agent_p50": percentile(to_agent, 50),
                               "entry_to_agent_p99": percentile(to_agent, 99),
                               "agent_to_listener_p50": percentile(to_listener, 50),
@@ -421,6 +448,9 @@ def main() -> int:
                          "its ping→offer p50/p99 beside the agent's")
     ap.add_argument("--stages", action="store_true",
                     help="run the agent with [ingest] stages = true and report where its time went")
+    ap.add_argument("--stages-log", action="store_true",
+                    help="also run the agent at --log-level debug and split its line per batch by batches that "
+                         "made offers and the rest (the logging costs the agent CPU)")
     ap.add_argument("--out", default=str(RESULTS / "e2e.json"))
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -478,6 +508,9 @@ def main() -> int:
                     print("    stages per batch (mean / p50 / p99 ms): " + ", ".join(
                         f"{k} {v['mean']:.3f}/{v['p50_le']:.3g}/{v['p99_le']:.3g}" for k, v in row["stages_ms"].items()
                         if k != "batch_messages"), flush=True)
+                    for g, v in row.get("stage_log", {}).items():
+                        print(f"    {g}: {v['batches']} batches, mean ms: " + ", ".join(
+                            f"{k[:-5]} {x:.3f}" for k, x in v.items() if k.endswith("_mean")), flush=True)
                     bm = row["stages_ms"].get("batch_messages")
                     if bm:
                         print(f"    messages per batch: mean {bm['mean']:.1f}, p50 <= {bm['p50_le']:g}, "

@@ -191,7 +191,7 @@ class Stages:
                  loop to schedule it; only for batches that published).
 
     Stage *k* is the time between stamp *k* and stamp *k + 1*; ``batch`` is
-    ``read`` → ``published``."""
+    ``read`` → ``published``.  The debug line follows the write."""
 
     NAMES = ("read", "decode", "step", "commit", "publish")
     HELP = {
@@ -216,6 +216,7 @@ class Stages:
         self.stamps: list | None = None  # the batch in progress (None: outside a transport batch)
         self.last: dict | None = None  # the last batch: {"n", "stamps": [read, handed, ..., published, written?]}
         self._unwritten: list[dict] = []
+        self._logline: dict | None = None
 
     def around(self, pipeline) -> "Stages":
         """Stamp ``decoded`` when the pipeline's ping work begins (after routing and decoding)."""
@@ -237,8 +238,15 @@ class Stages:
         self.stamps = [self.read_at, self.clock(), None, None, None, None]
 
     def done(self) -> None:
-        """The agent returned from the batch (a batch that failed keeps no record)."""
+        """The batch is over and written (one that failed keeps no record): its debug line,
+        after the write so that the line's own cost delays no offer."""
         self.stamps = None
+        b, self._logline = self._logline, None
+        if b is not None and self.log.isEnabledFor(logging.DEBUG):
+            n, offers, s = b["n"], b["offers"], b["stamps"]
+            self.log.debug("batch of %d, %d offers: read %.3f decode %.3f step %.3f commit %.3f publish %.3f = %.3f ms"
+                           "%s", n, offers, *((y - x) * 1e3 for x, y in zip(s, s[1:6])), (s[5] - s[0]) * 1e3,
+                           f", written +{(s[6] - s[5]) * 1e3:.3f} ms" if len(s) > 6 else "")
 
     def writable(self) -> None:
         if self._unwritten:
@@ -254,7 +262,7 @@ class Stages:
         if self.stamps is not None:
             self.stamps[i] = self.clock()
 
-    def end(self, n: int, published: bool) -> None:
+    def end(self, n: int, offers: int, published: bool) -> None:
         s, self.stamps = self.stamps, None
         if s is None:
             return
@@ -265,9 +273,6 @@ class Stages:
             self.hist[name].observe(b - a)
         self.hist["batch"].observe(s[5] - s[0])
         self.size.observe(n)
-        self.last = {"n": n, "stamps": s}
+        self.last = self._logline = {"n": n, "offers": offers, "stamps": s}
         if published:
             self._unwritten.append(self.last)
-        if self.log.isEnabledFor(logging.DEBUG):
-            self.log.debug("batch of %d: read %.3f decode %.3f step %.3f commit %.3f publish %.3f = %.3f ms", n,
-                           *((b - a) * 1e3 for a, b in zip(s, s[1:])), (s[5] - s[0]) * 1e3)

@@ -269,7 +269,7 @@ class Agent:
         if (st := self.stages) is not None:
             st.mark(3)  # stepped
         if self._commit(fx, msgs) and st is not None:
-            st.end(len(msgs), bool(fx.offers or fx.publish or fx.acks))
+            st.end(len(msgs), len(fx.offers), bool(fx.offers or fx.publish or fx.acks))
 
     def ingest_pings(self, pings: list[Ping]) -> bool:
         """Run already-decoded pings (vendor adapters: Meraki, Aruba) through

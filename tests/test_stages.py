@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -17,7 +18,9 @@ def test_stages_are_off_by_default_and_a_key_switches_them_on(tmp_path):
 
 
 @pytest.mark.broker
-async def test_one_pings_stages_are_recorded_in_order_within_its_life(store_factory, agent_factory, mqtt_client):
+async def test_one_pings_stages_are_recorded_in_order_within_its_life(store_factory, agent_factory, mqtt_client,
+                                                                      caplog):
+    caplog.set_level(logging.DEBUG, logger="edge_agent.stages")
     cfg = store_factory(toml_extra="[ingest]\nstages = true\n")
     server = await agent_factory(cfg)
     agent = server.agent
@@ -47,6 +50,9 @@ async def test_one_pings_stages_are_recorded_in_order_within_its_life(store_fact
     assert parts <= values["edge_stage_batch_seconds_sum"] + 1e-9
     assert parts + values["edge_stage_write_seconds_sum"] <= got - sent
     assert values["edge_stage_batch_messages_count"] == 1
+    # and one debug line for the batch, after its write
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge_agent.stages"]
+    assert len(lines) == 1 and lines[0].startswith("batch of 1, 1 offers: read ") and ", written +" in lines[0]
 
 
 @pytest.mark.broker

@@ -207,14 +207,13 @@ class MqttClient:
                 self.on_batch(batch)
             except Exception:  # never let one bad batch kill the transport
                 log.exception("message batch handler failed; %d messages", len(batch))
-            finally:
-                if st is not None:
-                    st.done()
             if self.client.want_write():
                 # the batch's offers, alerts and acks leave now, in one write: left to the loop's writer
                 # callback they waited behind the next readable batch and every other ready callback
                 # (0.8-1.6 ms mean at 5,000 pings/s, the largest stage: BENCHMARKS.md section 13)
                 self._writable()
+            if st is not None:
+                st.done()
 
     # -- paho callbacks (loop thread)
     def _on_message(self, client, userdata, msg) -> None:
