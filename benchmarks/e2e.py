@@ -13,7 +13,8 @@ it is the figure to quote.
 
 With ``--echo`` the floor is a bare paho client that answers each fresh
 entry (the pings the agent answers with an offer) on ``{R}/offer/{device}``
-at QoS 1 through the same broker, timed by the same listener: the agent's
+at QoS 1 through the same broker, timed by the same listener (``--echo
+each``: it answers every other ping too, on ``{R}/echo/{device}``): the agent's
 p50/p99 over the echo's, at each rate, is the figure (issue 24: p50 ≤ 2x,
 p99 ≤ 1.5x).  With ``--stages`` the agent runs with ``[ingest] stages =
 true`` and each row also gives where its time went: the
@@ -180,24 +181,31 @@ def offer_listener(port: int, store_id: str, ready, stop, out: "mp.Queue") -> No
     out.put(got)
 
 
-def bare_subscriber(port: int, store_id: str, ready, stop, out: "mp.Queue", echo: bool = False) -> None:
+def bare_subscriber(port: int, store_id: str, ready, stop, out: "mp.Queue", echo: str = "") -> None:
     """The baseline: a paho subscriber that only counts (and decodes the JSON);
     with ``echo``, it also answers each fresh entry (a uwb ping at a fence's
     (+1, +1), what the generator sends for one) on ``{R}/offer/{device}`` at
-    QoS 1, as the agent answers it with an offer."""
+    QoS 1, as the agent answers it with an offer; ``echo="each"`` answers every
+    other ping too, on ``{R}/echo/{device}`` (QoS 1, no subscriber: the broker's
+    and the echo's work for an answer to each ping, the listener's load the
+    agent's)."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
     count = [0]
     last = [0.0]
-    offer = f"store/{store_id}/offer/"
+    offer, other = f"store/{store_id}/offer/", f"store/{store_id}/echo/"
 
     def on_message(cl, u, m):
         p = json.loads(m.payload)  # the least any consumer does
         count[0] += 1
         last[0] = time.time()
-        if echo and "/ping/uwb/" in m.topic and p["x"] % 4.0 == 1.0 and p["y"] % 4.0 == 1.0:
-            cl.publish(offer + m.topic.rsplit("/", 1)[1], json.dumps({"echo": count[0], "ts": last[0]}), qos=1)
+        if not echo:
+            return
+        entry = "/ping/uwb/" in m.topic and p["x"] % 4.0 == 1.0 and p["y"] % 4.0 == 1.0
+        if entry or echo == "each":
+            cl.publish((offer if entry else other) + m.topic.rsplit("/", 1)[1],
+                       json.dumps({"echo": count[0], "ts": last[0]}), qos=1)
 
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-{os.getpid()}")
     c.max_queued_messages_set(0)
@@ -443,9 +451,10 @@ def main() -> int:
     ap.add_argument("--compare-git", metavar="REV", default=None,
                     help="also run the agent as of git revision REV on the same load, right after this tree's "
                          "(before/after, same run)")
-    ap.add_argument("--echo", action="store_true",
+    ap.add_argument("--echo", nargs="?", const="entries", choices=["entries", "each"], default="",
                     help="the baseline also answers each fresh entry on {R}/offer/{device} (QoS 1): the echo floor, "
-                         "its ping→offer p50/p99 beside the agent's")
+                         "its ping→offer p50/p99 beside the agent's; 'each': it answers every ping (the others on "
+                         "{R}/echo/{device})")
     ap.add_argument("--stages", action="store_true",
                     help="run the agent with [ingest] stages = true and report where its time went")
     ap.add_argument("--stages-log", action="store_true",
