@@ -54,8 +54,8 @@ POS_TOKEN = "bench-pos"
 ZONE = {"x": 100.0, "y": 0.0, "w": 6.0, "h": 6.0}  # beside the e2e grid (0..78 m)
 
 
-def pickup_store(workdir: Path, port: int, http_port: int, store_id: str) -> Path:
-    cfg = write_store(workdir, port, http_port, store_id)
+def pickup_store(workdir: Path, port: int, http_port: int, store_id: str, stages: bool = False) -> Path:
+    cfg = write_store(workdir, port, http_port, store_id, stages=stages)
     layout = json.loads((workdir / "layout.geojson").read_text())
     x, y, w, h = ZONE["x"], ZONE["y"], ZONE["w"], ZONE["h"]
     layout["features"].append({"type": "Feature", "properties": {"id": "pickup", "kind": "entrance",
@@ -88,14 +88,21 @@ def _client(port: int, name: str):
     return c
 
 
-def alert_listener(port: int, root: str, ready, stop, out) -> None:
+def alert_listener(port: int, root: str, ready, stop, out, devices: list[str] = ()) -> None:
     """The associate's device, in its own process (as e2e.py's offer listener):
-    receipt time of each order's first ``pickup_arrival`` alert."""
+    receipt time of each order's first ``pickup_arrival`` alert; and, to tell the
+    legs apart, when the broker delivered each ordered device's entering ping
+    (``{root}/ping/uwb/{device}``, the ``seq`` 2 one) to this same client."""
     got: dict[str, float] = {}
+    pings: dict[str, float] = {}
     c = _client(port, "assoc")
 
     def on_message(cl, u, m):
         now = time.time()
+        if "/ping/" in m.topic:
+            if b'"seq": 2' in m.payload:
+                pings.setdefault(m.topic.rsplit("/", 1)[1], now)
+            return
         try:
             body = json.loads(m.payload)
         except ValueError:
@@ -104,13 +111,15 @@ def alert_listener(port: int, root: str, ready, stop, out) -> None:
             got.setdefault(str(body.get("order_id")), now)
 
     c.on_message = on_message
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"{root}/alert/#", 1)
+    subs = [(f"{root}/alert/#", 1)] + [(f"{root}/ping/uwb/{d}", 0) for d in devices]
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(subs)
     c.on_subscribe = lambda *a: ready.set()
     c.connect("127.0.0.1", port)
     c.loop_start()
     stop.wait()
+    c.disconnect()
     c.loop_stop()
-    out.put(got)
+    out.put((got, pings))
 
 
 def main() -> int:
@@ -124,6 +133,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="load generator processes")
     ap.add_argument("--devices", type=int, default=4000, help="background devices")
     ap.add_argument("--entry-share", type=float, default=0.02, help="share of background pings that are entries")
+    ap.add_argument("--stages", action="store_true", help="run the agent with [ingest] stages = true")
     ap.add_argument("--out", default=str(RESULTS / "pickup.json"))
     args = ap.parse_args()
 
@@ -133,7 +143,7 @@ def main() -> int:
     sid = "P1"
     try:
         http_port = free_port()
-        cfg = pickup_store(work, port, http_port, sid)
+        cfg = pickup_store(work, port, http_port, sid, stages=args.stages)
         agent = start_agent(cfg, http_port)
         root = f"store/{sid}"
         devices = [f"pk{i}" for i in range(args.orders)]
@@ -142,7 +152,7 @@ def main() -> int:
 
         q: mp.Queue = mp.Queue()
         ready, stop = mp.Event(), mp.Event()
-        lst = mp.Process(target=alert_listener, args=(port, root, ready, stop, q))
+        lst = mp.Process(target=alert_listener, args=(port, root, ready, stop, q, devices))
         lst.start()
         if not ready.wait(10):
             raise RuntimeError("the alert subscriber did not subscribe")
@@ -155,6 +165,7 @@ def main() -> int:
         while not pub.is_connected():
             pub.loop(timeout=0.1)
         sent: dict[str, float] = {}
+        late: list[float] = []  # how late the arrivals thread sent each ping against its plan (ms)
         cx, cy = ZONE["x"] + ZONE["w"] / 2, ZONE["y"] + ZONE["h"] / 2
 
         def arrivals(t0: float) -> None:
@@ -169,6 +180,7 @@ def main() -> int:
                 time.sleep(max(0.0, due - time.perf_counter()))
                 dy = 0.0 if inside else -10.0
                 body = json.dumps({"x": cx, "y": cy + dy, "acc": 0.3, "seq": 2 if inside else 1})
+                late.append((time.perf_counter() - due) * 1000)
                 t = time.time()
                 pub.publish(f"{root}/ping/uwb/{devices[i]}", body)
                 pub.loop_write()
@@ -206,7 +218,7 @@ def main() -> int:
         drain_s = max(0.0, (done[0] if done else time.time()) - ended)
         time.sleep(1.0)  # the last alerts on their way
         stop.set()
-        alerts = q.get(timeout=30)
+        alerts, seen = q.get(timeout=30)
         lst.join()
         processed = metric_total(scrape(http_port), "edge_pings_total") - before
         pub.disconnect()
@@ -220,6 +232,11 @@ def main() -> int:
 
     by_order = {o: (alerts[o] - t) * 1000.0 for o, t in sent.items() if o in alerts}
     lat = list(by_order.values())
+    # the legs: publish → the entering ping delivered back to the listener (publisher, broker, listener),
+    # and that delivery → the alert at the same listener (the agent's read, step, commit, publish and the broker)
+    dev_of = {f"O-{i}": d for i, d in enumerate(devices)}
+    leg_ping = [(seen[dev_of[o]] - t) * 1000.0 for o, t in sent.items() if dev_of[o] in seen]
+    leg_alert = [(alerts[o] - seen[dev_of[o]]) * 1000.0 for o in sent if o in alerts and dev_of[o] in seen]
     achieved = published / max(g["seconds"] for g in gens)
     summary = {
         "machine": machine(),
@@ -229,6 +246,11 @@ def main() -> int:
         "slowest_ms": sorted(((round(ms, 2), o) for o, ms in by_order.items()), reverse=True)[:5],
         "in_order_ms": [round(by_order[o], 2) if o in by_order else None for o in sent],
         "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "max_ms": max(lat) if lat else None,
+        "legs_ms": {"publish_to_ping_seen_p50": percentile(leg_ping, 50),
+                    "publish_to_ping_seen_p99": percentile(leg_ping, 99),
+                    "ping_seen_to_alert_p50": percentile(leg_alert, 50),
+                    "ping_seen_to_alert_p99": percentile(leg_alert, 99),
+                    "sender_late_p50": percentile(late, 50), "sender_late_p99": percentile(late, 99)},
         "budget_p99_ms": 50.0,
     }
     summary["within_budget"] = summary["p99_ms"] is not None and summary["p99_ms"] < 50.0 and len(lat) == len(sent)
@@ -241,6 +263,12 @@ def main() -> int:
     print(f"pickup arrivals: {len(lat)}/{len(sent)} alerts; entering ping → pickup_arrival alert "
           f"p50 {summary['p50_ms'] or 0:.2f} ms, p99 {summary['p99_ms'] or 0:.2f} ms, max {summary['max_ms'] or 0:.2f} ms "
           f"({'within' if summary['within_budget'] else 'OVER'} the 50 ms p99 budget)")
+    lg = summary["legs_ms"]
+    print(f"legs (p50 / p99 ms): publish → the entering ping back at the listener "
+          f"{lg['publish_to_ping_seen_p50'] or 0:.2f} / {lg['publish_to_ping_seen_p99'] or 0:.2f}; "
+          f"ping at the listener → its alert {lg['ping_seen_to_alert_p50'] or 0:.2f} / "
+          f"{lg['ping_seen_to_alert_p99'] or 0:.2f}; the sender's lateness against its plan "
+          f"{lg['sender_late_p50'] or 0:.2f} / {lg['sender_late_p99'] or 0:.2f}")
     return 0
 
 
