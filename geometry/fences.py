@@ -17,6 +17,12 @@ How (all numpy, no per-ping Python):
   closed form; other polygons with up to 64 edges (holes and multi-parts
   included) by an even-odd crossing test and the distance to every edge,
   vectorised over (pair, edge); bigger polygons through shapely (prepared).
+* **Small batches** (up to :attr:`FenceIndex.small_batch` pings) skip numpy: each
+  ping looks up its own cell and runs the same tests, in the same float
+  operations in the same order, on Python floats (numpy's fixed cost per
+  call dominates a batch of a few pings; the crossover is measured by
+  ``benchmarks/classify_small.py``).  Both paths give identical answers
+  (``tests/test_geometry_fences_small.py``).
 * **Results** come out as CSR arrays (:class:`Hits`: per ping, the fences its
   disc reaches and a code per fence) from :meth:`FenceIndex.classify_hits`;
   :meth:`FenceIndex.classify` wraps them in lazy :class:`Match` values
@@ -34,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import shapely
 
-__all__ = ["Match", "Hits", "FenceIndex", "EMPTY_MATCH", "INSIDE", "STRADDLE", "CENTRE_IN"]
+__all__ = ["Match", "Hits", "FenceIndex", "EMPTY_MATCH", "INSIDE", "STRADDLE", "CENTRE_IN", "SMALL_BATCH"]
 
 # Code bits of a (ping, fence) pair in :class:`Hits`.
 INSIDE, STRADDLE, CENTRE_IN = 1, 2, 4
@@ -175,6 +181,12 @@ _CBASE = 1.0
 _MAX_CELLS = 1 << 18  # per grid
 _MAX_EDGES = 64  # polygons with more edges are tested through shapely
 _EDGE_BUCKETS = (4, 8, 16, 32, 64)
+# Batches of at most this many pings are classified per ping in plain Python (no numpy call):
+# the crossover measured by benchmarks/classify_small.py (BENCHMARKS.md section 12) -- 24 for
+# boxes, circles and polygons of up to 16 edges; 8 when the index has bigger polygons (fences
+# grown over shelves: their edge test costs a Python loop over up to 64 edges per candidate).
+SMALL_BATCH = 24
+SMALL_BATCH_COMPLEX = 8
 
 
 class _Group:
@@ -204,6 +216,30 @@ class _Group:
 
     def test(self, px, py, a, r):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- one pair in plain Python (the small-batch path): the same float operations as the arrays'
+    def _near1(self, x: float, y: float, a: float, r: int) -> bool:
+        env = self._env_l
+        if env is None:
+            env = self._env_l = (self.ex0.tolist(), self.ey0.tolist(), self.ex1.tolist(), self.ey1.tolist())
+        ex0, ey0, ex1, ey1 = env
+        return x + a >= ex0[r] and x - a <= ex1[r] and y + a >= ey0[r] and y - a <= ey1[r]
+
+    def code1(self, x: float, y: float, a: float, r: int) -> int:
+        """:meth:`codes` of one pair."""
+        if not self._near1(x, y, a, r):
+            return 0
+        return self.test1(x, y, a, r)
+
+    def test1(self, x: float, y: float, a: float, r: int) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    _env_l = None
+
+
+def _code1(contains: bool, dist: float, a: float) -> int:
+    """:func:`_codes` of one pair."""
+    return (STRADDLE if dist < a else int(contains)) + (CENTRE_IN if contains else 0)
 
 
 def _codes(contains, dist, a):
@@ -236,6 +272,20 @@ class _Boxes(_Group):
         code += cv << 2
         return code
 
+    def code1(self, x: float, y: float, a: float, r: int) -> int:
+        env = self._env_l
+        if env is None:
+            env = self._env_l = (self.ex0.tolist(), self.ey0.tolist(), self.ex1.tolist(), self.ey1.tolist())
+        ex0, ey0, ex1, ey1 = env
+        mx = min(x - ex0[r], ex1[r] - x)
+        my = min(y - ey0[r], ey1[r] - y)
+        d_in = min(mx, my)
+        if d_in > 0:
+            return (STRADDLE if d_in < a else INSIDE) + CENTRE_IN
+        mx = min(mx, 0.0)
+        my = min(my, 0.0)
+        return STRADDLE if mx * mx + my * my < a * a else 0
+
 
 class _Circles(_Group):
     kind = "circle"
@@ -251,6 +301,20 @@ class _Circles(_Group):
         ins = d + a <= rad
         strad = ~ins & (d - a < rad)
         return ins * np.int8(INSIDE) | strad * np.int8(STRADDLE) | (d <= rad) * np.int8(CENTRE_IN)
+
+    def code1(self, x: float, y: float, a: float, r: int) -> int:
+        c = self._c_l
+        if c is None:
+            c = self._c_l = (self.cx.tolist(), self.cy.tolist(), self.r.tolist())
+        ux, uy = x - c[0][r], y - c[1][r]
+        d = math.sqrt(ux * ux + uy * uy)
+        rad = c[2][r]
+        code = CENTRE_IN if d <= rad else 0
+        if d + a <= rad:
+            return code | INSIDE
+        return code | STRADDLE if d - a < rad else code
+
+    _c_l = None
 
 
 class _Polygons(_Group):
@@ -306,6 +370,36 @@ class _Polygons(_Group):
         dist = np.sqrt(best)
         return _codes(odd & (dist > 0), dist, a)
 
+    def test1(self, x: float, y: float, a: float, r: int) -> int:
+        rows = self._rows_l
+        if rows is None:
+            rows = self._rows_l = {}
+        edges = rows.get(r)
+        if edges is None:  # (x0, y0, y1, dx, dy, il2, slope) per edge slot as floats; the pads are
+            # copies of one zero-length edge (the same distance each), so one of them stays
+            edges = list(zip(*(v[r].tolist() for v in self.grid2d)))
+            while len(edges) > 1 and edges[-1] == edges[-2]:
+                edges.pop()
+            rows[r] = edges
+        best = math.inf
+        odd = False
+        for x0, y0, y1, dx, dy, il2, slope in edges:
+            ux = x - x0
+            uy = y - y0
+            if ((y0 > y) != (y1 > y)) and ux < uy * slope:
+                odd = not odd
+            t = (ux * dx + uy * dy) * il2
+            t = 1.0 if t > 1.0 else (t if t > 0.0 else 0.0)
+            ux -= t * dx
+            uy -= t * dy
+            d2 = ux * ux + uy * uy
+            if d2 < best:
+                best = d2
+        dist = math.sqrt(best)
+        return _code1(odd and dist > 0, dist, a)
+
+    _rows_l = None
+
 
 class _Shapes(_Group):
     """Large polygons: shapely, prepared."""
@@ -323,6 +417,9 @@ class _Shapes(_Group):
         contains = shapely.contains_xy(self.geoms[r], px, py)
         dist = shapely.distance(self.bounds[r], shapely.points(px, py))
         return _codes(contains, dist, a)
+
+    def test1(self, x: float, y: float, a: float, r: int) -> int:
+        return int(self.test(np.array([x]), np.array([y]), np.array([a]), np.array([r]))[0])
 
 
 def _edges(geoms: np.ndarray):
@@ -452,6 +549,8 @@ class FenceIndex:
                     groups.append(_Shapes(rows, floor[rows], env[oi[big]], og[big]))
         self.halfwidth: Mapping[str, float] = _HalfWidth(self.ids, halfwidth, geoms)
         self._groups = groups
+        complex_ = any(gr.kind == "shapely" or (gr.kind == "polygon" and gr.E > 16) for gr in groups)
+        self.small_batch = SMALL_BATCH_COMPLEX if complex_ else SMALL_BATCH  # classify's crossover
 
         # floors and their envelopes
         self._floor_ids = np.unique(floor)
@@ -484,6 +583,8 @@ class FenceIndex:
         self._ncells = 1  # global cell 0 is the empty cell
         self._gpy: dict[int, tuple] = {}  # the same grid geometry as Python numbers (one-ping path)
         self._slot = {int(f): k for k, f in enumerate(self._floor_ids.tolist())}
+        # the small-batch path: per global cell reached so far, its (group, rows, fence ids) with rows
+        self._cellpy: dict[int, list[tuple[_Group, list[int], list[str]]]] = {}
 
 
     def __len__(self) -> int:
@@ -631,18 +732,77 @@ class FenceIndex:
         ``x``, ``y``, ``floor`` and ``acc`` are equal-length arrays (or
         sequences).  ``acc`` is the accuracy radius in metres; ``acc <= 0`` is
         a point, ``NaN``/``inf`` straddles every fence it reaches.  Only fences
-        on the ping's floor are considered.
+        on the ping's floor are considered.  Batches of up to
+        :attr:`small_batch` pings go through :meth:`classify_small` (same answers).
         """
+        if len(x) <= self.small_batch:
+            return self.classify_small(x, y, floor, acc)
         hits = self.classify_hits(x, y, floor, acc)
         return self._matches(hits)
 
+    def classify_small(self, x, y, floor, acc) -> list[Match]:
+        """:meth:`classify` per ping in plain Python, without numpy's fixed cost per
+        call: faster below the crossover (:attr:`small_batch`), slower above it."""
+        x, y, floor, acc = (v.tolist() if isinstance(v, np.ndarray) else list(v) for v in (x, y, floor, acc))
+        n = len(x)
+        if not (len(y) == len(floor) == len(acc) == n):
+            raise ValueError("x, y, floor and acc must have equal lengths")
+        if not self._groups:
+            return [EMPTY_MATCH] * n
+        one = self._match1
+        return [one(float(x[i]), float(y[i]), int(floor[i]), float(acc[i])) for i in range(n)]
+
     def classify_one(self, x: float, y: float, floor: int, acc: float) -> Match:
         """Classify a single ping (see :meth:`classify`)."""
-        acc = float(acc)
-        acc = math.inf if math.isnan(acc) else max(acc, 0.0)
         if not self._groups:
             return EMPTY_MATCH
-        return self._matches(self._hits_one(float(x), float(y), int(floor), acc))[0]
+        return self._match1(float(x), float(y), int(floor), float(acc))
+
+    def _match1(self, x: float, y: float, fl: int, acc: float) -> Match:
+        """One ping's :class:`Match`, in plain Python: the cell as :meth:`_hits_one`
+        finds it, each candidate's code as its group's ``codes`` computes it."""
+        acc = math.inf if acc != acc else (acc if acc > 0.0 else 0.0)  # _validate's clamp
+        slot = self._slot.get(fl)
+        if slot is None or not (math.isfinite(x) and math.isfinite(y)):
+            return EMPTY_MATCH
+        key = slot * (_NCLS + 1) + bisect_left(_ACC_L, acc)
+        g = self._gpy.get(key)
+        if g is None:
+            self._build_grid(key)
+            g = self._gpy[key]
+        ox, oy, inv, nx, ny, off = g
+        fx, fy = math.floor((x - ox) * inv), math.floor((y - oy) * inv)
+        if not (0 <= fx < nx and 0 <= fy < ny):
+            return EMPTY_MATCH
+        cell = off + fy * nx + fx
+        cands = self._cellpy.get(cell)
+        if cands is None:
+            cands = self._cellpy[cell] = self._cell_candidates(cell)
+        ins: list[str] = []
+        strad: list[str] = []
+        cin: list[str] = []
+        for gr, rows, ids in cands:
+            code1 = gr.code1
+            for r, fid in zip(rows, ids):
+                c = code1(x, y, acc, r)
+                if c:
+                    (ins if c & INSIDE else strad).append(fid)
+                    if c & CENTRE_IN:
+                        cin.append(fid)
+        if not ins and not strad:
+            return EMPTY_MATCH
+        return Match(ins, strad, cin)
+
+    def _cell_candidates(self, cell: int) -> list[tuple[_Group, list[int], list[str]]]:
+        out = []
+        ids = self.ids
+        for gr in self._groups:
+            s, e = int(gr.cs[cell]), int(gr.cs[cell + 1])
+            if s == e:
+                continue
+            rows = gr.cf[s:e]
+            out.append((gr, rows.tolist(), [ids[k] for k in gr.gidx[rows].tolist()]))
+        return out
 
     def _matches(self, hits: Hits) -> list[Match]:
         """Lazy :class:`Match` values over ``hits`` (EMPTY_MATCH for pings
