@@ -133,10 +133,11 @@ class Pipeline:
         self.wall = now
         fx = self.fx
         pings: list[Ping] = []
+        root = self.root + "/"
         for m in msgs:
             mark = fx.mark()
             try:
-                self._message(m, now, pings)
+                self._message(m, now, pings, root)
             except self.shell_errors:
                 raise  # storage: the shell retries the whole batch
             except PayloadError as exc:  # refused by design: what it said (a refusal to the phone) stands
@@ -150,16 +151,15 @@ class Pipeline:
 
     shell_errors: tuple[type[BaseException], ...] = ()  # the shell's storage errors pass through (set by it)
 
-    def _message(self, m: Message, now: float, pings: list[Ping]) -> None:
+    def _message(self, m: Message, now: float, pings: list[Ping], root: str) -> None:
         fx = self.fx
-        root = self.root + "/"
         route = self._source_route(m.topic) if self.source_routes else None
         if route is not None:
             pings.extend(route(m))
         elif m.topic.startswith(root):
             rest = m.topic[len(root):]
             if rest.startswith("ping/"):
-                ping = codecs.decode_topic_ping(m, rest, self.root, self.cfg)
+                ping = codecs.decode_topic_ping(m, rest, root[:-1], self.cfg)
                 if ping is not None and not (m.retain and self._stale_retained(ping)):
                     pings.append(ping)
             elif rest.startswith("action/"):
@@ -249,39 +249,37 @@ class Pipeline:
         rt = st.rt
         cfg = rt.cfg
         xs, ys, floors, accs, ok, fusible = self._position(pings)
-        sel = np.flatnonzero(ok)
+        sel = np.flatnonzero(ok).tolist()
         ping_clock = cfg.tracking.clock == "ping"
-        times = np.array([((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
-                          for p in (pings[i] for i in sel)], dtype=float)
+        times = [((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
+                 for p in (pings[i] for i in sel)]
         matches, eff_acc, coarse = self._classify(pings, sel, xs, ys, floors, accs, fusible, times)
-        guard = st.guard
-        tracks = st.tracks
-        params = rt.params
-        fx = self.fx
+        xs, ys, floors, accs, eff_acc = xs.tolist(), ys.tolist(), floors.tolist(), accs.tolist(), eff_acc.tolist()
+        guard, tracks, params, fx, count = st.guard, st.tracks, rt.params, self.fx, self.metrics.pings.inc
+        timeout_s = params.timeout_s
         for j, i in enumerate(sel):  # each ping's tracking, alerts and decisions on its own
             p = pings[i]
             mark = fx.mark()
             try:
-                self.metrics.pings.inc(p.source)
-                now = float(times[j])
+                count(p.source)
+                now = times[j]
                 if ping_clock and now > st.sim_now:
                     st.sim_now = now
-                spoof = guard.check(p.device, float(xs[i]), float(ys[i]), int(floors[i]), float(accs[i]), p.ts,
-                                    p.mock)
+                spoof = guard.check(p.device, xs[i], ys[i], floors[i], accs[i], p.ts, p.mock)
                 if spoof is not None:
                     self.metrics.spoofed.inc(spoof)
                     continue
                 track = tracks.get(p.device)
                 if track is not None and now < track.last_seen:
                     continue  # out of order: an older ping never undoes a newer one
-                fresh = track is None or now - track.last_seen > rt.params.timeout_s
+                fresh = track is None or now - track.last_seen > timeout_s
                 if fresh:
                     # A new visit (first ping, or the first after a silence timeout).
                     h = st.histories.get(st.person_for(p.device))
                     if h is not None:
                         h.visit_count = 0
                 step_params = params if coarse is None or not coarse[j] else rt.fused_params
-                events = tracks.step(p.device, matches[j], now, step_params, acc=float(eff_acc[j]))
+                events = tracks.step(p.device, matches[j], now, step_params, acc=eff_acc[j])
                 if fresh:
                     self.floor.on_visit(p.device, track, tracks.get(p.device), now)
                 if events:
@@ -365,6 +363,7 @@ class Pipeline:
         coarse ones through each device's fused estimate."""
         st = self.state
         rt = st.rt
+        sel = np.asarray(sel, dtype=np.intp)
         # Only coarse fixes go to the filter: a precise one (UWB, a check-in: acc <= precise_acc)
         # is judged as it came, at no extra cost, and leaves the device's estimate as it was.
         # Every coarse fix does: judged alone, a coarse fix near an edge holds a device in a zone
@@ -377,15 +376,17 @@ class Pipeline:
             # straddling in between, outside at <= 1 - confidence (geometry.zoneprob).
             eff_acc = accs[sel].copy()
             f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), xs[sel][fz], ys[sel][fz],
-                     floors[sel][fz], eff_acc[fz], times[fz], rt.fusion, weak=~fusible[sel[fz]])
-            coarse = np.zeros(len(sel), dtype=bool)
-            coarse[fz] = True
+                     floors[sel][fz], eff_acc[fz], np.asarray(times, dtype=float)[fz], rt.fusion,
+                     weak=~fusible[sel[fz]])
+            coarse_a = np.zeros(len(sel), dtype=bool)
+            coarse_a[fz] = True
+            coarse = coarse_a.tolist()
             matches = [None] * len(sel)
             cm, _, _ = rt.zone_prob.judge(f.x, f.y, floors[sel][fz], f.sigma, rt.fusion.confidence, rt.z)
             for j, m in zip(fz, cm):
                 matches[j] = m
             eff_acc[fz] = rt.z * f.sigma
-            rest = np.flatnonzero(~coarse)
+            rest = np.flatnonzero(~coarse_a)
             if len(rest):
                 for j, m in zip(rest, rt.index.classify(xs[sel][rest], ys[sel][rest], floors[sel][rest],
                                                         eff_acc[rest])):
