@@ -142,7 +142,8 @@ def _unorder(i: int) -> float:
 def due_time(track: DeviceTrack, params: TrackParams) -> float:
     """The earliest ``now`` at which ``tick(track, now, params)`` would fire a
     dwell or time the device out; before it, ``tick`` changes nothing."""
-    t = _after(track.last_seen + params.timeout_s)
+    t = track.last_seen + params.timeout_s
+    t = math.nextafter(t, _INF) if t == t else _INF  # _after, inlined: one call per ping
     dw = params.dwell_s
     inside = track.inside
     if dw and inside:
@@ -209,8 +210,9 @@ class Tracks(Mapping[str, DeviceTrack]):
         and return the events."""
         if params is not self._params:
             self._adopt(params)
-        track, events = step(self._tracks.get(device), match, now, params, acc=acc)
-        self._tracks[device] = track
+        tracks = self._tracks
+        track, events = step(tracks.get(device), match, now, params, acc=acc)
+        tracks[device] = track
         d = due_time(track, params)
         k = self._key.get(device)
         if k is None or d < k:

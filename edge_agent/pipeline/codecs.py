@@ -192,9 +192,12 @@ def parse_ping(
     elif coords is not None:
         raise PayloadError("schema", "'coords' must be an object")
     else:
+        get = obj.get
         if "x" in obj or "y" in obj:
-            ping.x = _num(obj, "x", required=True)
-            ping.y = _num(obj, "y", required=True)
+            # the hot path: a finite float is taken as it is, anything else through number()
+            x, y = get("x"), get("y")
+            ping.x = x if x.__class__ is float and x - x == 0.0 else number(x, "x", required=True)
+            ping.y = y if y.__class__ is float and y - y == 0.0 else number(y, "y", required=True)
         elif "lat" in obj or "lon" in obj:
             ping.lat = _num(obj, "lat", required=True)
             ping.lon = _num(obj, "lon", required=True)
@@ -202,10 +205,12 @@ def parse_ping(
             ping.beacons = _beacons(obj["beacons"])
         else:
             raise PayloadError("no_position", "no x/y, lat/lon or beacons")
-        ping.acc = _num(obj, "acc")
-        ping.floor = _int(obj, "floor")
-        ping.ts = _num(obj, "ts")
-        ping.seq = _int(obj, "seq")
+        acc, ts = get("acc"), get("ts")
+        ping.acc = acc if acc.__class__ is float and acc - acc == 0.0 else number(acc, "acc")
+        floor, seq = get("floor"), get("seq")
+        ping.floor = floor if floor is None or floor.__class__ is int else _int(obj, "floor")
+        ping.ts = ts if ts.__class__ is float and ts - ts == 0.0 else number(ts, "ts")
+        ping.seq = seq if seq is None or seq.__class__ is int else _int(obj, "seq")
     # Mock-location flags as apps report them (Android Location.isMock()).
     mock = obj.get("mock")
     if mock is None:
