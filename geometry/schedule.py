@@ -213,7 +213,11 @@ class Tracks(Mapping[str, DeviceTrack]):
         tracks = self._tracks
         track, events = step(tracks.get(device), match, now, params, acc=acc)
         tracks[device] = track
-        d = due_time(track, params)
+        if params.dwell_s and track.inside:
+            d = due_time(track, params)
+        else:  # due_time without a dwell to wait for: the silence timeout
+            d = track.last_seen + params.timeout_s
+            d = math.nextafter(d, _INF) if d == d else _INF
         k = self._key.get(device)
         if k is None or d < k:
             self._push(device, d)
