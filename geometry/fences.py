@@ -182,10 +182,10 @@ _MAX_CELLS = 1 << 18  # per grid
 _MAX_EDGES = 64  # polygons with more edges are tested through shapely
 _EDGE_BUCKETS = (4, 8, 16, 32, 64)
 # Batches of at most this many pings are classified per ping in plain Python (no numpy call):
-# the crossover measured by benchmarks/classify_small.py (BENCHMARKS.md section 12) -- 24 for
+# the crossover measured by benchmarks/classify_small.py (BENCHMARKS.md section 12) -- 32 for
 # boxes, circles and polygons of up to 16 edges; 8 when the index has bigger polygons (fences
 # grown over shelves: their edge test costs a Python loop over up to 64 edges per candidate).
-SMALL_BATCH = 24
+SMALL_BATCH = 32
 SMALL_BATCH_COMPLEX = 8
 
 
@@ -276,15 +276,21 @@ class _Boxes(_Group):
         env = self._env_l
         if env is None:
             env = self._env_l = (self.ex0.tolist(), self.ey0.tolist(), self.ex1.tolist(), self.ey1.tolist())
-        ex0, ey0, ex1, ey1 = env
-        mx = min(x - ex0[r], ex1[r] - x)
-        my = min(y - ey0[r], ey1[r] - y)
-        d_in = min(mx, my)
-        if d_in > 0:
-            return (STRADDLE if d_in < a else INSIDE) + CENTRE_IN
-        mx = min(mx, 0.0)
-        my = min(my, 0.0)
-        return STRADDLE if mx * mx + my * my < a * a else 0
+        return _box1(x, y, a, env[0][r], env[1][r], env[2][r], env[3][r])
+
+
+def _box1(x: float, y: float, a: float, x0: float, y0: float, x1: float, y1: float) -> int:
+    """:meth:`_Boxes.codes` of one pair (``FenceIndex._match1`` inlines it)."""
+    mx, u = x - x0, x1 - x
+    mx = u if u < mx else mx
+    my, u = y - y0, y1 - y
+    my = u if u < my else my
+    d_in = my if my < mx else mx
+    if d_in > 0:
+        return (STRADDLE if d_in < a else INSIDE) + CENTRE_IN
+    mx = mx if mx < 0.0 else 0.0
+    my = my if my < 0.0 else 0.0
+    return STRADDLE if mx * mx + my * my < a * a else 0
 
 
 class _Circles(_Group):
@@ -584,7 +590,7 @@ class FenceIndex:
         self._gpy: dict[int, tuple] = {}  # the same grid geometry as Python numbers (one-ping path)
         self._slot = {int(f): k for k, f in enumerate(self._floor_ids.tolist())}
         # the small-batch path: per global cell reached so far, its (group, rows, fence ids) with rows
-        self._cellpy: dict[int, list[tuple[_Group, list[int], list[str]]]] = {}
+        self._cellpy: dict[int, list[tuple]] = {}
 
 
     def __len__(self) -> int:
@@ -781,9 +787,26 @@ class FenceIndex:
         ins: list[str] = []
         strad: list[str] = []
         cin: list[str] = []
-        for gr, rows, ids in cands:
+        aa = acc * acc
+        for gr, items in cands:
+            if gr is None:  # boxes: _box1 inlined (most fences of a store; no call per candidate)
+                for x0, y0, x1, y1, fid in items:
+                    mx, u = x - x0, x1 - x
+                    mx = u if u < mx else mx
+                    my, u = y - y0, y1 - y
+                    my = u if u < my else my
+                    d_in = my if my < mx else mx
+                    if d_in > 0:
+                        (strad if d_in < acc else ins).append(fid)
+                        cin.append(fid)
+                    else:
+                        mx = mx if mx < 0.0 else 0.0
+                        my = my if my < 0.0 else 0.0
+                        if mx * mx + my * my < aa:
+                            strad.append(fid)
+                continue
             code1 = gr.code1
-            for r, fid in zip(rows, ids):
+            for r, fid in items:
                 c = code1(x, y, acc, r)
                 if c:
                     (ins if c & INSIDE else strad).append(fid)
@@ -793,15 +816,22 @@ class FenceIndex:
             return EMPTY_MATCH
         return Match(ins, strad, cin)
 
-    def _cell_candidates(self, cell: int) -> list[tuple[_Group, list[int], list[str]]]:
-        out = []
+    def _cell_candidates(self, cell: int) -> list[tuple]:
+        """A cell's candidates per group: ``(None, [(x0, y0, x1, y1, fence id)])`` for boxes,
+        ``(group, [(row, fence id)])`` for the others."""
+        out: list[tuple] = []
         ids = self.ids
         for gr in self._groups:
             s, e = int(gr.cs[cell]), int(gr.cs[cell + 1])
             if s == e:
                 continue
             rows = gr.cf[s:e]
-            out.append((gr, rows.tolist(), [ids[k] for k in gr.gidx[rows].tolist()]))
+            fids = [ids[k] for k in gr.gidx[rows].tolist()]
+            if gr.kind == "box":
+                env = zip(gr.ex0[rows].tolist(), gr.ey0[rows].tolist(), gr.ex1[rows].tolist(), gr.ey1[rows].tolist())
+                out.append((None, [(*e4, fid) for e4, fid in zip(env, fids)]))
+            else:
+                out.append((gr, list(zip(rows.tolist(), fids))))
         return out
 
     def _matches(self, hits: Hits) -> list[Match]:

@@ -128,6 +128,10 @@ def test_small_path_on_the_benchmark_grid_and_sequences():
     got = idx.classify([1.0, 3.0, 1.9], [1.0, 3.0, 0.2], [0, 0, 0], [0.3, 1.0, 0.3])
     assert got == [Match({"g0-0"}, (), {"g0-0"}), Match(), Match((), {"g0-0"}, {"g0-0"})]
     assert idx.classify([], [], [], []) == []
+    # ties on a box: a disc touching the edge from inside is inside, from outside it is outside
+    x, y, fl, acc = [1.0, 3.0, 1.0], [1.0, 1.0, 3.0], [0, 0, 0], [1.0, 1.0, 1.0]
+    inside = Match({"g0-0"}, (), {"g0-0"})
+    assert idx.classify_small(x, y, fl, acc) == vectorised(idx, x, y, fl, acc) == [inside, Match(), Match()]
     # ties on a circle: the disc touching it from outside is outside, the one touching it from inside is inside
     ring = FenceIndex([F("c", 0, Point(100, 0).buffer(1), (100.0, 0.0, 1.0))])
     x, y, fl, acc = [102.0, 100.5, 101.0], [0.0, 0.0, 0.0], [0, 0, 0], [1.0, 0.5, 0.0]
