@@ -107,10 +107,11 @@ async def test_half_open_sockets_at_the_file_limit_are_shed_and_the_agent_serves
                         pass
                     await asyncio.sleep(0.1)
 
-            await asyncio.wait_for(ready(), 120)  # a busy CI box: the event, not a speed, is tested
-            # 350 connections that never send a byte: more than the agent's 256 descriptors (the rest wait
-            # in the listen backlog, which takes 128).
-            for _ in range(350):
+            await asyncio.wait_for(ready(), 30)
+            # 300 connections that never send a byte: more than the agent's 256 descriptors, the rest
+            # waiting in the listen backlog (128). Not more: a SYN the full backlog drops is retried by
+            # the kernel after 1, 3, 7, 15, 31 s, which times the kernel, not the agent.
+            for _ in range(300):
                 s = socket.socket()
                 s.setblocking(False)
                 try:
@@ -136,7 +137,7 @@ async def test_half_open_sockets_at_the_file_limit_are_shed_and_the_agent_serves
                     await asyncio.sleep(0.1)
 
             # Each idle socket is closed at the header deadline, backlog included.
-            await asyncio.wait_for(all_closed_by_the_agent(), 120)
+            await asyncio.wait_for(all_closed_by_the_agent(), 60)
             async with http.get(url + "/healthz") as r:
                 assert r.status == 200
             await phone.publish(f"{R}/ping/uwb/after-flood", IN_AISLE, qos=1)
