@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["rssi_to_distance", "locate", "locate_detail"]
+__all__ = ["rssi_to_distance", "distinct_readings", "locate", "locate_detail"]
 
 GRID_N = 11  # points per side of each grid search
 _AXIS = np.arange(GRID_N, dtype=float) - (GRID_N - 1) / 2
@@ -43,6 +43,27 @@ def rssi_to_distance(rssi: float, tx_power: float, n: float = 2.0) -> float:
     ``tx_power`` is the calibrated RSSI at 1 m; ``n`` the path-loss exponent.
     """
     return 10.0 ** ((tx_power - rssi) / (10.0 * n))
+
+
+def distinct_readings(readings: Iterable[tuple[str, float]], known: Mapping[str, Any]) -> tuple[dict[str, float], int]:
+    """``{beacon id (lower-case): strongest finite RSSI}`` of the known beacons
+    and the number of readings that named an unknown one."""
+    best: dict[str, float] = {}
+    unknown = 0
+    for bid, rssi in readings:
+        key = str(bid).lower()
+        if key not in known:
+            unknown += 1
+            continue
+        try:
+            r = float(rssi)
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(r):
+            continue
+        if key not in best or r > best[key]:
+            best[key] = r
+    return best, unknown
 
 
 def locate_detail(
@@ -61,21 +82,7 @@ def locate_detail(
     ignored (not counted as unknown).  A beacon read several times keeps its
     strongest reading.
     """
-    best: dict[str, float] = {}
-    unknown = 0
-    for bid, rssi in readings:
-        key = str(bid).lower()
-        if key not in beacons:
-            unknown += 1
-            continue
-        try:
-            r = float(rssi)
-        except (TypeError, ValueError):
-            continue
-        if not math.isfinite(r):
-            continue
-        if key not in best or r > best[key]:
-            best[key] = r
+    best, unknown = distinct_readings(readings, beacons)
     if not best:
         return None, unknown
     ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))

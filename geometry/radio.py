@@ -51,6 +51,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .beacons import distinct_readings
+
 __all__ = ["NOMINAL", "RadioParams", "BleModel", "fit", "predict", "store_model", "distinct_readings", "heard_class"]
 
 NOMINAL = 1.0 - math.exp(-2.0)  # P(r <= 2 sigma), 2-D isotropic Gaussian: 0.8647
@@ -90,27 +92,6 @@ class RadioParams:
 def heard_class(k) -> np.ndarray:
     """0, 1, 2 for 1, 2, 3+ distinct beacons heard."""
     return np.clip(np.asarray(k, dtype=np.int64), 1, 3) - 1
-
-
-def distinct_readings(readings: Iterable[tuple[str, float]], known: Mapping[str, Any]) -> tuple[dict[str, float], int]:
-    """``{beacon id (lower-case): strongest finite RSSI}`` of the known beacons
-    and the number of readings that named an unknown one."""
-    best: dict[str, float] = {}
-    unknown = 0
-    for bid, rssi in readings:
-        key = str(bid).lower()
-        if key not in known:
-            unknown += 1
-            continue
-        try:
-            r = float(rssi)
-        except (TypeError, ValueError):
-            continue
-        if not math.isfinite(r):
-            continue
-        if key not in best or r > best[key]:
-            best[key] = r
-    return best, unknown
 
 
 def _ndtr(z: np.ndarray) -> np.ndarray:
