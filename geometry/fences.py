@@ -700,21 +700,25 @@ class FenceIndex:
             parts.append((pi, gr.gidx[r], code))
         return _merge(n, parts)
 
+    def _cell1(self, x: float, y: float, fl: int, acc: float) -> int:
+        """One ping's grid cell (0: off every grid: no floor, a non-finite position, or
+        outside the floor's grid), its grid built on first use.  ``acc`` is clamped."""
+        slot = self._slot.get(fl)
+        if slot is None or not (math.isfinite(x) and math.isfinite(y)):
+            return 0
+        key = slot * (_NCLS + 1) + bisect_left(_ACC_L, acc)
+        g = self._gpy.get(key)
+        if g is None:
+            self._build_grid(key)
+            g = self._gpy[key]
+        ox, oy, inv, nx, ny, off = g
+        fx, fy = math.floor((x - ox) * inv), math.floor((y - oy) * inv)
+        return off + fy * nx + fx if 0 <= fx < nx and 0 <= fy < ny else 0
+
     def _hits_one(self, x: float, y: float, fl: int, acc: float) -> Hits:
         """:meth:`classify_hits` for a batch of one, with as few numpy calls
         as possible (latency at low load).  ``acc`` is already clamped."""
-        cell = 0
-        slot = self._slot.get(fl)
-        if slot is not None and math.isfinite(x) and math.isfinite(y):
-            key = slot * (_NCLS + 1) + bisect_left(_ACC_L, acc)
-            g = self._gpy.get(key)
-            if g is None:
-                self._build_grid(key)
-                g = self._gpy[key]
-            ox, oy, inv, nx, ny, off = g
-            fx, fy = math.floor((x - ox) * inv), math.floor((y - oy) * inv)
-            if 0 <= fx < nx and 0 <= fy < ny:
-                cell = off + fy * nx + fx
+        cell = self._cell1(x, y, fl, acc)
         fences, codes = [], []
         if cell:
             for gr in self._groups:
@@ -768,19 +772,9 @@ class FenceIndex:
         """One ping's :class:`Match`, in plain Python: the cell as :meth:`_hits_one`
         finds it, each candidate's code as its group's ``codes`` computes it."""
         acc = math.inf if acc != acc else (acc if acc > 0.0 else 0.0)  # _validate's clamp
-        slot = self._slot.get(fl)
-        if slot is None or not (math.isfinite(x) and math.isfinite(y)):
+        cell = self._cell1(x, y, fl, acc)
+        if not cell:
             return EMPTY_MATCH
-        key = slot * (_NCLS + 1) + bisect_left(_ACC_L, acc)
-        g = self._gpy.get(key)
-        if g is None:
-            self._build_grid(key)
-            g = self._gpy[key]
-        ox, oy, inv, nx, ny, off = g
-        fx, fy = math.floor((x - ox) * inv), math.floor((y - oy) * inv)
-        if not (0 <= fx < nx and 0 <= fy < ny):
-            return EMPTY_MATCH
-        cell = off + fy * nx + fx
         cands = self._cellpy.get(cell)
         if cands is None:
             cands = self._cellpy[cell] = self._cell_candidates(cell)
