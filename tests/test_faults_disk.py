@@ -5,7 +5,8 @@ nothing committed is lost.
 
 The full disk and the read-only ledger need mounts (a tmpfs, a read-only
 bind mount): they run as root or with CAP_SYS_ADMIN (CI runs as root) and are
-skipped, with that reason, where the test cannot mount."""
+skipped, with that reason, where the test cannot mount — except under CI (``CI`` set),
+where a test that cannot run fails instead of hiding behind a skip."""
 
 from __future__ import annotations
 
@@ -31,10 +32,15 @@ pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _cannot(reason: str) -> None:
+    """Skip on a developer's machine; fail in CI, which runs as root and must run these."""
+    (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+
+
 def _mount(*args: str) -> None:
     r = subprocess.run(["mount", *args], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount here ({r.stderr.strip() or r.returncode}): needs root or CAP_SYS_ADMIN")
+        _cannot(f"cannot mount here ({r.stderr.strip() or r.returncode}): needs root or CAP_SYS_ADMIN")
 
 
 def _umount(path: Path) -> None:
@@ -45,7 +51,7 @@ def _umount(path: Path) -> None:
 def small_disk(tmp_path):
     """A 3 MB tmpfs: the agent's data dir on a disk that really fills up."""
     if shutil.which("mount") is None:
-        pytest.skip("no mount(8) here")
+        _cannot("no mount(8) here")
     d = tmp_path / "disk"
     d.mkdir()
     _mount("-t", "tmpfs", "-o", "size=3m", "tmpfs", str(d))
