@@ -10,6 +10,7 @@ import bisect
 import logging
 import math
 import time
+from functools import partial
 from typing import Callable
 
 
@@ -220,13 +221,7 @@ class Stages:
 
     def around(self, pipeline) -> "Stages":
         """Stamp ``decoded`` when the pipeline's ping work begins (after routing and decoding)."""
-        run_pings, mark = pipeline.run_pings, self.mark
-
-        def staged_run_pings(pings) -> None:
-            mark(2)
-            run_pings(pings)
-
-        pipeline.run_pings = staged_run_pings
+        pipeline.on_decoded = partial(self.mark, 2)
         return self
 
     # the transport

@@ -77,6 +77,7 @@ class Pipeline:
         self.fx = Effects()
         self.wall = 0.0  # the time of the current call (the shell's clock)
         self.source_routes: list[tuple[Callable[[str], bool], Route]] = []
+        self.on_decoded: Callable[[], None] | None = None  # [ingest] stages: the ping work begins
         self.alerts = AlertManager(self)
         self.control = Control(self)  # actions, consent, inventory
         self.floor = Floor(self)  # occupancy, crowding, queues, pickups, visits (pipeline/floor.py)
@@ -209,6 +210,8 @@ class Pipeline:
 
     def run_pings(self, pings: list[Ping]) -> None:
         """Shed stale pings under overload, then position, match and track the batch."""
+        if self.on_decoded is not None:
+            self.on_decoded()
         if pings:
             pings, shed = shed_stale(pings, self.cfg.ingest.shed_above)
             if shed:
