@@ -126,8 +126,9 @@ def tracker_params(config: Mapping | None = None) -> tuple[FusionParams, dict]:
     (``confidence``, ``acc_sigmas``, ``weak_floor``, ``q_still``, ...), and
     ``timeout_s`` (120), ``sustained_pings`` (3), ``mode`` ("fused" |
     "legacy" | "disc" | "single"), ``tol_s`` (0), ``min_visit_scans`` (3), ``weak_beacons`` (3),
-    ``correlated`` (0: as the pipeline today; 1: BLE fixes that are not weak -- those with
-    ``n_beacons`` -- are fused as correlated, :func:`geometry.fusion.fuse`)."""
+    ``correlated`` (1, as the pipeline: BLE fixes that are not weak -- those with
+    ``n_beacons`` -- are fused as correlated, :func:`geometry.fusion.fuse`; 0: as
+    independent, the pipeline before the correlated floor was wired)."""
     config = dict(config or {})
     names = {f.name for f in fields(FusionParams)}
     fp = {k: v for k, v in config.items() if k in names}
@@ -157,6 +158,9 @@ def _truth(fix: Mapping, zones: list[Zone], geoms_by_floor: dict) -> str | None:
     return ids[int(hit[0])] if hit.size else None
 
 
+TRACE = None  # a list: replay appends one tuple per scan (debugging)
+
+
 def replay(fixes: Iterable[Mapping], zones, tracker_config: Mapping | None = None, *,
            obstacles: Mapping[int, object] | None = None, skip_walks: Iterable[str] = ()) -> dict:
     """Replay labelled ``fixes`` against ``zones`` with the agent's tracker;
@@ -177,7 +181,7 @@ def replay(fixes: Iterable[Mapping], zones, tracker_config: Mapping | None = Non
     tol = float(rest.get("tol_s", 0.0))
     min_scans = int(rest.get("min_visit_scans", 3))
     weak_beacons = int(rest.get("weak_beacons", 3))
-    correlated = bool(rest.get("correlated", False))
+    correlated = bool(rest.get("correlated", True))
     raw = FenceIndex(zs)
     grown = evidence_fences(zs, obs)
     ev = FenceIndex(grown) if mode != "single" else raw
@@ -250,6 +254,10 @@ def replay(fixes: Iterable[Mapping], zones, tracker_config: Mapping | None = Non
                 if isinstance(e, Entered):
                     entries.append((k, e.fence))
             held.append(frozenset(track.inside))
+            if TRACE is not None:
+                TRACE.append((name, k, truth[k], sorted(track.inside), round(x[k], 1), round(y[k], 1), round(a, 1),
+                              round(float(f.x[0]), 1) if coarse else None, round(float(f.y[0]), 1) if coarse else None,
+                              round(float(f.sigma[0]), 2) if coarse else None, m))
         w = {"scans": n, "held_right": 0, "held_wrong": 0, "entries": len(entries), "right_entries": 0,
              "visits": 0, "visits_entered": 0}
         for k in range(n):

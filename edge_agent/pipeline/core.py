@@ -251,12 +251,12 @@ class Pipeline:
         st = self.state
         rt = st.rt
         cfg = rt.cfg
-        xs, ys, floors, accs, ok, fusible = self._position(pings)
+        xs, ys, floors, accs, ok, heard = self._position(pings)
         sel = np.flatnonzero(ok).tolist()
         ping_clock = cfg.tracking.clock == "ping"
         times = [((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
                  for p in (pings[i] for i in sel)]
-        matches, eff_acc, coarse = self._classify(pings, sel, xs, ys, floors, accs, fusible, times)
+        matches, eff_acc, coarse = self._classify(pings, sel, xs, ys, floors, accs, heard, times)
         xs, ys, floors, accs, eff_acc = xs.tolist(), ys.tolist(), floors.tolist(), accs.tolist(), eff_acc.tolist()
         guard, tracks, params, fx, count = st.guard, st.tracks, rt.params, self.fx, self.metrics.pings.inc
         timeout_s = params.timeout_s
@@ -306,7 +306,7 @@ class Pipeline:
         floors = np.zeros(n, dtype=np.int64)
         accs = np.empty(n)
         ok = np.ones(n, dtype=bool)
-        fusible = np.ones(n, dtype=bool)
+        heard = np.zeros(n, dtype=np.int64)  # distinct beacons behind a BLE fix; 0: not a beacon fix
         default_acc = cfg.tracking.default_acc
         geo_idx = []
         for i, p in enumerate(pings):
@@ -326,11 +326,11 @@ class Pipeline:
                     self._dead_ping(p, "no_position", "no known beacon in the sighting")
                     continue
                 xs[i], ys[i], fl, acc = located
-                if distinct < 3:
-                    # One or two beacons give a proximity, not a fix: its error does not average
-                    # out over repeated sightings, so the filter takes it as a weak fix (it moves
-                    # the estimate but never makes it more precise than itself).
-                    fusible[i] = False
+                # One or two beacons give a proximity, not a fix: its error does not average out
+                # over repeated sightings (a weak fix: it moves the estimate but never makes it more
+                # precise than itself).  Three or more give a fingerprint whose error repeats while
+                # the phone stays in the same multipath (a correlated fix: geometry.fusion).
+                heard[i] = max(distinct, 1)
                 if p.floor is None:
                     p.floor = fl
                 if p.acc is None or p.acc < acc:
@@ -359,9 +359,9 @@ class Pipeline:
         scale = cfg.tracking.acc_scale
         if scale:  # [tracking.acc_scale]: a source's acc calibrated from a survey or its fixes' spread
             accs *= np.fromiter((scale.get(p.source, 1.0) for p in pings), dtype=float, count=n)
-        return xs, ys, floors, accs, ok, fusible
+        return xs, ys, floors, accs, ok, heard
 
-    def _classify(self, pings: list[Ping], sel, xs, ys, floors, accs, fusible, times):
+    def _classify(self, pings: list[Ping], sel, xs, ys, floors, accs, heard, times):
         """The selected pings' fence matches: precise fixes judged as they came,
         coarse ones through each device's fused estimate."""
         st = self.state
@@ -378,9 +378,10 @@ class Pipeline:
             # P(inside) of each fence (grown over its shelves) under it: inside at >= confidence,
             # straddling in between, outside at <= 1 - confidence (geometry.zoneprob).
             eff_acc = accs[sel].copy()
+            hb = heard[sel[fz]]
             f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), xs[sel][fz], ys[sel][fz],
                      floors[sel][fz], eff_acc[fz], np.asarray(times, dtype=float)[fz], rt.fusion,
-                     weak=~fusible[sel[fz]])
+                     weak=(hb > 0) & (hb < 3), correlated=hb >= 3)
             coarse_a = np.zeros(len(sel), dtype=bool)
             coarse_a[fz] = True
             coarse = coarse_a.tolist()
