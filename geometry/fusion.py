@@ -91,7 +91,7 @@ disc, fusing such fixes as if independent, held the truth on 24-46 % of
 scans where 86 % is nominal.  The pipeline passes them as ``correlated``:
 such a fix leaves each filter's variance at least ``(corr_floor · σ_fix)²``,
 so one fingerprint heard again and again never adds up to more than a
-fraction of itself.  ``corr_floor`` (0.6) was chosen on one public data set
+fraction of itself.  ``corr_floor`` (0.7) was chosen on one public data set
 and checked on another (BENCHMARKS.md "Real radio").
 
 The precise path is untouched.  A fix whose ``acc <= precise_acc`` (UWB, a
@@ -168,7 +168,7 @@ class FusionParams:
     precise_acc: float = 1.0
     gate: float = 25.0  # normalised innovation squared (2 dof) beyond which a fix is an outlier
     weak_floor: float = 0.85  # a weak fix leaves each filter's sigma >= weak_floor * its own sigma
-    corr_floor: float = 0.6  # a correlated fix leaves each filter's sigma >= corr_floor * its own sigma
+    corr_floor: float = 0.7  # a correlated fix leaves each filter's sigma >= corr_floor * its own sigma
 
     def __post_init__(self):
         z_for(self.confidence)
