@@ -486,6 +486,12 @@ def fit(ids, bx, by, floor, tx0, X, Y, F, R, walks, ts=None, *, params: RadioPar
     The temperature (by median error) and ``acc_scale`` per beacons-heard
     class (the 86.5 % quantile of error / raw acc) come from a
     leave-one-walk-out pass over the scans (three time blocks with one walk).
+    A class with fewer than 20 held-out scans is too small to place that
+    quantile: it gets the worst ratio among them, never less than the pooled
+    scale (with 3-19 scans; the pooled scale below 3).  Such scans (a phone
+    that hears one beacon where the survey heard five) are rare because they
+    are odd, and the pooled scale, set by the common ones, claimed a third of
+    their error on real scans (BENCHMARKS.md, "Real radio").
     Returns ``(model, cv)`` where ``cv`` holds the held-out fixes (``x, y,
     acc, heard``) with the calibrated accuracy, for the report.
     """
@@ -524,7 +530,11 @@ def fit(ids, bx, by, floor, tx0, X, Y, F, R, walks, ts=None, *, params: RadioPar
     pooled = float(np.quantile(err[ok] / acc[ok], NOMINAL)) if ok.sum() >= 10 else 1.0
     for c in range(3):
         mm = ok & (cls == c)
-        scale[c] = float(np.quantile(err[mm] / acc[mm], NOMINAL)) if mm.sum() >= 20 else pooled
+        r = err[mm] / acc[mm]
+        if r.size >= 20:
+            scale[c] = float(np.quantile(r, NOMINAL))
+        else:  # too few held-out scans to place the quantile: the worst of them, never under the pooled
+            scale[c] = max(pooled, float(r.max())) if r.size >= 3 else pooled
     final = replace(params, temperature=best_t, acc_scale=tuple(round(s, 3) for s in scale))
     model = _fit_once(ids, bx, by, fl, tx0, X, Y, F, R, final, bounds, survey)
     model = _with(model, replace(model.params, temperature=best_t, acc_scale=final.acc_scale))

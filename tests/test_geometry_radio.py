@@ -133,3 +133,34 @@ def test_params_are_checked():
     with pytest.raises(ValueError):
         RadioParams(acc_scale=(1.0, 1.0))
     assert math.isclose(NOMINAL, 0.8647, abs_tol=1e-4)
+
+
+def test_a_beacons_heard_class_too_small_to_calibrate_is_not_given_the_pooled_accuracy():
+    # Every scan hears all six beacons but 16, which hear only their third-nearest (a phone behind
+    # a pillar): too few for their class's quantile.  The pooled scale, set by the full scans,
+    # would claim a few metres for them; held out, their truth lies further.
+    rng = np.random.default_rng(0)
+    bx, by = np.array([0.0, 10, 20, 0, 10, 20]), np.array([0.0, 0, 0, 10, 10, 10])
+    off = rng.normal(0, 4, 6)
+    X, Y = rng.uniform(0, 20, 600), rng.uniform(0, 10, 600)
+    d = np.maximum(np.hypot(X[:, None] - bx, Y[:, None] - by), 0.5)
+    R = (-62 + off - 25 * np.log10(d) + 4 * rng.standard_t(4, d.shape)).round()
+    walk = np.repeat([f"w{i}" for i in range(4)], 150)
+    lone = []
+    for w in range(4):
+        for i in rng.choice(np.flatnonzero(walk == f"w{w}"), 4, replace=False):
+            j = int(np.argsort(np.hypot(X[i] - bx, Y[i] - by))[2])
+            r = R[i, j]
+            R[i] = np.nan
+            R[i, j] = r
+            lone.append(i)
+    lone = np.array(lone)
+    ids, z = [f"b{i}" for i in range(6)], np.zeros(6)
+    train = walk != "w3"
+    m, _ = fit(ids, bx, by, z, z - 59, X[train], Y[train], np.zeros(train.sum()), R[train], walk[train],
+               bounds={0: (-1.0, -1.0, 21.0, 11.0)})
+    t = lone[walk[lone] == "w3"]
+    x, y, _, acc, k = predict(m, np.zeros(t.size), R[t])
+    assert (k == 1).all()
+    assert np.mean(np.hypot(x - X[t], y - Y[t]) <= acc) >= 0.75
+    assert m.params.acc_scale[0] > m.params.acc_scale[2]  # wider than the full scans' scale
