@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store_config.lint import TECH_ACCURACY, measured_verdict, needed_across, predictions
+from store_config.lint import measured_verdict, needed_across, predictions, tech_accuracy
 
 __all__ = ["build_report", "write_report", "NONDETERMINISTIC", "lint_flagged", "advice", "compare", "verdicts"]
 
@@ -33,6 +33,10 @@ def _said(p) -> str:
     """Lint's prediction in its own words."""
     if p.at_once:
         return "works (at once)"
+    if p.floored and p.dwell_s is None:
+        return "fails (repeated fixes never place a shopper here)"
+    if p.floored:
+        return f"{p.verdict} (only near the middle, ~{_fmt(p.dwell_s)} s of dwell)"
     if p.dwell_s is None:
         return "fails (a single fix never fits and fusion is off)"
     return f"{p.verdict} (~{_fmt(p.dwell_s)} s of dwell)"
@@ -58,10 +62,10 @@ def advice(cfg, zones: dict, tech: str) -> list[dict]:
     :func:`verdicts`' (so they agree with the measured recall), its sizes
     :func:`store_config.lint.needed_across`'s (so they agree with lint)."""
     out = []
-    acc = TECH_ACCURACY[tech]
+    acc = tech_accuracy(cfg, tech)
     need = needed_across(cfg, tech)
     preds = predictions(cfg, tech)
-    others = {t: predictions(cfg, t) for t in ("uwb", "ble", "wifi") if TECH_ACCURACY[t] < acc}
+    others = {t: predictions(cfg, t) for t in ("uwb", "ble", "wifi") if tech_accuracy(cfg, t) < acc}
     verdict_of = verdicts(cfg, zones, tech)
     for zid, z in zones.items():
         fence = cfg.fence(zid)

@@ -20,7 +20,16 @@ model of the trackers (``[tracking]``):
   grown over the obstacles beside it (shelves:
   :func:`geometry.space.evidence_shapes`, as the tracker judges).  Measured
   on the sample store (README, "Which positioning works for which zones")
-  the model is right to within a factor of two.
+  the model is right to within a factor of two;
+* BLE fixes do not average down for ever: a fingerprint's error repeats
+  while the phone stands still, so the fused estimate never gets tighter
+  than ``corr_floor`` (0.7) of one fix's σ (:mod:`geometry.fusion`).  A
+  fence whose inscribed radius is under ``z · 0.7 σ`` therefore *fails*
+  however long the shopper stays, and one where only the middle is that far
+  from the edge (``d`` under it) is at best *marginal*.  Without a site
+  survey a BLE fix claims ~5 m (:data:`BLE_UNSURVEYED_ACC`: the median on
+  the public scans of BENCHMARKS.md section 11 and in the simulator's radio),
+  with one ~3 m (:data:`TECH_ACCURACY`).
 
 The verdict (:func:`verdict`), the same three words everywhere (lint, the
 simulator's advice and its map): ``works`` (at once, or within
@@ -42,9 +51,12 @@ from typing import Iterable
 
 import shapely
 
+from geometry.fusion import FusionParams
+
 from .model import Fence, Problem, Promotion, StoreConfig
 
-__all__ = ["lint", "TECH_ACCURACY", "TECH_INTERVAL_S", "WORKS_DWELL_S", "MAX_DWELL_S", "Prediction", "predict",
+__all__ = ["lint", "TECH_ACCURACY", "BLE_UNSURVEYED_ACC", "TECH_SIGMA_FLOOR", "tech_accuracy", "TECH_INTERVAL_S",
+           "WORKS_DWELL_S", "MAX_DWELL_S", "Prediction", "predict",
            "inscribed_radius", "matching_fences", "needed_across", "verdict", "measured_verdict", "predictions",
            "VERDICTS"]
 
@@ -52,6 +64,15 @@ __all__ = ["lint", "TECH_ACCURACY", "TECH_INTERVAL_S", "WORKS_DWELL_S", "MAX_DWE
 # positioning technology the simulator models.  `exact` is the simulator's
 # ground-truth mode (published as uwb with acc 0.1).
 TECH_ACCURACY = {"exact": 0.1, "uwb": 0.3, "ble": 3.0, "wifi": 8.0, "html5": 25.0}
+
+# A BLE fix without a site survey (``[sources.ble] model``): the agent's no-survey fixes on the
+# public labelled scans of BENCHMARKS.md section 11 claimed a median 3.0-7.9 m per data set, the
+# simulator's radio on the sample store 5.0 m.
+BLE_UNSURVEYED_ACC = 5.0
+
+# The fused estimate's floor, as a share of one fix's sigma (geometry.fusion: BLE fingerprints of
+# three or more beacons are correlated, corr_floor; proximities of one or two are weak, weak_floor).
+TECH_SIGMA_FLOOR = {"ble": FusionParams().corr_floor}
 
 # Typical seconds between two fixes of one device (what the simulator models).
 TECH_INTERVAL_S = {"exact": 1.0, "uwb": 0.5, "ble": 1.5, "wifi": 10.0, "html5": 3.0}
@@ -125,13 +146,24 @@ class Prediction:
     works: bool
     r: float
     d: float
+    floored: bool = False  # repeated fixes cannot place a shopper d from the edge (TECH_SIGMA_FLOOR)
 
     @property
     def verdict(self) -> str:
         """``works``, ``marginal`` or ``fails`` (see the module docstring)."""
+        if self.floored:
+            return "marginal" if self.works else "fails"
         if self.at_once or (self.dwell_s is not None and self.dwell_s <= WORKS_DWELL_S):
             return "works"
         return "marginal" if self.works else "fails"
+
+
+def tech_accuracy(cfg: StoreConfig, tech: str) -> float:
+    """A technology's typical ``acc`` in this store: BLE's depends on whether
+    the store has a site survey (``[sources.ble] model``)."""
+    if tech == "ble" and getattr(cfg, "ble_model", None) is None:
+        return BLE_UNSURVEYED_ACC
+    return TECH_ACCURACY[tech]
 
 
 def verdict(p: Prediction) -> str:
@@ -173,7 +205,7 @@ def predict(cfg: StoreConfig, fence: Fence, tech: str, *, grown_r: float | None 
     """The model in the module docstring, for one fence and technology."""
     r = inscribed_radius(fence)
     d = (r if grown_r is None else max(r, grown_r)) / 2
-    acc = TECH_ACCURACY[tech]
+    acc = tech_accuracy(cfg, tech)
     if r >= acc:
         return Prediction(tech, True, 1, 0.0, True, r, d)
     t = cfg.tracking
@@ -181,6 +213,13 @@ def predict(cfg: StoreConfig, fence: Fence, tech: str, *, grown_r: float | None 
         return Prediction(tech, False, None, None, False, r, d)
     z = NormalDist().inv_cdf(t.confidence)
     sigma = acc / t.acc_sigmas
+    least = z * TECH_SIGMA_FLOOR.get(tech, 0.0) * sigma  # the tightest disc repeated fixes give
+    if least > max(r, 2 * d):  # not even at the middle
+        return Prediction(tech, False, None, None, False, r, d, floored=True)
+    if least > d:  # only near the middle: the fixes for a shopper there
+        n = max(1, math.ceil((z * sigma / max(r, 2 * d)) ** 2))
+        dwell = n * TECH_INTERVAL_S[tech]
+        return Prediction(tech, False, n, dwell, dwell <= MAX_DWELL_S, r, d, floored=True)
     n = max(1, math.ceil((z * sigma / d) ** 2))
     dwell = n * TECH_INTERVAL_S[tech]
     return Prediction(tech, False, n, dwell, dwell <= MAX_DWELL_S, r, d)
@@ -193,11 +232,13 @@ def needed_across(cfg: StoreConfig, tech: str) -> float:
     of the width, so ``4 z σ / √N`` with ``N`` the fixes in that time).  The
     one place lint, the simulator's advice and its map take the size from."""
     t = cfg.tracking
-    single = 2 * TECH_ACCURACY[tech]
+    acc = tech_accuracy(cfg, tech)
+    single = 2 * acc
     if not t.fusion:
         return single
     n = max(1.0, math.floor(WORKS_DWELL_S / TECH_INTERVAL_S[tech]))
-    fused = 4 * NormalDist().inv_cdf(t.confidence) * TECH_ACCURACY[tech] / t.acc_sigmas / math.sqrt(n)
+    z = NormalDist().inv_cdf(t.confidence)
+    fused = 4 * z * acc / t.acc_sigmas * max(1 / math.sqrt(n), TECH_SIGMA_FLOOR.get(tech, 0.0))
     return min(single, fused)
 
 
@@ -227,13 +268,20 @@ def _lint_sizes(cfg: StoreConfig, tech: str | None, file: str) -> list[Problem]:
         preds = [predict(cfg, f, t, grown_r=grown.get(f.id)) for t in techs]
         if all(p.at_once for p in preds):
             continue
-        better = [t for t in TECH_ACCURACY if t != "exact" and TECH_ACCURACY[t] < TECH_ACCURACY[preds[0].tech]
+        better = [t for t in TECH_ACCURACY if t != "exact"
+                  and tech_accuracy(cfg, t) < tech_accuracy(cfg, preds[0].tech)
                   and predict(cfg, f, t, grown_r=grown.get(f.id)).verdict == "works"]
         if tech is not None:
             p = preds[0]
             grow = (f"enlarge to ≥ {_fmt(needed_across(cfg, tech))} m across (now {_fmt(2 * p.r)} m)"
                     + (f" or use {'/'.join(better)}" if better else ""))
-            if p.verdict == "works":
+            if p.floored:
+                msg = (f"{p.verdict} with {tech}: a {tech} fix's error repeats while the shopper stands still, so "
+                       + ("only a shopper near the middle is ever placed here" if p.works else
+                          "no shopper is ever placed here, however long she stays")
+                       + (" (take a site survey: `edge-agent survey fit`)" if tech == "ble"
+                          and getattr(cfg, "ble_model", None) is None else "") + f"; {grow}")
+            elif p.verdict == "works":
                 msg = (f"works with {tech} after ~{_fmt(p.dwell_s)} s of dwell (the fused tracker needs ~{p.fixes} "
                        f"fixes; a single fix never fits inside)")
             elif p.fixes is None:
