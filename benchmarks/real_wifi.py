@@ -37,7 +37,9 @@ Per floor and variant: median / p90 error, the coverage of the claimed
 each path as one shopper through the agent's tracker
 (:func:`benchmarks._zones.replay`: the pipeline's path for coarse fixes,
 ``confidence`` 0.9) with the floor's shops (the GeoJSON's polygons, mapped into
-the waypoints' metre frame) as the zones.
+the waypoints' metre frame) and the floor cut into 20 m and 10 m cells as
+the zones.  And ``day_drift``: the same engine trained on the other *days*
+only, on the scans where those days' walks passed (fingerprints a day old).
 
     python benchmarks/real_wifi.py convert   # mirror -> benchmarks/data/ilc20/<site>-<floor>/ extracts
     python benchmarks/real_wifi.py           # table + benchmarks/results/real_wifi.json
