@@ -99,7 +99,7 @@ def write_store(workdir: Path, port: int, http_port: int, store_id: str, extra_t
 
 
 def generator(port: int, store_id: str, rate: float, seconds: float, worker: int, devices: int,
-              entry_share: float, out: "mp.Queue", prefix: str = "") -> None:
+              entry_share: float, out: "mp.Queue", prefix: str = "", sent=None) -> None:
     """Publish pings at ``rate``/s; every 1/entry_share-th ping is a fresh entry.
     Devices are named ``{prefix}w{worker}d{n}`` (a new prefix: devices the agent
     has not seen, for a second load on the same agent)."""
@@ -147,6 +147,8 @@ def generator(port: int, store_id: str, rate: float, seconds: float, worker: int
         seq += 1
     sent_s = time.perf_counter() - t0
     end_wall = time.time()
+    if sent is not None:
+        sent.release()  # the schedule is over (the teardown below takes up to a second)
     # everything handed to the socket before reporting (QoS 0 has no ack to wait for)
     c.publish(f"store/{store_id}/gen-done", b"", qos=1).wait_for_publish(10)
     c.loop_stop()
@@ -230,10 +232,12 @@ def agent_pings(http_port: int) -> float:
     return metric_total(scrape(http_port), "edge_pings_total")
 
 
-def run_load(port, store_id, rate, seconds, workers, devices, entry_share, prefix=""):
+def run_load(port, store_id, rate, seconds, workers, devices, entry_share, prefix="", sent=None):
+    """Run the generators to the end; ``sent`` (a semaphore) is released by each one
+    when its schedule is over."""
     q: mp.Queue = mp.Queue()
     procs = [mp.Process(target=generator, args=(port, store_id, rate / workers, seconds, w, devices // workers,
-                                                entry_share, q, prefix)) for w in range(workers)]
+                                                entry_share, q, prefix, sent)) for w in range(workers)]
     for p in procs:
         p.start()
     results = [q.get() for _ in procs]
@@ -356,11 +360,15 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     lst = mp.Process(target=offer_listener, args=(port, sid, ready, stop, q2))
     lst.start()
     ready.wait(10)
-    # Sample the agent's processed count during the load (every --poll s).
+    # Sample the agent's processed count once the load has been sent (every --poll s), for the drain.
+    # Not during the load: a /metrics scrape takes the agent's loop ~2 ms, 20 times a second, which
+    # the echo floor beside it never pays (BENCHMARKS.md section 13).
     samples: list[tuple[float, float]] = []
     polling = threading.Event()
 
     def poll():
+        for _ in range(args.workers):
+            sent.acquire()  # every generator's schedule is over
         while not polling.is_set():
             try:
                 samples.append((time.time(), agent_pings(http_port)))
@@ -371,8 +379,9 @@ def run_agent(work: Path, port: int, rate: float, args, root: Path, variant: str
     poller = threading.Thread(target=poll, daemon=True)
     m0 = scrape(http_port) if args.stages or args.stages_log else {}
     cpu0 = agent_cpu_s(agent.pid)
+    sent = mp.Semaphore(0)
     poller.start()
-    gens = run_load(port, sid, rate, args.seconds, args.workers, args.devices, args.entry_share)
+    gens = run_load(port, sid, rate, args.seconds, args.workers, args.devices, args.entry_share, sent=sent)
     a_published = sum(g["published"] for g in gens)
     drain_deadline = time.monotonic() + 15
     while (not samples or samples[-1][1] < a_published) and time.monotonic() < drain_deadline:
@@ -447,7 +456,7 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=4000, help="simulated devices")
     ap.add_argument("--entry-share", type=float, default=0.02, help="share of pings that are fresh entries")
     ap.add_argument("--poll", type=float, default=0.05, help="seconds between scrapes of the agent's "
-                    "processed count (default %(default)s)")
+                    "processed count after the load, for the drain (default %(default)s)")
     ap.add_argument("--compare-git", metavar="REV", default=None,
                     help="also run the agent as of git revision REV on the same load, right after this tree's "
                          "(before/after, same run)")
