@@ -172,6 +172,7 @@ class Agent:
         # a corrupt one is moved aside and a fresh one started (store.open_ledger).
         self.ledger, self.store = open_ledger(data / "edge.sqlite3", store_id=cfg.store_id, sealer=self.sealer,
                                               on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"))
+        self.ledger.checkpoint_in_thread()  # never in a commit on the loop (storage/ledger.py)
         self.pipeline.shell_errors = (sqlite3.Error,)  # a storage error in the step fails the batch, for a retry
         self._restore()
         self.sync = Sync(config=lambda: self.cfg, store=self.ledger, metrics=self.metrics, clock=self.clock,
@@ -368,12 +369,14 @@ class Agent:
         """SQLite calls the ledger corrupt during a run: move it aside (kept for
         ``sqlite3 .recover``) and go on with a fresh one; memory keeps the live state."""
         path = self.ledger.path
+        self.ledger.stop_checkpoints()
         try:
             self.ledger.conn.close()
         except sqlite3.Error:
             pass
         set_aside(path, exc, "during the run")
         self.ledger, self.store = open_ledger(path, store_id=self.cfg.store_id, sealer=self.sealer)
+        self.ledger.checkpoint_in_thread()
         if self.sync is not None:
             self.sync.store = self.ledger
         self.metrics.outbox_pending.fn = self.ledger.outbox.pending
