@@ -15,7 +15,7 @@ from store_config.model import StoreConfig
 
 from .http.app import make_app
 from .instance import InstanceLocked
-from .service import Agent
+from .service import Agent, freeze_heap
 from .storage.store import StorageUnwritable
 
 log = logging.getLogger("edge_agent")
@@ -136,6 +136,7 @@ async def serve(cfg: StoreConfig) -> int:
     except (InstanceLocked, StorageUnwritable, OSError, ssl.SSLError) as exc:
         await server.stop()
         raise StartupError(str(exc)) from exc
+    freeze_heap()  # what start-up built lives as long as the process: out of every collection's way
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
