@@ -106,6 +106,8 @@ class MqttClient:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._batch: list[Message] = []
+        self._reading = False  # in the socket's read callback: its writes go out when it ends (_flush)
+        self._writer = False  # the socket is registered with the loop for writing
         self._stopping = False
         self._sock = None
         self._misc_task: asyncio.Task | None = None
@@ -160,6 +162,7 @@ class MqttClient:
         self._in_loop(self._remove, sock)
 
     def _remove(self, sock) -> None:
+        self._writer = False
         try:
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
@@ -167,10 +170,22 @@ class MqttClient:
             pass
 
     def _on_register_write(self, client, userdata, sock) -> None:
-        self._in_loop(self._loop.add_writer, sock, self._writable)
+        if self._reading and threading.get_ident() == self._loop_thread:
+            return  # the read callback writes before it returns (_flush): no writer to add and remove
+        self._in_loop(self._add_writer, sock)
 
     def _on_unregister_write(self, client, userdata, sock) -> None:
-        self._in_loop(self._loop.remove_writer, sock)
+        self._in_loop(self._remove_writer, sock)
+
+    def _add_writer(self, sock) -> None:
+        if not self._writer and sock is self._sock:
+            self._loop.add_writer(sock, self._writable)
+            self._writer = True
+
+    def _remove_writer(self, sock) -> None:
+        if self._writer:
+            self._writer = False
+            self._loop.remove_writer(sock)
 
     def _writable(self) -> None:
         self.client.loop_write()
@@ -182,20 +197,33 @@ class MqttClient:
             self.stages.readable()
         sock = self._sock
         c = self.client
-        for _ in range(MAX_DRAIN):
-            rc = c.loop_read()
-            if rc != paho.MQTT_ERR_SUCCESS or sock is None or c.socket() is not sock:
-                break
-            pending = getattr(sock, "pending", None)
-            if pending is not None and pending():
-                continue
-            try:
-                r, _, _ = select.select([sock], [], [], 0)
-            except (OSError, ValueError):
-                break
-            if not r:
-                break
-        self._flush()
+        self._reading = True
+        try:
+            for _ in range(MAX_DRAIN):
+                rc = c.loop_read()
+                if rc != paho.MQTT_ERR_SUCCESS or sock is None or c.socket() is not sock:
+                    break
+                pending = getattr(sock, "pending", None)
+                if pending is not None and pending():
+                    continue
+                try:
+                    r, _, _ = select.select([sock], [], [], 0)
+                except (OSError, ValueError):
+                    break
+                if not r:
+                    break
+            self._flush()
+        finally:
+            self._reading = False
+            if c.want_write() and c.socket() is not None:
+                self._write_now()
+
+    def _write_now(self) -> None:
+        """Write what paho holds now; what the socket does not take yet, the loop's
+        writer callback writes when it can."""
+        self._writable()
+        if self.client.want_write():
+            self._add_writer(self._sock)
 
     def _flush(self) -> None:
         if self._batch:
@@ -211,7 +239,7 @@ class MqttClient:
                 # the batch's offers, alerts and acks leave now, in one write: left to the loop's writer
                 # callback they waited behind the next readable batch and every other ready callback
                 # (0.8-1.6 ms mean at 5,000 pings/s, the largest stage: BENCHMARKS.md section 13)
-                self._writable()
+                self._write_now()
             if st is not None:
                 st.done()
 
