@@ -17,7 +17,7 @@ BIG = 512 * 1024  # 40 of these (20 MB) are more than a loopback socket takes at
 
 async def test_a_batch_that_publishes_more_than_the_socket_takes_delivers_it_all(mosquitto, mqtt_client):
     phone = mqtt_client()
-    got = await phone.subscribe("w/out/+", qos=1)
+    await phone.subscribe("w/out/+", qos=1)
     batches: list[int] = []
     client: MqttClient | None = None
 

@@ -61,6 +61,37 @@ def nodelay(sock) -> None:
         pass
 
 
+class _Client(paho.Client):
+    """paho's client with a short path for the bulk of the agent's traffic.
+
+    A QoS 0 PUBLISH under MQTT 3.1.1 (every ping) goes from paho's packet
+    reader straight to ``fast_message(topic, payload, retain)``: no
+    ``MQTTMessage`` (with its ``threading.Condition``), no walk of the
+    per-topic callback tree (the transport registers none) and no callback
+    locks.  Everything else -- QoS 1 (manual acknowledgement), MQTT 5, a
+    malformed packet, a topic that is not UTF-8 -- goes through paho's own
+    ``_handle_publish``, unchanged.  Measured at 5,000 messages/s through
+    Mosquitto: BENCHMARKS.md section 13."""
+
+    fast_message: Callable[[str, bytes, bool], None] | None = None
+
+    def _handle_publish(self):
+        cmd = self._in_packet["command"]
+        fast = self.fast_message
+        if cmd & 0x06 or fast is None or self._protocol == paho.MQTTv5:
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        end = 2 + ((packet[0] << 8) | packet[1]) if len(packet) >= 2 else 0
+        if end <= 2 or end > len(packet):
+            return super()._handle_publish()  # malformed (or an empty topic): paho says so
+        try:
+            topic = packet[2:end].decode("utf-8")
+        except UnicodeDecodeError:
+            return super()._handle_publish()
+        fast(topic, bytes(packet[end:]), bool(cmd & 0x01))
+        return paho.MQTT_ERR_SUCCESS
+
+
 def parse_url(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
@@ -116,12 +147,13 @@ class MqttClient:
         self.v5 = cfg.protocol == "5"
 
         if self.v5:
-            self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                      protocol=paho.MQTTv5, manual_ack=True)
+            self.client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=paho.MQTTv5, manual_ack=True)
         else:
-            self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                      clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
+            self.client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
         c = self.client
+        c.fast_message = self._on_fast_message
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)
         if cfg.username:
@@ -246,6 +278,10 @@ class MqttClient:
     # -- paho callbacks (loop thread)
     def _on_message(self, client, userdata, msg) -> None:
         self._batch.append(Message(msg.topic, msg.payload, msg.qos, msg.mid, self.clock(), msg.retain))
+
+    def _on_fast_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        """A QoS 0 message (``_Client``): the same ``Message`` as :meth:`_on_message` makes."""
+        self._batch.append(Message(topic, payload, 0, 0, self.clock(), retain))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if self.on_published:
