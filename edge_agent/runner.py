@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -137,18 +138,21 @@ async def serve(cfg: StoreConfig) -> int:
         await server.stop()
         raise StartupError(str(exc)) from exc
     freeze_heap()  # what start-up built lives as long as the process: out of every collection's way
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    reload = getattr(server.agent, "reload_from_files", None)
-    if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, reload)
-    await stop.wait()
-    log.info("shutting down: draining, flushing the outbox, publishing offline")
     try:
-        await asyncio.wait_for(server.stop(), timeout=20)
-    except asyncio.TimeoutError:
-        log.error("shutdown took longer than 20 s; exiting anyway")
-        return 1
-    return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        reload = getattr(server.agent, "reload_from_files", None)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload)
+        await stop.wait()
+        log.info("shutting down: draining, flushing the outbox, publishing offline")
+        try:
+            await asyncio.wait_for(server.stop(), timeout=20)
+        except asyncio.TimeoutError:
+            log.error("shutdown took longer than 20 s; exiting anyway")
+            return 1
+        return 0
+    finally:
+        gc.unfreeze()  # serve() run inside another program (a test) leaves its collector as it was

@@ -4,6 +4,7 @@ the admin endpoint; a bad update is refused and the last good config serves."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -137,9 +138,11 @@ async def test_sighup_reloads(store_factory, mqtt_client, monkeypatch):
         await phone.subscribe(f"{cfg.root_topic}/offer/+")
         await phone.publish(f"{cfg.root_topic}/ping/uwb/h", AISLE, qos=0)
         assert (await phone.next_json(f"{cfg.root_topic}/offer/+"))["promotion_id"] == "hup"
+        assert gc.get_freeze_count() > 0  # serve() froze the start-up heap, and the reload froze it again
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
         assert await asyncio.wait_for(task, 20) == 0
+    assert gc.get_freeze_count() == 0  # and serve() left this process's collector as it found it
 
 
 async def test_file_inventory_never_undoes_a_newer_mqtt_update(store_factory, agent_factory, mqtt_client):
