@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
-from edge_agent.storage.ledger import CODE_ALPHABET
+from edge_agent.pipeline.ids import CODE_ALPHABET
 
 pytestmark = pytest.mark.broker
 

@@ -27,7 +27,6 @@ from zoneinfo import ZoneInfo
 from sync.outbox import Event, Outbox
 from sync.schema import migrate
 
-from edge_agent.pipeline.ids import CODE_ALPHABET, CODE_LEN
 
 log = logging.getLogger("edge_agent.storage.ledger")
 

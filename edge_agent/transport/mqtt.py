@@ -27,6 +27,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
+from paho.mqtt import __version__ as paho_version
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
@@ -74,6 +75,10 @@ class _Client(paho.Client):
     Mosquitto: BENCHMARKS.md section 13."""
 
     fast_message: Callable[[str, bytes, bool], None] | None = None
+
+    # The short path reads paho's private packet state (``_in_packet``, ``_protocol``), as paho 2.x
+    # keeps it; with any other major version the transport leaves it off and paho does it all.
+    SHORT_PATH_OK = paho_version.split(".")[0] == "2"
 
     def _handle_publish(self):
         cmd = self._in_packet["command"]
@@ -153,7 +158,7 @@ class MqttClient:
             self.client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
         c = self.client
-        c.fast_message = self._on_fast_message
+        c.fast_message = self._on_fast_message if _Client.SHORT_PATH_OK else None
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)
         if cfg.username:
