@@ -76,7 +76,7 @@ async def test_page_shows_live_alert_and_claim_reaches_every_page(store_factory,
         dana = await open_phone(browser, url)
         eli = await open_phone(browser, url)
         for p in (dana, eli):
-            await p.wait_for_function("document.body.dataset.synced === '1'")
+            await p.wait_for_function("() => document.body.dataset.synced === '1'")
             assert await p.locator(".card").count() == 0
 
         # An alert raised while both pages are open: a VIP walks in.

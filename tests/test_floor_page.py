@@ -52,7 +52,7 @@ async def test_map_shows_zones_counts_and_a_pinned_alert_that_a_tap_claims(store
             page = await context.new_page()
             page.set_default_timeout(8000)
             await page.goto(f"{server.url}/associates?token={TOKEN}", wait_until="load")
-            await page.wait_for_function("document.body.dataset.synced === '1'")
+            await page.wait_for_function("() => document.body.dataset.synced === '1'")
             # The map from the layout: every fence of floor 0, produce with its hole.
             await page.wait_for_selector('#map .zonegroup[data-zone="produce"]')
             zones = await page.eval_on_selector_all("#map .zonegroup", "gs => gs.map(g => g.dataset.zone)")

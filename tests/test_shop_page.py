@@ -151,11 +151,11 @@ async def test_location_denied_and_a_check_in_outside_hours_say_why(store_factor
     page.on("request", lambda r: asked.append(r.url))
     await page.goto(f"{server.url}/shop")
     await choose(page, offers=True, tracking=False)
-    await page.wait_for_function("document.body.dataset.geo === 'off'")
+    await page.wait_for_function("() => document.body.dataset.geo === 'off'")
     hint = await page.inner_text("#hint")
     assert "Location is off" in hint and "Walk around" not in hint
     await page.goto(f"{server.url}/shop?zone=produce")
-    await page.wait_for_function("document.getElementById('checkin').dataset.note === '1'")
+    await page.wait_for_function("() => document.getElementById('checkin').dataset.note === '1'")
     hint = await page.inner_text("#hint")
     assert "right now" in hint and "Later today" in hint and hours.replace("-", "–") in hint
     assert not [u for u in asked if u.endswith("/favicon.ico")]
