@@ -140,6 +140,17 @@ def start_agent(config: Path, http_port: int, *, timeout: float = 20.0, root: Pa
         time.sleep(0.1)
 
 
+def listen_until(c, port: int, stop) -> None:
+    """Run a paho client against the local broker on ``port`` until ``stop``
+    (an Event) is set; disconnect before stopping its network thread, so the
+    broker sees a DISCONNECT rather than a dropped socket."""
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    stop.wait()
+    c.disconnect()
+    c.loop_stop()
+
+
 def scrape(http_port: int) -> dict[str, float]:
     """The agent's /metrics as {series (name with labels): value}."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()

@@ -51,7 +51,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import RESULTS, free_port, machine, metric_total, scrape, start_agent, start_mosquitto, table, write_json
+from _common import (RESULTS, free_port, listen_until, machine, metric_total, scrape, start_agent, start_mosquitto,
+                     table, write_json)
 from e2e import GRID, agent_cpu_s, offer_listener, pair_latencies, percentile, run_load, stage_figures, write_store
 from pickup import ZONE, _client
 from pos_load import TOKEN, code_maker, plan_requests, till
@@ -106,11 +107,7 @@ def central(port: int, ready, stop, out: mp.Queue) -> None:
     c.on_message = on_message
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"central/{STORE}/events/#", 1)
     c.on_subscribe = lambda *a: ready.set()
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    stop.wait()
-    c.disconnect()
-    c.loop_stop()
+    listen_until(c, port, stop)
     out.put(got)
 
 

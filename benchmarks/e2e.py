@@ -52,7 +52,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import RESULTS, ROOT, free_port, metric_total, scrape, start_agent, start_mosquitto  # noqa: E402,F401
+from _common import RESULTS, ROOT, free_port, listen_until, metric_total, scrape, start_agent, start_mosquitto  # noqa: E402,F401
 
 
 # A grid of 2 m x 2 m fences, 4 m apart: plenty of "inside nothing" space.
@@ -180,10 +180,7 @@ def offer_listener(port: int, store_id: str, ready, stop, out: "mp.Queue") -> No
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"store/{store_id}/offer/+", 1)
     c.on_subscribe = lambda *a: ready.set()
     c.on_socket_open = lambda cl, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    stop.wait()
-    c.loop_stop()
+    listen_until(c, port, stop)
     out.put(got)
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from _common import (
     RESULTS,
     free_port,
+    listen_until,
     machine,
     metric_total,
     scrape,
@@ -114,11 +115,7 @@ def alert_listener(port: int, root: str, ready, stop, out, devices: list[str] = 
     subs = [(f"{root}/alert/#", 1)] + [(f"{root}/ping/uwb/{d}", 0) for d in devices]
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(subs)
     c.on_subscribe = lambda *a: ready.set()
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    stop.wait()
-    c.disconnect()
-    c.loop_stop()
+    listen_until(c, port, stop)
     out.put((got, pings))
 
 

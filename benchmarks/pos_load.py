@@ -54,6 +54,7 @@ from pathlib import Path
 from _common import (
     RESULTS,
     free_port,
+    listen_until,
     machine,
     metric_total,
     scrape,
@@ -152,10 +153,7 @@ def offer_timer(port: int, store_id: str, ready, stop, out: mp.Queue) -> None:
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"store/{store_id}/offer/+", 1)
     c.on_subscribe = lambda *a: ready.set()
     c.on_socket_open = lambda cl, u, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    stop.wait()
-    c.loop_stop()
+    listen_until(c, port, stop)
     out.put(got)
 
 
