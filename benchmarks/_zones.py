@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from geometry.fences import FenceIndex  # noqa: E402
 from geometry.fusion import FusionParams, FusionState, evidence_fences, fuse, z_for  # noqa: E402
+from geometry.radio import FINGERPRINT_BEACONS  # noqa: E402
 from geometry.tracking import Entered, TrackParams, step, tick  # noqa: E402
 from geometry.zoneprob import ZoneProb  # noqa: E402
 
@@ -180,7 +181,7 @@ def replay(fixes: Iterable[Mapping], zones, tracker_config: Mapping | None = Non
     mode = rest.get("mode", "fused")
     tol = float(rest.get("tol_s", 0.0))
     min_scans = int(rest.get("min_visit_scans", 3))
-    weak_beacons = int(rest.get("weak_beacons", 3))
+    weak_beacons = int(rest.get("weak_beacons", FINGERPRINT_BEACONS))
     correlated = bool(rest.get("correlated", True))
     raw = FenceIndex(zs)
     grown = evidence_fences(zs, obs)

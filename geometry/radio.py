@@ -53,9 +53,14 @@ import numpy as np
 
 from .beacons import distinct_readings
 
-__all__ = ["NOMINAL", "RadioParams", "BleModel", "fit", "predict", "store_model", "distinct_readings", "heard_class"]
+__all__ = ["NOMINAL", "FINGERPRINT_BEACONS", "RadioParams", "BleModel", "fit", "predict", "store_model",
+           "distinct_readings", "heard_class"]
 
 NOMINAL = 1.0 - math.exp(-2.0)  # P(r <= 2 sigma), 2-D isotropic Gaussian: 0.8647
+# Distinct beacons from which a scan is a fingerprint (a fix whose error repeats while the phone
+# stands still: geometry.fusion's correlated fixes); fewer is a proximity (a weak fix).  Also the
+# last accuracy class: 1, 2, FINGERPRINT_BEACONS or more heard.
+FINGERPRINT_BEACONS = 3
 _CHUNK = 3_000_000  # elements per dense (scans x cells x beacons) block
 MODEL_VERSION = 1
 
@@ -91,7 +96,7 @@ class RadioParams:
 
 def heard_class(k) -> np.ndarray:
     """0, 1, 2 for 1, 2, 3+ distinct beacons heard."""
-    return np.clip(np.asarray(k, dtype=np.int64), 1, 3) - 1
+    return np.clip(np.asarray(k, dtype=np.int64), 1, FINGERPRINT_BEACONS) - 1
 
 
 def _ndtr(z: np.ndarray) -> np.ndarray:

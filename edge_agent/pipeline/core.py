@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from geometry.fusion import fuse
+from geometry.radio import FINGERPRINT_BEACONS
 from geometry.tracking import Entered, Exited
 from store_config.model import StoreConfig
 
@@ -381,7 +382,7 @@ class Pipeline:
             hb = heard[sel[fz]]
             f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), xs[sel][fz], ys[sel][fz],
                      floors[sel][fz], eff_acc[fz], np.asarray(times, dtype=float)[fz], rt.fusion,
-                     weak=(hb > 0) & (hb < 3), correlated=hb >= 3)
+                     weak=(hb > 0) & (hb < FINGERPRINT_BEACONS), correlated=hb >= FINGERPRINT_BEACONS)
             coarse_a = np.zeros(len(sel), dtype=bool)
             coarse_a[fz] = True
             coarse = coarse_a.tolist()
