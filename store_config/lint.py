@@ -161,9 +161,12 @@ class Prediction:
 def tech_accuracy(cfg: StoreConfig, tech: str) -> float:
     """A technology's typical ``acc`` in this store: BLE's depends on whether
     the store has a site survey (``[sources.ble] model``)."""
-    if tech == "ble" and getattr(cfg, "ble_model", None) is None:
-        return BLE_UNSURVEYED_ACC
-    return TECH_ACCURACY[tech]
+    return BLE_UNSURVEYED_ACC if _unsurveyed(cfg, tech) else TECH_ACCURACY[tech]
+
+
+def _unsurveyed(cfg: StoreConfig, tech: str) -> bool:
+    """BLE in a store without a fitted radio model (``edge-agent survey fit``)."""
+    return tech == "ble" and cfg.ble_model is None
 
 
 def verdict(p: Prediction) -> str:
@@ -214,10 +217,11 @@ def predict(cfg: StoreConfig, fence: Fence, tech: str, *, grown_r: float | None 
     z = NormalDist().inv_cdf(t.confidence)
     sigma = acc / t.acc_sigmas
     least = z * TECH_SIGMA_FLOOR.get(tech, 0.0) * sigma  # the tightest disc repeated fixes give
-    if least > max(r, 2 * d):  # not even at the middle
+    middle = 2 * d  # the inscribed radius (grown over the shelves): the middle's distance from the edge
+    if least > middle:  # not even at the middle
         return Prediction(tech, False, None, None, False, r, d, floored=True)
     if least > d:  # only near the middle: the fixes for a shopper there
-        n = max(1, math.ceil((z * sigma / max(r, 2 * d)) ** 2))
+        n = max(1, math.ceil((z * sigma / middle) ** 2))
         dwell = n * TECH_INTERVAL_S[tech]
         return Prediction(tech, False, n, dwell, dwell <= MAX_DWELL_S, r, d, floored=True)
     n = max(1, math.ceil((z * sigma / d) ** 2))
@@ -279,8 +283,8 @@ def _lint_sizes(cfg: StoreConfig, tech: str | None, file: str) -> list[Problem]:
                 msg = (f"{p.verdict} with {tech}: a {tech} fix's error repeats while the shopper stands still, so "
                        + ("only a shopper near the middle is ever placed here" if p.works else
                           "no shopper is ever placed here, however long she stays")
-                       + (" (take a site survey: `edge-agent survey fit`)" if tech == "ble"
-                          and getattr(cfg, "ble_model", None) is None else "") + f"; {grow}")
+                       + (" (take a site survey: `edge-agent survey fit`)" if _unsurveyed(cfg, tech) else "")
+                       + f"; {grow}")
             elif p.verdict == "works":
                 msg = (f"works with {tech} after ~{_fmt(p.dwell_s)} s of dwell (the fused tracker needs ~{p.fixes} "
                        f"fixes; a single fix never fits inside)")
