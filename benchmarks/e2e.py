@@ -326,26 +326,26 @@ def stage_figures(m0: dict[str, float], m1: dict[str, float]) -> dict:
 
 
 def stage_log(path: Path) -> dict:
-    """The agent's debug line per batch (``--stages-log``): per stage, mean and p50 (ms)
-    over the batches that made offers and over the rest."""
+    """The agent's debug line per batch (``--stages-log``): per stage, mean, p50 and p99 (ms)
+    over the batches that made offers and over the rest (``written``: from the publishes
+    to the socket's write, batches that published only)."""
     import re
     pat = re.compile(r"batch of (\d+), (\d+) offers: read ([\d.]+) decode ([\d.]+) step ([\d.]+) commit ([\d.]+) "
-                     r"publish ([\d.]+) = ([\d.]+) ms")
+                     r"publish ([\d.]+) = ([\d.]+) ms(?:, written \+([\d.]+) ms)?")
     groups: dict[str, list[list[float]]] = {"with_offers": [], "without": []}
     for line in path.read_text(errors="replace").splitlines():
         m = pat.search(line)
         if m:
-            v = [float(x) for x in m.groups()]
+            v = [float(x) if x is not None else 0.0 for x in m.groups()]
             groups["with_offers" if v[1] else "without"].append([v[0], *v[2:]])
     out = {}
+    names = ("messages", "read", "decode", "step", "commit", "publish", "batch", "written")
     for g, rows in groups.items():
         if rows:
             cols = list(zip(*rows))
-            out[g] = {"batches": len(rows), **{f"{k}_mean": sum(c) / len(c) for k, c in
-                                                zip(("messages", "read", "decode", "step", "commit", "publish", "batch"),
-                                                    cols)},
-                      **{f"{k}_p50": percentile(list(c), 50) for k, c in
-                         zip(("messages", "read", "decode", "step", "commit", "publish", "batch"), cols)}}
+            out[g] = {"batches": len(rows), **{f"{k}_mean": sum(c) / len(c) for k, c in zip(names, cols)},
+                      **{f"{k}_p50": percentile(list(c), 50) for k, c in zip(names, cols)},
+                      **{f"{k}_p99": percentile(list(c), 99) for k, c in zip(names, cols)}}
     return out
 
 
@@ -552,8 +552,9 @@ def main() -> int:
                         f"{k} {v['mean']:.3f}/{v['p50_le']:.3g}/{v['p99_le']:.3g}" for k, v in row["stages_ms"].items()
                         if k != "batch_messages"), flush=True)
                     for g, v in row.get("stage_log", {}).items():
-                        print(f"    {g}: {v['batches']} batches, mean ms: " + ", ".join(
-                            f"{k[:-5]} {x:.3f}" for k, x in v.items() if k.endswith("_mean")), flush=True)
+                        print(f"    {g}: {v['batches']} batches, mean / p99 ms: " + ", ".join(
+                            f"{k[:-5]} {x:.3f}/{v[k[:-5] + '_p99']:.3f}" for k, x in v.items() if k.endswith("_mean")),
+                            flush=True)
                     bm = row["stages_ms"].get("batch_messages")
                     if bm:
                         print(f"    messages per batch: mean {bm['mean']:.1f}, p50 <= {bm['p50_le']:g}, "

@@ -186,10 +186,12 @@ class Stages:
     ``decoded``  the pipeline routed and decoded its messages (the step's ping
                  work begins);
     ``stepped``  the pure step returned its effects;
-    ``committed`` the one SQLite commit of the batch returned;
+    ``committed`` the batch's first SQLite commit returned (its rows, or for a
+                 batch that publishes, its pending record: ``Store.hold``);
     ``published`` offers, alerts and acks were handed to paho and the outlets;
-    ``written``  the loop next called the socket's writer (the wait for the
-                 loop to schedule it; only for batches that published).
+    ``written``  the socket's writer was called (only for batches that published:
+                 at once for one that holds its rows, before its second commit;
+                 otherwise when the loop next schedules it).
 
     Stage *k* is the time between stamp *k* and stamp *k + 1*; ``batch`` is
     ``read`` → ``published``.  The debug line follows the write."""
@@ -200,7 +202,7 @@ class Stages:
                 "(per batch).",
         "decode": "The pipeline's routing and decoding of the batch's messages (per batch).",
         "step": "The pure step's positioning, matching, tracking and decisions (per batch).",
-        "commit": "The batch's rows written and its one SQLite commit (per batch).",
+        "commit": "The batch's rows (or, when it publishes, its pending record) written and committed (per batch).",
         "publish": "Offers, alerts and acks handed to paho and the in-process outlets (per batch).",
         "write": "From the batch's publishes to the loop calling the socket's writer (per batch that published).",
         "batch": "From the socket turning readable to the batch's publishes handed to paho (per batch).",
@@ -244,6 +246,10 @@ class Stages:
                            f", written +{(s[6] - s[5]) * 1e3:.3f} ms" if len(s) > 6 else "")
 
     def writable(self) -> None:
+        s = self.stamps
+        if s is not None and s[5] is not None and len(s) == 6:  # the batch in progress wrote its publishes
+            s.append(self.clock())
+            self.hist["write"].observe(s[6] - s[5])
         if self._unwritten:
             t = self.clock()
             for b in self._unwritten:
@@ -253,7 +259,7 @@ class Stages:
 
     # the agent (no-ops outside a transport batch: ticks, HTTP, retries)
     def mark(self, i: int) -> None:
-        """Stamp ``i`` (2 decoded, 3 stepped, 4 committed) of the batch in progress."""
+        """Stamp ``i`` (2 decoded, 3 stepped, 4 committed, 5 published) of the batch in progress."""
         if self.stamps is not None:
             self.stamps[i] = self.clock()
 
@@ -261,7 +267,8 @@ class Stages:
         s, self.stamps = self.stamps, None
         if s is None:
             return
-        s[5] = self.clock()
+        if s[5] is None:
+            s[5] = self.clock()
         if None in s:
             return
         for name, a, b in zip(self.NAMES, s, s[1:]):
@@ -269,5 +276,5 @@ class Stages:
         self.hist["batch"].observe(s[5] - s[0])
         self.size.observe(n)
         self.last = self._logline = {"n": n, "offers": offers, "stamps": s}
-        if published:
+        if published and len(s) == 6:
             self._unwritten.append(self.last)

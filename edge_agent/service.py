@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -37,12 +35,13 @@ from sync.tasks import Sync, cancel_and_wait
 
 from .http import sources
 from .storage.campaigns import restore_histories
-from .pipeline.codecs import Ping, owntracks_cmd
+from .pipeline.codecs import Ping
 from .pipeline.guard import SpoofGuard
 from .instance import lock_data_dir, unlock
 from .storage.ledger import Ledger
 from .metrics import Metrics, Stages
 from .transport.mqtt import Message, MqttClient
+from .transport.offers import OfferWire, dumps
 from .pipeline import Effects, Pipeline, State, build_runtime
 from .storage.privacy import TopicSealer
 from .reload import Reloader, file_mtime
@@ -51,13 +50,6 @@ from .storage.store import Store, error_kind, open_ledger, set_aside
 log = logging.getLogger("edge_agent")
 
 __all__ = ["Agent", "build_runtime", "open_ledger"]
-
-
-@dataclass(slots=True)
-class PendingOffer:
-    offer_id: str
-    received: float | None  # receipt time of the ping, for edge_ping_to_offer_seconds (None: a re-send)
-    expires: float
 
 
 def freeze_heap() -> None:
@@ -72,10 +64,6 @@ def freeze_heap() -> None:
     next :meth:`Agent.install`, which unfreezes and collects."""
     gc.collect()
     gc.freeze()
-
-
-def _dumps(payload: Any) -> bytes:
-    return payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
 
 
 class Agent:
@@ -101,8 +89,8 @@ class Agent:
         self.sync: Sync | None = None  # uplink, downlink, outbox housekeeping (sync/tasks.py)
         self._retry: list[Message] = []  # QoS 1 messages whose batch failed to commit
         self._storage_down = False
-        self._pending: dict[int, PendingOffer] = {}
-        self._delivered: list[str] = []
+        self._unsettled = False  # a batch's second commit failed: its pending record waits (_settle)
+        self.wire = OfferWire(config=lambda: self.cfg, metrics=self.metrics, clock=clock)  # offers until PUBACK
         self._tasks: list[asyncio.Task] = []
         self._lock: int | None = None  # the data dir's lock (edge_agent.instance)
         self.ready = False
@@ -194,6 +182,7 @@ class Agent:
                                               on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"))
         self.ledger.checkpoint_in_thread()  # never in a commit on the loop (storage/ledger.py)
         self.pipeline.shell_errors = (sqlite3.Error,)  # a storage error in the step fails the batch, for a retry
+        self._settle()  # records a crash left pending, before the restore: cooldowns and caps count them
         self._restore()
         self.sync = Sync(config=lambda: self.cfg, store=self.ledger, metrics=self.metrics, clock=self.clock,
                          install=self.install, mqtt_client=MqttClient)
@@ -213,9 +202,9 @@ class Agent:
         subs += [(flt, qos) for flt, qos, _ in routes]
         if cfg.ingest.stages:  # the transport stamps read, handed and written; the pipeline decoded
             self.stages = Stages(self.metrics).around(self.pipeline)
-        self.mqtt = MqttClient(cfg.mqtt, client_id=self.client_id, subscriptions=subs,
+        self.mqtt = self.wire.mqtt = MqttClient(cfg.mqtt, client_id=self.client_id, subscriptions=subs,
                                on_batch=self.on_batch, status_topic=f"{self.root}/status",
-                               on_connected=self._on_connected, on_published=self._on_published,
+                               on_connected=self._on_connected, on_published=self.wire.on_published,
                                clock=self.clock, stages=self.stages)
         await self.mqtt.start()
         self._tasks.append(asyncio.create_task(self._ticker(), name="tracker-tick"))
@@ -233,9 +222,7 @@ class Agent:
         if self.mqtt:
             await self.mqtt.stop()
         if self.ledger:
-            if self._delivered:
-                self.ledger.mark_delivered(self._delivered)
-                self._delivered.clear()
+            self._settle()  # what is still pending, and the offers acknowledged since the last commit
             self.ledger.close()
             self.ledger = None
             self.store = None
@@ -261,17 +248,8 @@ class Agent:
         self.pipeline.floor.restore(self.store.pickups.load())  # click-and-collect orders still waiting
 
     def _on_connected(self) -> None:
-        """After every (re)connect: re-send offers that were committed but never acknowledged."""
-        if not self.ledger:
-            return
-        inflight = {p.offer_id for p in self._pending.values()}
-        for row in self.ledger.undelivered(self.clock()):
-            if row.offer_id in inflight:
-                continue  # paho re-sends its own in-flight messages
-            raw = self.sealer.open(row.sealed, row.offer_id) if row.sealed else None
-            if raw is None:
-                continue  # sealed under a lost key: cannot be re-sent (it expires)
-            self._publish_offer(raw, row.payload, None)
+        if self.ledger:
+            self.wire.resend(self.ledger, self.sealer)
 
     # -- the batch entry points
     def on_batch(self, msgs: list[Message]) -> None:
@@ -313,28 +291,64 @@ class Agent:
         return self._commit(fx)
 
     def _commit(self, fx: Effects, msgs: list[Message] = ()) -> bool:
-        """Write the effects' rows and the delivered offers in one commit, then
-        publish; on a storage error publish nothing and keep ``msgs``' QoS 1
-        messages for a retry."""
+        """Write the effects' rows and the delivered offers, then publish; on a
+        storage error publish nothing and keep ``msgs``' QoS 1 messages for a retry.
+        A batch with offers commits its rows as one pending record first (one
+        small write: the offers leave sooner), then into their tables once they
+        are out (``_settle``); every offer is in the file before it leaves."""
         store = self.store
+        held = None
         try:
-            store.apply(fx.rows)
+            if self._unsettled:
+                store.replay_pending()  # before this batch's rows: they may act on those offers
+            if fx.offers and fx.rows:
+                held = store.hold(fx.rows)
+            else:
+                store.apply(fx.rows)
+                if self.wire.acked:
+                    self.ledger.mark_delivered(self.wire.acked)
             for stage in self.stagers:
                 stage(fx)
-            if self._delivered:
-                self.ledger.mark_delivered(self._delivered)
             wrote = self.ledger.in_transaction
             store.commit()
         except sqlite3.Error as exc:
             self._storage_failed(exc, msgs, fx)
             return False
+        self._unsettled = False
         if self.stages is not None:
             self.stages.mark(4)  # committed (a no-op outside a transport batch)
-        self._delivered = []
+        if held is None:
+            self.wire.acked = []
         if wrote:
             self._recovered()
-        self._after_commit(fx)
+        try:
+            self._after_commit(fx)
+        finally:
+            if held is not None:
+                if self.stages is not None:
+                    self.stages.mark(5)  # published
+                self.mqtt.send_now()  # on the wire before the second commit, not after it
+                self._settle(held)
         return True
+
+    def _settle(self, held: tuple[list, int] | None = None) -> None:
+        """The second commit of a batch that published (``held``: its rows and pending
+        record), or of every record a failed second commit or a crash left pending;
+        with it, the offers the broker acknowledged.  On a storage error the records
+        stay, for the next commit or start; what was published stands."""
+        try:
+            n = self.store.settle(*held) if held else self.store.replay_pending()
+            if self.wire.acked:
+                self.ledger.mark_delivered(self.wire.acked)
+            self.store.commit()
+        except sqlite3.Error as exc:
+            self._unsettled = True
+            self._storage_failed(exc, [])
+            return
+        self._unsettled = False
+        self.wire.acked = []
+        if n and not held:
+            log.warning("wrote the rows of %d published batch(es) whose second commit was cut off", n)
 
     def _recovered(self) -> None:
         if self._storage_down:
@@ -343,11 +357,11 @@ class Agent:
 
     def _after_commit(self, fx: Effects) -> None:
         for o in fx.offers:
-            self._publish_offer(o.device, o.payload, o.received)
+            self.wire.publish(o.device, o.payload, o.received)
             self.deliver(f"{self.root}/offer/{o.device}", o.payload)
         mqtt = self.mqtt
         for p in fx.publish:
-            mqtt.publish(p.topic, _dumps(p.payload), qos=p.qos, retain=p.retain)
+            mqtt.publish(p.topic, dumps(p.payload), qos=p.qos, retain=p.retain)
             self.deliver(p.topic, p.payload)
         for n in fx.notices:
             if n.kind == "_ws":
@@ -401,33 +415,8 @@ class Agent:
             self.sync.store = self.ledger
         self.metrics.outbox_pending.fn = self.ledger.outbox.pending
 
-    # -- offers on the wire
-    def _publish_offer(self, device: str, payload: dict, received: float | None) -> None:
-        mid = self.mqtt.publish(f"{self.root}/offer/{device}", _dumps(payload), qos=1)
-        self._pending[mid] = PendingOffer(payload["offer_id"], received, payload["expires"])
-        if device.startswith("owntracks:") and self.cfg.ingest.owntracks and self.cfg.ingest.owntracks_cmd:
-            topic, cmd = owntracks_cmd(device, payload)
-            self.mqtt.publish(topic, _dumps(cmd), qos=1)
-
-    def _on_published(self, mid: int) -> None:
-        p = self._pending.pop(mid, None)
-        if p is not None:
-            self._delivered.append(p.offer_id)
-            if p.received is not None:
-                self.metrics.ping_to_offer.observe(max(0.0, self.clock() - p.received))
-
     def expire_offers(self, now: float) -> int:
-        """Give up on offers the broker has not acknowledged by their ``expires``:
-        counted in ``edge_offers_expired_total`` and never re-sent after a restart."""
-        self.ledger.expire_unsent(now)  # e.g. from before a restart: their sealed topics go too
-        gone = [mid for mid, p in self._pending.items() if p.expires <= now]
-        if not gone:
-            return 0
-        ids = [self._pending.pop(mid).offer_id for mid in gone]
-        self.ledger.mark_delivered(ids, state=2)
-        self.metrics.offers_expired.inc(n=len(ids))
-        log.warning("%d offers expired before the broker acknowledged them", len(ids))
-        return len(ids)
+        return self.wire.expire(self.ledger, now)
 
     # -- time-driven transitions (dwell, silence)
     async def _ticker(self) -> None:

@@ -89,8 +89,8 @@ async def test_undeliverable_offer_expires_and_is_counted(tmp_path, mosquitto_fa
     await asyncio.wait_for(wait_until(lambda: not agent.mqtt.connected.is_set()), 10)
     agent.on_batch([Message(f"{R}/ping/uwb/p", json.dumps({"x": 24.0, "y": 10.0, "acc": 0.5}).encode(),
                             0, 0, time.time())])
-    assert agent._pending
-    expires = next(iter(agent._pending.values())).expires
+    assert agent.wire.in_flight
+    expires = next(iter(agent.wire.in_flight.values())).expires
     assert agent.expire_offers(expires - 1) == 0
     assert agent.expire_offers(expires) == 1
     agent.ledger.commit()

@@ -103,3 +103,29 @@ async def test_corrupt_database_is_moved_aside(tmp_path, mosquitto, agent_factor
     await phone.subscribe(f"{R}/offer/+")
     await phone.publish(f"{R}/ping/uwb/fresh", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
     assert (await phone.next_json(f"{R}/offer/+"))["zone"] == "aisle-1"
+
+
+async def test_a_second_commit_that_fails_leaves_the_offer_out_and_its_rows_land_with_the_next(
+        store_factory, agent_factory, mqtt_client):
+    cfg = store_factory()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    # SQLite refuses the audit row: the pending record's commit works, the second one fails.
+    agent.ledger.conn.execute("CREATE TEMP TRIGGER refuse_audit BEFORE INSERT ON audit "
+                              "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+    await phone.publish(f"{R}/ping/uwb/held", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    offer = await phone.next_json(f"{R}/offer/+")  # it was recorded (pending) before it left
+    await asyncio.wait_for(wait_until(lambda: agent.metrics.storage_errors.values), 5)
+    assert agent.ledger.get_offer(offer["offer_id"]) is None
+    assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (1,)
+    agent.ledger.conn.execute("DROP TRIGGER refuse_audit")
+    # the next commit (the tracker's tick, every second) writes the record first
+    await asyncio.wait_for(wait_until(lambda: agent.ledger.get_offer(offer["offer_id"]) is not None), 5)
+    assert [a["offer_id"] for a in agent.ledger.read_audit(device=agent.pseudonym("held"))
+            if a["offer_id"]] == [offer["offer_id"]]
+    assert any(e.get("offer_id") == offer["offer_id"] for _, e in agent.ledger.outbox.peek(100))
+    assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
+    assert not agent._storage_down

@@ -56,6 +56,7 @@ class OfferRow:
     expires: float
     payload: dict[str, Any]
     topic_device: str | None = None  # the raw id: the store seals it (privacy.TopicSealer), never stores it
+    sealed: bytes | None = None  # the raw id once sealed (then topic_device is None): Store.hold
 
 
 @dataclass(frozen=True, slots=True)

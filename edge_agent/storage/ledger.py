@@ -66,6 +66,10 @@ MIGRATIONS: dict[int, str] = {
     # The raw id an unacknowledged offer is re-published to, sealed (edge_agent.storage.privacy);
     # NULL once the broker acknowledged the offer, it expired, or the device was forgotten.
     2: "ALTER TABLE offers ADD COLUMN sealed BLOB",
+    # A batch's rows, committed before its offers are published and written into
+    # their tables right after (storage/store.py, Store.hold): empty but for a failed or cut-off
+    # second write, which the next commit or the next start finishes.
+    3: "CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY, rows BLOB NOT NULL)",
 }
 
 

@@ -1,7 +1,12 @@
 """The agent's durable state in one SQLite file, and how effects land in it.
 
 One file, so an offer's ledger row, its audit rows and its outbox event
-commit in one transaction before the offer is published.  Each owner keeps
+are committed before the offer is published.  A batch with offers does it in
+two commits (:meth:`Store.hold`, then :meth:`Store.settle`): first its rows as
+one packed record in ``pending`` (one small write: the offer leaves sooner),
+then, once it is out, the rows into their tables; a second commit that fails or
+is cut off by a crash is finished by the next commit or the next start
+(:meth:`Store.replay_pending`), before anything else is written.  Each owner keeps
 its own tables and migrations (``sync.schema``): the offer ledger and audit
 trail (:class:`~edge_agent.storage.ledger.Ledger`), the outbox
 (:class:`~sync.outbox.Outbox`), the push webhook's queue
@@ -14,13 +19,16 @@ per kind (the hot path), inside the transaction the shell commits once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
+
+import msgpack
 
 from store_config.model import Consent, EdgeError
 from sync.schema import migrate
@@ -32,6 +40,36 @@ from edge_agent.pipeline import effects as fx
 from . import privacy
 
 log = logging.getLogger("edge_agent.storage.store")
+
+
+# The row kinds a batch writes, by name, with their fields in order: a pending record is a list
+# of [kind, [values...]] (msgpack), never pickled objects — the file is data, not code.
+ROW_KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
+    cls.__name__: (cls, tuple(f.name for f in dataclasses.fields(cls)))
+    for cls in (fx.OfferRow, fx.Code, fx.Action, fx.ConsentRow, fx.InventoryRow, fx.PickupRow, fx.PickupGone,
+                fx.Audit, fx.Exposure, fx.PromoCount, fx.PauseRow, fx.RedeemRow, fx.PurchaseRow, fx.Event,
+                fx.Forget)}
+
+
+def _plain(o: Any) -> Any:
+    item = getattr(o, "item", None)  # a numpy scalar
+    if item is not None:
+        return item()
+    raise TypeError(f"cannot keep a {type(o).__name__} in a pending record")
+
+
+def pack_rows(rows: list) -> bytes:
+    """A batch's rows as one record (raw device ids must be sealed first: :meth:`Store.hold`)."""
+    out = []
+    for r in rows:
+        name = type(r).__name__
+        out.append((name, [getattr(r, f) for f in ROW_KINDS[name][1]]))
+    return msgpack.packb(out, default=_plain)
+
+
+def unpack_rows(blob: bytes) -> list:
+    """The rows of :func:`pack_rows` (sequences come back as tuples)."""
+    return [ROW_KINDS[name][0](*values) for name, values in msgpack.unpackb(blob, use_list=False)]
 
 
 class ConsentTable:
@@ -152,7 +190,9 @@ class Store:
             by.setdefault(type(r), []).append(r)
         seal = self.sealer.seal if self.sealer is not None else None
         for r in by.get(fx.OfferRow, ()):
-            sealed = seal(r.topic_device, r.offer_id) if seal is not None and r.topic_device else None
+            sealed = r.sealed
+            if sealed is None and seal is not None and r.topic_device:
+                sealed = seal(r.topic_device, r.offer_id)
             led.add_offer(r.offer_id, r.device, r.promotion_id, r.zone, r.ts, r.expires, r.payload, sealed)
         for r in by.get(fx.Code, ()):
             led.set_code(r.offer_id, r.code, r.ts)
@@ -182,6 +222,36 @@ class Store:
 
     def commit(self) -> None:
         self.ledger.commit()
+
+    # -- two commits for a batch that publishes (the module's docstring)
+    def hold(self, rows: list) -> tuple[list, int]:
+        """Write ``rows`` as one pending record in the open transaction (begun here);
+        returns them with each offer's raw topic id sealed (what the record holds)
+        and the record's id, for :meth:`settle` after the commit."""
+        if self.sealer is not None:
+            seal = self.sealer.seal
+            rows = [dataclasses.replace(r, topic_device=None, sealed=seal(r.topic_device, r.offer_id))
+                    if type(r) is fx.OfferRow and r.topic_device else r for r in rows]
+        else:
+            rows = [dataclasses.replace(r, topic_device=None) if type(r) is fx.OfferRow and r.topic_device else r
+                    for r in rows]
+        led = self.ledger
+        led.begin()
+        return rows, led.conn.execute("INSERT INTO pending(rows) VALUES (?)", (pack_rows(rows),)).lastrowid
+
+    def settle(self, rows: list, pending_id: int) -> int:
+        """Write a held record's rows into their tables and drop the record (the caller commits)."""
+        self.apply(rows)
+        self.ledger.begin()
+        self.ledger.conn.execute("DELETE FROM pending WHERE id = ?", (pending_id,))
+        return 1
+
+    def replay_pending(self) -> int:
+        """Settle every pending record, oldest first (the caller commits); how many."""
+        held = self.ledger.conn.execute("SELECT id, rows FROM pending ORDER BY id").fetchall()
+        for pending_id, blob in held:
+            self.settle(unpack_rows(blob), pending_id)
+        return len(held)
 
     def probe(self, now: float) -> None:
         """One small committed write (raises the storage error while there is one)."""

@@ -392,6 +392,12 @@ class MqttClient:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         return info.mid
 
+    def send_now(self) -> None:
+        """Write what is queued now (a batch's offers, before the second commit that
+        follows them); inside the read callback paho's writes otherwise wait for its end."""
+        if self._sock is not None and threading.get_ident() == self._loop_thread and self.client.want_write():
+            self._write_now()
+
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:
             self.client.ack(mid, qos)
