@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 from paho.mqtt import __version__ as paho_version
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
@@ -37,9 +36,7 @@ from store_config.model import EdgeError, MqttConfig
 
 log = logging.getLogger("edge_agent.transport.mqtt")
 
-MAX_DRAIN = 2000  # packets read per readable callback before yielding to the loop (paho's reader)
-READ_SIZE = 65536  # bytes asked of the socket per recv by the buffered reader (_Client.read_buffered)
-MAX_READS = 4  # full recvs per readable callback before yielding to the loop (buffered reader)
+MAX_DRAIN = 2000  # packets read per readable callback before yielding to the loop
 
 
 class MqttError(EdgeError):
@@ -75,11 +72,7 @@ class _Client(paho.Client):
     locks.  Everything else -- QoS 1 (manual acknowledgement), MQTT 5, a
     malformed packet, a topic that is not UTF-8 -- goes through paho's own
     ``_handle_publish``, unchanged.  Measured at 5,000 messages/s through
-    Mosquitto: BENCHMARKS.md section 13.
-
-    ``read_buffered`` reads the socket itself: one recv per readable event for
-    every packet in it, where paho's ``loop_read`` takes a recv for the command
-    byte, one per remaining-length byte and one for the body of each packet."""
+    Mosquitto: BENCHMARKS.md section 13."""
 
     fast_message: Callable[[str, bytes, bool], None] | None = None
 
@@ -102,145 +95,6 @@ class _Client(paho.Client):
             return super()._handle_publish()
         fast(topic, bytes(packet[end:]), bool(cmd & 0x01))
         return paho.MQTT_ERR_SUCCESS
-
-    # -- the buffered reader
-    # paho reads a packet with a recv for its command byte, one per remaining-length byte and
-    # then the body's, each with its Python around it.  ``read_buffered`` takes what the socket
-    # holds in one recv (up to READ_SIZE) and parses every whole packet in it: a QoS 0 PUBLISH
-    # under 3.1.1 goes to ``fast_message`` as above, every other packet to paho's own
-    # ``_packet_handle`` with ``_in_packet`` set as paho's ``_packet_read`` sets it once a packet
-    # is whole.  A partial packet waits in ``_rbuf`` for the next recv; a new socket starts empty.
-    _rsock = None  # the socket _rbuf's bytes came from
-    _rbuf = b""
-    _rpending = None  # _rsock.pending (TLS): decrypted bytes that select() does not see
-
-    def buffered_for(self, sock) -> bool:
-        """Whether ``read_buffered`` may read ``sock``: paho 2.x, a plain or TLS socket (not
-        paho's websocket wrapper), and no packet half read by paho's own reader."""
-        if sock is self._rsock:
-            return True
-        return (self.SHORT_PATH_OK and isinstance(sock, socket.socket) and sock is self._sock
-                and self._in_packet["command"] == 0)
-
-    def read_buffered(self) -> paho.MQTTErrorCode:
-        """One recv and every whole packet in it, in order.  ``MQTT_ERR_SUCCESS``: the recv
-        filled its buffer (or TLS holds more), so read again; ``MQTT_ERR_AGAIN``: drained for
-        now; an error: as paho's ``loop_read`` (socket closed, ``on_disconnect`` called)."""
-        sock = self._sock
-        if sock is None:
-            return paho.MQTT_ERR_NO_CONN
-        if sock is not self._rsock:  # a new connection: nothing carried over
-            self._rsock, self._rbuf, self._rpending = sock, b"", getattr(sock, "pending", None)
-        try:
-            data = sock.recv(READ_SIZE)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            return paho.MQTT_ERR_AGAIN
-        except ssl.SSLWantWriteError:
-            self._call_socket_register_write()
-            return paho.MQTT_ERR_AGAIN
-        except OSError as err:  # TimeoutError included, as in paho's _packet_read
-            self._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
-            self._rbuf = b""
-            return self._loop_rc_handle(paho.MQTT_ERR_CONN_LOST)
-        if not data:
-            self._rbuf = b""
-            return self._loop_rc_handle(paho.MQTT_ERR_CONN_LOST)
-        with self._msgtime_mutex:  # keepalive: paho stamps this for every chunk it receives
-            self._last_bytes_received = paho.time_func()
-        more = len(data) == READ_SIZE
-        buf = self._rbuf
-        if buf:
-            buf += data  # a bytearray: a packet larger than one recv grows in place
-        else:
-            buf = data
-        n = len(buf)
-        pos = 0
-        rc = paho.MQTT_ERR_SUCCESS
-        fast = self.fast_message if self._protocol != paho.MQTTv5 else None
-        try:
-            while n - pos >= 2:
-                cmd = buf[pos]
-                rl = buf[pos + 1]
-                i = pos + 2
-                if rl & 0x80:  # the remaining length goes on for up to 3 more bytes
-                    rl &= 0x7F
-                    mult = 128
-                    while i < n:
-                        b = buf[i]
-                        i += 1
-                        rl += (b & 0x7F) * mult
-                        if not b & 0x80:
-                            break
-                        if i - pos > 4:  # a fifth length byte: paho says so too
-                            rc = paho.MQTT_ERR_PROTOCOL
-                            break
-                        mult *= 128
-                    else:
-                        break  # the length itself is not whole yet
-                    if rc:
-                        break
-                end = i + rl
-                if end > n:
-                    break
-                if fast is not None and cmd & 0xF6 == 0x30 and rl >= 2:  # QoS 0 PUBLISH, 3.1.1
-                    t = i + 2 + ((buf[i] << 8) | buf[i + 1])
-                    if i + 2 < t <= end:
-                        try:
-                            topic = buf[i + 2:t].decode("utf-8")
-                        except UnicodeDecodeError:
-                            pass  # paho's path says what it does with such a topic
-                        else:
-                            pos = end
-                            fast(topic, bytes(buf[t:end]), bool(cmd & 0x01))
-                            continue
-                pos = end
-                rc = self._handle_whole(cmd, buf, i, end)
-                if rc > 0 or self._sock is not sock:
-                    break
-        finally:
-            if pos < n and self._sock is sock and rc <= 0:
-                if buf is self._rbuf:
-                    del buf[:pos]
-                else:
-                    self._rbuf = bytearray(buf[pos:])
-            else:
-                self._rbuf = b""
-        if rc > 0:
-            return self._loop_rc_handle(rc)
-        if self._sock is not sock:
-            return paho.MQTT_ERR_NO_CONN  # a handler closed the connection (MQTT 5 DISCONNECT)
-        if more or (self._rpending is not None and self._rpending()):
-            return paho.MQTT_ERR_SUCCESS
-        return paho.MQTT_ERR_AGAIN
-
-    def _handle_whole(self, cmd: int, buf, start: int, end: int) -> paho.MQTTErrorCode:
-        """A whole packet through paho's own handler, its state as paho's reader leaves it."""
-        self._in_packet = {
-            "command": cmd,
-            "have_remaining": 1,
-            "remaining_count": [],
-            "remaining_mult": 1,
-            "remaining_length": end - start,
-            "packet": bytearray(buf[start:end]),
-            "to_process": 0,
-            "pos": 0,
-        }
-        try:
-            return self._packet_handle()
-        except MalformedPacket as exc:
-            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
-            return paho.MQTT_ERR_PROTOCOL
-        finally:
-            self._in_packet = {
-                "command": 0,
-                "have_remaining": 0,
-                "remaining_count": [],
-                "remaining_mult": 1,
-                "remaining_length": 0,
-                "packet": bytearray(b""),
-                "to_process": 0,
-                "pos": 0,
-            }
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
@@ -296,7 +150,6 @@ class MqttClient:
         self._supervisor: asyncio.Task | None = None
         self.connects = 0
         self.v5 = cfg.protocol == "5"
-        self.buffered = True  # read with _Client.read_buffered where it can (False: paho's loop_read)
 
         if self.v5:
             self.client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -383,34 +236,24 @@ class MqttClient:
         c = self.client
         self._reading = True
         try:
-            if self.buffered and c.buffered_for(sock):
-                for _ in range(MAX_READS):  # one recv each, every whole packet in it
-                    if c.read_buffered() != paho.MQTT_ERR_SUCCESS:
-                        break
-            else:
-                self._read_paho(sock)
+            for _ in range(MAX_DRAIN):
+                rc = c.loop_read()
+                if rc != paho.MQTT_ERR_SUCCESS or sock is None or c.socket() is not sock:
+                    break
+                pending = getattr(sock, "pending", None)
+                if pending is not None and pending():
+                    continue
+                try:
+                    r, _, _ = select.select([sock], [], [], 0)
+                except (OSError, ValueError):
+                    break
+                if not r:
+                    break
             self._flush()
         finally:
             self._reading = False
             if c.want_write() and c.socket() is not None:
                 self._write_now()
-
-    def _read_paho(self, sock) -> None:
-        """paho's own reader: a packet per loop_read, a select between them."""
-        c = self.client
-        for _ in range(MAX_DRAIN):
-            rc = c.loop_read()
-            if rc != paho.MQTT_ERR_SUCCESS or sock is None or c.socket() is not sock:
-                break
-            pending = getattr(sock, "pending", None)
-            if pending is not None and pending():
-                continue
-            try:
-                r, _, _ = select.select([sock], [], [], 0)
-            except (OSError, ValueError):
-                break
-            if not r:
-                break
 
     def _write_now(self) -> None:
         """Write what paho holds now; what the socket does not take yet, the loop's
