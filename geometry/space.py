@@ -242,6 +242,12 @@ def build_space(
                  door_inside=(inside_pt.x, inside_pt.y), grid_m=grid_m, xs=xs, ys=ys, ok=ok, edges=edges)
 
 
+def _areas(geom):
+    """The polygons of ``geom`` (a snap-rounded overlay refuses mixed dimensions)."""
+    parts = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
+
+
 def evidence_shapes(fences: Sequence[object], obstacles, *, reach: float = 1.5, step: float = 0.25) -> list:
     """Each fence grown over the obstacles beside it, for judging a position
     *estimate* (not a raw fix) against fences.
@@ -285,7 +291,14 @@ def evidence_shapes(fences: Sequence[object], obstacles, *, reach: float = 1.5, 
         if not mine.size:
             continue
         patch = shapely.intersection(obstacles, shapely.buffer(geoms[k], reach))
-        grab = shapely.union_all(shapely.intersection(mine, patch), grid_size=1e-6)
+        try:
+            grab = shapely.union_all(shapely.intersection(mine, patch), grid_size=1e-6)
+        except shapely.errors.GEOSException:
+            # the floating overlay can fail on the cells' near-degenerate edges ("side location
+            # conflict", about 1 random store in 40): made valid, snap-rounded, the patch's areas only
+            cells_k = [_areas(c) for c in shapely.make_valid(mine)]
+            grab = shapely.union_all(shapely.intersection(cells_k, _areas(shapely.make_valid(patch)), grid_size=1e-6),
+                                     grid_size=1e-6)
         grown = shapely.union(geoms[k], grab)
         # keep polygons only (drop stray lines/points of touching edges)
         polys = [g for g in shapely.get_parts(grown) if g.geom_type in ("Polygon", "MultiPolygon") and g.area > 1e-9]
