@@ -181,7 +181,8 @@ def out_of_stock(fence: Fence, promo: Promotion, inventory: Mapping[str, int]) -
 
 
 def store_day(local: datetime) -> str:
-    return local.strftime("%Y-%m-%d")
+    """``YYYY-MM-DD`` of ``local`` (``isoformat``: strftime's "%Y-%m-%d", at a fifth of its cost)."""
+    return local.date().isoformat()
 
 
 def decide(

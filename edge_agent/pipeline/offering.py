@@ -12,7 +12,6 @@ Its door (:class:`OfferHost`) is what it uses of the pipeline, no more.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -100,12 +99,16 @@ class Offering:
         variant = (campaigns.variant_for(promo.variants, self.state.fraction(person, promo.id, "*variant*"))
                    if promo is not None and promo.variants else None)
         vid = variant.id if variant is not None else None
+        offer_id = new_offer_id() if outcome.offer is not None else None
         audit = []
         # Without tracking consent no zone of the device is stored or sent with a
         # suppression (the promotion and the reason still are).
         where = fence.id if tracking else None
         for d in outcome.decisions:
             self.metrics.decisions.inc(d.outcome, d.reason)
+            if d is outcome.offer:  # the offer row holds its zone whatever the consent, so its audit row may too
+                audit.append(Audit(now, pseudo, trigger, fence.id, d.promotion_id, d.outcome, d.reason, offer_id))
+                continue
             audit.append(Audit(now, pseudo, trigger, where, d.promotion_id, d.outcome, d.reason))
             if d.outcome == "suppressed" and d.reason != "outranked":
                 if d.reason in campaigns.HOLDOUT_REASONS:  # the control group: what it would have got
@@ -117,7 +120,6 @@ class Offering:
                              reason=d.reason)
         if outcome.offer is not None:
             d = outcome.offer
-            offer_id = new_offer_id()
             expires = now + self.cfg.offers.ttl_s
             title, message = campaigns.offer_text(promo, variant)
             payload = {"offer_id": offer_id, "promotion_id": promo.id, "zone": fence.id, "title": title,
@@ -126,8 +128,6 @@ class Offering:
                 payload["variant"] = vid
             if d.alternative_zone:
                 payload["alternative_zone"] = d.alternative_zone
-            # the offer row holds its zone whatever the consent, so its audit row may too
-            audit[-1] = replace(audit[-1], offer_id=offer_id, zone=fence.id)
             fx.rows.append(OfferRow(offer_id, pseudo, promo.id, fence.id, now, expires, payload,
                                     topic_device=device))  # sealed by the store, for a re-send
             fx.rows.append(Exposure(now, person, pseudo, promo.id, vid, "offered", offer_id))
