@@ -253,12 +253,11 @@ class Pipeline:
         rt = st.rt
         cfg = rt.cfg
         xs, ys, floors, accs, ok, heard = self._position(pings)
-        sel = np.flatnonzero(ok).tolist()
+        sel = [i for i, placed in enumerate(ok) if placed]
         ping_clock = cfg.tracking.clock == "ping"
         times = [((p.ts if p.ts is not None else p.received) if ping_clock else p.received)
                  for p in (pings[i] for i in sel)]
         matches, eff_acc, coarse = self._classify(pings, sel, xs, ys, floors, accs, heard, times)
-        xs, ys, floors, accs, eff_acc = xs.tolist(), ys.tolist(), floors.tolist(), accs.tolist(), eff_acc.tolist()
         guard, tracks, params, fx, count = st.guard, st.tracks, rt.params, self.fx, self.metrics.pings.inc
         timeout_s = params.timeout_s
         for j, i in enumerate(sel):  # each ping's tracking, alerts and decisions on its own
@@ -297,22 +296,24 @@ class Pipeline:
 
     def _position(self, pings: list[Ping]):
         """Each ping's position in the store's frame: x/y as sent, lon/lat projected,
-        BLE sightings located; what cannot be placed becomes a dead letter (``ok`` false)."""
+        BLE sightings located; what cannot be placed becomes a dead letter (``ok`` false).
+        Plain lists, one entry per ping (numpy's fixed cost per call would dominate the
+        batch of a few pings that low load brings; only lon/lat go through an array)."""
         st = self.state
         rt = st.rt
         cfg = rt.cfg
         n = len(pings)
-        xs = np.empty(n)
-        ys = np.empty(n)
-        floors = np.zeros(n, dtype=np.int64)
-        accs = np.empty(n)
-        ok = np.ones(n, dtype=bool)
-        heard = np.zeros(n, dtype=np.int64)  # distinct beacons behind a BLE fix; 0: not a beacon fix
+        xs = [0.0] * n
+        ys = [0.0] * n
+        floors = [0] * n
+        accs = [0.0] * n
+        ok = [True] * n
+        heard = [0] * n  # distinct beacons behind a BLE fix; 0: not a beacon fix
         default_acc = cfg.tracking.default_acc
         geo_idx = []
         for i, p in enumerate(pings):
             if p.x is not None:
-                xs[i], ys[i] = p.x, p.y
+                xs[i], ys[i] = float(p.x), float(p.y)
             elif p.lat is not None:
                 geo_idx.append(i)
             else:
@@ -326,7 +327,8 @@ class Pipeline:
                     ok[i] = False
                     self._dead_ping(p, "no_position", "no known beacon in the sighting")
                     continue
-                xs[i], ys[i], fl, acc = located
+                x, y, fl, acc = located
+                xs[i], ys[i] = float(x), float(y)
                 # One or two beacons give a proximity, not a fix: its error does not average out
                 # over repeated sightings (a weak fix: it moves the estimate but never makes it more
                 # precise than itself).  Three or more give a fingerprint whose error repeats while
@@ -341,66 +343,65 @@ class Pipeline:
                 self._dead_ping(p, "floor", f"floor {p.floor} is not in the layout (floors: "
                                             f"{', '.join(map(str, sorted(rt.floors)))})")
                 continue
-            floors[i] = p.floor if p.floor is not None else 0
-            accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
+            floors[i] = int(p.floor) if p.floor is not None else 0
+            accs[i] = float(p.acc) if p.acc is not None else float(default_acc.get(p.source, 10.0))
         if geo_idx:
             lon = np.array([pings[i].lon for i in geo_idx])
             lat = np.array([pings[i].lat for i in geo_idx])
             gx, gy = rt.frame.to_local(lon, lat)
-            xs[geo_idx] = gx
-            ys[geo_idx] = gy
+            for i, x, y in zip(geo_idx, gx.tolist(), gy.tolist()):
+                xs[i], ys[i] = x, y
             for i in geo_idx:
                 p = pings[i]
                 if p.floor is not None and p.floor not in rt.floors:
                     ok[i] = False
                     self._dead_ping(p, "floor", f"floor {p.floor} is not in the layout")
                     continue
-                floors[i] = p.floor if p.floor is not None else 0
-                accs[i] = p.acc if p.acc is not None else default_acc.get(p.source, 10.0)
+                floors[i] = int(p.floor) if p.floor is not None else 0
+                accs[i] = float(p.acc) if p.acc is not None else float(default_acc.get(p.source, 10.0))
         scale = cfg.tracking.acc_scale
         if scale:  # [tracking.acc_scale]: a source's acc calibrated from a survey or its fixes' spread
-            accs *= np.fromiter((scale.get(p.source, 1.0) for p in pings), dtype=float, count=n)
+            accs = [a * float(scale.get(p.source, 1.0)) for a, p in zip(accs, pings)]
         return xs, ys, floors, accs, ok, heard
 
-    def _classify(self, pings: list[Ping], sel, xs, ys, floors, accs, heard, times):
+    def _classify(self, pings: list[Ping], sel: list[int], xs, ys, floors, accs, heard, times):
         """The selected pings' fence matches: precise fixes judged as they came,
-        coarse ones through each device's fused estimate."""
+        coarse ones through each device's fused estimate.  Returns the matches, the
+        accuracy each was judged at, and which were coarse (None: none was), per
+        selected ping, as lists."""
         st = self.state
         rt = st.rt
-        sel = np.asarray(sel, dtype=np.intp)
+        xs, ys, floors, accs = ([v[i] for i in sel] for v in (xs, ys, floors, accs))
         # Only coarse fixes go to the filter: a precise one (UWB, a check-in: acc <= precise_acc)
         # is judged as it came, at no extra cost, and leaves the device's estimate as it was.
         # Every coarse fix does: judged alone, a coarse fix near an edge holds a device in a zone
         # it left until a whole accuracy circle clears the edge (DESIGN "Positioning that tells
         # the truth": leave when P(inside) <= 1 - confidence).
-        fz = np.flatnonzero(accs[sel] > rt.fusion.precise_acc) if rt.fusion is not None else ()
-        if len(fz):
-            # Coarse fixes are fused per device into a Gaussian estimate, and the tracker is handed
-            # P(inside) of each fence (grown over its shelves) under it: inside at >= confidence,
-            # straddling in between, outside at <= 1 - confidence (geometry.zoneprob).
-            eff_acc = accs[sel].copy()
-            hb = heard[sel[fz]]
-            f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), xs[sel][fz], ys[sel][fz],
-                     floors[sel][fz], eff_acc[fz], np.asarray(times, dtype=float)[fz], rt.fusion,
-                     weak=(hb > 0) & (hb < FINGERPRINT_BEACONS), correlated=hb >= FINGERPRINT_BEACONS)
-            coarse_a = np.zeros(len(sel), dtype=bool)
-            coarse_a[fz] = True
-            coarse = coarse_a.tolist()
-            matches = [None] * len(sel)
-            cm, _, _ = rt.zone_prob.judge(f.x, f.y, floors[sel][fz], f.sigma, rt.fusion.confidence, rt.z)
-            for j, m in zip(fz, cm):
+        precise_acc = rt.fusion.precise_acc if rt.fusion is not None else None
+        if precise_acc is None or not any(a > precise_acc for a in accs):
+            return rt.index.classify(xs, ys, floors, accs), accs, None
+        # Coarse fixes are fused per device into a Gaussian estimate, and the tracker is handed
+        # P(inside) of each fence (grown over its shelves) under it: inside at >= confidence,
+        # straddling in between, outside at <= 1 - confidence (geometry.zoneprob).
+        xs, ys, floors = np.array(xs, dtype=float), np.array(ys, dtype=float), np.array(floors, dtype=np.int64)
+        eff_acc = np.array(accs, dtype=float)
+        fz = np.flatnonzero(eff_acc > precise_acc)
+        hb = np.array([heard[sel[k]] for k in fz], dtype=np.int64)
+        f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), xs[fz], ys[fz],
+                 floors[fz], eff_acc[fz], np.asarray(times, dtype=float)[fz], rt.fusion,
+                 weak=(hb > 0) & (hb < FINGERPRINT_BEACONS), correlated=hb >= FINGERPRINT_BEACONS)
+        coarse_a = np.zeros(len(sel), dtype=bool)
+        coarse_a[fz] = True
+        matches = [None] * len(sel)
+        cm, _, _ = rt.zone_prob.judge(f.x, f.y, floors[fz], f.sigma, rt.fusion.confidence, rt.z)
+        for j, m in zip(fz, cm):
+            matches[j] = m
+        eff_acc[fz] = rt.z * f.sigma
+        rest = np.flatnonzero(~coarse_a)
+        if len(rest):
+            for j, m in zip(rest, rt.index.classify(xs[rest], ys[rest], floors[rest], eff_acc[rest])):
                 matches[j] = m
-            eff_acc[fz] = rt.z * f.sigma
-            rest = np.flatnonzero(~coarse_a)
-            if len(rest):
-                for j, m in zip(rest, rt.index.classify(xs[sel][rest], ys[sel][rest], floors[sel][rest],
-                                                        eff_acc[rest])):
-                    matches[j] = m
-        else:
-            matches = rt.index.classify(xs[sel], ys[sel], floors[sel], accs[sel]) if len(sel) else []
-            eff_acc = accs[sel]
-            coarse = None
-        return matches, eff_acc, coarse
+        return matches, eff_acc.tolist(), coarse_a.tolist()
 
     def _dead_ping(self, p: Ping, reason: str, detail: str) -> None:
         payload = p.raw if p.raw is not None else json.dumps({"device": p.device, "source": p.source}).encode()
