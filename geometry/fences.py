@@ -753,14 +753,15 @@ class FenceIndex:
     def classify_small(self, x, y, floor, acc) -> list[Match]:
         """:meth:`classify` per ping in plain Python, without numpy's fixed cost per
         call: faster below the crossover (:attr:`small_batch`), slower above it."""
-        x, y, floor, acc = (v.tolist() if isinstance(v, np.ndarray) else list(v) for v in (x, y, floor, acc))
+        if x.__class__ is np.ndarray:
+            x, y, floor, acc = (np.asarray(v).tolist() for v in (x, y, floor, acc))
         n = len(x)
         if not (len(y) == len(floor) == len(acc) == n):
             raise ValueError("x, y, floor and acc must have equal lengths")
         if not self._groups:
             return [EMPTY_MATCH] * n
         one = self._match1
-        return [one(float(x[i]), float(y[i]), int(floor[i]), float(acc[i])) for i in range(n)]
+        return [one(float(xi), float(yi), int(fi), float(ai)) for xi, yi, fi, ai in zip(x, y, floor, acc)]
 
     def classify_one(self, x: float, y: float, floor: int, acc: float) -> Match:
         """Classify a single ping (see :meth:`classify`)."""

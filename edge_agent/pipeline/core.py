@@ -371,7 +371,8 @@ class Pipeline:
         selected ping, as lists."""
         st = self.state
         rt = st.rt
-        xs, ys, floors, accs = ([v[i] for i in sel] for v in (xs, ys, floors, accs))
+        if len(sel) < len(pings):  # some could not be placed
+            xs, ys, floors, accs = ([v[i] for i in sel] for v in (xs, ys, floors, accs))
         # Only coarse fixes go to the filter: a precise one (UWB, a check-in: acc <= precise_acc)
         # is judged as it came, at no extra cost, and leaves the device's estimate as it was.
         # Every coarse fix does: judged alone, a coarse fix near an edge holds a device in a zone
