@@ -156,11 +156,12 @@ def in_window(promo: Promotion, local: datetime) -> bool:
     # Compare instants, not wall times: two datetimes that share a ZoneInfo
     # compare by wall time and ignore ``fold``, which is wrong in the hour
     # that repeats when daylight saving ends.
-    t = local.timestamp()
-    if promo.starts is not None and t < promo.starts.timestamp():
-        return False
-    if promo.ends is not None and t >= promo.ends.timestamp():
-        return False
+    if promo.starts is not None or promo.ends is not None:
+        t = local.timestamp()
+        if promo.starts is not None and t < promo.starts.timestamp():
+            return False
+        if promo.ends is not None and t >= promo.ends.timestamp():
+            return False
     if promo.hours:
         minute = local.hour * 60 + local.minute
         for start, end in promo.hours:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L
@@ -13,4 +14,4 @@ def new_code() -> str:
 
 
 def new_offer_id() -> str:
-    return "o_" + secrets.token_hex(8)
+    return "o_" + os.urandom(8).hex()  # secrets.token_hex(8), without its two calls

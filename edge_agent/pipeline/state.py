@@ -50,6 +50,7 @@ class Runtime:
     zone_prob: ZoneProb | None  # P(inside) of the fused_index's fences under a Gaussian estimate
     z: float  # Φ⁻¹(confidence): the radius, in σ, beyond which a fence holds <= 1 - confidence
     floors: frozenset  # floors of fences, beacons and vendor plans; ground floor always
+    anonymous: Consent  # the consent of a device with no profile and no consent of its own ([privacy])
     ble: BleModel | None = None  # positions BLE scans (geometry.radio): the survey's model, else defaults
 
 
@@ -98,6 +99,7 @@ def build_runtime(cfg: StoreConfig) -> Runtime:
         z=z_for(t.confidence),
         floors=frozenset([0, *(f.floor for f in cfg.fences), *(b.floor for b in cfg.beacons),
                            *(p.floor for p in cfg.floorplans)]),
+        anonymous=Consent(offers=cfg.privacy.anonymous_offers, tracking=cfg.privacy.anonymous_tracking),
         ble=ble_model(cfg),
     )
 
@@ -143,8 +145,7 @@ class State:
             return profile, override[0]
         if profile is not None:
             return profile, profile.consent
-        p = self.rt.cfg.privacy
-        return None, Consent(offers=p.anonymous_offers, tracking=p.anonymous_tracking)
+        return None, self.rt.anonymous
 
     def person(self, pseudo: str, profile: Profile | None) -> str:
         """The person of a device (histories, holdout and variants key on it)."""
