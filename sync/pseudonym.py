@@ -51,11 +51,12 @@ def write_atomically(path: Path, data: bytes) -> None:
 class Pseudonymizer:
     """``device(raw) -> 'd_' + 26 base32 chars``; stable per store secret."""
 
-    __slots__ = ("_key", "_cache")
+    __slots__ = ("_key", "_cache", "_people")
 
     def __init__(self, secret: bytes):
         self._key = secret
         self._cache: dict[str, str] = {}
+        self._people: dict[str, str] = {}  # loyalty id -> person: asked at every transition of a member
 
     def device(self, raw: str) -> str:
         p = self._cache.get(raw)
@@ -69,8 +70,14 @@ class Pseudonymizer:
 
     def person(self, loyalty_id: str) -> str:
         """``'p_' + 26 base32 chars``: the pseudonym of a loyalty id (a person)."""
-        digest = hmac.new(self._key, b"person:" + loyalty_id.encode(), hashlib.sha256).digest()
-        return "p_" + base64.b32encode(digest[:16]).decode().rstrip("=").lower()
+        p = self._people.get(loyalty_id)
+        if p is None:
+            digest = hmac.new(self._key, b"person:" + loyalty_id.encode(), hashlib.sha256).digest()
+            p = "p_" + base64.b32encode(digest[:16]).decode().rstrip("=").lower()
+            if len(self._people) > 200_000:
+                self._people.clear()
+            self._people[loyalty_id] = p
+        return p
 
     def fraction(self, *parts: str) -> float:
         """A keyed, uniform value in [0, 1) for holdout assignment."""

@@ -26,6 +26,18 @@ from .test_decisions import reasons, run
 PRAGUE = ZoneInfo("Europe/Prague")
 
 
+# -- people ------------------------------------------------------------------------
+
+def test_a_loyalty_ids_person_is_the_same_asked_again_or_after_a_restart_and_keyed():
+    pseudo = Pseudonymizer(b"k" * 32)
+    first = pseudo.person("loyalty-7")
+    assert first.startswith("p_") and len(first) == 28 and "loyalty" not in first
+    assert pseudo.person("loyalty-7") == first  # asked again (remembered)
+    assert Pseudonymizer(b"k" * 32).person("loyalty-7") == first  # a restart: the same key, the same person
+    assert Pseudonymizer(b"j" * 32).person("loyalty-7") != first
+    assert pseudo.person("loyalty-8") != first
+
+
 # -- variants ----------------------------------------------------------------------
 
 def test_variant_shares_over_2000_people_follow_the_weights_and_are_stable():
