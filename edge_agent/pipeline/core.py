@@ -297,8 +297,7 @@ class Pipeline:
     def _position(self, pings: list[Ping]):
         """Each ping's position in the store's frame: x/y as sent, lon/lat projected,
         BLE sightings located; what cannot be placed becomes a dead letter (``ok`` false).
-        Plain lists, one entry per ping (numpy's fixed cost per call would dominate the
-        batch of a few pings that low load brings; only lon/lat go through an array)."""
+        Plain lists: numpy's fixed cost per call dominates the few pings of a batch at low load."""
         st = self.state
         rt = st.rt
         cfg = rt.cfg
@@ -366,9 +365,8 @@ class Pipeline:
 
     def _classify(self, pings: list[Ping], sel: list[int], xs, ys, floors, accs, heard, times):
         """The selected pings' fence matches: precise fixes judged as they came,
-        coarse ones through each device's fused estimate.  Returns the matches, the
-        accuracy each was judged at, and which were coarse (None: none was), per
-        selected ping, as lists."""
+        coarse ones through each device's fused estimate.  Lists per selected ping: the
+        matches, the accuracy each was judged at, and which were coarse (None: none was)."""
         st = self.state
         rt = st.rt
         if len(sel) < len(pings):  # some could not be placed
