@@ -58,6 +58,12 @@ def _plain(o: Any) -> Any:
     raise TypeError(f"cannot keep a {type(o).__name__} in a pending record")
 
 
+def _sealed(r: fx.OfferRow, seal) -> fx.OfferRow:
+    """The row with its raw topic id sealed (``seal`` None: dropped, never re-sent after a restart)."""
+    return fx.OfferRow(r.offer_id, r.device, r.promotion_id, r.zone, r.ts, r.expires, r.payload, None,
+                       seal(r.topic_device, r.offer_id) if seal is not None else None)
+
+
 def pack_rows(rows: list) -> bytes:
     """A batch's rows as one record (raw device ids must be sealed first: :meth:`Store.hold`)."""
     out = []
@@ -228,13 +234,8 @@ class Store:
         """Write ``rows`` as one pending record in the open transaction (begun here);
         returns them with each offer's raw topic id sealed (what the record holds)
         and the record's id, for :meth:`settle` after the commit."""
-        if self.sealer is not None:
-            seal = self.sealer.seal
-            rows = [dataclasses.replace(r, topic_device=None, sealed=seal(r.topic_device, r.offer_id))
-                    if type(r) is fx.OfferRow and r.topic_device else r for r in rows]
-        else:
-            rows = [dataclasses.replace(r, topic_device=None) if type(r) is fx.OfferRow and r.topic_device else r
-                    for r in rows]
+        seal = self.sealer.seal if self.sealer is not None else None
+        rows = [_sealed(r, seal) if type(r) is fx.OfferRow and r.topic_device else r for r in rows]
         led = self.ledger
         led.begin()
         return rows, led.conn.execute("INSERT INTO pending(rows) VALUES (?)", (pack_rows(rows),)).lastrowid
