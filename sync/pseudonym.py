@@ -59,24 +59,21 @@ class Pseudonymizer:
         self._people: dict[str, str] = {}  # loyalty id -> person: asked at every transition of a member
 
     def device(self, raw: str) -> str:
-        p = self._cache.get(raw)
-        if p is None:
-            digest = hmac.new(self._key, b"device:" + raw.encode(), hashlib.sha256).digest()
-            p = "d_" + base64.b32encode(digest[:16]).decode().rstrip("=").lower()
-            if len(self._cache) > 200_000:
-                self._cache.clear()
-            self._cache[raw] = p
-        return p
+        return self._named(self._cache, b"device:", "d_", raw)
 
     def person(self, loyalty_id: str) -> str:
         """``'p_' + 26 base32 chars``: the pseudonym of a loyalty id (a person)."""
-        p = self._people.get(loyalty_id)
+        return self._named(self._people, b"person:", "p_", loyalty_id)
+
+    def _named(self, cache: dict[str, str], tag: bytes, prefix: str, raw: str) -> str:
+        """``prefix`` + 26 base32 chars of the keyed HMAC of ``tag + raw``, remembered (200,000 at most)."""
+        p = cache.get(raw)
         if p is None:
-            digest = hmac.new(self._key, b"person:" + loyalty_id.encode(), hashlib.sha256).digest()
-            p = "p_" + base64.b32encode(digest[:16]).decode().rstrip("=").lower()
-            if len(self._people) > 200_000:
-                self._people.clear()
-            self._people[loyalty_id] = p
+            digest = hmac.new(self._key, tag + raw.encode(), hashlib.sha256).digest()
+            p = prefix + base64.b32encode(digest[:16]).decode().rstrip("=").lower()
+            if len(cache) > 200_000:
+                cache.clear()
+            cache[raw] = p
         return p
 
     def fraction(self, *parts: str) -> float:
