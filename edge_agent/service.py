@@ -260,6 +260,8 @@ class Agent:
         QoS 1 messages are kept and retried every second until storage works.
         """
         self.metrics.queue_depth.set(len(msgs) + len(self._retry))
+        if self._unsettled:
+            self._settle()  # rows still pending first: this batch's actions may name their offers
         try:
             fx = self.pipeline.step(msgs, self.clock())
         except sqlite3.Error as exc:  # reading the ledger (an action's offer)

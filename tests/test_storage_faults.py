@@ -129,3 +129,23 @@ async def test_a_second_commit_that_fails_leaves_the_offer_out_and_its_rows_land
     assert any(e.get("offer_id") == offer["offer_id"] for _, e in agent.ledger.outbox.peek(100))
     assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
     assert not agent._storage_down
+
+
+async def test_an_action_on_an_offer_whose_rows_are_still_pending_finds_it(store_factory, agent_factory, mqtt_client):
+    cfg = store_factory()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    agent.ledger.conn.execute("CREATE TEMP TRIGGER refuse_audit BEFORE INSERT ON audit "
+                              "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+    await phone.publish(f"{R}/ping/uwb/quick", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    offer = await phone.next_json(f"{R}/offer/+")
+    await asyncio.wait_for(wait_until(lambda: agent.metrics.storage_errors.values), 5)
+    agent.ledger.conn.execute("DROP TRIGGER refuse_audit")
+    # the phone applies at once, before the tracker's tick would have written the record
+    await phone.publish(f"{R}/action/quick", {"offer_id": offer["offer_id"], "action": "apply"}, qos=1)
+    answer = await phone.next_json(f"{R}/offer/+")
+    assert answer["offer_id"] == offer["offer_id"] and "code" in answer, answer
+    assert agent.ledger.get_offer(offer["offer_id"]).code == answer["code"]
