@@ -4,7 +4,9 @@ Wi-Fi location engines (5–10 m) and phones' own fixes (5–40 m) almost never
 put a whole accuracy disc inside a section, so judged one fix at a time they
 place nobody anywhere.  A shopper who stands in a section for half a minute
 sends 15 of them; averaged, they place her within a metre or two.  This
-module does the averaging, per device, vectorised over a batch.
+module does the averaging, per device, vectorised over a batch
+(:func:`fuse`), or fix by fix in plain Python for the few fixes of a batch
+at low load (:func:`fuse_small`, the same answers).
 
 The model (chosen by measurement: BENCHMARKS.md, "Fused tracker")
 ------------------------------------------------------------------
@@ -137,7 +139,7 @@ import numpy as np
 
 from .space import evidence_shapes
 
-__all__ = ["EvidenceFence", "Fused", "FusionParams", "FusionState", "evidence_fences", "fuse", "z_for"]
+__all__ = ["EvidenceFence", "Fused", "FusionParams", "FusionState", "evidence_fences", "fuse", "fuse_small", "z_for"]
 
 
 @lru_cache(maxsize=16)
@@ -261,6 +263,13 @@ class FusionState:
             out.append(r)
         return np.asarray(out, dtype=np.int64)
 
+    def row(self, key: Hashable) -> int:
+        """:meth:`rows` of one key, as a Python int."""
+        r = self._rows.get(key)
+        if r is None:
+            r = self._rows[key] = self.alloc()
+        return r
+
     def forget(self, key: Hashable) -> None:
         """Drop a device (timeout, erasure); no-op when unknown."""
         r = self._rows.pop(key, None)
@@ -352,6 +361,45 @@ def fuse(state: FusionState, rows, x, y, floor, acc, ts, params: FusionParams = 
         _round(state, rows[sel], x[sel], y[sel], fl[sel], a[sel], ts[sel], params, ex, ey, eacc, sigma, passed, sel,
                f2[sel])
     return Fused(ex, ey, eacc, sigma, passed)
+
+
+def fuse_small(state: FusionState, rows: Sequence[int], x: Sequence[float], y: Sequence[float],
+               floor: Sequence[int], acc: Sequence[float], ts: Sequence[float],
+               params: FusionParams = FusionParams(), *, weak: Sequence[bool] | None = None,
+               correlated: Sequence[bool] | None = None) -> list[tuple[float, float, float, float, bool]]:
+    """:func:`fuse` fix by fix in plain Python, for the few fixes of a batch at
+    low load, where numpy's fixed cost per call is most of :func:`fuse`'s time.
+
+    Same arguments as :func:`fuse`, as sequences; returns per fix, in input
+    order, ``(x, y, acc, sigma, passed)`` as :class:`Fused` holds them.  Each
+    device's fixes are applied in time order, as :func:`fuse`'s rounds apply
+    them (devices are independent), each by :func:`_one`: the same answers
+    and the same state, up to the last bits of ``math.exp``/``math.log``
+    against numpy's (tests/test_geometry_coarse_small.py).
+    """
+    n = len(rows)
+    if not (len(x) == len(y) == len(floor) == len(acc) == len(ts) == n):
+        raise ValueError("rows, x, y, floor, acc and ts must have equal lengths")
+    if (weak is not None and len(weak) != n) or (correlated is not None and len(correlated) != n):
+        raise ValueError("weak and correlated must have one flag per fix")
+    p = params
+    wf2, cf2 = p.weak_floor * p.weak_floor, p.corr_floor * p.corr_floor
+    out = []
+    todo = []  # (row, ts, i) of each usable fix: sorted, each device's fixes in time order
+    for i in range(n):
+        xi, yi, ai, ti = float(x[i]), float(y[i]), float(acc[i]), float(ts[i])
+        out.append((xi, yi, ai, ai / p.acc_sigmas, True))  # passed through, unless fused below
+        if math.isfinite(xi) and math.isfinite(yi) and math.isfinite(ai) and math.isfinite(ti):
+            todo.append((int(rows[i]), ti, i))
+    todo.sort()
+    for r, ti, i in todo:
+        xi, yi, ai = out[i][:3]
+        f2 = wf2 if weak is not None and weak[i] else (
+            cf2 if correlated is not None and correlated[i] and ai > p.precise_acc else 0.0)
+        o = _one(state, r, xi, yi, int(floor[i]), max(ai, 0.0), ti, p, f2)
+        if o is not None:
+            out[i] = (*o, False)
+    return out
 
 
 def _round(st: FusionState, r, zx, zy, fl, acc, ts, p: FusionParams, ex, ey, eacc, sigma, passed, out,

@@ -26,6 +26,9 @@ How (no per-pair Python):
   :func:`geometry.tracking.step` is unchanged: ``inside`` = ``P >=
   confidence``, ``straddle`` = ``1 - confidence < P < confidence``,
   ``centre_in`` as the index found it; everything else is outside.
+* **A few positions** (a batch at low load) are judged one by one in plain
+  Python instead (:meth:`ZoneProb.judge_small`, the same answers), where
+  numpy's fixed cost per call would be most of the time.
 
 Compared with judging the disc of radius ``z σ`` alone (the half-plane
 through the nearest edge, which :mod:`geometry.fusion` used), this is the
@@ -121,6 +124,7 @@ class ZoneProb:
         self._start = np.zeros(n, dtype=np.int64)
         self._count = np.zeros(n, dtype=np.int64)
         self._rects = np.zeros((0, 4))
+        self._rects_py: dict[str, list[tuple[float, float, float, float]]] = {}  # fence id -> its rectangles
 
     def _ensure(self, fences: np.ndarray) -> None:
         need = np.unique(fences[~self._built[fences]])
@@ -201,6 +205,58 @@ class ZoneProb:
                            [ids[f] for f, b in zip(fence[s:e].tolist(), strad[s:e].tolist()) if b],
                            [ids[f] for f, b in zip(fence[s:e].tolist(), cen[s:e].tolist()) if b])
         return out, hits, p
+
+    def judge_small(self, x: Sequence[float], y: Sequence[float], floor: Sequence[int], sigma: Sequence[float],
+                    confidence: float, z: float) -> list[Match]:
+        """:meth:`judge`'s matches, position by position in plain Python: for
+        the few positions of a batch at low load, where numpy's fixed cost per
+        call is most of :meth:`judge`'s time.  Candidates from
+        :meth:`FenceIndex.classify_one` (the index's own per-ping path, same
+        answers as :meth:`~FenceIndex.classify_hits`); P(inside) with
+        ``math.erf``, which :func:`norm_cdf` approximates to 1e-7
+        (tests/test_geometry_coarse_small.py)."""
+        if not (len(y) == len(floor) == len(sigma) == len(x)):
+            raise ValueError("x, y, floor and sigma must have equal lengths")
+        one = self._judge_small1
+        return [one(float(xi), float(yi), int(fi), float(si), confidence, z)
+                for xi, yi, fi, si in zip(x, y, floor, sigma)]
+
+    def _judge_small1(self, x: float, y: float, fl: int, s: float, confidence: float, z: float) -> Match:
+        m = self.index.classify_one(x, y, fl, z * s)
+        if m is EMPTY_MATCH:
+            return m
+        reached = m.inside | m.straddle
+        if not math.isfinite(s):  # no position information: straddles every fence it reaches
+            return Match((), reached, m.centre_in)
+        s = max(s, 1e-9)
+        k = _SQRT1_2 / s
+        cin = m.centre_in
+        ins, strad, cen = [], [], []
+        rects = self._rects_py
+        for fid in reached:
+            rs = rects.get(fid)
+            if rs is None:
+                rs = self._rects_for(fid)
+            p = 0.0
+            for x0, y0, x1, y1 in rs:
+                p += 0.25 * (erf((x1 - x) * k) - erf((x0 - x) * k)) * (erf((y1 - y) * k) - erf((y0 - y) * k))
+            if p >= confidence:
+                ins.append(fid)
+            elif p > 1.0 - confidence:
+                strad.append(fid)
+            else:
+                continue
+            if fid in cin:
+                cen.append(fid)
+        return Match(ins, strad, cen) if ins or strad else EMPTY_MATCH
+
+    def _rects_for(self, fid: str) -> list[tuple[float, float, float, float]]:
+        """A fence's rectangles as Python tuples, for :meth:`judge_small` (built on first use)."""
+        k = self.index.ids.index(fid)
+        self._ensure(np.array([k]))
+        a = int(self._start[k])
+        r = self._rects_py[fid] = [tuple(v) for v in self._rects[a:a + int(self._count[k])].tolist()]
+        return r
 
     def _judge_one(self, hits: Hits, x: float, y: float, s: float, confidence: float):
         """:meth:`judge` for one position with Python floats (the same arithmetic;

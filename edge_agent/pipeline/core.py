@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from geometry.fusion import fuse
+from geometry.fusion import FusionState, fuse, fuse_small
 from geometry.radio import FINGERPRINT_BEACONS
 from geometry.tracking import Entered, Exited
 from store_config.model import StoreConfig
@@ -51,6 +51,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import Metrics
 
 log = logging.getLogger("edge_agent.pipeline")
+
+# Batches of up to this many placed pings with a coarse fix among them are fused and judged
+# per ping in plain Python (_classify_small); larger ones vectorised (_classify_fused).  Step CPU
+# per ping on hotpath's load with every Wi-Fi ping coarse (acc 8), per-ping / vectorised, µs:
+# 40 / 182 at batches of 2, 24 / 46 at 10, 21 / 27 at 20, 20 / 20 at 30, 20 / 18 at 40: the
+# crossover is near 30; 24 keeps a margin below it.
+SMALL_COARSE = 24
 
 
 def _where(exc: BaseException) -> str:
@@ -382,25 +389,9 @@ class Pipeline:
         # Coarse fixes are fused per device into a Gaussian estimate, and the tracker is handed
         # P(inside) of each fence (grown over its shelves) under it: inside at >= confidence,
         # straddling in between, outside at <= 1 - confidence (geometry.zoneprob).
-        xs, ys, floors = np.array(xs, dtype=float), np.array(ys, dtype=float), np.array(floors, dtype=np.int64)
-        eff_acc = np.array(accs, dtype=float)
-        fz = np.flatnonzero(eff_acc > precise_acc)
-        hb = np.array([heard[sel[k]] for k in fz], dtype=np.int64)
-        f = fuse(st.fusion, st.fusion.rows([pings[sel[k]].device for k in fz]), xs[fz], ys[fz],
-                 floors[fz], eff_acc[fz], np.asarray(times, dtype=float)[fz], rt.fusion,
-                 weak=(hb > 0) & (hb < FINGERPRINT_BEACONS), correlated=hb >= FINGERPRINT_BEACONS)
-        coarse_a = np.zeros(len(sel), dtype=bool)
-        coarse_a[fz] = True
-        matches = [None] * len(sel)
-        cm, _, _ = rt.zone_prob.judge(f.x, f.y, floors[fz], f.sigma, rt.fusion.confidence, rt.z)
-        for j, m in zip(fz, cm):
-            matches[j] = m
-        eff_acc[fz] = rt.z * f.sigma
-        rest = np.flatnonzero(~coarse_a)
-        if len(rest):
-            for j, m in zip(rest, rt.index.classify(xs[rest], ys[rest], floors[rest], eff_acc[rest])):
-                matches[j] = m
-        return matches, eff_acc.tolist(), coarse_a.tolist()
+        classify = _classify_small if len(sel) <= SMALL_COARSE else _classify_fused
+        devices, heard = [pings[i].device for i in sel], [heard[i] for i in sel]
+        return classify(rt, st.fusion, devices, xs, ys, floors, accs, heard, times)
 
     def _dead_ping(self, p: Ping, reason: str, detail: str) -> None:
         payload = p.raw if p.raw is not None else json.dumps({"device": p.device, "source": p.source}).encode()
@@ -468,6 +459,59 @@ class Pipeline:
     def forget(self, device: str) -> dict[str, int | str]:
         """Forget a device (see :meth:`Control.forget`)."""
         return self.control.forget(device)
+
+
+def _classify_fused(rt: Runtime, fusion: FusionState, devices: list[str], xs, ys, floors, accs, heard, times):
+    """:meth:`Pipeline._classify` for a batch of placed pings, some coarse, vectorised over
+    the batch.  Arguments per placed ping."""
+    precise_acc = rt.fusion.precise_acc
+    xs, ys, floors = np.array(xs, dtype=float), np.array(ys, dtype=float), np.array(floors, dtype=np.int64)
+    eff_acc = np.array(accs, dtype=float)
+    fz = np.flatnonzero(eff_acc > precise_acc)
+    hb = np.array([heard[k] for k in fz], dtype=np.int64)
+    f = fuse(fusion, fusion.rows([devices[k] for k in fz]), xs[fz], ys[fz], floors[fz], eff_acc[fz],
+             np.asarray(times, dtype=float)[fz], rt.fusion,
+             weak=(hb > 0) & (hb < FINGERPRINT_BEACONS), correlated=hb >= FINGERPRINT_BEACONS)
+    coarse_a = np.zeros(len(accs), dtype=bool)
+    coarse_a[fz] = True
+    matches = [None] * len(accs)
+    cm, _, _ = rt.zone_prob.judge(f.x, f.y, floors[fz], f.sigma, rt.fusion.confidence, rt.z)
+    for j, m in zip(fz, cm):
+        matches[j] = m
+    eff_acc[fz] = rt.z * f.sigma
+    rest = np.flatnonzero(~coarse_a)
+    if len(rest):
+        for j, m in zip(rest, rt.index.classify(xs[rest], ys[rest], floors[rest], eff_acc[rest])):
+            matches[j] = m
+    return matches, eff_acc.tolist(), coarse_a.tolist()
+
+
+def _classify_small(rt: Runtime, fusion: FusionState, devices: list[str], xs, ys, floors, accs, heard, times):
+    """:meth:`Pipeline._classify` for a batch of a few placed pings, some coarse: fused and
+    judged per ping in plain Python (:func:`~geometry.fusion.fuse_small`,
+    :meth:`~geometry.zoneprob.ZoneProb.judge_small`), without numpy's fixed cost per call;
+    the same answers (tests/test_geometry_coarse_small.py).  Arguments per placed ping."""
+    precise_acc = rt.fusion.precise_acc
+    coarse = [a > precise_acc for a in accs]
+    matches: list = [None] * len(accs)
+    fz = []
+    for j, c in enumerate(coarse):
+        if c:
+            fz.append(j)
+        else:  # a precise fix, judged as it came
+            matches[j] = rt.index.classify_one(xs[j], ys[j], floors[j], accs[j])
+    hb = [heard[j] for j in fz]
+    cfl = [floors[j] for j in fz]
+    f = fuse_small(fusion, [fusion.row(devices[j]) for j in fz], [xs[j] for j in fz], [ys[j] for j in fz], cfl,
+                   [accs[j] for j in fz], [times[j] for j in fz], rt.fusion,
+                   weak=[0 < h < FINGERPRINT_BEACONS for h in hb], correlated=[h >= FINGERPRINT_BEACONS for h in hb])
+    z = rt.z
+    sigma = [o[3] for o in f]
+    cm = rt.zone_prob.judge_small([o[0] for o in f], [o[1] for o in f], cfl, sigma, rt.fusion.confidence, z)
+    eff_acc = list(accs)
+    for j, m, s in zip(fz, cm, sigma):
+        matches[j], eff_acc[j] = m, z * s
+    return matches, eff_acc, coarse
 
 
 def topic_device(topic: str) -> str | None:
