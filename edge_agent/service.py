@@ -327,10 +327,12 @@ class Agent:
             self._after_commit(fx)
         finally:
             if held is not None:
-                if self.stages is not None:
-                    self.stages.mark(5)  # published
-                self.mqtt.send_now()  # on the wire before the second commit, not after it
-                self._settle(held)
+                try:
+                    if self.stages is not None:
+                        self.stages.mark(5)  # published
+                    self.mqtt.send_now()  # on the wire before the second commit, not after it
+                finally:
+                    self._settle(held)  # even if the write raised: else the record waits for a restart
         return True
 
     def _settle(self, held: tuple[list, int] | None = None) -> None:

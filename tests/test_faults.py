@@ -96,3 +96,32 @@ async def test_undeliverable_offer_expires_and_is_counted(tmp_path, mosquitto_fa
     agent.ledger.commit()
     assert agent.metrics.offers_expired.get() == 1
     assert agent.ledger.undelivered(time.time()) == []  # never re-sent after a restart
+
+
+async def test_an_offer_held_while_paho_keeps_unwritten_packets_of_a_lost_connection_lands(
+        tmp_path, mosquitto_factory, agent_factory):
+    """A frozen broker lets the agent's writes pile up in paho; when the connection then
+    dies, paho keeps them until it reconnects.  A batch with offers in that window still
+    gets its second commit (send_now must not write to the closed socket and raise)."""
+    import signal
+
+    broker = mosquitto_factory()
+    cfg = load_store(write_store(tmp_path, broker_url=broker.url))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    broker.proc.send_signal(signal.SIGSTOP)
+    big = b"x" * (1 << 20)
+    for _ in range(64):  # more than the loopback's send and receive buffers take
+        agent.mqtt.publish(f"{R}/filler", big, qos=0)
+        agent.mqtt.send_now()
+    assert agent.mqtt.client.want_write()
+    broker.proc.kill()
+    await asyncio.to_thread(broker.proc.wait)
+    await asyncio.wait_for(wait_until(lambda: not agent.mqtt.connected.is_set()), 10)
+    assert agent.mqtt.client.want_write() and agent.mqtt.client.socket() is None  # paho's leftovers
+    agent.on_batch([Message(f"{R}/ping/uwb/p", json.dumps({"x": 24.0, "y": 10.0, "acc": 0.5}).encode(),
+                            0, 0, time.time())])
+    [p] = agent.wire.in_flight.values()
+    assert agent.ledger.get_offer(p.offer_id) is not None  # written into its table, not left pending
+    assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)

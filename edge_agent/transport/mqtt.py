@@ -395,7 +395,10 @@ class MqttClient:
     def send_now(self) -> None:
         """Write what is queued now (a batch's offers, before the second commit that
         follows them); inside the read callback paho's writes otherwise wait for its end."""
-        if self._sock is not None and threading.get_ident() == self._loop_thread and self.client.want_write():
+        # paho's socket, not self._sock: that one outlives a lost connection (closed, fd -1), and
+        # paho keeps unwritten packets until it reconnects, so want_write() may hold without a socket
+        if (self.client.socket() is not None and threading.get_ident() == self._loop_thread
+                and self.client.want_write()):
             self._write_now()
 
     def ack(self, mid: int, qos: int) -> None:
