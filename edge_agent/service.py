@@ -293,11 +293,9 @@ class Agent:
         return self._commit(fx)
 
     def _commit(self, fx: Effects, msgs: list[Message] = ()) -> bool:
-        """Write the effects' rows and the delivered offers, then publish; on a
-        storage error publish nothing and keep ``msgs``' QoS 1 messages for a retry.
-        A batch with offers commits its rows as one pending record first (one
-        small write: the offers leave sooner), then into their tables once they
-        are out (``_settle``); every offer is in the file before it leaves."""
+        """Write the effects' rows and the delivered offers, then publish; on a storage error publish nothing
+        and keep ``msgs``' QoS 1 messages for a retry.  A batch with offers commits one pending record first (the
+        offers leave sooner), its rows into their tables once they are out (``_settle``): each is in the file first."""
         store = self.store
         held = None
         try:
@@ -336,18 +334,20 @@ class Agent:
         return True
 
     def _settle(self, held: tuple[list, int] | None = None) -> None:
-        """The second commit of a batch that published (``held``: its rows and pending
-        record), or of every record a failed second commit or a crash left pending;
-        with it, the offers the broker acknowledged.  On a storage error the records
-        stay, for the next commit or start; what was published stands."""
+        """The second commit of a batch that published (``held``: its rows and pending record), or of every
+        record a failed second commit or a crash left pending; with it, the offers the broker acknowledged.
+        On a storage error the records stay, for the next commit or start; what was published stands."""
+        store = self.store
         try:
-            n = self.store.settle(*held) if held else self.store.replay_pending()
+            n = store.settle(*held) if held else store.replay_pending()
             if self.wire.acked:
                 self.ledger.mark_delivered(self.wire.acked)
-            self.store.commit()
+            store.commit()
         except sqlite3.Error as exc:
             self._unsettled = True
             self._storage_failed(exc, [])
+            if held and held[1] and self.store is not store:  # set aside as corrupt: its rows are only here now,
+                self._settle((held[0], 0))  # so into the fresh ledger (no record 0 there to drop); once
             return
         self._unsettled = False
         self.wire.acked = []

@@ -149,3 +149,32 @@ async def test_an_action_on_an_offer_whose_rows_are_still_pending_finds_it(store
     answer = await phone.next_json(f"{R}/offer/+")
     assert answer["offer_id"] == offer["offer_id"] and "code" in answer, answer
     assert agent.ledger.get_offer(offer["offer_id"]).code == answer["code"]
+
+
+async def test_a_ledger_found_corrupt_at_the_second_commit_is_replaced_and_the_held_rows_land_in_the_new_one(
+        store_factory, agent_factory, mqtt_client):
+    cfg = store_factory()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    # An index of the audit table now points at page 1: SQLite calls the file corrupt
+    # (SQLITE_CORRUPT) when the second commit writes the audit row; the pending record's write works.
+    conn = agent.ledger.conn
+    [index] = conn.execute("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'audit' "
+                           "AND sql IS NOT NULL LIMIT 1").fetchall()
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_schema SET rootpage = 1 WHERE name = ?", index)
+    conn.execute(f"PRAGMA schema_version = {conn.execute('PRAGMA schema_version').fetchone()[0] + 1}")
+    conn.execute("PRAGMA writable_schema = OFF")
+    old = agent.ledger
+    await phone.publish(f"{R}/ping/uwb/corrupt-late", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    offer = await phone.next_json(f"{R}/offer/+")  # it was in the (old) file before it left
+    await asyncio.wait_for(wait_until(lambda: agent.metrics.storage_errors.get("corrupt")), 5)
+    assert agent.ledger is not old
+    # the offer is out: the fresh ledger knows it, and central hears of it
+    assert agent.ledger.get_offer(offer["offer_id"]) is not None
+    assert any(e.get("offer_id") == offer["offer_id"] for _, e in agent.ledger.outbox.peek(100))
+    assert [a["offer_id"] for a in agent.ledger.read_audit(device=agent.pseudonym("corrupt-late"))
+            if a["offer_id"]] == [offer["offer_id"]]
