@@ -90,3 +90,17 @@ def test_a_settled_record_is_gone_and_its_rows_are_in_their_tables(tmp_path):
     store.commit()
     assert ledger.get_offer("o-1") is not None
     assert ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
+
+
+def test_a_record_takes_what_the_tables_json_takes(tmp_path):
+    """A lone surrogate (json.loads makes one of "\\ud800", e.g. a claim's associate) and a
+    dict with int keys go into an outbox event's JSON as they are; in a batch with offers
+    the pending record must take them too, and give them back to a replay."""
+    ledger, store = open_ledger(tmp_path / "edge.sqlite3", store_id="S1")
+    rows = _offer_batch("d_phone") + [fx.Event("alert", 1000.0, None, {"by": "\ud800x", "counts": {1: 2}})]
+    store.hold(rows)  # was: UnicodeEncodeError (surrogates not allowed), not a storage error
+    store.commit()
+    assert store.replay_pending() == 1  # was: ValueError (int is not allowed for map key)
+    store.commit()
+    bodies = [e for _, e in ledger.outbox.peek(10) if e["kind"] == "alert"]
+    assert bodies == [json.loads(json.dumps({**bodies[0], "by": "\ud800x", "counts": {1: 2}}))]

@@ -70,12 +70,16 @@ def pack_rows(rows: list) -> bytes:
     for r in rows:
         name = type(r).__name__
         out.append((name, [getattr(r, f) for f in ROW_KINDS[name][1]]))
-    return msgpack.packb(out, default=_plain)
+    try:
+        return msgpack.packb(out, default=_plain)
+    except UnicodeEncodeError:  # a lone surrogate, which json.dumps takes (the fast path refuses it)
+        return msgpack.packb(out, default=_plain, unicode_errors="surrogatepass")
 
 
 def unpack_rows(blob: bytes) -> list:
     """The rows of :func:`pack_rows` (sequences come back as tuples)."""
-    return [ROW_KINDS[name][0](*values) for name, values in msgpack.unpackb(blob, use_list=False)]
+    return [ROW_KINDS[name][0](*values) for name, values in msgpack.unpackb(
+        blob, use_list=False, unicode_errors="surrogatepass", strict_map_key=False)]  # keys json.dumps takes
 
 
 class ConsentTable:
