@@ -104,3 +104,12 @@ def test_a_record_takes_what_the_tables_json_takes(tmp_path):
     store.commit()
     bodies = [e for _, e in ledger.outbox.peek(10) if e["kind"] == "alert"]
     assert bodies == [json.loads(json.dumps({**bodies[0], "by": "\ud800x", "counts": {1: 2}}))]
+
+
+def test_a_record_from_before_an_upgrade_that_changed_a_row_kind_is_read_by_field_name():
+    import msgpack
+    # written by a version whose Audit had one field more and no offer_id (fields in another order)
+    old = msgpack.packb([("Audit", ("device", "ts", "event", "zone", "promotion_id", "outcome", "reason", "gone"),
+                          ["d_x", 5.0, "enter", "z1", "p1", "offered", "offered", "dropped"])])
+    [row] = unpack_rows(old)
+    assert row == fx.Audit(5.0, "d_x", "enter", "z1", "p1", "offered", "offered", None)

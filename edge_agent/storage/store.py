@@ -65,11 +65,14 @@ def _sealed(r: fx.OfferRow, seal) -> fx.OfferRow:
 
 
 def pack_rows(rows: list) -> bytes:
-    """A batch's rows as one record (raw device ids must be sealed first: :meth:`Store.hold`)."""
+    """A batch's rows as one record (raw device ids must be sealed first: :meth:`Store.hold`):
+    each row as [kind, its field names, its values], so a record written before an upgrade
+    that changed a row kind is read by name after it."""
     out = []
     for r in rows:
         name = type(r).__name__
-        out.append((name, [getattr(r, f) for f in ROW_KINDS[name][1]]))
+        fields = ROW_KINDS[name][1]
+        out.append((name, fields, [getattr(r, f) for f in fields]))
     try:
         return msgpack.packb(out, default=_plain)
     except UnicodeEncodeError:  # a lone surrogate, which json.dumps takes (the fast path refuses it)
@@ -77,9 +80,17 @@ def pack_rows(rows: list) -> bytes:
 
 
 def unpack_rows(blob: bytes) -> list:
-    """The rows of :func:`pack_rows` (sequences come back as tuples)."""
-    return [ROW_KINDS[name][0](*values) for name, values in msgpack.unpackb(
-        blob, use_list=False, unicode_errors="surrogatepass", strict_map_key=False)]  # keys json.dumps takes
+    """The rows of :func:`pack_rows` (sequences come back as tuples).  A field the kind no
+    longer has is dropped; a field it gained takes its default."""
+    rows = []
+    for name, fields, values in msgpack.unpackb(blob, use_list=False, unicode_errors="surrogatepass",
+                                                strict_map_key=False):  # keys json.dumps takes
+        cls, now = ROW_KINDS[name]
+        if fields == now:
+            rows.append(cls(*values))
+        else:
+            rows.append(cls(**{f: v for f, v in zip(fields, values) if f in now}))
+    return rows
 
 
 class ConsentTable:
