@@ -124,7 +124,8 @@ class ZoneProb:
         self._start = np.zeros(n, dtype=np.int64)
         self._count = np.zeros(n, dtype=np.int64)
         self._rects = np.zeros((0, 4))
-        self._rects_py: dict[str, list[tuple[float, float, float, float]]] = {}  # fence id -> its rectangles
+        self._rects_py: dict[int, list[tuple[float, float, float, float]]] = {}  # fence -> its rectangles
+        self._pos: dict[str, int] | None = None  # fence id -> its place in the index (judge_small)
 
     def _ensure(self, fences: np.ndarray) -> None:
         need = np.unique(fences[~self._built[fences]])
@@ -229,17 +230,13 @@ class ZoneProb:
         if not math.isfinite(s):  # no position information: straddles every fence it reaches
             return Match((), reached, m.centre_in)
         s = max(s, 1e-9)
-        k = _SQRT1_2 / s
+        pos = self._pos
+        if pos is None:
+            pos = self._pos = {fid: k for k, fid in enumerate(self.index.ids)}
         cin = m.centre_in
         ins, strad, cen = [], [], []
-        rects = self._rects_py
         for fid in reached:
-            rs = rects.get(fid)
-            if rs is None:
-                rs = self._rects_for(fid)
-            p = 0.0
-            for x0, y0, x1, y1 in rs:
-                p += 0.25 * (erf((x1 - x) * k) - erf((x0 - x) * k)) * (erf((y1 - y) * k) - erf((y0 - y) * k))
+            p = self._p_inside(pos[fid], x, y, s)
             if p >= confidence:
                 ins.append(fid)
             elif p > 1.0 - confidence:
@@ -250,13 +247,25 @@ class ZoneProb:
                 cen.append(fid)
         return Match(ins, strad, cen) if ins or strad else EMPTY_MATCH
 
-    def _rects_for(self, fid: str) -> list[tuple[float, float, float, float]]:
-        """A fence's rectangles as Python tuples, for :meth:`judge_small` (built on first use)."""
-        k = self.index.ids.index(fid)
-        self._ensure(np.array([k]))
-        a = int(self._start[k])
-        r = self._rects_py[fid] = [tuple(v) for v in self._rects[a:a + int(self._count[k])].tolist()]
-        return r
+    def _p_inside(self, f: int, x: float, y: float, s: float) -> float:
+        """P(inside) of fence ``f`` for one position (Python floats, ``s`` finite and
+        positive): ``math.erf`` over up to 8 rectangles (kept as Python tuples after
+        first use), :func:`norm_cdf` over more, as :meth:`mass` computes it."""
+        rs = self._rects_py.get(f)
+        if rs is None:
+            if not self._built[f]:
+                self._ensure(np.array([f]))
+            a, m = int(self._start[f]), int(self._count[f])
+            if m > 8:
+                R = self._rects[a:a + m]
+                F = norm_cdf((R - (x, y, x, y)) / s)
+                return min(float(((F[:, 2] - F[:, 0]) * (F[:, 3] - F[:, 1])).sum()), 1.0)
+            rs = self._rects_py[f] = [tuple(v) for v in self._rects[a:a + m].tolist()]
+        k = _SQRT1_2 / s
+        p = 0.0
+        for x0, y0, x1, y1 in rs:
+            p += 0.25 * (erf((x1 - x) * k) - erf((x0 - x) * k)) * (erf((y1 - y) * k) - erf((y0 - y) * k))
+        return min(p, 1.0)
 
     def _judge_one(self, hits: Hits, x: float, y: float, s: float, confidence: float):
         """:meth:`judge` for one position with Python floats (the same arithmetic;
@@ -270,21 +279,10 @@ class ZoneProb:
         if not math.isfinite(s):  # no position information: straddles every fence it reaches
             return [Match([], [self.index.ids[f] for f in fl], [])], hits, np.full(len(fl), 0.5)
         s = max(s, 1e-9)
-        k = _SQRT1_2 / s
         ids = self.index.ids
-        rects, start, count = self._rects, self._start, self._count
         ps, ins, strad, cen = [], [], [], []
         for f, c in zip(fl, code.tolist()):
-            a, m = int(start[f]), int(count[f])
-            if m <= 8:
-                p = 0.0
-                for x0, y0, x1, y1 in rects[a:a + m].tolist():
-                    p += 0.25 * (erf((x1 - x) * k) - erf((x0 - x) * k)) * (erf((y1 - y) * k) - erf((y0 - y) * k))
-            else:
-                R = rects[a:a + m]
-                F = norm_cdf((R - (x, y, x, y)) / s)
-                p = float(((F[:, 2] - F[:, 0]) * (F[:, 3] - F[:, 1])).sum())
-            p = min(p, 1.0)
+            p = self._p_inside(f, x, y, s)
             ps.append(p)
             if p >= confidence:
                 ins.append(ids[f])
