@@ -252,14 +252,18 @@ class MqttClient:
             self._flush()
         finally:
             self._reading = False
-            if c.want_write() and c.socket() is not None:
-                self._write_now()
+            self._write_now()
 
     def _write_now(self) -> None:
         """Write what paho holds now; what the socket does not take yet, the loop's
-        writer callback writes when it can."""
+        writer callback writes when it can.  Only while paho has a socket: ``self._sock``
+        outlives a lost connection (closed, fd -1), and paho keeps unwritten packets
+        until it reconnects, so ``want_write()`` may hold without one."""
+        c = self.client
+        if c.socket() is None or not c.want_write():
+            return
         self._writable()
-        if self.client.want_write():
+        if c.want_write():
             self._add_writer(self._sock)
 
     def _flush(self) -> None:
@@ -272,11 +276,10 @@ class MqttClient:
                 self.on_batch(batch)
             except Exception:  # never let one bad batch kill the transport
                 log.exception("message batch handler failed; %d messages", len(batch))
-            if self.client.want_write():
-                # the batch's offers, alerts and acks leave now, in one write: left to the loop's writer
-                # callback they waited behind the next readable batch and every other ready callback
-                # (0.8-1.6 ms mean at 5,000 pings/s, the largest stage: BENCHMARKS.md section 13)
-                self._write_now()
+            # the batch's offers, alerts and acks leave now, in one write: left to the loop's writer
+            # callback they waited behind the next readable batch and every other ready callback
+            # (0.8-1.6 ms mean at 5,000 pings/s, the largest stage: BENCHMARKS.md section 13)
+            self._write_now()
             if st is not None:
                 st.done()
 
@@ -395,10 +398,7 @@ class MqttClient:
     def send_now(self) -> None:
         """Write what is queued now (a batch's offers, before the second commit that
         follows them); inside the read callback paho's writes otherwise wait for its end."""
-        # paho's socket, not self._sock: that one outlives a lost connection (closed, fd -1), and
-        # paho keeps unwritten packets until it reconnects, so want_write() may hold without a socket
-        if (self.client.socket() is not None and threading.get_ident() == self._loop_thread
-                and self.client.want_write()):
+        if threading.get_ident() == self._loop_thread:
             self._write_now()
 
     def ack(self, mid: int, qos: int) -> None:
