@@ -43,7 +43,7 @@ log = logging.getLogger("edge_agent.storage.store")
 
 
 # The row kinds a batch writes, by name, with their fields in order: a pending record is a list
-# of [kind, [values...]] (msgpack), never pickled objects — the file is data, not code.
+# of [kind, field names, values] (msgpack), never pickled objects — the file is data, not code.
 ROW_KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
     cls.__name__: (cls, tuple(f.name for f in dataclasses.fields(cls)))
     for cls in (fx.OfferRow, fx.Code, fx.Action, fx.ConsentRow, fx.InventoryRow, fx.PickupRow, fx.PickupGone,
@@ -56,12 +56,6 @@ def _plain(o: Any) -> Any:
     if item is not None:
         return item()
     raise TypeError(f"cannot keep a {type(o).__name__} in a pending record")
-
-
-def _sealed(r: fx.OfferRow, seal) -> fx.OfferRow:
-    """The row with its raw topic id sealed (``seal`` None: dropped, never re-sent after a restart)."""
-    return fx.OfferRow(r.offer_id, r.device, r.promotion_id, r.zone, r.ts, r.expires, r.payload, None,
-                       seal(r.topic_device, r.offer_id) if seal is not None else None)
 
 
 def pack_rows(rows: list) -> bytes:
@@ -209,12 +203,10 @@ class Store:
         by: dict[type, list] = {}
         for r in rows:
             by.setdefault(type(r), []).append(r)
-        seal = self.sealer.seal if self.sealer is not None else None
         for r in by.get(fx.OfferRow, ()):
-            sealed = r.sealed
-            if sealed is None and seal is not None and r.topic_device:
-                sealed = seal(r.topic_device, r.offer_id)
-            led.add_offer(r.offer_id, r.device, r.promotion_id, r.zone, r.ts, r.expires, r.payload, sealed)
+            if r.topic_device:
+                r = self._sealed(r)
+            led.add_offer(r.offer_id, r.device, r.promotion_id, r.zone, r.ts, r.expires, r.payload, r.sealed)
         for r in by.get(fx.Code, ()):
             led.set_code(r.offer_id, r.code, r.ts)
         for r in by.get(fx.Action, ()):
@@ -244,19 +236,24 @@ class Store:
     def commit(self) -> None:
         self.ledger.commit()
 
+    def _sealed(self, r: fx.OfferRow) -> fx.OfferRow:
+        """The row with its raw topic id sealed (without a sealer: dropped, never re-sent after a restart)."""
+        sealed = self.sealer.seal(r.topic_device, r.offer_id) if self.sealer is not None else None
+        return fx.OfferRow(r.offer_id, r.device, r.promotion_id, r.zone, r.ts, r.expires, r.payload, None, sealed)
+
     # -- two commits for a batch that publishes (the module's docstring)
     def hold(self, rows: list) -> tuple[list, int]:
         """Write ``rows`` as one pending record in the open transaction (begun here);
         returns them with each offer's raw topic id sealed (what the record holds)
         and the record's id, for :meth:`settle` after the commit."""
-        seal = self.sealer.seal if self.sealer is not None else None
-        rows = [_sealed(r, seal) if type(r) is fx.OfferRow and r.topic_device else r for r in rows]
+        rows = [self._sealed(r) if type(r) is fx.OfferRow and r.topic_device else r for r in rows]
         led = self.ledger
         led.begin()
         return rows, led.conn.execute("INSERT INTO pending(rows) VALUES (?)", (pack_rows(rows),)).lastrowid
 
     def settle(self, rows: list, pending_id: int) -> int:
-        """Write a held record's rows into their tables and drop the record (the caller commits)."""
+        """Write a held record's rows into their tables and drop the record (the caller commits);
+        1, the records written, as :meth:`replay_pending` counts them."""
         self.apply(rows)
         self.ledger.begin()
         self.ledger.conn.execute("DELETE FROM pending WHERE id = ?", (pending_id,))
