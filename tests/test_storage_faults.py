@@ -105,6 +105,18 @@ async def test_corrupt_database_is_moved_aside(tmp_path, mosquitto, agent_factor
     assert (await phone.next_json(f"{R}/offer/+"))["zone"] == "aisle-1"
 
 
+async def _offer_whose_second_commit_fails(agent, phone, R: str, device: str) -> dict:
+    """``device`` enters and gets an offer while SQLite refuses audit rows (trigger
+    ``refuse_audit``, left in place): the pending record's commit works, the second
+    one fails.  The offer as the phone got it, once the failure is counted."""
+    agent.ledger.conn.execute("CREATE TEMP TRIGGER refuse_audit BEFORE INSERT ON audit "
+                              "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+    await phone.publish(f"{R}/ping/uwb/{device}", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    offer = await phone.next_json(f"{R}/offer/+")  # it was recorded (pending) before it left
+    await asyncio.wait_for(wait_until(lambda: agent.metrics.storage_errors.values), 5)
+    return offer
+
+
 async def test_a_second_commit_that_fails_leaves_the_offer_out_and_its_rows_land_with_the_next(
         store_factory, agent_factory, mqtt_client):
     cfg = store_factory()
@@ -113,12 +125,7 @@ async def test_a_second_commit_that_fails_leaves_the_offer_out_and_its_rows_land
     R = cfg.root_topic
     phone = mqtt_client()
     await phone.subscribe(f"{R}/offer/+")
-    # SQLite refuses the audit row: the pending record's commit works, the second one fails.
-    agent.ledger.conn.execute("CREATE TEMP TRIGGER refuse_audit BEFORE INSERT ON audit "
-                              "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
-    await phone.publish(f"{R}/ping/uwb/held", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
-    offer = await phone.next_json(f"{R}/offer/+")  # it was recorded (pending) before it left
-    await asyncio.wait_for(wait_until(lambda: agent.metrics.storage_errors.values), 5)
+    offer = await _offer_whose_second_commit_fails(agent, phone, R, "held")
     assert agent.ledger.get_offer(offer["offer_id"]) is None
     assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (1,)
     agent.ledger.conn.execute("DROP TRIGGER refuse_audit")
@@ -138,11 +145,7 @@ async def test_an_action_on_an_offer_whose_rows_are_still_pending_finds_it(store
     R = cfg.root_topic
     phone = mqtt_client()
     await phone.subscribe(f"{R}/offer/+")
-    agent.ledger.conn.execute("CREATE TEMP TRIGGER refuse_audit BEFORE INSERT ON audit "
-                              "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
-    await phone.publish(f"{R}/ping/uwb/quick", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
-    offer = await phone.next_json(f"{R}/offer/+")
-    await asyncio.wait_for(wait_until(lambda: agent.metrics.storage_errors.values), 5)
+    offer = await _offer_whose_second_commit_fails(agent, phone, R, "quick")
     agent.ledger.conn.execute("DROP TRIGGER refuse_audit")
     # the phone applies at once, before the tracker's tick would have written the record
     await phone.publish(f"{R}/action/quick", {"offer_id": offer["offer_id"], "action": "apply"}, qos=1)
