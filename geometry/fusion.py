@@ -254,17 +254,11 @@ class FusionState:
 
     def rows(self, keys: Iterable[Hashable]) -> np.ndarray:
         """Row per key (allocated on first sight), as an int64 array."""
-        m = self._rows
-        out = []
-        for k in keys:
-            r = m.get(k)
-            if r is None:
-                r = m[k] = self.alloc()
-            out.append(r)
-        return np.asarray(out, dtype=np.int64)
+        row = self.row
+        return np.asarray([row(k) for k in keys], dtype=np.int64)
 
     def row(self, key: Hashable) -> int:
-        """:meth:`rows` of one key, as a Python int."""
+        """The row of one key (allocated on first sight), as a Python int."""
         r = self._rows.get(key)
         if r is None:
             r = self._rows[key] = self.alloc()
