@@ -328,10 +328,11 @@ def stage_figures(m0: dict[str, float], m1: dict[str, float]) -> dict:
 def stage_log(path: Path) -> dict:
     """The agent's debug line per batch (``--stages-log``): per stage, mean, p50 and p99 (ms)
     over the batches that made offers and over the rest (``written``: from the publishes
-    to the socket's write, batches that published only)."""
+    to the socket's write, batches that published only; ``cpu``: the loop thread's CPU time
+    over ``batch``, 0 for an agent older than that figure)."""
     import re
     pat = re.compile(r"batch of (\d+), (\d+) offers: read ([\d.]+) decode ([\d.]+) step ([\d.]+) commit ([\d.]+) "
-                     r"publish ([\d.]+) = ([\d.]+) ms(?:, written \+([\d.]+) ms)?")
+                     r"publish ([\d.]+) = ([\d.]+) ms(?: \(cpu ([\d.]+) ms\))?(?:, written \+([\d.]+) ms)?")
     groups: dict[str, list[list[float]]] = {"with_offers": [], "without": []}
     for line in path.read_text(errors="replace").splitlines():
         m = pat.search(line)
@@ -339,7 +340,7 @@ def stage_log(path: Path) -> dict:
             v = [float(x) if x is not None else 0.0 for x in m.groups()]
             groups["with_offers" if v[1] else "without"].append([v[0], *v[2:]])
     out = {}
-    names = ("messages", "read", "decode", "step", "commit", "publish", "batch", "written")
+    names = ("messages", "read", "decode", "step", "commit", "publish", "batch", "cpu", "written")
     for g, rows in groups.items():
         if rows:
             cols = list(zip(*rows))

@@ -194,7 +194,10 @@ class Stages:
                  otherwise when the loop next schedules it).
 
     Stage *k* is the time between stamp *k* and stamp *k + 1*; ``batch`` is
-    ``read`` → ``published``.  The debug line follows the write."""
+    ``read`` → ``published``.  The debug line follows the write, and gives beside
+    ``batch`` the loop thread's CPU time over it (``time.thread_time``): where the
+    two agree, the batch computed; where ``batch`` is longer, it waited (for a
+    core, the disk, or the GIL)."""
 
     NAMES = ("read", "decode", "step", "commit", "publish")
     HELP = {
@@ -216,6 +219,7 @@ class Stages:
         self.size = Histogram("edge_stage_batch_messages", "Messages per MQTT batch (per batch).", SIZE_BUCKETS)
         metrics.extra += [*self.hist.values(), self.size]
         self.read_at = 0.0  # set by the transport when its socket turns readable
+        self.cpu_at = self.cpu_end = 0.0  # the loop thread's CPU time (time.thread_time) at read and published
         self.stamps: list | None = None  # the batch in progress (None: outside a transport batch)
         self.last: dict | None = None  # the last batch: {"n", "stamps": [read, handed, ..., published, written?]}
         self._unwritten: list[dict] = []
@@ -229,6 +233,7 @@ class Stages:
     # the transport
     def readable(self) -> None:
         self.read_at = self.clock()
+        self.cpu_at = time.thread_time()
 
     def begin(self) -> None:
         """The transport hands a batch to the agent."""
@@ -242,7 +247,8 @@ class Stages:
         if b is not None and self.log.isEnabledFor(logging.DEBUG):
             n, offers, s = b["n"], b["offers"], b["stamps"]
             self.log.debug("batch of %d, %d offers: read %.3f decode %.3f step %.3f commit %.3f publish %.3f = %.3f ms"
-                           "%s", n, offers, *((y - x) * 1e3 for x, y in zip(s, s[1:6])), (s[5] - s[0]) * 1e3,
+                           " (cpu %.3f ms)%s", n, offers, *((y - x) * 1e3 for x, y in zip(s, s[1:6])),
+                           (s[5] - s[0]) * 1e3, b["cpu"] * 1e3,
                            f", written +{(s[6] - s[5]) * 1e3:.3f} ms" if len(s) > 6 else "")
 
     def writable(self) -> None:
@@ -261,6 +267,8 @@ class Stages:
     def mark(self, i: int) -> None:
         """Stamp ``i`` (2 decoded, 3 stepped, 4 committed, 5 published) of the batch in progress."""
         if self.stamps is not None:
+            if i == 5:  # CPU inside the wall interval: read after read_at, here before the stamp
+                self.cpu_end = time.thread_time()
             self.stamps[i] = self.clock()
 
     def end(self, n: int, offers: int, published: bool) -> None:
@@ -268,13 +276,15 @@ class Stages:
         if s is None:
             return
         if s[5] is None:
+            self.cpu_end = time.thread_time()
             s[5] = self.clock()
         if None in s:
             return
+        cpu = self.cpu_end - self.cpu_at
         for name, a, b in zip(self.NAMES, s, s[1:]):
             self.hist[name].observe(b - a)
         self.hist["batch"].observe(s[5] - s[0])
         self.size.observe(n)
-        self.last = self._logline = {"n": n, "offers": offers, "stamps": s}
+        self.last = self._logline = {"n": n, "offers": offers, "stamps": s, "cpu": cpu}
         if published and len(s) == 6:
             self._unwritten.append(self.last)

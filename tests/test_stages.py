@@ -39,6 +39,8 @@ async def test_one_pings_stages_are_recorded_in_order_within_its_life(store_fact
     # life from its publish to the offer's arrival at the phone (one clock: the agent runs in this process)
     stamps = last["stamps"]
     assert len(stamps) == 7
+    # the loop thread's CPU time over read → published: some, and no more than the wall time between
+    assert 0 < last["cpu"] <= stamps[5] - stamps[0]
     assert sent <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= got
     # each stage observed once, and the stages sum to no more than the total
     text = agent.metrics.render()
@@ -53,6 +55,7 @@ async def test_one_pings_stages_are_recorded_in_order_within_its_life(store_fact
     # and one debug line for the batch, after its write
     lines = [r.getMessage() for r in caplog.records if r.name == "edge_agent.stages"]
     assert len(lines) == 1 and lines[0].startswith("batch of 1, 1 offers: read ") and ", written +" in lines[0]
+    assert " ms (cpu " in lines[0]
 
 
 @pytest.mark.broker
