@@ -43,6 +43,7 @@ class Central:
     bundle_msgpack: bool = False
     bundle_requests: list[str | None] = field(default_factory=list)  # If-None-Match of each GET
     seen_idempotency: set = field(default_factory=set)
+    hung: int = 0  # requests that got "hang" (counted as they arrive)
 
     def __post_init__(self):
         self.url = f"http://127.0.0.1:{self.port}"
@@ -97,6 +98,8 @@ class Central:
             self._auth(request)
             answer = self.script.popleft() if self.script else 200
             if answer == "hang":
+                self.hung += 1
+                self._changed.set()
                 await self._release.wait()
                 raise web.HTTPServiceUnavailable()
             raw = await request.read()
