@@ -332,3 +332,32 @@ async def test_a_guardrail_pauses_a_promotion_by_itself_until_the_admin_resumes(
     assert (await http("POST", f"{base}/chips/resume", headers=ADMIN))[0] == 200  # resume is the admin's
     await shop2.ping("g5", "aisle-1")
     assert (await shop2.offer("g5"))["promotion_id"] == "chips"
+
+
+async def test_a_guardrail_also_trips_when_the_offer_that_reaches_min_exposures_is_sent(
+        store_factory, agent_factory, mqtt_client):
+    """Audit h2: two offers dismissed before min_exposures 3, then a third offer:
+    3 exposures and 2/3 dismissed is past max_dismiss_rate 0.5, so the promotion
+    pauses itself then (the guardrail was checked on dismissals only, so it kept
+    offering until some later dismissal)."""
+    cfg = store_factory(toml_extra=POS, promotions=[
+        {"id": "chips", "title": "Chips", "zones": ["aisle-1"],
+         "guardrails": {"max_dismiss_rate": 0.5, "min_exposures": 3}}])
+    shop = Shop(await agent_factory(cfg), mqtt_client(), cfg)
+    for t in ("offer/+", "deadletter", "alert/manager"):
+        await shop.phone.subscribe(f"{shop.R}/{t}")
+    for d in ("g1", "g2"):
+        await shop.ping(d, "aisle-1")
+        offer = await shop.offer(d)
+        await shop.action(d, offer["offer_id"], "dismiss")
+    await shop.marker(f"{shop.R}/action/g2", qos=1)
+    assert shop.outbox("guardrail") == []  # 2 exposures: under min_exposures
+    await shop.ping("g3", "aisle-1")
+    assert (await shop.offer("g3"))["promotion_id"] == "chips"  # the third exposure
+    alert = await shop.phone.next_json(f"{shop.R}/alert/manager")
+    assert alert["kind"] == "guardrail" and alert["promotion_id"] == "chips"
+    (ev,) = shop.outbox("guardrail")
+    assert (ev["promotion_id"], ev["exposures"], ev["dismissals"]) == ("chips", 3, 2)
+    await shop.ping("g4", "aisle-1")
+    await shop.settle("g4")
+    assert shop.no_offers() and shop.decisions("suppressed", "guardrail") == 1

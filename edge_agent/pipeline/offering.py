@@ -132,6 +132,9 @@ class Offering:
                                     topic_device=device))  # sealed by the store, for a re-send
             fx.rows.append(Exposure(now, person, pseudo, promo.id, vid, "offered", offer_id))
             self.count_offer(promo)
+            g = promo.guardrails
+            if g is not None and self.state.campaign.offers.get(promo.id, 0) == g.min_exposures:
+                self.check_guardrail(promo, now)  # reaching min_exposures with the rate already past it
             fx.event("offer", now, pseudo, person=person, offer_id=offer_id, promotion_id=promo.id, zone=fence.id,
                      sku=d.sku, alternative_zone=d.alternative_zone, variant=vid, **policy)
             fx.offers.append(OfferOut(device, payload, received))
@@ -159,15 +162,32 @@ class Offering:
         c.dismissals[promotion_id] = c.dismissals.get(promotion_id, 0) + 1
         self.fx.rows.append(PromoCount(promotion_id, dismissals=1))
         promo = next((p for p in self.cfg.promotions if p.id == promotion_id), None)
-        rate = c.guardrail_tripped(promo) if promo is not None else None
+        if promo is not None:
+            self.check_guardrail(promo, now)
+
+    def check_guardrail(self, promo, now: float) -> None:
+        """After an offer or a dismissal: past its guardrail the promotion pauses
+        itself (reason ``guardrail``) and the managers hear why."""
+        c = self.state.campaign
+        promotion_id = promo.id
+        rate = c.guardrail_tripped(promo)
         if rate is None:
             return
+        was = c.paused.get(promotion_id)
         c.paused[promotion_id] = True
         c.pause_reason[promotion_id] = "guardrail"
         self.fx.rows.append(PauseRow(promotion_id, True, now, "guardrail"))
+
+        def undo() -> None:  # not committed: not in force either
+            if was is None:
+                c.paused.pop(promotion_id, None)
+            else:
+                c.paused[promotion_id] = was
+            c.pause_reason.pop(promotion_id, None)
+        self.fx.undo.append(undo)
         n = c.offers.get(promotion_id, 0)
         self.fx.event("guardrail", now, None, promotion_id=promotion_id, dismiss_rate=round(rate, 4),
-                      exposures=n, dismissals=c.dismissals[promotion_id],
+                      exposures=n, dismissals=c.dismissals.get(promotion_id, 0),
                       max_dismiss_rate=promo.guardrails.max_dismiss_rate)
         self.p.alerts.raise_alert(
             "guardrail", promo.zones[0] if promo.zones else None, None,
