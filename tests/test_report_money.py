@@ -147,3 +147,20 @@ def test_markdown_names_who_earned_money():
                                                                         "suppressed": {}}}})
     assert "**apples earned money**" in md and "**bread lost money**" in md
     assert "incremental revenue" in md and "95 % interval" in md
+
+
+@pytest.mark.parametrize("basket", [12.34, 7.1])
+def test_everyone_spending_the_same_gives_no_zero_width_revenue_interval(basket):
+    """Audit h2: 40 against 40 people who each bought one basket of 12.34 have no
+    spread at all; Σr² − n·m² left a rounding residue (~1e-13), so the report
+    printed the interval [-0.0, 0.0] — a zero-width interval, which the
+    contract rules out. No spread: the revenue interval is null."""
+    strata = [(Arm.of([basket] * 40), Arm.of([basket] * 40))]
+    assert strata[0][0].variance() == 0.0
+    est = estimate(strata)
+    assert est["incremental_revenue"] == pytest.approx(0.0, abs=1e-9)
+    assert est["incremental_revenue_ci95"] is None
+    row = variant_row(offered=40, applied=0, redeemed=0, strata=strata, discount_cost=0.0, margin_pct=None)
+    assert row["incremental_revenue_ci95"] is None
+    lo, hi = row["uplift_ci95"]
+    assert lo < hi  # the conversion interval is still given, never zero width

@@ -29,8 +29,10 @@ The method, stated before the code:
   in a stratum borrows its arm's variance across strata).
 - **Not enough data.**  Fewer than :data:`MIN_PEOPLE` people in an arm (over
   the strata that count): every interval is ``None``.  No purchase at all in
-  either arm leaves the revenue interval ``None`` too (its spread is unknown,
-  and a zero-width interval would read as certainty).
+  either arm, or no spread at all (everyone spent the same: the rounding
+  residue of Σr² − n·m² is taken as 0), leaves the revenue interval ``None``
+  too (its spread is unknown, and a zero-width interval would read as
+  certainty).
 - **Money.**  ``discount_cost`` = what the redemptions gave away (a
   promotion's ``discount``: ``amount`` per redemption, or ``pct`` of the
   redeemed basket); ``incremental_margin`` = incremental revenue ×
@@ -99,7 +101,11 @@ class Arm:
         if self.people < 2:
             return None
         m = self.revenue / self.people
-        return max(0.0, (self.revenue_sq - self.people * m * m) / (self.people - 1))
+        ss = self.revenue_sq - self.people * m * m
+        # Σr² − n·m² cancels: identical revenues leave a rounding residue (~1e-13), never a spread
+        if ss <= 1e-9 * self.revenue_sq:
+            return 0.0
+        return ss / (self.people - 1)
 
 
 def _r(v: float | None, nd: int = 4) -> float | None:

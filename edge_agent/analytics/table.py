@@ -70,7 +70,8 @@ def verdicts(report: dict[str, Any]) -> list[str]:
             offers = f"{v['offered']} offer{'' if v['offered'] == 1 else 's'}"
             held = f"{v['holdout']} {'person' if v['holdout'] == 1 else 'people'} held out"
             why = (f"{held}, {offers}; {MIN_PEOPLE} people needed in each group" if _short(v)
-                   else "no purchase in either group yet")
+                   else "no purchase in either group yet" if v["basket_mean_treated"] is None
+                   and v["basket_mean_control"] is None else "no spread in the revenue to size an interval by")
             out.append(f"- **{name}**: {NOT_ENOUGH} ({why}).")
             continue
         margin = v["incremental_margin"]
