@@ -107,11 +107,16 @@ terms AS (
            (xc + 1.0) / (nc + 2.0) AS a0,
            CAST(nt + 2 AS DOUBLE PRECISION) AS nt2, CAST(nc + 2 AS DOUBLE PRECISION) AS nc2,
            rt / nt AS m1, rc / nc AS m0,
-           CASE WHEN nt >= 2 THEN GREATEST(0.0, (r2t - rt * rt / nt) / (nt - 1))
-                WHEN big_nt >= 2 THEN GREATEST(0.0, (pool_r2t - pool_rt * pool_rt / big_nt) / (big_nt - 1))
+           -- a sum of squares within 1e-9 of r2 is rounding, not spread (everyone spent the same)
+           CASE WHEN nt >= 2 THEN CASE WHEN r2t - rt * rt / nt <= 1e-9 * r2t THEN 0.0
+                                       ELSE (r2t - rt * rt / nt) / (nt - 1) END
+                WHEN big_nt >= 2 THEN CASE WHEN pool_r2t - pool_rt * pool_rt / big_nt <= 1e-9 * pool_r2t THEN 0.0
+                                           ELSE (pool_r2t - pool_rt * pool_rt / big_nt) / (big_nt - 1) END
                 ELSE 0.0 END / nt AS vt,
-           CASE WHEN nc >= 2 THEN GREATEST(0.0, (r2c - rc * rc / nc) / (nc - 1))
-                WHEN big_nc >= 2 THEN GREATEST(0.0, (pool_r2c - pool_rc * pool_rc / big_nc) / (big_nc - 1))
+           CASE WHEN nc >= 2 THEN CASE WHEN r2c - rc * rc / nc <= 1e-9 * r2c THEN 0.0
+                                       ELSE (r2c - rc * rc / nc) / (nc - 1) END
+                WHEN big_nc >= 2 THEN CASE WHEN pool_r2c - pool_rc * pool_rc / big_nc <= 1e-9 * pool_r2c THEN 0.0
+                                           ELSE (pool_r2c - pool_rc * pool_rc / big_nc) / (big_nc - 1) END
                 ELSE 0.0 END / nc AS vc
     FROM weighted
 ),

@@ -157,3 +157,27 @@ def test_the_sql_says_not_enough_data_like_the_command(tmp_path):
     assert row["holdout"] < 30 and row["incremental_revenue_ci95"] is None and row["uplift_ci95"] is None
     sql = duckdb_rows([p], promos)[("apples", "-")]
     assert sql["uplift_lo"] is None and sql["incremental_revenue_lo"] is None
+
+
+def test_no_spread_gives_no_revenue_interval_in_the_command_and_the_sql(tmp_path):
+    """Audit h2: 40 against 40 people who each bought one 12.34 basket: the
+    command and the documented SQL both leave the revenue interval null (the
+    rounding residue of Σr² − n·m² had given [-0.0, 0.0])."""
+    lines = []
+    for arm, kind in (("treated", "offer"), ("control", "would_offer")):
+        for i in range(40):
+            person = f"p_{arm}_{i}"
+            lines.append({"kind": kind, "ts": 1.8e9 + i, "store": "s1", "person": person, "promotion_id": "apples",
+                          "variant": None})
+            lines.append({"kind": "purchase", "ts": 1.8e9 + i + 60, "store": "s1", "person": person,
+                          "basket_total": 12.34,
+                          "attributed": [{"promotion_id": "apples", "variant": "-", "arm": arm}]})
+    p = tmp_path / "flat.jsonl"
+    p.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    promos = tmp_path / "promotions.json"
+    promos.write_text(json.dumps(PROMOTIONS))
+    row = chain_report([p])["promotions"]["apples"]["variants"]["-"]
+    assert row["revenue_per_person_treated"] == row["revenue_per_person_control"] == 12.34
+    assert row["incremental_revenue_ci95"] is None and row["uplift_ci95"] is not None
+    sql = duckdb_rows([p], promos)[("apples", "-")]
+    assert sql["incremental_revenue_lo"] is None and sql["incremental_revenue_hi"] is None
