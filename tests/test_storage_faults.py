@@ -181,3 +181,34 @@ async def test_a_ledger_found_corrupt_at_the_second_commit_is_replaced_and_the_h
     assert any(e.get("offer_id") == offer["offer_id"] for _, e in agent.ledger.outbox.peek(100))
     assert [a["offer_id"] for a in agent.ledger.read_audit(device=agent.pseudonym("corrupt-late"))
             if a["offer_id"]] == [offer["offer_id"]]
+
+
+async def test_a_dismissal_whose_commit_failed_is_counted_once_by_the_guardrail(
+        store_factory, agent_factory, mqtt_client):
+    """Audit h2: a dismissal whose batch failed to commit is retried whole; its
+    first, uncommitted count stayed in memory, so one real dismissal of two
+    offers read as 2/2 and tripped a 0.5 guardrail that 1/2 does not pass."""
+    cfg = store_factory(promotions=[
+        {"id": "chips", "title": "Chips", "zones": ["aisle-1"],
+         "guardrails": {"max_dismiss_rate": 0.5, "min_exposures": 2}}])
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    offers = []
+    for d, xy in (("g1", (24.0, 10.0)), ("g2", (24.0, 10.0))):
+        await phone.publish(f"{R}/ping/uwb/{d}", {"x": xy[0], "y": xy[1], "acc": 0.5}, qos=0)
+        offers.append(await phone.next_json(f"{R}/offer/+"))
+    assert {o["promotion_id"] for o in offers} == {"chips"}
+    agent.ledger.conn.execute("PRAGMA query_only = 1")  # the filesystem went read-only
+    await phone.publish(f"{R}/action/g1", {"offer_id": offers[0]["offer_id"], "action": "dismiss"}, qos=1)
+    await asyncio.wait_for(wait_until(lambda: agent._retry), 5)
+    agent.ledger.conn.execute("PRAGMA query_only = 0")
+    agent.tick()  # the retry: applied, committed, then acknowledged
+    assert not agent._retry
+    assert agent.ledger.get_offer(offers[0]["offer_id"]).action == "dismiss"
+    assert agent.state.campaign.dismissals["chips"] == 1
+    assert not agent.state.campaign.is_paused(next(p for p in agent.cfg.promotions if p.id == "chips"))
+    rows = agent.ledger.conn.execute("SELECT count(*) FROM outbox WHERE kind = 'guardrail'").fetchone()
+    assert rows == (0,)

@@ -161,6 +161,10 @@ class Offering:
         c = self.state.campaign
         c.dismissals[promotion_id] = c.dismissals.get(promotion_id, 0) + 1
         self.fx.rows.append(PromoCount(promotion_id, dismissals=1))
+
+        def uncount() -> None:  # not committed: the retried action counts it again
+            c.dismissals[promotion_id] = c.dismissals.get(promotion_id, 1) - 1
+        self.fx.undo.append(uncount)
         promo = next((p for p in self.cfg.promotions if p.id == promotion_id), None)
         if promo is not None:
             self.check_guardrail(promo, now)
