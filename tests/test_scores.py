@@ -79,3 +79,17 @@ def test_a_bundles_scores_replace_the_files_and_bad_ones_are_refused():
     assert cfg.version != base.version
     with pytest.raises(ConfigError, match="finite number"):
         build_config(base, {"version": "2", "scores": {"model": "m3", "scores": {"*": {"x": -1}}}})
+
+
+def test_equal_score_times_value_falls_back_to_priority_whatever_the_float_rounding():
+    """Audit h2: 0.02 × 50 % and 0.05 × 20 % are both 0.01, but in floats the
+    second is 0.010000000000000002, so it beat the higher priority; the tie
+    now goes to priority, in the agent and in the offline evaluation alike."""
+    from edge_agent.analytics.policy import choose, promo_value
+
+    hi = promo("hi", priority=2, margin_pct=50.0)
+    lo = promo("lo", priority=1, margin_pct=20.0)
+    tie = parse_scores({"model": "m", "scores": {"*": {"hi": 0.02, "lo": 0.05}}}, file="s")
+    assert go(scores=tie, candidates=(hi, lo)).offer.promotion_id == "hi"
+    values = {p.id: promo_value(p) for p in (hi, lo)}
+    assert choose(["lo", "hi"], [], tie.table, values, {"hi": 2, "lo": 1}) == "hi"

@@ -36,7 +36,7 @@ import orjson
 
 from .stats import Z95
 
-__all__ = ["policy_probs", "evaluate", "choose", "score_of", "promo_value"]
+__all__ = ["policy_probs", "evaluate", "choose", "score_of", "promo_value", "ranking_value"]
 
 
 def promo_value(promo: Any | None) -> float:
@@ -47,6 +47,12 @@ def promo_value(promo: Any | None) -> float:
     d = getattr(promo, "discount", None)
     pct = d.pct if d is not None and d.pct is not None else 0.0
     return (promo.margin_pct - pct) / 100.0
+
+
+def ranking_value(score: float, value: float) -> float:
+    """score × value as the ranking compares it: rounded to 12 places, so two
+    products equal on paper (0.02 × 0.5 and 0.05 × 0.2) tie, and priority decides."""
+    return round(score * value, 12)
 
 
 def score_of(table: Mapping[str, Mapping[str, float]], segments: Sequence[str], pid: str) -> float:
@@ -62,7 +68,7 @@ def score_of(table: Mapping[str, Mapping[str, float]], segments: Sequence[str], 
 def choose(allowed: Sequence[str], segments: Sequence[str], table: Mapping[str, Mapping[str, float]],
            values: Mapping[str, float], priority: Mapping[str, int]) -> str:
     """The winner by score × value; higher priority, then the smaller id, breaks ties."""
-    return min(allowed, key=lambda pid: (-score_of(table, segments, pid) * values.get(pid, 1.0),
+    return min(allowed, key=lambda pid: (-ranking_value(score_of(table, segments, pid), values.get(pid, 1.0)),
                                          -priority.get(pid, 0), pid))
 
 

@@ -56,7 +56,7 @@ from zoneinfo import ZoneInfo
 
 from store_config.model import Consent, Fence, OffersConfig, Profile, Promotion, Scores
 
-from edge_agent.analytics.policy import promo_value, score_of
+from edge_agent.analytics.policy import promo_value, ranking_value, score_of
 
 OFFERED, SUPPRESSED = "offered", "suppressed"
 _RULES_ONLY: Mapping[str, object] = MappingProxyType({})  # no scores: the Outcome's defaults, nothing allocated
@@ -258,7 +258,7 @@ def decide(
         top = 0
         top_v = float("-inf")
         for i, (p, _) in enumerate(eligible):  # ranked: the first of equal values has the priority
-            v = score_of(scores.table, segs, p.id) * promo_value(p)
+            v = ranking_value(score_of(scores.table, segs, p.id), promo_value(p))
             if v > top_v:
                 top, top_v = i, v
         e = offers.explore_pct / 100.0
