@@ -177,7 +177,7 @@ class Offering:
         rate = c.guardrail_tripped(promo)
         if rate is None:
             return
-        was = c.paused.get(promotion_id)
+        was, was_reason = c.paused.get(promotion_id), c.pause_reason.get(promotion_id)
         c.paused[promotion_id] = True
         c.pause_reason[promotion_id] = "guardrail"
         self.fx.rows.append(PauseRow(promotion_id, True, now, "guardrail"))
@@ -187,7 +187,10 @@ class Offering:
                 c.paused.pop(promotion_id, None)
             else:
                 c.paused[promotion_id] = was
-            c.pause_reason.pop(promotion_id, None)
+            if was_reason is None:
+                c.pause_reason.pop(promotion_id, None)
+            else:
+                c.pause_reason[promotion_id] = was_reason
         self.fx.undo.append(undo)
         n = c.offers.get(promotion_id, 0)
         self.fx.event("guardrail", now, None, promotion_id=promotion_id, dismiss_rate=round(rate, 4),
