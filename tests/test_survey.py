@@ -168,3 +168,20 @@ def test_the_simulators_radio_misses_far_beacons_has_offsets_and_heavy_tails_or_
     rssi, heard = ble_rssi(np.full(200, 20.0), np.full(200, 15.0), [b for b in fitted.beacons if b.floor == 0],
                            np.random.default_rng(2), model=m)
     assert rssi.shape == (200, len(fitted.beacons)) and 0 < heard.mean() < 1
+
+
+def test_a_line_that_is_not_utf8_exits_1_naming_file_and_line_and_a_bom_is_no_bad_line(store, tmp_path):
+    # a survey exported on one machine and edited on another: one stray Latin-1 byte
+    toml = store / "store.toml"
+    good = (tmp_path / "mon.jsonl").read_bytes().splitlines()
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b"\n".join(good[:6] + [b'{"walk": "caf\xe9", "ts": 1, "x": 1, "y": 2, "beacons": []}'] + good[6:]))
+    r = _cli("fit", "--config", toml, bad)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{bad}:7: " in r.stderr and "UTF-8" in r.stderr
+    # Notepad's "UTF-8" puts a byte-order mark before the first line: the line itself is fine
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b"\n".join(good) + b"\n")
+    r = _cli("fit", "--config", toml, bom, tmp_path / "tue.jsonl", "--out", tmp_path / "m.json")
+    assert r.returncode == 0, r.stderr
+

@@ -40,11 +40,26 @@ def _load(args):
     scans = []
     for f in args.files:
         try:
-            text = Path(f).read_text(encoding="utf-8")
+            data = Path(f).read_bytes()
         except OSError as e:
             raise ValueError(f"{f}: cannot read: {e.strerror or e}") from None
-        scans += parse(text.splitlines(), f, frame)
+        scans += parse(_lines(data, f), f, frame)
     return cfg, scans
+
+
+def _lines(data: bytes, f: str) -> list[str]:
+    """The file's lines as text; a line that is not UTF-8 is a bad line
+    (file:line).  A leading byte-order mark (Notepad's UTF-8) is dropped."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    out = []
+    for no, raw in enumerate(data.splitlines(), 1):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{f}:{no}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                             "save the file as UTF-8") from None
+    return out
 
 
 def _zones(cfg):
