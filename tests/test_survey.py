@@ -185,3 +185,10 @@ def test_a_line_that_is_not_utf8_exits_1_naming_file_and_line_and_a_bom_is_no_ba
     r = _cli("fit", "--config", toml, bom, tmp_path / "tue.jsonl", "--out", tmp_path / "m.json")
     assert r.returncode == 0, r.stderr
 
+
+def test_a_model_that_cannot_be_written_exits_1_with_a_clear_message(store, tmp_path):
+    out = tmp_path / "no-such-dir" / "model.json"
+    r = _cli("fit", "--config", store / "store.toml", tmp_path / "mon.jsonl", tmp_path / "tue.jsonl", "--out", out)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert str(out) in r.stderr and "cannot write" in r.stderr
+    assert not list(tmp_path.glob("no-such-dir*"))

@@ -105,8 +105,13 @@ def run_fit(args: argparse.Namespace) -> int:
                                 "files": [os.path.basename(f) for f in args.files]})
     out = Path(args.out) if args.out else model_path(cfg)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(model.to_dict(), separators=(",", ":")) + "\n", encoding="utf-8")
-    os.replace(tmp, out)  # the agent's reload never sees half a file
+    try:
+        tmp.write_text(json.dumps(model.to_dict(), separators=(",", ":")) + "\n", encoding="utf-8")
+        os.replace(tmp, out)  # the agent's reload never sees half a file
+    except OSError as e:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        return _fail(f"{out}: cannot write the model: {e.strerror or e}")
     rep = report(X, Y, F, cv["x"], cv["y"], cv["acc"], cv["heard"], _zones(cfg), confidence=cfg.tracking.confidence)
     how = "one walk held out at a time" if nwalks >= 2 else "one walk only: thirds of it held out in turn"
     if args.json:
