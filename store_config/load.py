@@ -133,12 +133,13 @@ def _load_scores(sp: Path, parts: dict[str, Any], problems: list[Problem]) -> An
     return scores
 
 
-def load_store(path: str | Path) -> StoreConfig:
+def load_store(path: str | Path, *, ble_model: bool = True) -> StoreConfig:
     """Load ``store.toml`` and the files it names; validate everything once.
 
     Returns a frozen :class:`StoreConfig` (``warnings`` holds non-fatal
     problems such as unknown keys) or raises :class:`ConfigError` listing
-    every error found in every file.
+    every error found in every file.  ``ble_model=False`` leaves the fitted
+    BLE model file unread (``survey fit`` replaces it, whatever it holds).
     """
     path = Path(path)
     toml_file = str(path)
@@ -207,7 +208,11 @@ def load_store(path: str | Path) -> StoreConfig:
         problems.extend(errors)
         warnings.extend(warns)
 
-    ble_model, model_file = _ble_model(sources, base, beacons if layout_ok else None, problems, parts, warnings)
+    if ble_model:
+        ble_model, model_file = _ble_model(sources, base, beacons if layout_ok else None, problems, parts, warnings)
+    else:
+        named = (sources.get("ble") or {}).get("model")
+        ble_model, model_file = None, (base / named) if named else base / BLE_MODEL_FILE
 
     raise_if(problems)
     assert st.store_id is not None and st.timezone is not None and st.anchor is not None

@@ -192,3 +192,32 @@ def test_a_model_that_cannot_be_written_exits_1_with_a_clear_message(store, tmp_
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert str(out) in r.stderr and "cannot write" in r.stderr
     assert not list(tmp_path.glob("no-such-dir*"))
+
+
+def test_fit_replaces_a_model_the_layout_no_longer_matches_or_a_broken_one(store, tmp_path):
+    # The loader's own advice for a model whose beacon left the layout is "refit with
+    # `edge-agent survey fit`": fit must not refuse because of the very file it replaces.
+    toml = store / "store.toml"
+    walks = [tmp_path / "mon.jsonl", tmp_path / "tue.jsonl"]
+    assert _cli("fit", "--config", toml, *walks).returncode == 0
+    layout = json.loads((store / "layout.geojson").read_text())
+    gone = [f for f in layout["features"] if f["properties"].get("kind") == "beacon"][-1]
+    layout["features"].remove(gone)
+    (store / "layout.geojson").write_text(json.dumps(layout))
+    gone_id = gone["properties"]["beacon_id"].lower()
+    with pytest.raises(Exception, match="refit with `edge-agent survey fit`"):
+        load_store(toml)
+    rewalked = []
+    for w in walks:  # the beacon taken down is no longer heard on the new walks
+        lines = [json.loads(s) for s in w.read_text().splitlines()]
+        for o in lines:
+            o["beacons"] = [b for b in o["beacons"] if b["id"].lower() != gone_id]
+        rewalked.append(tmp_path / f"re-{w.name}")
+        rewalked[-1].write_text("\n".join(map(json.dumps, lines)) + "\n")
+    r = _cli("fit", "--config", toml, *rewalked)
+    assert r.returncode == 0, r.stderr
+    assert load_store(toml).ble_model is not None  # the agent starts again
+    (store / "ble-model.json").write_text("{")  # a half-copied model file
+    r = _cli("fit", "--config", toml, *rewalked)
+    assert r.returncode == 0, r.stderr
+    assert load_store(toml).ble_model is not None

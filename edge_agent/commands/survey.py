@@ -24,14 +24,16 @@ def _fail(msg: str) -> int:
     return 1
 
 
-def _load(args):
-    """(cfg, scans) or raises SystemExit-worthy messages as ValueError."""
+def _load(args, *, with_model: bool = True):
+    """(cfg, scans) or raises SystemExit-worthy messages as ValueError.
+    ``with_model=False`` (fit): the model file in place, which fit replaces,
+    is not read, so a stale or broken one does not stop its own refit."""
     from geometry.frames import LocalFrame
     from geometry.survey import parse
     from store_config import ConfigError, load_store
 
     try:
-        cfg = load_store(args.config)
+        cfg = load_store(args.config, ble_model=with_model)
     except ConfigError as e:
         raise ValueError(str(e).splitlines()[0] if str(e) else "invalid configuration") from None
     if not cfg.beacons:
@@ -86,7 +88,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from geometry.survey import SurveyError, arrays, format_report, report
 
     try:
-        cfg, scans = _load(args)
+        cfg, scans = _load(args, with_model=False)
         ids = [b.beacon_id.lower() for b in cfg.beacons]
         X, Y, F, R, walks, ts = arrays(scans, ids)
     except (SurveyError, ValueError) as e:
