@@ -10,6 +10,14 @@ A survey file has one scan with its truth per line (JSON)::
 unit the report holds out; ``beacons`` may be empty (nothing heard: that is
 evidence too).  Blank lines and lines starting with ``#`` are skipped.
 
+Wi-Fi and phone fixes are surveyed the same way: instead of (or beside)
+``beacons`` a line carries ``fix``, the engine's fix as it would send it in a
+ping (``x``/``y`` or ``lat``/``lon`` or an HTML5 ``coords``; ``acc``,
+``floor``), and ``source`` (``wifi`` by default, ``html5`` for ``coords``)::
+
+    {"walk": "tue-am", "ts": 1764930000.5, "x": 12.5, "y": 30.1, "source": "wifi",
+     "fix": {"x": 14.1, "y": 27.9, "acc": 6}}
+
 :func:`parse` raises :class:`SurveyError` with ``file:line: message``.
 :func:`arrays` lines the scans up against the model's beacons (a beacon not
 in the layout is an error naming the line).  :func:`report` scores fixes
@@ -29,7 +37,7 @@ import numpy as np
 
 from .radio import NOMINAL, heard_class
 
-__all__ = ["Scan", "SurveyError", "parse", "arrays", "report", "format_report", "placed_zones"]
+__all__ = ["Scan", "SurveyError", "parse", "arrays", "report", "format_report", "placed_zones", "FIX_SOURCES"]
 
 
 class SurveyError(ValueError):
@@ -45,7 +53,9 @@ class Scan:
     x: float
     y: float
     floor: int
-    beacons: tuple[tuple[str, float], ...]
+    beacons: tuple[tuple[str, float], ...] | None  # None: the line carries no BLE scan
+    source: str = ""
+    fix: tuple[float, float, int, float] | None = None  # the engine's x, y, floor, acc (NaN: none reported)
 
 
 def _num(v: Any) -> float | None:
@@ -92,9 +102,16 @@ def parse(lines: Iterable[str], file: str, frame=None) -> list[Scan]:
         fl = obj.get("floor", 0)
         if isinstance(fl, bool) or not isinstance(fl, int):
             raise SurveyError(f"{where}: 'floor' must be an integer")
+        fix, source = None, ""
+        if "fix" in obj:
+            fix, source = _fix(obj, where, frame)
         bl = obj.get("beacons")
+        if fix is not None and bl is None:
+            out.append(Scan(file, no, walk, ts, x, y, int(fl), None, source, fix))
+            continue
         if not isinstance(bl, list):
-            raise SurveyError(f"{where}: 'beacons' must be a list of {{\"id\", \"rssi\"}} (empty: none heard)")
+            raise SurveyError(f"{where}: 'beacons' must be a list of {{\"id\", \"rssi\"}} (empty: none heard), "
+                              "or 'fix' the engine's fix")
         beacons = []
         for k, b in enumerate(bl):
             if not isinstance(b, dict) or not isinstance(b.get("id"), str) or _num(b.get("rssi")) is None:
@@ -103,14 +120,57 @@ def parse(lines: Iterable[str], file: str, frame=None) -> list[Scan]:
             if not -130 <= r <= 20:
                 raise SurveyError(f"{where}: beacons[{k}] rssi {r:g} is out of range (-130..20 dBm)")
             beacons.append((b["id"].lower(), r))
-        out.append(Scan(file, no, walk, ts, x, y, int(fl), tuple(beacons)))
+        out.append(Scan(file, no, walk, ts, x, y, int(fl), tuple(beacons), source, fix))
     return out
+
+
+FIX_SOURCES = ("wifi", "html5", "gps", "uwb", "meraki", "aruba", "owntracks")  # not ble: the agent places BLE itself
+
+
+def _fix(obj: Mapping[str, Any], where: str, frame) -> tuple[tuple[float, float, int, float], str]:
+    """A line's ``fix`` (the engine's, as a ping carries it) and ``source``."""
+    f = obj["fix"]
+    if not isinstance(f, dict):
+        raise SurveyError(f"{where}: 'fix' must be an object (the engine's fix: x/y or lat/lon, acc)")
+    coords = f.get("coords")
+    source = obj.get("source", "html5" if coords is not None else "wifi")
+    if source not in FIX_SOURCES:
+        raise SurveyError(f"{where}: 'source' must be one of {', '.join(FIX_SOURCES)}")
+    acc_key = "acc"
+    if coords is not None:
+        if not isinstance(coords, dict):
+            raise SurveyError(f"{where}: fix 'coords' must be an object (an HTML5 GeolocationPosition)")
+        f, lat_key, lon_key, acc_key = coords, "latitude", "longitude", "accuracy"
+    else:
+        lat_key, lon_key = "lat", "lon"
+    if coords is None and ("x" in f or "y" in f):
+        fx, fy = _num(f.get("x")), _num(f.get("y"))
+        if fx is None or fy is None:
+            raise SurveyError(f"{where}: fix 'x' and 'y' must both be numbers (local metres)")
+    elif lat_key in f or lon_key in f:
+        la, lo = _num(f.get(lat_key)), _num(f.get(lon_key))
+        if la is None or lo is None or not (-90 <= la <= 90 and -180 <= lo <= 180):
+            raise SurveyError(f"{where}: fix '{lat_key}' and '{lon_key}' must both be numbers in range")
+        if frame is None:
+            raise SurveyError(f"{where}: fix '{lat_key}'/'{lon_key}' need the store's anchor to convert")
+        xs, ys = frame.to_local(np.array([lo]), np.array([la]))
+        fx, fy = float(xs[0]), float(ys[0])
+    else:
+        raise SurveyError(f"{where}: the fix has no position ('x' and 'y', 'lat' and 'lon', or 'coords')")
+    acc = f.get(acc_key)
+    if acc is not None and (_num(acc) is None or acc < 0):
+        raise SurveyError(f"{where}: fix '{acc_key}' must be a number of metres ≥ 0")
+    fl = obj["fix"].get("floor", 0)
+    if isinstance(fl, bool) or not isinstance(fl, int):
+        raise SurveyError(f"{where}: fix 'floor' must be an integer")
+    return (fx, fy, int(fl), math.nan if acc is None else float(acc)), source
 
 
 def arrays(scans: Sequence[Scan], ids: Sequence[str]):
     """``X, Y, F, R, walks, ts`` for :func:`geometry.radio.fit`: ``R`` (scans,
     beacons in ``ids`` order), the strongest reading per beacon, NaN = not
     heard.  A beacon not in ``ids`` raises :class:`SurveyError`."""
+    scans = [s for s in scans if s.beacons is not None]  # lines with only a fix are no BLE scan
     col = {b.lower(): j for j, b in enumerate(ids)}
     S = len(scans)
     R = np.full((S, len(ids)), np.nan)
@@ -208,8 +268,9 @@ def format_report(rep: Mapping[str, Any], title: str) -> str:
     lines.append(f"{rep['fixes']} fixes of {rep['scans']} scans: median error {rep['median_error_m']} m, "
                  f"p90 {rep['p90_error_m']} m; claimed accuracy covers the truth {100 * rep['coverage']:.0f} % "
                  f"(nominal {100 * rep['nominal_coverage']:.0f} %)")
-    lines.append("")
-    lines.append("beacons heard | scans | median error | median acc | coverage")
+    if rep["by_beacons_heard"]:
+        lines.append("")
+        lines.append("beacons heard | scans | median error | median acc | coverage")
     for k, v in rep["by_beacons_heard"].items():
         lines.append(f"{k:>13} | {v['scans']:>5} | {v['median_error_m']:>10} m | {v['median_acc_m']:>8} m | "
                      f"{100 * v['coverage']:>6.0f} %")

@@ -221,3 +221,78 @@ def test_fit_replaces_a_model_the_layout_no_longer_matches_or_a_broken_one(store
     r = _cli("fit", "--config", toml, *rewalked)
     assert r.returncode == 0, r.stderr
     assert load_store(toml).ble_model is not None
+
+
+def _wifi_walk(name: str, seed: int, n: int = 80, sigma: float = 4.0, claim: float | None = 6.0) -> list[str]:
+    """A surveyor's walk with the Wi-Fi engine's fix beside the truth: the engine
+    errs by ``sigma`` m per axis and claims ``claim`` m (None: no acc at all)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        X, Y = rng.uniform(1, 39), rng.uniform(1, 29)
+        ex, ey = rng.normal(0.0, sigma, 2)
+        fix = {"x": round(X + ex, 2), "y": round(Y + ey, 2)} | ({"acc": claim} if claim is not None else {})
+        lines.append(json.dumps({"walk": name, "ts": 1764930000.0 + 2 * i, "x": round(X, 2), "y": round(Y, 2),
+                                 "floor": 0, "source": "wifi", "fix": fix}))
+    return lines
+
+
+def test_wifi_fixes_are_surveyed_the_same_way_and_get_an_honest_acc_scale(store, tmp_path):
+    # DESIGN: "Wi-Fi and phone fixes can be surveyed the same way (x/y plus the engine's fix)
+    # to calibrate their acc" - from the same command line, not only from Python.
+    toml = store / "store.toml"
+    for name, seed in (("wmon", 11), ("wtue", 12)):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(_wifi_walk(name, seed)) + "\n")
+    walks = [tmp_path / "wmon.jsonl", tmp_path / "wtue.jsonl"]
+    r = _cli("fit", "--config", toml, *walks, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["model"] is None and not (store / "ble-model.json").exists()  # no BLE scans: no BLE model
+    wifi = out["fixes"]["wifi"]
+    # a 6 m claim for a 4 m/axis error covers ~2/3, not 86.5 %; 2 sigma = 8 m: a factor ~1.33
+    assert wifi["fixes"] == 160 and wifi["coverage_now"] < 0.8 and 1.1 < wifi["acc_scale"] < 1.6
+    rep = wifi["report"]
+    assert wifi["cross_validated"] == "one walk held out at a time"
+    assert 3.0 < rep["median_error_m"] < 7.0 and abs(rep["coverage"] - 0.865) < 0.08
+    assert abs(sum(rep["zones"]["grocery"][k] for k in ("right", "wrong", "none")) - 1.0) < 1e-6
+    r = _cli("fit", "--config", toml, *walks)
+    assert r.returncode == 0 and f"[tracking.acc_scale]\nwifi = {wifi['acc_scale']:g}" in r.stdout
+
+    # the factor put in store.toml: `survey report` now finds the claim honest
+    r = _cli("report", "--config", toml, *walks, "--json")
+    assert json.loads(r.stdout)["fixes"]["wifi"]["report"]["coverage"] < 0.8
+    toml.write_text(toml.read_text() + f"\n[tracking.acc_scale]\nwifi = {wifi['acc_scale']}\n")
+    r = _cli("report", "--config", toml, *walks, "--json")
+    assert r.returncode == 0, r.stderr
+    assert abs(json.loads(r.stdout)["fixes"]["wifi"]["report"]["coverage"] - 0.865) < 0.03
+
+    # BLE scans and phone fixes in the same survey: the BLE model is fitted as before
+    phone = tmp_path / "phone.jsonl"
+    from geometry.frames import LocalFrame
+
+    cfg = load_store(toml)
+    frame = LocalFrame(cfg.anchor.lat, cfg.anchor.lon, cfg.anchor.bearing)
+    rng = np.random.default_rng(3)
+    lines = []
+    for i in range(40):
+        X, Y = rng.uniform(1, 39), rng.uniform(1, 29)
+        lon, lat = frame.to_wgs84(np.array([X + rng.normal(0, 8)]), np.array([Y + rng.normal(0, 8)]))
+        lines.append(json.dumps({"walk": "phone", "ts": 1764930000.0 + i, "x": X, "y": Y, "fix": {
+            "coords": {"latitude": float(lat[0]), "longitude": float(lon[0]), "accuracy": 20}, "timestamp": 1}}))
+    phone.write_text("\n".join(lines) + "\n")
+    r = _cli("fit", "--config", toml, tmp_path / "mon.jsonl", tmp_path / "tue.jsonl", phone, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["model"] == str(store / "ble-model.json") and out["report"]["scans"] == 320
+    assert set(out["fixes"]) == {"html5"} and out["fixes"]["html5"]["fixes"] == 40
+
+    # too few fixes, and a bad fix, exit 1 naming what and where
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(_wifi_walk("w", 1, n=12)) + "\n")
+    r = _cli("fit", "--config", toml, few)
+    assert r.returncode == 1 and "too few scans: 12 wifi fixes" in r.stderr
+    bad = tmp_path / "badfix.jsonl"
+    bad.write_text("\n".join(_wifi_walk("w", 1, n=3) + ['{"walk": "w", "ts": 1, "x": 1, "y": 2, "fix": {"x": 1}}'])
+                   + "\n")
+    r = _cli("fit", "--config", toml, bad)
+    assert r.returncode == 1 and f"{bad}:4: fix 'x' and 'y' must both be numbers" in r.stderr

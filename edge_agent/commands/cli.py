@@ -295,7 +295,10 @@ def cmd_survey_fit(args: argparse.Namespace) -> int:
     by walk (error, coverage of the claimed accuracy, per-zone placement). Writes
     [sources.ble] model, default ble-model.json beside store.toml; the agent loads
     it at start and on reload. Survey lines: {"walk", "ts", "x", "y", "floor",
-    "beacons": [{"id", "rssi"}, ...]} (lat/lon instead of x/y allowed).
+    "beacons": [{"id", "rssi"}, ...]} (lat/lon instead of x/y allowed). A line
+    with "source" and "fix" (a Wi-Fi engine's or a phone's fix, as in a ping)
+    instead of "beacons" calibrates that source: fit prints its
+    [tracking.acc_scale] factor.
 
     Example: edge-agent survey fit --config store.toml tue-am.jsonl tue-pm.jsonl
     """
@@ -306,7 +309,8 @@ def cmd_survey_fit(args: argparse.Namespace) -> int:
 
 def cmd_survey_report(args: argparse.Namespace) -> int:
     """The same report for the BLE model in place (the fitted one, else the
-    no-survey defaults) on survey walks.
+    no-survey defaults) on survey walks, and for surveyed Wi-Fi or phone fixes
+    as the agent takes them now.
 
     Example: edge-agent survey report --config store.toml wed-am.jsonl
     """
