@@ -296,3 +296,27 @@ def test_wifi_fixes_are_surveyed_the_same_way_and_get_an_honest_acc_scale(store,
                    + "\n")
     r = _cli("fit", "--config", toml, bad)
     assert r.returncode == 1 and f"{bad}:4: fix 'x' and 'y' must both be numbers" in r.stderr
+
+
+@pytest.mark.broker
+async def test_the_running_agent_takes_a_new_fit_on_reload_and_a_restarted_one_at_start(store, tmp_path, mosquitto,
+                                                                                       agent_factory):
+    import asyncio
+
+    toml = store / "store.toml"
+    text = toml.read_text().replace('url = "mqtt://127.0.0.1:1883"', f'url = "{mosquitto.url}"')
+    text = text.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"').replace('id = "S042"', 'id = "SV1"')
+    toml.write_text(text + "\n[reload]\npoll_s = 0.05\n")
+    server = await agent_factory(load_store(toml))
+    agent = server.agent
+    assert agent.state.rt.ble.meta == {}  # the no-survey defaults
+    events: asyncio.Queue = asyncio.Queue()
+    agent.listeners.append(lambda kind, data: events.put_nowait(data) if kind == "reload" else None)
+    r = await asyncio.to_thread(_cli, "fit", "--config", toml, tmp_path / "mon.jsonl", tmp_path / "tue.jsonl")
+    assert r.returncode == 0, r.stderr
+    ev = await asyncio.wait_for(events.get(), 10)
+    assert ev["result"] == "ok"
+    assert agent.state.rt.ble.meta["scans"] == 320 and agent.state.rt.ble.meta["walks"] == 2
+    await server.stop()
+    again = await agent_factory(load_store(toml))
+    assert again.agent.state.rt.ble.meta["scans"] == 320
