@@ -498,7 +498,8 @@ def fit(ids, bx, by, floor, tx0, X, Y, F, R, walks, ts=None, *, params: RadioPar
     are odd, and the pooled scale, set by the common ones, claimed a third of
     their error on real scans (BENCHMARKS.md, "Real radio").
     Returns ``(model, cv)`` where ``cv`` holds the held-out fixes (``x, y,
-    acc, heard``) with the calibrated accuracy, for the report.
+    acc, heard``) for the report, each fold's with the temperature and
+    accuracy calibrated on the other folds only.
     """
     X, Y = np.asarray(X, float), np.asarray(Y, float)
     F = np.asarray(F, dtype=np.int64)
@@ -523,29 +524,42 @@ def fit(ids, bx, by, floor, tx0, X, Y, F, R, walks, ts=None, *, params: RadioPar
             raw[t][0][m], raw[t][1][m], raw[t][2][m] = x, y, acc
             k[m] = kk
     ok = k > 0
-    best_t, best_e = params.temperature, math.inf
-    for t in TEMPERATURES:
-        e = np.hypot(raw[t][0] - X, raw[t][1] - Y)
-        if ok.any() and np.nanmedian(e[ok]) < best_e - 1e-9:
-            best_t, best_e = t, float(np.nanmedian(e[ok]))
-    x, y, acc = raw[best_t]
-    err = np.hypot(x - X, y - Y)
-    scale = list(params.acc_scale)
     cls = heard_class(k)
-    pooled = float(np.quantile(err[ok] / acc[ok], NOMINAL)) if ok.sum() >= 10 else 1.0
-    for c in range(3):
-        mm = ok & (cls == c)
-        r = err[mm] / acc[mm]
-        if r.size >= 20:
-            scale[c] = float(np.quantile(r, NOMINAL))
-        else:  # too few held-out scans to place the quantile: the worst of them, never under the pooled
-            scale[c] = max(pooled, float(r.max())) if r.size >= 3 else pooled
+    errs = {t: np.hypot(raw[t][0] - X, raw[t][1] - Y) for t in TEMPERATURES}
+
+    def calibrate(sel: np.ndarray) -> tuple[float, list[float]]:
+        """Temperature and acc_scale from the held-out fixes of the scans in ``sel``."""
+        use = ok & sel
+        best_t, best_e = params.temperature, math.inf
+        for t in TEMPERATURES:
+            if use.any() and np.nanmedian(errs[t][use]) < best_e - 1e-9:
+                best_t, best_e = t, float(np.nanmedian(errs[t][use]))
+        err, acc = errs[best_t], raw[best_t][2]
+        scale = list(params.acc_scale)
+        pooled = float(np.quantile(err[use] / acc[use], NOMINAL)) if use.sum() >= 10 else 1.0
+        for c in range(3):
+            mm = use & (cls == c)
+            r = err[mm] / acc[mm]
+            if r.size >= 20:
+                scale[c] = float(np.quantile(r, NOMINAL))
+            else:  # too few held-out scans to place the quantile: the worst of them, never under the pooled
+                scale[c] = max(pooled, float(r.max())) if r.size >= 3 else pooled
+        return best_t, scale
+
+    best_t, scale = calibrate(np.ones(S, dtype=bool))
     final = replace(params, temperature=best_t, acc_scale=tuple(round(s, 3) for s in scale))
     model = _fit_once(ids, bx, by, fl, tx0, X, Y, F, R, final, bounds, survey)
     model = _with(model, replace(model.params, temperature=best_t, acc_scale=final.acc_scale))
     model.meta.update(meta or {})
-    sc = np.asarray(final.acc_scale)[cls]
-    cv = {"x": x, "y": y, "acc": np.where(ok, np.maximum(acc * sc, params.min_acc), np.nan), "heard": k,
+    # The report's fixes: each fold's from a model fitted without it (above), with the
+    # temperature and acc_scale calibrated without it too, so the coverage it shows for a
+    # walk is what a walk the fit never saw would get (not the calibration target itself).
+    x, y, acc = np.full(S, np.nan), np.full(S, np.nan), np.full(S, np.nan)
+    for m in folds:
+        t, sc = calibrate(~m) if (ok & ~m).any() else (best_t, list(final.acc_scale))
+        x[m], y[m] = raw[t][0][m], raw[t][1][m]
+        acc[m] = raw[t][2][m] * np.asarray(sc)[cls[m]]
+    cv = {"x": x, "y": y, "acc": np.where(ok, np.maximum(acc, params.min_acc), np.nan), "heard": k,
           "temperature": best_t}
     return model, cv
 
