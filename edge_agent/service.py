@@ -48,6 +48,14 @@ from .reload import Reloader, file_mtime
 from .storage.store import Store, error_kind, open_ledger, set_aside
 
 log = logging.getLogger("edge_agent")
+OWNTRACKS_FILTER = "owntracks/+/+"  # [ingest] owntracks = true subscribes to it
+
+
+def with_owntracks(subs: list[tuple[str, int]], on: bool) -> list[tuple[str, int]]:
+    """The subscriptions with ``owntracks/+/+`` (QoS 0) when ``on``, without it otherwise."""
+    subs = [s for s in subs if s[0] != OWNTRACKS_FILTER]
+    return subs + [(OWNTRACKS_FILTER, 0)] if on else subs
+
 
 __all__ = ["Agent", "build_runtime", "open_ledger"]
 
@@ -143,6 +151,8 @@ class Agent:
             gc.unfreeze()  # the replaced config's reference cycles become collectable again
         self.merge_inventory(cfg.inventory, inventory_ts)
         self.pipeline.install(cfg, self.clock())
+        if self.mqtt is not None:  # [ingest] owntracks turned on or off: owntracks/+/+ follows it
+            self.mqtt.resubscribe(with_owntracks(self.mqtt.subscriptions, cfg.ingest.owntracks))
         if frozen:
             freeze_heap()
         if self.store is not None:
@@ -193,10 +203,8 @@ class Agent:
         self.metrics.commit_seconds.fn = lambda: self.ledger.last_commit_s if self.ledger else 0.0
         self.metrics.storage_ok.fn = lambda: 0.0 if self._storage_down else 1.0
         # ping/#: a ping topic with extra levels becomes a dead letter (reason "topic"), not silence
-        subs = [(f"{self.root}/ping/#", 0), (f"{self.root}/action/+", 1),
-                (f"{self.root}/consent/+", 1), (f"{self.root}/inventory", 1), (f"{self.root}/alert/claim", 1)]
-        if cfg.ingest.owntracks:
-            subs.append(("owntracks/+/+", 0))
+        subs = with_owntracks([(f"{self.root}/ping/#", 0), (f"{self.root}/action/+", 1), (f"{self.root}/consent/+", 1),
+                               (f"{self.root}/inventory", 1), (f"{self.root}/alert/claim", 1)], cfg.ingest.owntracks)
         routes = sources.mqtt_routes(self)  # vendor feeds over MQTT (Aruba ALE)
         self.pipeline.source_routes = [(partial(topic_matches, flt), decode) for flt, _, decode in routes]
         subs += [(flt, qos) for flt, qos, _ in routes]

@@ -210,3 +210,46 @@ async def test_file_reload_keeps_central_bundle_on_top(store_factory, agent_fact
     assert agent.reload_from_files() == (True, [])
     assert "z" in agent.cfg.profiles  # the files' change is live...
     assert "welcome" in {p.id for p in agent.cfg.promotions}  # ...under the bundle's promotions
+
+
+async def test_turning_owntracks_on_and_off_in_store_toml_applies_on_reload(store_factory, agent_factory,
+                                                                           mqtt_client):
+    # DESIGN: `[ingest] owntracks = true` also subscribes to owntracks/+/+; the reload
+    # promise (configuration.md): only [mqtt], [http] and [data] need a restart.
+    from geometry.frames import LocalFrame
+
+    cfg = store_factory(toml_extra=POLL_FAST)
+    server = await agent_factory(cfg)
+    agent = server.agent
+    events = reload_events(agent)
+    phone = mqtt_client()
+    R = cfg.root_topic
+    await phone.subscribe(f"{R}/offer/+")
+    await phone.subscribe(f"{R}/deadletter")
+    lon, lat = LocalFrame(49.1875, 16.6130, 0.0).to_wgs84(24.0, 10.0)
+    location = {"_type": "location", "lat": float(lat), "lon": float(lon), "acc": 1,
+                "tst": int(time.time()), "tid": "al"}
+    toml = Path(cfg.files["store"])
+    base = toml.read_text()
+
+    def rewrite(text: str) -> None:
+        tmp = toml.with_name("store.toml.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, toml)
+
+    agent.mqtt.subscribed.clear()
+    rewrite(base + "\n[ingest]\nowntracks = true\n")
+    assert (await asyncio.wait_for(events.get(), 5))["result"] == "ok"
+    await asyncio.wait_for(agent.mqtt.subscribed.wait(), 5)  # the broker acknowledged owntracks/+/+
+    await phone.publish("owntracks/alice/pixel", location)
+    m = await phone.next(f"{R}/offer/+")
+    assert m.topic == f"{R}/offer/owntracks:alice:pixel"
+    assert agent.metrics.pings.get("owntracks") == 1
+
+    rewrite(base + "\n[ingest]\nowntracks = false\n")
+    assert (await asyncio.wait_for(events.get(), 5))["result"] == "ok"
+    await phone.publish("owntracks/bob/phone", location)
+    await phone.publish(f"{R}/ping/uwb/marker", {"acc": 1})  # a dead letter: everything before it is handled
+    assert (await phone.next_json(f"{R}/deadletter"))["topic"] == f"{R}/ping/uwb/marker"
+    assert agent.metrics.pings.get("owntracks") == 1  # turned off: OwnTracks phones are no longer tracked
+    assert "owntracks:bob:phone" not in agent.tracks

@@ -185,7 +185,7 @@ class Pipeline:
                 fx.acks.append(m)
             else:
                 fx.acks.append(m)
-        elif m.topic.startswith("owntracks/"):
+        elif m.topic.startswith("owntracks/") and self.cfg.ingest.owntracks:  # off: not even in flight
             ping = codecs.decode_owntracks_topic(m, self.cfg)
             if ping is not None and not (m.retain and self._stale_retained(ping)):
                 pings.append(ping)

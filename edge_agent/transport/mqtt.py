@@ -395,6 +395,22 @@ class MqttClient:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         return info.mid
 
+    def resubscribe(self, subscriptions: list[tuple[str, int]]) -> None:
+        """Take a new list of (filter, qos): filters no longer listed are
+        unsubscribed and new ones subscribed, now when connected (``subscribed``
+        is set again by their SUBACK), else at the next connect."""
+        old = {f for f, _ in self.subscriptions}
+        gone = sorted(old - {f for f, _ in subscriptions})
+        added = [(f, q) for f, q in subscriptions if f not in old]
+        self.subscriptions = list(subscriptions)
+        if not self.connected.is_set():
+            return
+        if gone:
+            self.client.unsubscribe(gone)
+        if added:
+            self.subscribed.clear()
+            self.client.subscribe(added)
+
     def send_now(self) -> None:
         """Write what is queued now (a batch's offers, before the second commit that
         follows them); inside the read callback paho's writes otherwise wait for its end."""
