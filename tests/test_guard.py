@@ -81,3 +81,17 @@ async def test_overloaded_batch_sheds_stale_pings_not_actions(store_factory, age
     assert agent.metrics.pings_shed.get("stale") == 36
     assert agent.metrics.pings.get("uwb") == 4
     assert agent.consents[agent.pseudonym("crowd-1")][0].offers is False
+
+
+@pytest.mark.parametrize("rest,got", [("ping/wifi", "2"), ("ping/uwb/d6/extra", "4"),
+                                     ("ping/uwb/", "3, the last one empty")])
+def test_a_ping_topic_with_the_wrong_levels_says_how_many_it_needs(rest, got):
+    # the dead letter's detail is what an operator reads: {R}/ping/{source}/{device} is
+    # three levels after the store id
+    from edge_agent.pipeline.codecs import PayloadError, decode_topic_ping
+
+    m = Message(f"store/S1/{rest}", b'{"x": 1, "y": 1}', 0, 0, time.time(), False)
+    with pytest.raises(PayloadError) as e:
+        decode_topic_ping(m, rest, "store/S1", None)
+    assert e.value.reason == "topic"
+    assert f"(3 levels after the store id, got {got})" in e.value.detail

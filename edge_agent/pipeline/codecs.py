@@ -293,7 +293,8 @@ def decode_topic_ping(m: Message, rest: str, root: str, cfg: Any) -> Ping:
     parts = rest.split("/")
     if len(parts) != 3 or not parts[2]:
         raise PayloadError("topic", f"ping topic must be {root}/ping/{{source}}/{{device}} "
-                                    f"({len(parts) + 2} levels after the store id, got {len(parts)})")
+                                    f"(3 levels after the store id, got {len(parts)}"
+                                    f"{'' if parts[-1] else ', the last one empty'})")
     source, device = parts[1], check_device(parts[2])
     if source not in SOURCES:
         raise PayloadError("unknown_source", f"source {source!r}")
