@@ -206,6 +206,9 @@ def parse_data(c: Collector, doc: dict, base: Path) -> Path:
     return data_dir
 
 
+ADAPTER_SOURCES = ("owntracks", "meraki", "aruba")  # pings the adapters make (edge_pings_total{source})
+
+
 def parse_tracking(c: Collector, doc: dict) -> TrackingConfig:
     t = section(c, doc, "tracking")
     W = "[tracking]"
@@ -226,9 +229,10 @@ def parse_tracking(c: Collector, doc: dict) -> TrackingConfig:
     if not isinstance(sacc, dict):
         c.err("[tracking.acc_scale]", "", f"must be a table source -> factor, not {type_name(sacc)}")
     else:
+        known = (*SOURCES, *ADAPTER_SOURCES)  # a ping's source as counted: the adapters' too
         for src in sacc:
-            if src not in SOURCES:
-                c.warn("[tracking.acc_scale]", src, f"unknown source (known: {', '.join(SOURCES)})")
+            if src not in known:
+                c.warn("[tracking.acc_scale]", src, f"unknown source (known: {', '.join(known)})")
             v = c.number(sacc, src, "[tracking.acc_scale]", default=None, positive=True)
             if v is not None:
                 scale[src] = v

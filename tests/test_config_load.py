@@ -535,3 +535,16 @@ def test_check_never_raises(store: Path, tmp_path: Path):
     assert cfg is None and probs and probs[0].severity == "error"
     cfg, probs = check(store, tech="uwb")
     assert cfg is not None and all(p.severity == "warning" for p in probs)
+
+
+def test_acc_scale_takes_every_source_a_ping_is_counted_under(store: Path):
+    # `[tracking.acc_scale]` scales a source's acc by the source a ping is counted under
+    # (edge_pings_total{source}: the adapters' meraki, aruba and owntracks included), and
+    # `survey fit` prints the factor for a surveyed Meraki or OwnTracks feed: no warning
+    # may call those sources unknown; a typo still gets one.
+    store.write_text(store.read_text() + "\n[tracking.acc_scale]\nwifi = 1.4\nmeraki = 1.7\naruba = 2.0\n"
+                     "owntracks = 1.2\nwiif = 3\n")
+    cfg = load_store(store)
+    assert dict(cfg.tracking.acc_scale) == {"wifi": 1.4, "meraki": 1.7, "aruba": 2.0, "owntracks": 1.2, "wiif": 3}
+    flagged = [w.field for w in cfg.warnings if w.where == "[tracking.acc_scale]"]
+    assert flagged == ["wiif"]
