@@ -260,13 +260,12 @@ class Agent:
             self.wire.resend(self.ledger, self.sealer)
 
     # -- the batch entry points
-    def on_batch(self, msgs: list[Message]) -> None:
+    def on_batch(self, msgs: list[Message]) -> bool:
         """Handle one batch; QoS 1 messages are acknowledged after its commit.
 
         A storage failure (disk full, locked, I/O error) rolls the batch back:
         its offers are not published (never an offer without a record) and its
-        QoS 1 messages are kept and retried every second until storage works.
-        """
+        QoS 1 messages are kept and retried every second until storage works (False)."""
         self.metrics.queue_depth.set(len(msgs) + len(self._retry))
         if self._unsettled:
             self._settle()  # rows still pending first: this batch's actions may name their offers
@@ -274,11 +273,12 @@ class Agent:
             fx = self.pipeline.step(msgs, self.clock())
         except sqlite3.Error as exc:  # reading the ledger (an action's offer)
             self._storage_failed(exc, msgs, self.pipeline.take())
-            return
+            return False
         if (st := self.stages) is not None:
             st.mark(3)  # stepped
-        if self._commit(fx, msgs) and st is not None:
+        if (ok := self._commit(fx, msgs)) and st is not None:
             st.end(len(msgs), len(fx.offers), bool(fx.offers or fx.publish or fx.acks))
+        return ok
 
     def ingest_pings(self, pings: list[Ping]) -> bool:
         """Run already-decoded pings (vendor adapters: Meraki, Aruba) through

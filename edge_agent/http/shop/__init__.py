@@ -202,7 +202,8 @@ def setup(app: web.Application, agent_key: "web.AppKey[AgentPort]") -> None:
         msg = Message(f"{agent.root}/ping/{source}/{device}", body, 0, 0, agent.clock())
         dead = agent.metrics.deadletters.values
         before = dict(dead)
-        agent.on_batch([msg])
+        if not agent.on_batch([msg]):  # not on disk: its offer withheld, nothing of it kept
+            raise web.HTTPServiceUnavailable(text='{"error": "storage"}', content_type="application/json")
         grew = [labels[0] for labels, n in dead.items() if n > before.get(labels, 0.0)]
         if grew:
             return web.json_response({"accepted": False, "reason": grew[0]}, status=422)
@@ -222,8 +223,9 @@ def setup(app: web.Application, agent_key: "web.AppKey[AgentPort]") -> None:
             points[key] = checkin_point(fence)
         x, y = points[key]
         now = agent.clock()
-        agent.ingest_pings([Ping(device=device, source="checkin", received=now, x=x, y=y,
-                                 acc=CHECKIN_ACC_M, floor=fence.floor)])
+        if not agent.ingest_pings([Ping(device=device, source="checkin", received=now, x=x, y=y,
+                                        acc=CHECKIN_ACC_M, floor=fence.floor)]):
+            raise web.HTTPServiceUnavailable(text='{"error": "storage"}', content_type="application/json")
         body = {"accepted": True, "zone": zone}
         note = checkin_note(fence, agent.cfg.promotions, datetime.fromtimestamp(now, agent.rt.tz),
                             stopped=agent.state.campaign.stopped)

@@ -197,7 +197,8 @@ async def post_records(request: web.Request) -> web.Response:
         agent.deadletter(msg, exc.reason, exc.detail)
         agent.ingest_pings([])
         return web.json_response({"accepted": 0, "reason": exc.reason, "detail": exc.detail}, status=400)
-    agent.ingest_pings(pings)
+    if not agent.ingest_pings(pings):  # not on disk: never a 2xx
+        raise web.HTTPServiceUnavailable(text="storage unavailable; nothing was taken, retry\n")
     status = 202 if pings or not skipped else 422
     return web.json_response({"accepted": len(pings), "skipped": skipped}, status=status)
 

@@ -14,9 +14,9 @@ it before it posts); ``POST /v1/ingest/meraki`` takes a v3 body::
 
 A body with the wrong ``secret`` gets 403; one that is not a v3 body gets 400
 with a reason (and a dead letter whose payload is left out: it carries client
-MACs).  Otherwise the answer is 202 at once and the observations are processed
-right after, on the loop, through :meth:`Agent.ingest_pings` — the same
-pipeline as every other ping.
+MACs).  Otherwise the observations go through :meth:`Agent.ingest_pings` — the
+same pipeline as every other ping — and the answer is 202 once they are
+committed (503 when storage refuses them: never a 2xx for what is not on disk).
 
 Per observation the freshest ``locations[]`` entry is used: ``x``/``y`` on a
 floor plan configured in ``[[floorplans]]`` (matched by ``floorPlanId``, then
@@ -32,7 +32,6 @@ stored, logged or published.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -212,8 +211,9 @@ async def post_observations(request: web.Request) -> web.Response:
         return _forbidden(agent)
     if status != 202:
         return _reject(agent, received, status, reason, detail)
-    # Answer at once; the observations go through the pipeline right after.
-    asyncio.get_running_loop().call_soon(_process, agent, obj, received)
+    # The observations go through the pipeline before the answer: a 2xx means they are on disk.
+    if not _process(agent, obj, received):
+        raise web.HTTPServiceUnavailable(text="storage unavailable; nothing was taken, retry\n")
     return web.json_response({"accepted": True, "observations": len(obj["data"]["observations"])}, status=202)
 
 
@@ -224,13 +224,14 @@ def _reject(agent, received: float, status: int, reason: str, detail: str) -> we
     return web.json_response({"accepted": False, "reason": reason, "detail": detail}, status=status)
 
 
-def _process(agent, obj: Mapping, received: float) -> None:
+def _process(agent, obj: Mapping, received: float) -> bool:
+    """Run a body's observations through the pipeline; False when storage failed."""
     if agent.ledger is None:  # stopped meanwhile
-        return
+        return False
     cfg = agent.cfg
     conf = cfg.sources.get("meraki")
     if conf is None:
-        return
+        return True
     counter = records_counter(agent)
     try:
         pings, skipped = parse_observations(
@@ -242,9 +243,10 @@ def _process(agent, obj: Mapping, received: float) -> None:
             counter.inc("meraki", reason, n=n)
         if pings:
             counter.inc("meraki", "accepted", n=len(pings))
-        agent.ingest_pings(pings)
+        return agent.ingest_pings(pings)
     except Exception:
         log.exception("processing a Meraki body failed")
+        return True  # a failure the adapter did not foresee (logged), not a storage refusal
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,0 +1,62 @@
+"""Gaps an outside audit found between DESIGN.md's hardening contracts and the
+code, each tried from outside through Mosquitto, aiohttp and SQLite."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from .hardening_kit import ARUBA, IN_AISLE, hard_store, meraki_body, meraki_obs
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+async def hard(tmp_path, mosquitto, agent_factory):
+    return await agent_factory(hard_store(tmp_path, mosquitto.url))
+
+
+def refuse_writes(agent) -> None:
+    """Every write fails, as on a full or read-only disk (test_faults_disk.py fills a real one)."""
+    agent.ledger.conn.execute("PRAGMA query_only = 1")
+
+
+def offers(agent) -> int:
+    return agent.ledger.conn.execute("SELECT count(*) FROM offers").fetchone()[0]
+
+
+# -- "A request whose effect cannot be stored is answered 503, never 2xx" --------------------------
+
+async def test_pings_over_http_answer_503_when_their_offer_cannot_be_stored(hard):
+    """/v1/ping, /v1/shop/checkin and the vendor receivers each bring an offer (rows to write);
+    with the ledger refusing writes, none of them may say 202."""
+    server = hard
+    agent = server.agent
+    aruba = json.dumps({"sta_location_x": 24.0, "sta_location_y": 10.0, "floor_id": "plan-1",
+                        "hashed_sta_eth_mac": "ABCDEF", "unit": "METERS", "error_level": 1}).encode()
+    meraki = json.dumps(meraki_body([meraki_obs("aa:00:00:00:00:09", 24.0, 10.0)])).encode()
+    async with aiohttp.ClientSession() as http:
+        sessions = []
+        for _ in range(2):  # one device for the ping, one for the check-in: each its own offer
+            async with http.post(server.url + "/v1/shop/session") as r:
+                sessions.append(await r.json())
+        s, c = sessions
+        auth = {"Authorization": f"Bearer {s['token']}"}
+        refuse_writes(agent)
+        answers = {}
+        async with http.post(server.url + f"/v1/ping?device={s['device']}&source=uwb", json=IN_AISLE,
+                             headers=auth) as r:
+            answers["ping"] = r.status
+        async with http.post(server.url + f"/v1/shop/checkin?device={c['device']}&zone=aisle-1",
+                             headers={"Authorization": f"Bearer {c['token']}"}) as r:
+            answers["checkin"] = r.status
+        async with http.post(server.url + "/v1/ingest/aruba", data=aruba, headers=ARUBA) as r:
+            answers["aruba"] = r.status
+        async with http.post(server.url + "/v1/ingest/meraki", data=meraki) as r:
+            answers["meraki"] = r.status
+        async with http.get(server.url + "/readyz") as r:
+            answers["readyz"] = r.status
+    assert answers == {"ping": 503, "checkin": 503, "aruba": 503, "meraki": 503, "readyz": 503}
+    assert offers(agent) == 0
