@@ -60,3 +60,41 @@ async def test_pings_over_http_answer_503_when_their_offer_cannot_be_stored(hard
             answers["readyz"] = r.status
     assert answers == {"ping": 503, "checkin": 503, "aruba": 503, "meraki": 503, "readyz": 503}
     assert offers(agent) == 0
+
+
+# -- "Forget removes everything that names the device's pseudonym or person ... and counts each kind" --
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+POS = {"Authorization": "Bearer till-secret"}
+
+
+def count(agent, sql: str, *args) -> int:
+    return agent.ledger.conn.execute(sql, args).fetchone()[0]
+
+
+async def test_forget_removes_the_rows_that_name_the_devices_person(tmp_path, mosquitto, agent_factory,
+                                                                   mqtt_client):
+    """A device with a loyalty id is a person: the till's purchase under that loyalty id names the
+    person (not the device's pseudonym), and so do its attribution and its event for central."""
+    cfg = hard_store(tmp_path, mosquitto.url, profiles=[{"device": "ada", "loyalty_id": "L-1"}])
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/ada")
+    await phone.publish(f"{R}/ping/uwb/ada", IN_AISLE, qos=0)
+    await phone.next_json(f"{R}/offer/ada")
+    person = agent.state.person_for("ada")
+    assert person != agent.pseudonym("ada")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + "/v1/pos/purchase", headers=POS,
+                             json={"loyalty_id": "L-1", "skus": ["chips"], "basket_total": 2.0}) as r:
+            assert r.status == 202 and (await r.json())["attributed"]
+        assert count(agent, "SELECT count(*) FROM purchases WHERE person = ?", person) == 1
+        async with http.delete(server.url + "/v1/admin/devices/ada", headers=ADMIN) as r:
+            assert r.status == 200
+            body = await r.json()
+    for table in ("purchases", "attributions", "exposures", "redemptions"):
+        assert count(agent, f"SELECT count(*) FROM {table} WHERE person = ?", person) == 0, table
+    assert count(agent, "SELECT count(*) FROM outbox WHERE json_extract(body, '$.person') = ?", person) == 0
+    assert body["removed"]["purchases"] == 1

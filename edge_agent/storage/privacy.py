@@ -14,8 +14,10 @@ Three things here keep that promise where the pseudonym is not enough:
   means that offers in flight at that moment are not re-sent.
 * **Forgetting** (:func:`erase`): every row that carries the pseudonym —
   offers (and their codes), audit rows, the consent override, queued and
-  set-aside outbox events — and the pickup orders of the device's person,
-  in the caller's transaction; the pipeline drops
+  set-aside outbox events — and every row that
+  names the device's person (purchases, attributions, exposures,
+  redemptions, pickup orders, events), in the caller's transaction; the
+  pipeline drops
   the live state (tracker, history, consent) and queues one ``forget`` event
   for central.
 * **The right of access** (:func:`export`): everything kept about a
@@ -73,9 +75,10 @@ class TopicSealer:
 # -- forgetting and the right of access (SQL on the agent's one file) ----------------------------
 
 def erase(conn: sqlite3.Connection, pseudo: str, person: str | None = None) -> dict[str, int]:
-    """Delete every stored row about ``pseudo`` (and the pickup orders of its
-    ``person``); returns counts per kind.  Runs in the caller's transaction
-    (the shell commits)."""
+    """Delete every stored row about ``pseudo`` and every row that names its
+    ``person`` (a loyalty id's pseudonym: purchases, attributions, exposures,
+    redemptions, pickup orders and the events that carry it); returns counts
+    per kind.  Runs in the caller's transaction (the shell commits)."""
     q = conn.execute
     persons = (pseudo, person or pseudo)
     codes = q("SELECT count(*) FROM offers WHERE device = ? AND code IS NOT NULL", (pseudo,)).fetchone()[0]
@@ -84,15 +87,20 @@ def erase(conn: sqlite3.Connection, pseudo: str, person: str | None = None) -> d
         "codes": codes,
         "audit": q("DELETE FROM audit WHERE device = ?", (pseudo,)).rowcount,
         "consent": q("DELETE FROM consent WHERE device = ?", (pseudo,)).rowcount,
-        "outbox": q("DELETE FROM outbox WHERE device = ?", (pseudo,)).rowcount,
-        "outbox_aside": q("DELETE FROM outbox_aside WHERE device = ?", (pseudo,)).rowcount,
-        # campaigns: the device's exposures and redemptions; a device with no loyalty id is its own
-        # person (its pseudonym), so its purchases and their attributions go too
-        "attributions": q("DELETE FROM attributions WHERE person = ? OR exposure_id IN "
-                          "(SELECT id FROM exposures WHERE device = ?)", (pseudo, pseudo)).rowcount,
-        "exposures": q("DELETE FROM exposures WHERE device = ?", (pseudo,)).rowcount,
-        "redemptions": q("DELETE FROM redemptions WHERE device = ?", (pseudo,)).rowcount,
-        "purchases": q("DELETE FROM purchases WHERE person = ?", (pseudo,)).rowcount,
+        # events name the device in their column, the person (a till's purchase by loyalty id) in their body
+        "outbox": q("DELETE FROM outbox WHERE device = ? OR json_extract(body, '$.person') IN (?, ?)",
+                    (pseudo, *persons)).rowcount,
+        "outbox_aside": q("DELETE FROM outbox_aside WHERE device = ? OR json_extract(body, '$.person') IN (?, ?)",
+                          (pseudo, *persons)).rowcount,
+        # campaigns: the device's and its person's exposures, redemptions, purchases and their attributions
+        # (a device with no loyalty id is its own person: its pseudonym)
+        "attributions": q("DELETE FROM attributions WHERE person IN (?, ?) OR exposure_id IN "
+                          "(SELECT id FROM exposures WHERE device = ? OR person IN (?, ?))",
+                          (*persons, pseudo, *persons)).rowcount,
+        "exposures": q("DELETE FROM exposures WHERE device = ? OR person IN (?, ?)", (pseudo, *persons)).rowcount,
+        "redemptions": q("DELETE FROM redemptions WHERE device = ? OR person IN (?, ?)",
+                         (pseudo, *persons)).rowcount,
+        "purchases": q("DELETE FROM purchases WHERE person IN (?, ?)", persons).rowcount,
         # click-and-collect orders name the person (and the first name the till gave)
         "pickups": q("DELETE FROM pickups WHERE person IN (?, ?)", persons).rowcount,
     }
