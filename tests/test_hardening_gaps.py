@@ -72,6 +72,39 @@ def count(agent, sql: str, *args) -> int:
     return agent.ledger.conn.execute(sql, args).fetchone()[0]
 
 
+async def test_forget_removes_the_webhook_queue_of_the_device_and_counts_it(tmp_path, mosquitto, agent_factory,
+                                                                           mqtt_client):
+    """An offer waiting for the retailer's push service (its receiver down) names the device's
+    pseudonym, and its raw id encrypted: a forget deletes it, and says how many."""
+    from dataclasses import replace
+
+    from store_config.model import DeliveryConfig
+
+    from .conftest import free_port, wait_until
+
+    import asyncio
+
+    cfg = hard_store(tmp_path, mosquitto.url)
+    cfg = replace(cfg, delivery=DeliveryConfig(webhook_url=f"http://127.0.0.1:{free_port()}/push",
+                                               webhook_token="t", retry_s=30.0))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/ada")
+    await phone.publish(f"{R}/ping/uwb/ada", IN_AISLE, qos=0)
+    await phone.next_json(f"{R}/offer/ada")
+    pseudo = agent.pseudonym("ada")
+    await asyncio.wait_for(wait_until(lambda: count(agent, "SELECT count(*) FROM delivery WHERE device = ?",
+                                                    pseudo) == 1), 5)
+    async with aiohttp.ClientSession() as http:
+        async with http.delete(server.url + "/v1/admin/devices/ada", headers=ADMIN) as r:
+            assert r.status == 200
+            body = await r.json()
+    assert count(agent, "SELECT count(*) FROM delivery") == 0
+    assert body["removed"]["delivery"] == 1
+
+
 async def test_forget_removes_the_rows_that_name_the_devices_person(tmp_path, mosquitto, agent_factory,
                                                                    mqtt_client):
     """A device with a loyalty id is a person: the till's purchase under that loyalty id names the

@@ -310,7 +310,7 @@ async def test_forget_removes_every_row_of_the_device_and_queues_one_forget_even
     assert body["removed"] == {"offers": 1, "codes": 1, "audit": before["audit"], "consent": 1,
                                "outbox": before["outbox"], "outbox_aside": 0, "tracks": 1, "histories": 1,
                                "consent_live": 1, "exposures": 1, "redemptions": 0, "purchases": 0,
-                               "attributions": 0, "pickups": 0}
+                               "attributions": 0, "pickups": 0, "delivery": 0}
     after = rows(pseudo)
     assert after == {"offers": 0, "audit": 0, "consent": 0, "outbox": 1}
     assert conn.execute("SELECT kind, cls FROM outbox WHERE device = ?", (pseudo,)).fetchall() == [("forget", 2)]

@@ -14,7 +14,7 @@ Three things here keep that promise where the pseudonym is not enough:
   means that offers in flight at that moment are not re-sent.
 * **Forgetting** (:func:`erase`): every row that carries the pseudonym —
   offers (and their codes), audit rows, the consent override, queued and
-  set-aside outbox events — and every row that
+  set-aside outbox events, the push webhook's queue — and every row that
   names the device's person (purchases, attributions, exposures,
   redemptions, pickup orders, events), in the caller's transaction; the
   pipeline drops
@@ -92,6 +92,8 @@ def erase(conn: sqlite3.Connection, pseudo: str, person: str | None = None) -> d
                     (pseudo, *persons)).rowcount,
         "outbox_aside": q("DELETE FROM outbox_aside WHERE device = ? OR json_extract(body, '$.person') IN (?, ?)",
                           (pseudo, *persons)).rowcount,
+        # the push webhook's queue: the pseudonym, and the raw id encrypted
+        "delivery": q("DELETE FROM delivery WHERE device = ?", (pseudo,)).rowcount,
         # campaigns: the device's and its person's exposures, redemptions, purchases and their attributions
         # (a device with no loyalty id is its own person: its pseudonym)
         "attributions": q("DELETE FROM attributions WHERE person IN (?, ?) OR exposure_id IN "
