@@ -131,3 +131,32 @@ async def test_forget_removes_the_rows_that_name_the_devices_person(tmp_path, mo
         assert count(agent, f"SELECT count(*) FROM {table} WHERE person = ?", person) == 0, table
     assert count(agent, "SELECT count(*) FROM outbox WHERE json_extract(body, '$.person') = ?", person) == 0
     assert body["removed"]["purchases"] == 1
+
+
+# -- "One bad message never costs another" ----------------------------------------------------------
+
+async def test_a_lone_surrogate_in_an_mqtt_json_string_is_a_dead_letter_and_costs_the_canary_nothing(
+        tmp_path, mosquitto, agent_factory, mqtt_client):
+    """Python's json takes "\\ud800" (orjson, and so every HTTP body, does not); SQLite cannot bind
+    it. A POS inventory update carrying one, in a batch with a good ping, failed the batch's
+    commit: the canary's offer went out with no row behind it."""
+    from .hardening_kit import msg
+    from .test_hardening import dead, offer_for
+
+    server = await agent_factory(hard_store(tmp_path, mosquitto.url))
+    agent = server.agent
+    R = agent.root
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    before = dead(agent, "decode")
+    agent.on_batch([msg(f"{R}/inventory", b'{"sku": "\\ud800", "qty": 1, "note": NaN}', qos=1),
+                    msg(f"{R}/inventory", b'[{"sku": "pear\\udfff", "qty": 2}]', qos=1),
+                    msg(f"{R}/ping/uwb/canary", IN_AISLE)])
+    offer = await offer_for(phone, R, "canary")
+    assert offer["zone"] == "aisle-1"
+    assert dead(agent, "decode") == before + 2
+    assert not agent.metrics.storage_errors.values
+    assert agent.ledger.get_offer(offer["offer_id"]) is not None
+    # a surrogate pair is a character like any other (an emoji): taken
+    agent.on_batch([msg(f"{R}/inventory", b'{"sku": "\\ud83c\\udf4f", "qty": 3, "note": NaN}', qos=1)])
+    assert ("\U0001f34f", 3) in [(s, q) for s, q, _ in agent.store.inventory.load()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
@@ -100,18 +101,35 @@ def decode_value(payload: bytes, *, max_bytes: int = 16384) -> Any:
             obj = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_str_len=max_bytes, max_bin_len=max_bytes)
         except Exception as exc:  # msgpack raises several unrelated types
             try:  # a JSON scalar ("42", "true", a string) is JSON of the wrong shape, not garbage
-                return json.loads(payload)
+                obj = json.loads(payload)
             except (ValueError, UnicodeDecodeError, RecursionError):
-                pass
-            raise PayloadError("decode", f"neither JSON nor msgpack: {type(exc).__name__}") from exc
+                raise PayloadError("decode", f"neither JSON nor msgpack: {type(exc).__name__}") from exc
+            _no_lone_surrogate(obj, payload)
     return obj
 
 
 def _json_lenient(payload: bytes) -> Any:
     try:
-        return json.loads(payload)
+        obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PayloadError("decode", f"invalid JSON: {exc}") from exc
+    _no_lone_surrogate(obj, payload)
+    return obj
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_lone_surrogate(obj: Any, payload: bytes) -> None:
+    """Python's json takes a ``\\ud800`` escape with no partner (orjson does not);
+    such a string is not UTF-8, and SQLite cannot store it: the whole batch's
+    commit would fail.  Refused here, as the message's own ``decode``."""
+    if _SURROGATE_ESCAPE.search(payload) is None:
+        return
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError, ValueError) as exc:
+        raise PayloadError("decode", "a string holds a lone UTF-16 surrogate (not UTF-8)") from exc
 
 
 def _num(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float | None:
