@@ -272,7 +272,7 @@ class Agent:
         try:
             fx = self.pipeline.step(msgs, self.clock())
         except sqlite3.Error as exc:  # reading the ledger (an action's offer)
-            self._storage_failed(exc, msgs, self.pipeline.take())
+            self.storage_failed(exc, msgs, self.pipeline.take())
             return False
         if (st := self.stages) is not None:
             st.mark(3)  # stepped
@@ -320,7 +320,7 @@ class Agent:
             wrote = self.ledger.in_transaction
             store.commit()
         except sqlite3.Error as exc:
-            self._storage_failed(exc, msgs, fx)
+            self.storage_failed(exc, msgs, fx)
             return False
         self._unsettled = False
         if self.stages is not None:
@@ -353,7 +353,7 @@ class Agent:
             store.commit()
         except sqlite3.Error as exc:
             self._unsettled = True
-            self._storage_failed(exc, [])
+            self.storage_failed(exc, [])
             if held and held[1] and self.store is not store:  # set aside as corrupt: its rows are only here now,
                 self._settle((held[0], 0))  # so into the fresh ledger (no record 0 there to drop); once
             return
@@ -392,9 +392,9 @@ class Agent:
         for fn in self.outlets:
             fn(topic, payload)
 
-    def _storage_failed(self, exc: Exception, msgs: list[Message], fx: Effects | None = None) -> None:
-        """Nothing of ``fx`` was committed: undo what it changed in memory (a withheld
-        offer leaves no cooldown, a refused pause no pause), keep ``msgs``' QoS 1
+    def storage_failed(self, exc: Exception, msgs: list[Message] = (), fx: Effects | None = None) -> None:
+        """Nothing of ``fx`` (or of an admin's requeue) was committed: undo what it changed in memory
+        (a withheld offer leaves no cooldown, a refused pause no pause), keep ``msgs``' QoS 1
         messages for a retry, and say once what kind of failure it is."""
         self.ledger.rollback()
         for undo in reversed(fx.undo if fx is not None else ()):
@@ -437,7 +437,7 @@ class Agent:
             try:
                 self.tick()
             except sqlite3.Error as exc:
-                self._storage_failed(exc, [])
+                self.storage_failed(exc, [])
             except Exception:
                 log.exception("tracker tick failed")
 
@@ -446,7 +446,7 @@ class Agent:
             try:
                 self.store.probe(self.clock())  # one small write: does the ledger take writes again?
             except sqlite3.Error as exc:
-                self._storage_failed(exc, [])
+                self.storage_failed(exc, [])
                 return
             self._recovered()
         if self._retry:

@@ -160,3 +160,34 @@ async def test_a_lone_surrogate_in_an_mqtt_json_string_is_a_dead_letter_and_cost
     # a surrogate pair is a character like any other (an emoji): taken
     agent.on_batch([msg(f"{R}/inventory", b'{"sku": "\\ud83c\\udf4f", "qty": 3, "note": NaN}', qos=1)])
     assert ("\U0001f34f", 3) in [(s, q) for s, q, _ in agent.store.inventory.load()]
+
+
+async def test_the_requeue_endpoints_answer_503_and_readyz_follows_while_storage_fails(tmp_path, mosquitto,
+                                                                                       agent_factory):
+    """POST /v1/admin/delivery/requeue answered 500 on a refused write; POST /v1/admin/outbox/requeue
+    answered 503 but left /readyz at 200, though that write had just failed."""
+    from dataclasses import replace
+
+    from store_config.model import DeliveryConfig
+
+    from .conftest import free_port
+
+    cfg = hard_store(tmp_path, mosquitto.url)
+    cfg = replace(cfg, delivery=DeliveryConfig(webhook_url=f"http://127.0.0.1:{free_port()}/push",
+                                               webhook_token="t", retry_s=30.0))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    async with aiohttp.ClientSession() as http:
+        for path in ("/v1/admin/outbox/requeue", "/v1/admin/delivery/requeue"):
+            refuse_writes(agent)
+            async with http.post(server.url + path, headers=ADMIN) as r:
+                assert r.status == 503, (path, r.status)
+            async with http.get(server.url + "/readyz") as r:
+                assert r.status == 503, path
+                assert (await r.json())["storage_ok"] is False
+            agent.ledger.conn.execute("PRAGMA query_only = 0")
+            agent.tick()  # the retry path's probe: storage works again
+            async with http.get(server.url + "/readyz") as r:
+                assert r.status == 200, path
+            async with http.post(server.url + path, headers=ADMIN) as r:
+                assert r.status == 200 and (await r.json()) == {"requeued": 0}

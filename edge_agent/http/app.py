@@ -65,8 +65,9 @@ async def admin_requeue(request: web.Request) -> web.Response:
     try:
         n = agent.ledger.outbox.requeue_aside()
         agent.ledger.commit()
-    except sqlite3.Error:
+    except sqlite3.Error as exc:
         agent.ledger.rollback()
+        agent.storage_failed(exc)  # /readyz 503 until the ledger takes writes again
         raise web.HTTPServiceUnavailable(text="storage unavailable; nothing was requeued, retry\n") from None
     wake = getattr(getattr(agent.sync, "uplink", None), "wake", None)
     if wake is not None:

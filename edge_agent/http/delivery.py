@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import sqlite3
 
 from aiohttp import web
 
@@ -38,7 +39,11 @@ def setup(app: web.Application, agent_key: web.AppKey) -> None:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise web.HTTPUnauthorized(text="admin token required\n", headers={"WWW-Authenticate": "Bearer"})
-        n = hook._write(lambda t: t.requeue())
+        try:
+            n = hook._write(lambda t: t.requeue())
+        except sqlite3.Error as exc:  # rolled back: nothing requeued
+            agent.storage_failed(exc)  # /readyz 503 until the ledger takes writes again
+            raise web.HTTPServiceUnavailable(text="storage unavailable; nothing was requeued, retry\n") from None
         hook.wake.set()
         return web.json_response({"requeued": n})
 
