@@ -51,7 +51,8 @@ class Server:
         if self.cfg.http.tls_cert:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(self.cfg.http.tls_cert, self.cfg.http.tls_key)
-        site = web.TCPSite(self.runner, host, port, ssl_context=ctx)
+        site = (TLSSite(self.runner, host, port, ssl_context=ctx, handshake_s=self.cfg.http.header_timeout_s)
+                if ctx else web.TCPSite(self.runner, host, port))
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the bound port for port 0
         scheme = "https" if ctx else "http"
@@ -65,6 +66,24 @@ class Server:
         if getattr(self, "_accept_errors", None) is not None:
             self._accept_errors.uninstall()
             self._accept_errors = None
+
+
+class TLSSite(web.TCPSite):
+    """aiohttp's TCP site with the TLS handshake bounded by ``[http] header_timeout_s``: the
+    header deadline (``keepalive_timeout``) starts only once a handshake is done, and asyncio
+    gives a handshake 60 s, so a client that never finishes one held its socket that long."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, ssl_context: ssl.SSLContext,
+                 handshake_s: float):
+        super().__init__(runner, host, port, ssl_context=ssl_context)
+        self._handshake_s = handshake_s
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # TCPSite.start, with ssl_handshake_timeout
+        self._server = await asyncio.get_running_loop().create_server(
+            self._runner.server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self._handshake_s)
 
 
 class AcceptErrors:

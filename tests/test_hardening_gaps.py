@@ -191,3 +191,65 @@ async def test_the_requeue_endpoints_answer_503_and_readyz_follows_while_storage
                 assert r.status == 200, path
             async with http.post(server.url + path, headers=ADMIN) as r:
                 assert r.status == 200 and (await r.json()) == {"requeued": 0}
+
+
+# -- "Headers must arrive within 10 s" -------------------------------------------------------------
+
+def self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate and key for 127.0.0.1 (the store's own, as [http] tls_cert / tls_key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+async def test_over_tls_a_connection_that_never_finishes_its_handshake_is_closed_too(tmp_path, mosquitto,
+                                                                                    agent_factory):
+    """With [http] tls_cert set, aiohttp's header deadline starts only once the TLS handshake is
+    done; asyncio gives a handshake 60 s. A client that connects and sends nothing (or half a
+    ClientHello) held its socket that long, not the 10 s of the contract."""
+    import asyncio
+    import ssl
+    from dataclasses import replace
+
+    cert, key = self_signed(tmp_path)
+    cfg = hard_store(tmp_path, mosquitto.url)
+    cfg = replace(cfg, http=replace(cfg.http, tls_cert=cert, tls_key=key, header_timeout_s=0.5))
+    server = await agent_factory(cfg)
+    assert server.url.startswith("https://")
+    for first in (b"", b"\x16\x03\x01\x02\x00\x01"):  # silence; the start of a ClientHello, never finished
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            if first:
+                writer.write(first)
+                await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the agent
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except ConnectionError:
+                pass
+    # A real client still gets its answer over TLS.
+    ctx = ssl.create_default_context(cafile=cert)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/healthz", ssl=ctx) as r:
+            assert r.status == 200
