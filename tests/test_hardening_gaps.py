@@ -253,3 +253,18 @@ async def test_over_tls_a_connection_that_never_finishes_its_handshake_is_closed
     async with aiohttp.ClientSession() as http:
         async with http.get(server.url + "/healthz", ssl=ctx) as r:
             assert r.status == 200
+
+
+async def test_a_meraki_body_with_a_number_for_reporting_aps_keeps_its_observations(hard):
+    """'every number is parsed defensively': a body whose reportingAps is a number (not the list
+    Meraki documents) raised TypeError before any observation was looked at; the body was
+    answered 202 and all its observations were lost, with no dead letter."""
+    server = hard
+    agent = server.agent
+    body = meraki_body([meraki_obs("aa:00:00:00:00:07", 24.0, 10.0)])
+    body["data"]["reportingAps"] = 1e308
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + "/v1/ingest/meraki", data=json.dumps(body).encode()) as r:
+            assert r.status == 202
+    assert agent.metrics.pings.get("meraki") == 1
+    assert offers(agent) == 1

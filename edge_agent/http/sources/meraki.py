@@ -96,7 +96,8 @@ def parse_observations(obj: Mapping, *, plans: Plans, aps: Mapping[str, Mapping]
     """A checked v3 body → ``(pings, {skip reason: count})``.  Pure."""
     data = obj["data"]
     reporting: dict[str, tuple[float, float]] = {}
-    for ap in data.get("reportingAps") or ():
+    listed = data.get("reportingAps")
+    for ap in listed if isinstance(listed, list) else ():  # anything else is no list of APs: ignored
         if isinstance(ap, dict) and isinstance(ap.get("mac"), str):
             lat, lng = num(ap.get("lat")), num(ap.get("lng"))
             if lat is not None and lng is not None:
