@@ -268,3 +268,30 @@ async def test_a_meraki_body_with_a_number_for_reporting_aps_keeps_its_observati
             assert r.status == 202
     assert agent.metrics.pings.get("meraki") == 1
     assert offers(agent) == 1
+
+
+async def test_a_claim_answered_503_is_not_held_in_memory(hard, mqtt_client):
+    """A claim (or a resolve) the ledger refused was answered 503, but the alert stayed claimed by
+    that associate in memory: the retry, and every other associate, got 409 already_claimed."""
+    from .hardening_kit import ASSOC, msg
+
+    server = hard
+    agent = server.agent
+    R = agent.root
+    staff = mqtt_client()
+    await staff.subscribe(f"{R}/alert/#")
+    agent.on_batch([msg(f"{R}/inventory", {"sku": "chips", "qty": 5}, qos=1)])
+    agent.on_batch([msg(f"{R}/inventory", {"sku": "chips", "qty": 0}, qos=1)])  # a promoted sku runs out
+    alert = await staff.next_json(f"{R}/alert/#")
+    assert alert["kind"] == "stock_out"
+    url = server.url + f"/v1/alerts/{alert['alert_id']}"
+    async with aiohttp.ClientSession() as http:
+        for action, then in (("claim", "claimed"), ("resolve", "resolved")):
+            refuse_writes(agent)
+            async with http.post(f"{url}/{action}", headers=ASSOC, json={"associate": "bob"}) as r:
+                assert r.status == 503, action
+            agent.ledger.conn.execute("PRAGMA query_only = 0")
+            agent.tick()  # storage works again
+            async with http.post(f"{url}/{action}", headers=ASSOC, json={"associate": "amy"}) as r:
+                assert r.status == 200, (action, await r.text())
+                assert (await r.json())["state"] == then and (await r.json())["by"] == "amy"

@@ -254,6 +254,7 @@ class AlertManager:
             raise ClaimError(404, "unknown_alert")
         if alert.state in (CLAIMED, RESOLVED):
             raise ClaimError(409, "already_" + alert.state, alert.by)
+        self._undoable(alert)
         alert.state, alert.by = CLAIMED, associate
         self._announce(alert, CLAIMED, associate, self._topics(alert))
         for fn in self.on_claimed:
@@ -266,9 +267,18 @@ class AlertManager:
             raise ClaimError(404, "unknown_alert")
         if alert.state == RESOLVED:
             raise ClaimError(409, "already_resolved", alert.by)
+        self._undoable(alert)
         alert.state, alert.by = RESOLVED, associate
         self._announce(alert, RESOLVED, associate, self._topics(alert))
         return alert
+
+    def _undoable(self, alert: Alert) -> None:
+        """Not committed (storage failed: the caller answers 503): the alert is as it was."""
+        state, by = alert.state, alert.by
+
+        def undo() -> None:
+            alert.state, alert.by = state, by
+        self.agent.fx.undo.append(undo)
 
     def _topics(self, alert: Alert) -> tuple[str, ...]:
         if alert.escalated and "all" not in alert.audiences:

@@ -472,6 +472,7 @@ class Floor:
         hit = self.arrivals.pop(alert.alert_id, None)
         if hit is None:
             return
+        self.p.fx.undo.append(lambda: self.arrivals.__setitem__(alert.alert_id, hit))  # not committed
         device, order_id = hit
         self.p.fx.publish.append(Publish(f"{self.p.root}/notice/{device}", {
             "kind": "pickup_claimed", "order_id": order_id,
