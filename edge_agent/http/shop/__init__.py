@@ -153,6 +153,27 @@ def _on_page_message(device: str, data: str, *, channel: ShopChannel, clock: Any
     return None
 
 
+def malformed_json(body: bytes) -> bool:
+    """JSON that only a lenient parser takes — nesting past 1,024 levels, numbers beyond
+    doubles, NaN — which every HTTP path answers 400 (a body that is not JSON at all, or
+    ends short of it, is the ping's own ``decode`` dead letter: 422)."""
+    text = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] not in (b"{", b"["):
+        return False  # msgpack, or no JSON at all
+    try:
+        orjson.loads(text)
+        return False
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        json.loads(text)
+    except RecursionError:
+        return True
+    except ValueError:
+        return False
+    return True
+
+
 def setup(app: web.Application, agent_key: "web.AppKey[AgentPort]") -> None:
     """Add the shop's routes to ``app`` and hook its channel into the agent."""
     agent = app[agent_key]
@@ -205,8 +226,9 @@ def setup(app: web.Application, agent_key: "web.AppKey[AgentPort]") -> None:
         if not agent.on_batch([msg]):  # not on disk: its offer withheld, nothing of it kept
             raise web.HTTPServiceUnavailable(text='{"error": "storage"}', content_type="application/json")
         grew = [labels[0] for labels, n in dead.items() if n > before.get(labels, 0.0)]
-        if grew:
-            return web.json_response({"accepted": False, "reason": grew[0]}, status=422)
+        if grew:  # the ping's dead letter: 422 with its reason; malformed JSON is 400 on every path
+            return web.json_response({"accepted": False, "reason": grew[0]},
+                                     status=400 if malformed_json(body) else 422)
         return web.json_response({"accepted": True}, status=202)
 
     async def checkin(request: web.Request) -> web.Response:
