@@ -320,3 +320,18 @@ async def test_the_ping_path_answers_400_to_deep_json_huge_numbers_and_nan(hard)
                              (b'{"x": 1e300, "y": 10}', "range")):
             async with http.post(url, data=body, headers=auth) as r:
                 assert (r.status, (await r.json())["reason"]) == (422, reason), body
+
+
+async def test_a_since_that_is_no_time_is_400_not_500(hard):
+    """'every number is parsed defensively': GET /v1/admin/report?since=nan (or 1e400, 5,000 digits,
+    an ISO time past year 9999 in UTC) raised out of the report (500)."""
+    server = hard
+    async with aiohttp.ClientSession() as http:
+        for since in ("nan", "1e400", "-1e400", "inf", "9" * 5000, "9999-12-31T23:59:59-14:00"):
+            for path in ("/v1/admin/report", "/v1/admin/audit"):
+                async with http.get(server.url + path, params={"since": since}, headers=ADMIN) as r:
+                    assert r.status == 400, (path, since[:20], r.status)
+        for since in ("0", "1700000000", "2026-11-22T08:00"):
+            for path in ("/v1/admin/report", "/v1/admin/audit"):
+                async with http.get(server.url + path, params={"since": since}, headers=ADMIN) as r:
+                    assert r.status == 200, (path, since)

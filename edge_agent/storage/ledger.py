@@ -330,16 +330,23 @@ class AuditError(Exception):
     """The audit trail cannot be read (missing files, bad arguments)."""
 
 
+SINCE_RANGE = (-62104060800.0, 253370678400.0)  # 0002-01-01 .. 9998-12-31 UTC: a date in every time zone
+
+
 def parse_since(value: str, tz: ZoneInfo) -> float:
-    """Epoch seconds, or ISO 8601 (store time when it has no offset)."""
+    """Epoch seconds, or ISO 8601 (store time when it has no offset); NaN, infinities
+    and times no calendar date holds are refused (:class:`AuditError`)."""
     try:
-        return float(value)
+        ts = float(value)
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise AuditError(f"--since {value!r} is neither epoch seconds nor ISO 8601 (e.g. 2026-11-22T08:00)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=tz)
-    return dt.timestamp()
+        try:
+            dt = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise AuditError(
+                f"--since {value!r} is neither epoch seconds nor ISO 8601 (e.g. 2026-11-22T08:00)") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=tz)
+        ts = dt.timestamp()
+    if not SINCE_RANGE[0] <= ts <= SINCE_RANGE[1]:  # NaN fails here too
+        raise AuditError(f"--since {value[:40]!r} is not a time between the years 2 and 9998")
+    return ts
