@@ -301,7 +301,8 @@ async def test_a_claim_answered_503_is_not_held_in_memory(hard, mqtt_client):
 
 async def test_the_ping_path_answers_400_to_deep_json_huge_numbers_and_nan(hard):
     """POST /v1/ping answered 422 (its dead letter's status) to the malformed JSON the contract
-    answers 400 on every path; a ping that is JSON but unusable stays 422 with its reason."""
+    answers 400 on every path (cut short too); a ping that is JSON but unusable, or a msgpack
+    body that is no ping, stays 422 with its reason."""
     from .hardening_kit import BIG
 
     server = hard
@@ -312,11 +313,11 @@ async def test_the_ping_path_answers_400_to_deep_json_huge_numbers_and_nan(hard)
         auth = {"Authorization": f"Bearer {s['token']}"}
         for body in (b'{"x": 24, "y": 10, "z": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
                      b'{"x": ' + str(BIG).encode() + b', "y": 10}', b'{"x": 1e400, "y": 10}',
-                     b'{"x": NaN, "y": 10}'):
+                     b'{"x": NaN, "y": 10}', b'{"x": 24, "y"', b"{nope"):
             async with http.post(url, data=body, headers=auth) as r:
                 assert r.status == 400, (body[:30], r.status)
                 assert (await r.json())["accepted"] is False
-        for body, reason in ((b'{"x": 24, "y"', "decode"), (b'{"x": "24", "y": 10}', "schema"),
+        for body, reason in ((b"\x93\x01", "decode"), (b'{"x": "24", "y": 10}', "schema"),
                              (b'{"x": 1e300, "y": 10}', "range")):
             async with http.post(url, data=body, headers=auth) as r:
                 assert (r.status, (await r.json())["reason"]) == (422, reason), body
