@@ -35,7 +35,7 @@ class Clock:
         return self.t
 
 
-async def test_post_ping_answers_202_or_422_with_the_reason(store_factory, agent_factory, mqtt_client):
+async def test_post_ping_answers_202_or_400_422_with_the_reason(store_factory, agent_factory, mqtt_client):
     cfg = store_factory()
     server = await agent_factory(cfg)
     phone = mqtt_client()
@@ -49,11 +49,12 @@ async def test_post_ping_answers_202_or_422_with_the_reason(store_factory, agent
         async with http.post(url, params={"device": device}, json=AISLE, headers=auth) as r:
             assert r.status == 202 and await r.json() == {"accepted": True}
         assert (await phone.next_json(f"{R}/offer/{device}"))["promotion_id"] == "chips"
-        cases = [(b"{not json", "decode"), (json.dumps({**AISLE, "device": "someone-else"}).encode(), "device_mismatch"),
-                 (json.dumps({"acc": 3}).encode(), "no_position")]
-        for body, reason in cases:
+        cases = [(b"{not json", "decode", 400),  # malformed JSON: 400 on every path
+                 (json.dumps({**AISLE, "device": "someone-else"}).encode(), "device_mismatch", 422),
+                 (json.dumps({"acc": 3}).encode(), "no_position", 422)]
+        for body, reason, status in cases:
             async with http.post(url, params={"device": device}, data=body, headers=auth) as r:
-                assert r.status == 422, reason
+                assert r.status == status, reason
                 assert await r.json() == {"accepted": False, "reason": reason}
         async with http.post(url, params={"device": "browser-1"}, json=AISLE, headers=auth) as r:
             assert r.status == 401  # another device's name with this session's token
