@@ -106,6 +106,24 @@ def test_lines_that_are_not_events_are_counted_and_skipped(tmp_path):
     assert agg.bad == 2 and agg.result()["promotions"]["a"]["variants"]["-"]["offered"] == 1
 
 
+def test_an_export_with_a_byte_order_mark_loses_no_line(exports, tmp_path):
+    """A tool that writes UTF-8 with a BOM (Excel, PowerShell) gives the same table: the first
+    event is read, not counted as a bad line."""
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"kind": "offer", "store": "s", "person": "p_1", "promotion_id": "a"}\n'
+                     '{"kind": "offer", "store": "s", "person": "p_2", "promotion_id": "a"}\n')
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    got = {}
+    for p in (plain, bom):
+        agg = ChainReport()
+        from edge_agent.analytics.chain import read_lines
+        for line in read_lines([p]):
+            agg.add_line(line)
+        got[p.name] = (agg.bad, agg.result()["promotions"]["a"]["variants"]["-"]["offered"])
+    assert got["bom.jsonl"] == got["plain.jsonl"] == (0, 2)
+
+
 def duckdb_rows(paths: list[Path], promos: Path) -> dict[tuple[str, str], dict]:
     import duckdb  # a declared test dependency: missing is a failure, not a skip
     files = ", ".join(f"'{p}'" for p in paths)

@@ -63,6 +63,11 @@ def read_lines(paths: Iterable[str | Path]) -> Iterator[bytes]:
             head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
             f = io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=1 << 20) if head == b"\x1f\x8b" else raw
             try:
+                first = f.readline()
+                if first.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows tools write one)
+                    first = first[3:]
+                if first:
+                    yield first
                 yield from f
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 raise ExportError(f"{p}: {exc}") from None
