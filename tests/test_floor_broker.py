@@ -272,3 +272,38 @@ async def test_visit_classes_from_scripted_silences(make_store, agent_factory, m
     [agg] = outbox(agent, "visits")
     assert agg["device"] is None and agg["hour"] == h0
     assert agg["counts"] == {"bounce": 1, "visit": 1, "engaged": 1} and agg["median_s"] == 200.0
+
+
+async def test_a_crowding_alert_whose_commit_failed_is_raised_once_storage_is_back(make_store, agent_factory,
+                                                                                   mqtt_client):
+    """The tick that raised a crowding alert could not store it (a full disk): nothing was
+    published, yet the floor held it as the zone's one open alert, so once storage was back no
+    crowding alert ever reached the associates (and it could never resolve either)."""
+    cfg = make_store()
+    clock = Clock()
+    server = await agent_factory(cfg, agent=Agent(cfg, clock=clock))
+    agent = server.agent
+    phone = mqtt_client()
+    R = cfg.root_topic
+    await phone.subscribe(f"{R}/alert/#")
+    await phone.subscribe(f"{R}/deadletter")
+    for i, (x, y) in enumerate(IN_PRODUCE[:4]):
+        await phone.publish(f"{R}/ping/uwb/s{i}", {"x": x, "y": y, "acc": 0.5}, qos=0)
+    await marker(phone, R)
+    clock.t += 30
+    # The outbox takes no row, as on a disk that just filled up (test_faults_disk.py fills a real one).
+    agent.ledger.conn.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON main.outbox "
+                              "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    agent.tick()  # crowding is due, but its alert cannot be stored
+    assert agent.metrics.storage_errors.values
+    agent.ledger.conn.execute("DROP TRIGGER temp.full")
+    clock.t += 1
+    agent.tick()  # storage works again
+    a = await phone.next_json(f"{R}/alert/#")
+    assert (a["kind"], a["zone"], a["count"], a["capacity"]) == ("crowding", "produce", 4, 4)
+    await phone.publish(f"{R}/ping/uwb/s0", {"x": 2.0, "y": 10.0, "acc": 0.5}, qos=0)  # 3 of 4: below 80 %
+    await marker(phone, R)
+    agent.tick()
+    st = await phone.next_json(f"{R}/alert/#")
+    assert (st["alert_id"], st["state"], st["by"]) == (a["alert_id"], "resolved", "system")
+    assert [r["state"] for r in outbox(agent, "alert")] == ["open", "resolved"]

@@ -128,6 +128,8 @@ class AlertManager:
         if last is not None and now - last < self.cfg.dedupe_window_s:
             return False
         self._seen[key] = now
+        self.agent.fx.undo.append(lambda: self._seen.pop(key, None) if last is None
+                                  else self._seen.__setitem__(key, last))  # not committed: not raised
         return True
 
     def _shopper(self, device: str, pseudo: str) -> tuple[str, str | None, Any]:
@@ -176,6 +178,7 @@ class AlertManager:
             if mark in self._assisted:
                 continue  # once per presence, even after the dedupe window
             self._assisted.add(mark)
+            self.agent.fx.undo.append(lambda mark=mark: self._assisted.discard(mark))  # not committed: again
             pseudo = pseudo or self.agent.pseudonym(device)
             name, dev, consent = self._shopper(device, pseudo)
             if not consent.offers and not consent.tracking:
@@ -227,6 +230,11 @@ class AlertManager:
         self._prune()
         agent.metrics.alerts.inc(kind)
         fx = agent.fx
+
+        def undo() -> None:  # not committed (storage failed): never raised, so the rule may raise it again
+            self.alerts.pop(alert.alert_id, None)
+            agent.metrics.alerts.inc(kind, n=-1)
+        fx.undo.append(undo)
         fx.event("alert", alert.ts, device, alert_id=alert.alert_id, alert_kind=kind, zone=zone,
                            state=OPEN, audience=list(alert.audiences), **extra)
         for aud in alert.audiences:
@@ -274,10 +282,10 @@ class AlertManager:
 
     def _undoable(self, alert: Alert) -> None:
         """Not committed (storage failed: the caller answers 503): the alert is as it was."""
-        state, by = alert.state, alert.by
+        state, by, escalated = alert.state, alert.by, alert.escalated
 
         def undo() -> None:
-            alert.state, alert.by = state, by
+            alert.state, alert.by, alert.escalated = state, by, escalated
         self.agent.fx.undo.append(undo)
 
     def _topics(self, alert: Alert) -> tuple[str, ...]:
@@ -286,6 +294,7 @@ class AlertManager:
         return alert.audiences
 
     def _escalate(self, alert: Alert) -> None:
+        self._undoable(alert)
         alert.escalated = True
         alert.state = ESCALATED
         self._announce(alert, ESCALATED, None, alert.audiences)

@@ -286,8 +286,13 @@ class Floor:
         wall = self.p.wall
         if not (force or (self.dirty and wall - self.last_publish >= self.cfg.publish_s)):
             return
+        last = self.last_publish
         self.dirty = False
         self.last_publish = wall
+
+        def undo() -> None:  # not committed (the tick's rows failed): nothing went out, publish again
+            self.dirty, self.last_publish = True, last
+        self.p.fx.undo.append(undo)
         snap = self.snapshot(wall)
         gauge = self.p.metrics.zone_occupancy  # set here, not per transition: it lags by publish_s at most
         for fid, z in snap["zones"].items():
@@ -307,8 +312,13 @@ class Floor:
             return None
         return alert
 
+    def _opened(self, kind: str, f: str, alert_id: str) -> None:
+        self.open[(kind, f)] = alert_id
+        self.p.fx.undo.append(lambda: self.open.pop((kind, f), None))  # not committed: not open
+
     def _resolve(self, kind: str, f: str) -> None:
         aid = self.open.pop((kind, f))
+        self.p.fx.undo.append(lambda: self.open.__setitem__((kind, f), aid))  # not committed: still open
         self.p.alerts.resolve(aid, "system")
 
     def _crowding(self, now: float) -> None:
@@ -341,7 +351,7 @@ class Floor:
             name = fence.name or fence.id
             alert = alerts.raise_alert("crowding", f, None, f"{name} is crowded: {n} people (capacity "
                                        f"{fence.capacity})", None, count=n, capacity=fence.capacity)
-            self.open[("crowding", f)] = alert.alert_id
+            self._opened("crowding", f, alert.alert_id)
 
     def _queues(self, now: float) -> None:
         fences = self.p.rt.fences
@@ -364,7 +374,7 @@ class Floor:
                     "queue", f, None, f"Queue at {name}: {waiting} waiting over "
                     f"{round(fence.queue_wait_s / 60, 1):g} min — open another till", None,
                     count=waiting, queue_alert_at=at)
-                self.open[("queue", f)] = a.alert_id
+                self._opened("queue", f, a.alert_id)
 
     # -- pickups
     def person(self, device: str) -> str:
@@ -461,6 +471,12 @@ class Floor:
                 f"{who} is here to collect order {o.order_id} ({where})", None,
                 audiences=("pickup",) if "pickup" in roles else ("all",), order_id=o.order_id)
             self.arrivals[alert.alert_id] = (device, o.order_id)
+
+            def undo(o=o, aid=alert.alert_id) -> None:  # not committed: the order still waits
+                self.arrivals.pop(aid, None)
+                o.arrived = None
+                self._index(o)
+            fx.undo.append(undo)
             hello = f"Welcome, {o.first_name}!" if o.first_name else "Welcome!"
             fx.publish.append(Publish(f"{p.root}/notice/{device}", {
                 "kind": "pickup", "order_id": o.order_id,
