@@ -336,3 +336,24 @@ async def test_a_since_that_is_no_time_is_400_not_500(hard):
             for path in ("/v1/admin/report", "/v1/admin/audit"):
                 async with http.get(server.url + path, params={"since": since}, headers=ADMIN) as r:
                     assert r.status == 200, (path, since)
+
+
+async def test_a_stock_out_whose_commit_failed_is_alerted_when_the_update_is_retried(hard, mqtt_client):
+    """An inventory update that ran a promoted sku out could not be stored: it was kept for a retry (QoS 1),
+    but memory already held the sku at 0 and the alert as raised (its dedupe window), so the retry,
+    once storage was back, raised no ``stock_out`` and the associates never heard of it."""
+    from .hardening_kit import msg
+
+    server = hard
+    agent = server.agent
+    R = agent.root
+    staff = mqtt_client()
+    await staff.subscribe(f"{R}/alert/#")
+    agent.on_batch([msg(f"{R}/inventory", {"sku": "chips", "qty": 5}, qos=1)])
+    refuse_writes(agent)
+    assert agent.on_batch([msg(f"{R}/inventory", {"sku": "chips", "qty": 0}, qos=1)]) is False
+    agent.ledger.conn.execute("PRAGMA query_only = 0")
+    agent.tick()  # storage works again: the kept update is retried
+    alert = await staff.next_json(f"{R}/alert/#")
+    assert (alert["kind"], alert["sku"]) == ("stock_out", "chips")
+    assert agent.metrics.alerts.get("stock_out") == 1

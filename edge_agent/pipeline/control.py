@@ -17,6 +17,7 @@ shell only after their effects are committed.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from store_config.model import Consent, StoreConfig
@@ -191,6 +192,8 @@ class Control:
             if ts < st.inventory.get(sku, (0, 0.0))[1]:
                 continue
             self.p.alerts.on_inventory(sku, st.inv_view.get(sku), qty)
+            self.p.fx.undo.append(partial(_restore_inventory, st, sku, st.inventory.get(sku),
+                                           st.inv_view.get(sku)))  # not committed
             st.set_inventory(sku, qty, ts)
             self.p.fx.rows.append(InventoryRow(sku, qty, ts))
 
@@ -222,3 +225,12 @@ class Control:
         self.p.floor.drop_orders(person, pseudo)  # the store deletes their rows (and counts them)
         self.p.fx.event("forget", self.p.wall, pseudo)  # after the Forget row: the store keeps this one
         return dropped
+
+
+def _restore_inventory(st, sku: str, known: tuple[int, float] | None, view: int | None) -> None:
+    """An inventory update that was not committed: the sku is as it was (its retry sees the same change)."""
+    for table, value in ((st.inventory, known), (st.inv_view, view)):
+        if value is None:
+            table.pop(sku, None)
+        else:
+            table[sku] = value
