@@ -307,3 +307,35 @@ async def test_a_crowding_alert_whose_commit_failed_is_raised_once_storage_is_ba
     st = await phone.next_json(f"{R}/alert/#")
     assert (st["alert_id"], st["state"], st["by"]) == (a["alert_id"], "resolved", "system")
     assert [r["state"] for r in outbox(agent, "alert")] == ["open", "resolved"]
+
+
+async def test_a_collection_answered_503_leaves_the_order_and_its_arrival_as_they_were(make_store, agent_factory,
+                                                                                       mqtt_client):
+    """``DELETE /v1/pickups/{id}`` answered 503 (nothing stored) put the order back, but its arrival alert had
+    already been forgotten as the order's: the associate who claimed it then never told the shopper."""
+    cfg = make_store()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    phone = mqtt_client()
+    R = cfg.root_topic
+    await phone.subscribe(f"{R}/alert/#")
+    notices = await phone.subscribe(f"{R}/notice/+")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/v1/pickups", headers=POS_AUTH, json={
+                "order_id": "O-9", "device": "bob-phone", "zone": "entrance"}) as r:
+            assert r.status == 201
+        await phone.publish(f"{R}/ping/uwb/bob-phone", {"x": 3.0, "y": 1.5, "acc": 0.5}, qos=0)
+        a = await phone.next_json(f"{R}/alert/#")
+        assert (a["kind"], a["order_id"]) == ("pickup_arrival", "O-9")
+        assert json.loads((await asyncio.wait_for(notices.get(), 5)).payload)["kind"] == "pickup"
+        agent.ledger.conn.execute("PRAGMA query_only = 1")  # every write fails, as on a full disk
+        async with http.delete(f"{server.url}/v1/pickups/O-9", headers=POS_AUTH) as r:
+            assert r.status == 503
+        agent.ledger.conn.execute("PRAGMA query_only = 0")
+        agent.tick()  # storage works again
+        assert "O-9" in agent.pipeline.floor.orders
+        async with http.post(f"{server.url}/v1/alerts/{a['alert_id']}/claim", json={"associate": "Dana"},
+                             headers=AUTH) as r:
+            assert r.status == 200
+        c = json.loads((await asyncio.wait_for(notices.get(), 5)).payload)
+        assert (c["kind"], c["order_id"]) == ("pickup_claimed", "O-9") and "Dana" in c["text"]

@@ -444,9 +444,10 @@ class Floor:
         self._unwait(o)
         self.p.fx.rows.append(PickupGone(order_id))
         self.p.fx.undo.append(lambda: self._index(o))  # not committed: the order still waits
-        for aid, (_, oid) in list(self.arrivals.items()):
-            if oid == order_id:
+        for aid, hit in list(self.arrivals.items()):
+            if hit[1] == order_id:
                 del self.arrivals[aid]
+                self.p.fx.undo.append(lambda aid=aid, hit=hit: self.arrivals.__setitem__(aid, hit))  # not committed
                 alert = self.p.alerts.alerts.get(aid)
                 if alert is not None and alert.state != "resolved":
                     self.p.alerts.resolve(aid, "system")
