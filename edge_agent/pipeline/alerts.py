@@ -233,7 +233,7 @@ class AlertManager:
 
         def undo() -> None:  # not committed (storage failed): never raised, so the rule may raise it again
             self.alerts.pop(alert.alert_id, None)
-            agent.metrics.alerts.inc(kind, n=-1)
+            agent.metrics.alerts.inc(kind, n=-1)  # within the same loop turn as the inc: no scrape sees it go down
         fx.undo.append(undo)
         fx.event("alert", alert.ts, device, alert_id=alert.alert_id, alert_kind=kind, zone=zone,
                            state=OPEN, audience=list(alert.audiences), **extra)
