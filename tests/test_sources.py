@@ -389,3 +389,29 @@ async def test_ble_four_beacons_place_within_1m_and_one_beacon_cannot_enter_smal
     readings = [("f7826da6-4fa2-4e98-8024-bc5b71e0893e:1:5", rssi_at(3.0))]
     *_, acc = beaconing.locate(readings, agent.rt.beacons, n=N)
     assert acc == pytest.approx(3.0)
+
+
+async def test_meraki_secret_is_compared_as_json_text_not_as_bytes(store_factory, agent_factory):
+    """A body whose ``secret`` is the configured one is taken however its JSON
+    spells it: Rails-style ``\\u0026``/``\\u003c`` escapes, an escaped ``\\/``,
+    raw UTF-8.  (Found by posting the right secret JSON-escaped: it was 403.)"""
+    secret = "p&ss<w>rd/\u00e9"
+    cfg = store_factory(anchor=ANCHOR, toml_extra=MERAKI_TOML.replace(f'secret = "{SECRET}"',
+                                                                      f'secret = "{secret}"'))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    url = server.url + "/v1/ingest/meraki"
+    body = wifi_body(secret="@@SECRET@@")
+    body["data"]["observations"] = body["data"]["observations"][:1]
+    text = json.dumps(body, ensure_ascii=False)
+    spellings = ['p\\u0026ss\\u003cw\\u003erd\\/\u00e9', 'p&ss<w>rd/\u00e9', 'p&ss<w>rd\\/\\u00e9']
+    async with aiohttp.ClientSession() as http:
+        for spelled in spellings:
+            raw = text.replace("@@SECRET@@", spelled).encode()
+            async with http.post(url, data=raw, headers={"Content-Type": "application/json"}) as r:
+                assert r.status == 202, (spelled, r.status, await r.text())
+        wrong = text.replace("@@SECRET@@", 'p\\u0026ss\\u003cw\\u003erd\\/e').encode()
+        async with http.post(url, data=wrong, headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 403
+    assert agent.metrics.source_records.get("meraki", "accepted") == len(spellings)
+    assert agent.metrics.source_records.get("meraki", "forbidden") == 1

@@ -185,8 +185,15 @@ def carries_secret(body: bytes, secret: str) -> bool:
     """Does the raw body hold ``"secret": "<secret>"``?  Checked before the body is
     parsed (Meraki puts its secret inside the JSON): what fails here is
     answered 403 having cost no parse and stored nothing."""
-    want = json.dumps(secret)[1:-1].encode()
-    return any(hmac.compare_digest(m.group(1), want) for m in _SECRET.finditer(body, 0, 1 << 20))
+    want = secret.encode()
+    for m in _SECRET.finditer(body, 0, 1 << 20):
+        try:  # compared as the JSON text it spells: "\u0026", "\/" and raw UTF-8 are the same secret
+            given = json.loads(b'"' + m.group(1) + b'"')
+        except ValueError:
+            continue
+        if hmac.compare_digest(given.encode("utf-8", "surrogatepass"), want):
+            return True
+    return False
 
 
 def _forbidden(agent) -> web.Response:
