@@ -300,7 +300,8 @@ async def agent_factory():
     servers: list[Server] = []
 
     async def make(cfg, **kw) -> Server:
-        s = Server(cfg, listen="127.0.0.1:0", **kw)
+        kw.setdefault("listen", "127.0.0.1:0")
+        s = Server(cfg, **kw)
         await s.start()
         await asyncio.wait_for(s.agent.mqtt.subscribed.wait(), 10)
         servers.append(s)

@@ -160,3 +160,53 @@ async def test_location_denied_and_a_check_in_outside_hours_say_why(store_factor
     assert "right now" in hint and "Later today" in hint and hours.replace("-", "–") in hint
     assert not [u for u in asked if u.endswith("/favicon.ico")]
     await ctx.close()
+
+
+async def test_a_phone_keeps_its_session_across_a_gateway_restart(store_factory, agent_factory, browser):
+    """A gateway restart (sockets refused for a few seconds) is no reason for the
+    page to throw its session away: tokens survive restarts, so the phone comes
+    back as the same device and gets its live offer again.  (Found by stopping
+    the gateway under an open page: after two failed reconnects it minted a new
+    device, and its offer became "not your offer".)  A token the gateway refuses
+    (401) still starts a new session."""
+    from tests.conftest import free_port
+
+    cfg = store_factory()
+    listen = f"127.0.0.1:{free_port()}"
+    server = await agent_factory(cfg, listen=listen)
+    lat, lon = wgs(cfg, 12, 7)  # in produce
+    ctx = await browser.new_context(**PHONE, geolocation={"latitude": lat, "longitude": lon, "accuracy": 1},
+                                    permissions=["geolocation"])
+    page = await ctx.new_page()
+    await page.add_init_script("""(() => {  // count the page's sockets that closed without ever opening
+        const W = window.WebSocket; window.__refused = 0;
+        window.WebSocket = function (url, protocols) {
+            const w = new W(url, protocols); let opened = false;
+            w.addEventListener("open", () => { opened = true; });
+            w.addEventListener("close", () => { if (!opened) window.__refused++; });
+            return w;
+        };
+        window.WebSocket.prototype = W.prototype;
+    })()""")
+    await page.goto(f"{server.url}/shop")
+    await choose(page, offers=True, tracking=True)
+    await page.wait_for_selector(".card.offer")
+    before = await page.evaluate("JSON.parse(localStorage.getItem('shop-session'))")
+
+    await server.stop()
+    await page.wait_for_function("() => window.__refused >= 2", timeout=30_000)  # two refused reconnects
+    server = await agent_factory(cfg, listen=listen)
+    await page.wait_for_function("() => document.getElementById('dot').className === 'live'", timeout=30_000)
+    after = await page.evaluate("JSON.parse(localStorage.getItem('shop-session'))")
+    assert after == before
+    await page.click(".card.offer .use")  # the offer is still this device's: its code comes
+    await page.wait_for_selector("#code-qr svg")
+
+    # a session the gateway does not know (its key rotated) is replaced by a new one
+    await page.evaluate("localStorage.setItem('shop-session', JSON.stringify("
+                        "{device: 'web-' + 'a'.repeat(26), token: 'forged'}))")
+    await page.reload()
+    await page.wait_for_function("() => document.getElementById('dot').className === 'live'", timeout=30_000)
+    fresh = await page.evaluate("JSON.parse(localStorage.getItem('shop-session'))")
+    assert fresh["device"] != "web-" + "a" * 26 and fresh["device"] != before["device"]
+    await ctx.close()
