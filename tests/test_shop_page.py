@@ -210,3 +210,35 @@ async def test_a_phone_keeps_its_session_across_a_gateway_restart(store_factory,
     fresh = await page.evaluate("JSON.parse(localStorage.getItem('shop-session'))")
     assert fresh["device"] != "web-" + "a" * 26 and fresh["device"] != before["device"]
     await ctx.close()
+
+
+async def test_opt_out_is_one_tap_away_while_a_code_is_shown(store_factory, agent_factory, browser):
+    """"An opt-out is always one tap away" — also while the code screen is up
+    (found by tapping "Opt out" over a shown code: the full-screen code covered
+    the header, so it took "Back" first)."""
+    cfg = store_factory()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    ctx = await browser.new_context(**PHONE)
+    page = await ctx.new_page()
+    await page.goto(f"{server.url}/shop?zone=produce")
+    await choose(page, offers=True, tracking=True)
+    await page.wait_for_selector(".card.offer .use")
+    await page.click(".card.offer .use")
+    await page.wait_for_selector("#code-qr svg")
+    on_top = await page.evaluate("""() => {
+        const b = document.getElementById('optout').getBoundingClientRect();
+        const hit = document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2);
+        return hit && hit.id; }""")
+    assert on_top == "optout"
+    title = await page.evaluate("""() => {  // the code screen's own title is not hidden under the header
+        const h = document.querySelector('header').getBoundingClientRect();
+        return document.getElementById('code-title').getBoundingClientRect().top >= h.bottom; }""")
+    assert title
+    await page.click("#optout")
+    await page.wait_for_selector("#optedout:not([hidden])")
+    assert await page.is_hidden("#code")
+    device = (await page.evaluate("JSON.parse(localStorage.getItem('shop-session'))"))["device"]
+    pseudo = agent.pseudonym(device)
+    await asyncio.wait_for(wait_until(lambda: not agent.consents[pseudo][0].offers), 10)
+    await ctx.close()
