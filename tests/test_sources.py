@@ -4,6 +4,7 @@ records (MQTT and HTTP) and raw BLE sightings, over a real Mosquitto."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import math
@@ -415,3 +416,31 @@ async def test_meraki_secret_is_compared_as_json_text_not_as_bytes(store_factory
             assert r.status == 403
     assert agent.metrics.source_records.get("meraki", "accepted") == len(spellings)
     assert agent.metrics.source_records.get("meraki", "forbidden") == 1
+
+
+async def test_meraki_secret_after_a_large_data_object_is_found(store_factory, agent_factory):
+    """A relay that re-serialises Meraki's body with sorted keys puts ``secret``
+    after ``data``; in a big store that is past the first MiB.  The right secret
+    there is still the right secret (found by posting such a body: it was 403)."""
+    cfg = store_factory(anchor=ANCHOR, toml_extra=MERAKI_TOML)
+    server = await agent_factory(cfg)
+    agent = server.agent
+    body = wifi_body()
+    first = body["data"]["observations"][0]
+    obs = []
+    for i in range(2500):
+        o = copy.deepcopy(first)
+        o["clientMac"] = f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
+        obs.append(o)
+    body["data"]["observations"] = obs
+    raw = json.dumps(body, sort_keys=True).encode()
+    assert raw.index(b'"secret"') > 1 << 20
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + "/v1/ingest/meraki", data=io.BytesIO(raw),
+                             headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 202, await r.text()
+        wrong = raw.replace(f'"secret": "{SECRET}"'.encode(), b'"secret": "guess"')
+        async with http.post(server.url + "/v1/ingest/meraki", data=io.BytesIO(wrong),
+                             headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 403
+    assert agent.metrics.source_records.get("meraki", "accepted") == 2500

@@ -184,9 +184,13 @@ _SECRET = re.compile(rb'"secret"\s*:\s*"((?:[^"\\]|\\.){0,512})"')
 def carries_secret(body: bytes, secret: str) -> bool:
     """Does the raw body hold ``"secret": "<secret>"``?  Checked before the body is
     parsed (Meraki puts its secret inside the JSON): what fails here is
-    answered 403 having cost no parse and stored nothing."""
+    answered 403 having cost no parse and stored nothing.  The first and the last
+    MiB are searched: the top-level ``secret`` sits before or after ``data`` (the
+    only big value), and a relay that sorts keys puts it after."""
     want = secret.encode()
-    for m in _SECRET.finditer(body, 0, 1 << 20):
+    window = 1 << 20
+    spans = [(0, window)] if len(body) <= window else [(0, window), (len(body) - window, len(body))]
+    for m in (m for start, end in spans for m in _SECRET.finditer(body, start, end)):
         try:  # compared as the JSON text it spells: "\u0026", "\/" and raw UTF-8 are the same secret
             given = json.loads(b'"' + m.group(1) + b'"')
         except ValueError:
