@@ -189,3 +189,42 @@ async def test_ping_rate_limits_one_device_not_the_others(store_factory, agent_f
         async with http.get(f"{server.url}/metrics") as r:
             text = await r.text()
         assert 'edge_http_limited_total{path="ping",by="device"} 2' in text
+
+
+async def test_a_reconnecting_page_gets_its_code_back_while_the_till_takes_it(store_factory, agent_factory):
+    """A code the shopper applied is redeemable for ``[offers] code_ttl_s`` (default a day), longer
+    than the offer's own ``ttl_s``; a page that reconnects (a phone that reloaded the tab on
+    the way to the till) gets that code again, not only codes of unexpired offers.  (Found
+    by reconnecting 20 minutes after "Use": the snapshot was empty.)"""
+    import time
+
+    from edge_agent.service import Agent
+
+    skew = [0.0]
+    cfg = store_factory()
+    server = await agent_factory(cfg, agent=Agent(cfg, clock=lambda: time.time() + skew[0]))
+    base = server.url
+    async with aiohttp.ClientSession() as http:
+        s = await new_session(http, base)
+        ws_url = f"{base}/shop/ws?device={s['device']}&token={s['token']}"
+        sock = await http.ws_connect(ws_url)
+        await sock.send_json({"type": "consent", "offers": True, "tracking": True})
+        assert (await next_json(sock))["type"] == "consent"
+        await sock.send_json({"type": "ping", **geo_ping(cfg, 12, 7)})
+        offer = await next_json(sock)
+        await sock.send_json({"type": "action", "offer_id": offer["offer_id"], "action": "apply"})
+        code = await next_json(sock)
+        assert code == {"offer_id": offer["offer_id"], "code": code["code"]}
+        await sock.close()
+
+        skew[0] = cfg.offers.ttl_s + 300  # the offer has expired; its code has not
+        sock = await http.ws_connect(ws_url)
+        assert await next_json(sock) == offer
+        assert await next_json(sock) == code
+        await sock.close()
+
+        skew[0] = cfg.offers.code_ttl_s + 300  # past the code's life too: nothing comes back
+        sock = await http.ws_connect(ws_url)
+        await sock.send_str("not json")  # the first thing the socket says is its answer to this
+        assert (await next_json(sock))["error"] == "bad_message"
+        await sock.close()

@@ -94,13 +94,16 @@ class ShopChannel:
         self.agent.metrics.shop_sockets.set(sum(map(len, self.sockets.values())))
 
     def snapshot(self, device: str) -> list[dict[str, Any]]:
-        """The device's live offers (not dismissed, not expired) and their codes, for a page that (re)connects."""
+        """The device's live offers (not dismissed, not expired) and their codes, for a page that
+        (re)connects; an applied offer stays while its code does (``[offers] code_ttl_s``: the till takes it)."""
         led = self.agent.ledger
         if led is None:
             return []
+        now = self.agent.clock()
         rows = led.conn.execute(
-            "SELECT payload, code, action FROM offers WHERE device = ? AND expires > ? ORDER BY ts",
-            (self.agent.pseudonym(device), self.agent.clock())).fetchall()
+            "SELECT payload, code, action FROM offers WHERE device = ? AND (expires > ? OR "
+            "(code IS NOT NULL AND COALESCE(action_ts, ts) >= ?)) ORDER BY ts",
+            (self.agent.pseudonym(device), now, now - self.agent.cfg.offers.code_ttl_s)).fetchall()
         out: list[dict[str, Any]] = []
         for payload, code, action in rows:
             if action == "dismiss":
