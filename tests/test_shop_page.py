@@ -242,3 +242,25 @@ async def test_opt_out_is_one_tap_away_while_a_code_is_shown(store_factory, agen
     pseudo = agent.pseudonym(device)
     await asyncio.wait_for(wait_until(lambda: not agent.consents[pseudo][0].offers), 10)
     await ctx.close()
+
+
+async def test_a_german_page_says_location_is_off_in_german(store_factory, agent_factory, browser):
+    """``[shop] language = "de"``: with location denied after a shelf check-in, the page's hint
+    is German like every other label (found with a German store: it was the English
+    "Location is off: offers come for the shelf you scanned ...")."""
+    from edge_agent.http.shop.texts import TEXTS
+
+    cfg = store_factory(toml_extra='[shop]\nlanguage = "de"\n',
+                        promotions=[{"id": "members", "title": "Nur für Mitglieder", "zones": ["produce"],
+                                     "segments": ["members"]}])  # running, but no offer for this phone
+    server = await agent_factory(cfg)
+    ctx = await browser.new_context(**PHONE, locale="de-DE")  # no geolocation permission: denied
+    page = await ctx.new_page()
+    await page.goto(f"{server.url}/shop?zone=produce")
+    await choose(page, offers=True, tracking=False)
+    await page.wait_for_function("() => document.body.dataset.geo === 'off'")
+    await page.wait_for_selector("#checkin:not(:empty)")
+    hint = await page.inner_text("#hint")
+    assert hint and hint not in {v for v in TEXTS["en"].values()}, hint
+    assert hint in TEXTS["de"].values()
+    await ctx.close()

@@ -73,6 +73,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "no_offers": "Sie haben keine Angebote gewählt.",
         "locating": "Wir suchen Sie im Geschäft…",
         "no_geo": "Standort ist aus. Scannen Sie einen Code am Regal, um sich dort anzumelden.",
+        "no_geo_checked": "Standort ist aus: Angebote kommen für das Regal, dessen Code Sie gescannt haben. "
+                          "Scannen Sie den Code eines anderen Regals, um sich dort anzumelden.",
         "checked_in": "Angemeldet",
         "use": "Einlösen", "nothanks": "Nein danke",
         "code_hint": "Zeigen Sie diesen Code an der Kasse",
