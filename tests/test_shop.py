@@ -228,3 +228,33 @@ async def test_a_reconnecting_page_gets_its_code_back_while_the_till_takes_it(st
         await sock.send_str("not json")  # the first thing the socket says is its answer to this
         assert (await next_json(sock))["error"] == "bad_message"
         await sock.close()
+
+
+async def test_a_token_that_is_not_utf8_is_401_not_500(store_factory, agent_factory):
+    """"No token, a forged one, or another device's: 401" — a forged one in bytes that are
+    no UTF-8 too (found by sending ``Authorization: Bearer \\xff\\xfe``: every token-guarded
+    path answered 500)."""
+    cfg = store_factory(toml_extra='[sources.aruba]\ntoken = "ale-token"\n[associates]\ntoken = "assoc"\n'
+                                   '[delivery]\nwebhook_url = "http://127.0.0.1:9/push"\n')
+    server = await agent_factory(cfg)
+
+    async def status(method: bytes, target: bytes, header: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n" + header +
+                     b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        line = (await asyncio.wait_for(reader.readline(), 5)).split(b" ")[1]
+        writer.close()
+        await writer.wait_closed()
+        return line
+
+    async with aiohttp.ClientSession() as http:
+        s = await new_session(http, server.url)
+    dev = s["device"].encode()
+    for method, target in ((b"POST", b"/v1/ping?device=" + dev), (b"POST", b"/v1/shop/checkin?device=" + dev +
+                           b"&zone=produce"), (b"GET", b"/shop/code.svg?device=" + dev + b"&offer_id=x"),
+                           (b"GET", b"/shop/ws?device=" + dev), (b"POST", b"/v1/ingest/aruba"),
+                           (b"GET", b"/associates"), (b"POST", b"/v1/admin/reload"),
+                           (b"POST", b"/v1/admin/delivery/requeue")):
+        for header in (b"Authorization: Bearer \xff\xfe\r\n", b"Authorization: Bearer \xc3\xa9\r\n"):
+            assert await status(method, target, header) == b"401", (target, header)

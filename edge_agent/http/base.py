@@ -82,7 +82,8 @@ def bearer_ok(request: web.Request, token: str | None, *, allow_query: bool = Fa
     given = credentials.strip() if scheme.lower() == "bearer" and credentials else None
     if given is None and allow_query:
         given = request.query.get("token")
-    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+    # a header is decoded with surrogateescape: bytes that are no UTF-8 are a wrong token, not an error
+    return given is not None and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode())
 
 
 def require_admin(request: web.Request) -> None:

@@ -7,12 +7,12 @@ commit stages into its queue, and ``POST /v1/admin/delivery/requeue``
 from __future__ import annotations
 
 import asyncio
-import hmac
 import sqlite3
 
 from aiohttp import web
 
 from edge_agent.transport.webhook import Webhook
+from .base import bearer_ok
 
 WEBHOOK: web.AppKey[Webhook] = web.AppKey("webhook", Webhook)
 
@@ -35,9 +35,7 @@ def setup(app: web.Application, agent_key: web.AppKey) -> None:
             pass
 
     async def requeue(request: web.Request) -> web.Response:
-        token = agent.cfg.http.admin_token
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if not bearer_ok(request, agent.cfg.http.admin_token):
             raise web.HTTPUnauthorized(text="admin token required\n", headers={"WWW-Authenticate": "Bearer"})
         try:
             n = hook._write(lambda t: t.requeue())

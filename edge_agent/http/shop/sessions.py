@@ -33,7 +33,8 @@ class Sessions:
         return cls(load_or_create_secret(Path(data_dir) / KEY_FILE))
 
     def token(self, device: str) -> str:
-        digest = hmac.new(self._key, b"shop-session:" + device.encode(), hashlib.sha256).digest()
+        digest = hmac.new(self._key, b"shop-session:" + device.encode("utf-8", "surrogateescape"),
+                          hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def new(self) -> tuple[str, str]:
@@ -45,4 +46,5 @@ class Sessions:
         """True when ``token`` is ``device``'s (only ``web-`` devices have sessions)."""
         if not token or not device.startswith(PREFIX) or len(device) > 64:
             return False
-        return hmac.compare_digest(token.encode(), self.token(device).encode())
+        # bytes that are no UTF-8 (kept as surrogates by the header's decoding) are a wrong token
+        return hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self.token(device).encode())
