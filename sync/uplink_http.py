@@ -8,7 +8,7 @@ central answers:
 * 2xx — the batch is acknowledged: its rows are deleted;
 * 5xx, 408, 425, 429, time-outs, connection errors — retried with
   exponential backoff from 1 s with jitter, capped at 30 s (a ``Retry-After``
-  on 429/503 is honoured, up to the same 30 s cap);
+  on any of them is honoured, up to the same 30 s cap);
 * any other 4xx — 401, 403 and 404 included, as the contract says — the
   batch is set aside (``outbox_aside``, with the status
   and central's answer), counted in ``edge_sync_errors_total{kind="rejected"}``
@@ -172,7 +172,7 @@ class HttpUplink:
             return "ok", None
         if status >= 500:
             errors.inc("http_5xx")
-            return f"HTTP {status}", ra if status == 503 else None
+            return f"HTTP {status}", ra
         if status in RETRY_STATUSES:
             errors.inc(f"http_{status}")
             return f"HTTP {status}", ra

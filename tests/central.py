@@ -28,6 +28,7 @@ class Delivery:
     content_type: str
     keys: list[str]
     status: int
+    at: float = 0.0  # time.monotonic() when central received it
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Central:
     events: dict[str, dict] = field(default_factory=dict)  # key -> event (first copy)
     copies: dict[str, int] = field(default_factory=dict)  # key -> times received in a 2xx batch
     deliveries: list[Delivery] = field(default_factory=list)
-    script: deque = field(default_factory=deque)  # next answers: 200, 500, 429, 400, "hang"
+    script: deque = field(default_factory=deque)  # next answers: 200, 500, 429, 400, "hang", (status, headers)
     bundle: Any = None
     bundle_etag: str | None = None
     bundle_msgpack: bool = False
@@ -97,6 +98,9 @@ class Central:
         try:
             self._auth(request)
             answer = self.script.popleft() if self.script else 200
+            headers: dict[str, str] = {}
+            if isinstance(answer, tuple):
+                answer, headers = answer
             if answer == "hang":
                 self.hung += 1
                 self._changed.set()
@@ -107,11 +111,12 @@ class Central:
             body = msgpack.unpackb(raw, raw=False) if ctype == "application/msgpack" else json.loads(raw)
             keys = [e["key"] for e in body["events"]]
             idem = request.headers.get("Idempotency-Key")
-            self.deliveries.append(Delivery(idem, ctype, keys, answer if isinstance(answer, int) else 0))
+            self.deliveries.append(Delivery(idem, ctype, keys, answer if isinstance(answer, int) else 0,
+                                            time.monotonic()))
             if answer == 429:
-                return web.Response(status=429, headers={"Retry-After": "1"})
+                return web.Response(status=429, headers={"Retry-After": "1", **headers})
             if answer != 200:
-                return web.json_response({"error": f"scripted {answer}"}, status=answer)
+                return web.json_response({"error": f"scripted {answer}"}, status=answer, headers=headers)
             self.seen_idempotency.add(idem)
             for e in body["events"]:
                 self.copies[e["key"]] = self.copies.get(e["key"], 0) + 1

@@ -69,6 +69,24 @@ async def test_500_then_timeout_then_200_backs_off_and_delivers(store_factory, a
     assert first.idempotency_key in central.seen_idempotency
 
 
+@pytest.mark.parametrize("status", [500, 502, 504, 429])
+async def test_retry_after_is_honoured_on_every_retried_status(store_factory, agent_factory, mqtt_client, central,
+                                                               status):
+    # Our own backoff waits at most 1 s before the first retry: a retry 3 s later is central's Retry-After.
+    await central.start()
+    central.script.append((status, {"Retry-After": "3"}))
+    cfg = store_factory(toml_extra=sync_toml(central))
+    server = await agent_factory(cfg)
+    phone = mqtt_client()
+    await walk(phone, cfg.root_topic, "patient-1")
+    await central.wait_for(lambda: len(central.deliveries) >= 2, timeout=15)
+    first, retry = central.deliveries[:2]
+    assert first.status == status and retry.keys == first.keys
+    assert retry.idempotency_key == first.idempotency_key
+    assert retry.at - first.at >= 2.9
+    await until(server.agent, lambda: set(first.keys) <= set(central.events))
+
+
 async def test_400_batch_is_set_aside_and_reported(store_factory, agent_factory, mqtt_client, central):
     await central.start()
     central.script.append(400)
