@@ -271,7 +271,8 @@ class Downlink:
             return f"http_{status}"
         sync.metrics.last_sync.set(sync.clock())
         if len(body) > MAX_BUNDLE_BYTES:
-            ok, _ = self.receive(None, etag=etag, received_at=sync.clock())
+            log.error("bundle body refused: too large (over %d bytes)", MAX_BUNDLE_BYTES)
+            self.receive(None, etag=etag, received_at=sync.clock())
             return "refused"
         try:
             obj = decode(body, ctype)

@@ -94,3 +94,20 @@ async def test_restart_with_central_down_serves_last_good_bundle(store_factory, 
     # When central is back, the saved ETag is sent: 304, nothing re-applied.
     await central.start()
     await central.wait_for(lambda: central.bundle_requests and central.bundle_requests[-1] == central.bundle_etag)
+
+
+async def test_oversized_bundle_is_refused_with_a_log_that_says_so(store_factory, agent_factory, central: Central,
+                                                                  monkeypatch, caplog):
+    import sync.downlink
+
+    monkeypatch.setattr(sync.downlink, "MAX_BUNDLE_BYTES", 2000)
+    big = [dict(WELCOME, id=f"welcome-{i}") for i in range(40)]
+    central.set_bundle({"version": "huge", "promotions": BASE_PROMOTIONS + big})
+    await central.start()
+    cfg = store_factory(toml_extra=sync_toml(central))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    await until(agent, lambda: agent.metrics.bundles.get("refused") == 1)
+    assert promo_ids(agent) == {p["id"] for p in BASE_PROMOTIONS}
+    refusals = [r.getMessage() for r in caplog.records if r.name == "sync.downlink" and r.levelname == "ERROR"]
+    assert any("2000 bytes" in m and "too large" in m for m in refusals), refusals
