@@ -2,9 +2,9 @@
 
 *Bound* (``[sync] max_outbox_mb``): when the outbox's estimated size
 (rows × average row size, see :meth:`Outbox.size_estimate`) is over the bound,
-events are shed down to 90 % of it — analytics (``transition``) first, then
-ordinary events (offers, suppressions, alerts, dead letters), oldest first
-within a class.  Redemptions, dismissals, consent changes and forgets are never shed.
+events are shed down to 90 % of it — analytics (``transition``) and dead
+letters first, then ordinary events (offers, suppressions, alerts), oldest
+first within a class.  Redemptions, dismissals, consent changes and forgets are never shed.
 Each shed event is counted in ``edge_outbox_shed_total{kind}``.
 
 *Retention* (``[sync] retention_days``, default 30): audit rows, offer rows

@@ -149,3 +149,25 @@ def test_openapi_describes_the_paths_and_event_kinds_the_agent_uses():
     assert set(kinds) == {"transition", "offer", "suppressed", "would_offer", "redemption", "dismissal", "alert",
                           "consent", "deadletter", "forget", "conversion", "purchase", "pickup_arrival", "visit",
                           "visits", "guardrail"}
+
+
+def test_docs_describe_the_event_keys_and_decisions_the_agent_sends(tmp_path):
+    import re
+    from pathlib import Path
+
+    import yaml  # PyYAML (the test extra)
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    led = Ledger(tmp_path / "e.sqlite3", store_id="S042")
+    real = led.event("offer", 1.0, "d_x").key
+    led.close()
+    ops = (docs / "operations.md").read_text()
+    api = yaml.safe_load((docs / "openapi.yaml").read_text())
+    examples = re.findall(r'"key": "([^"]+)"', ops)
+    examples += api["components"]["schemas"]["EventBase"]["properties"]["key"]["examples"]
+    examples += [e["key"] for e in api["paths"]["/v1/stores/{store_id}/events"]["post"]["requestBody"]["content"]
+                 ["application/json"]["example"]["events"]]
+    assert examples and all(e.count(":") == real.count(":") for e in examples), (examples, real)
+    # A suppression of a device without tracking consent carries no zone (null).
+    decision = api["components"]["schemas"]["Decision"]["allOf"][1]["properties"]
+    assert "null" in decision["zone"]["type"]
