@@ -182,9 +182,11 @@ class Downlink:
 
     def overlay(self, files_cfg: StoreConfig) -> StoreConfig:
         """The bundle applied on a configuration freshly reloaded from files
-        (raises ConfigError when they no longer fit together)."""
+        (raises ConfigError when they no longer fit together: then the files
+        are refused and later bundles still build on the files in force)."""
+        cfg = build_config(files_cfg, self.merged) if self.merged else files_cfg
         self.base = files_cfg
-        return build_config(files_cfg, self.merged) if self.merged else files_cfg
+        return cfg
 
     # -- receiving
     def receive(self, obj: Any, *, etag: str | None, received_at: float) -> tuple[bool, list[str]]:

@@ -212,6 +212,31 @@ async def test_file_reload_keeps_central_bundle_on_top(store_factory, agent_fact
     assert "welcome" in {p.id for p in agent.cfg.promotions}  # ...under the bundle's promotions
 
 
+async def test_a_reload_refused_over_the_bundle_leaves_later_bundles_on_the_running_files(
+        store_factory, agent_factory, central):
+    from tests.central import sync_toml, until
+    from tests.conftest import BASE_LAYOUT, BASE_PROMOTIONS
+
+    welcome = {"id": "welcome", "title": "Welcome", "zones": ["entrance"]}
+    central.set_bundle({"version": "v1", "promotions": BASE_PROMOTIONS + [welcome]})
+    await central.start()
+    cfg = store_factory(toml_extra=sync_toml(central) + POLL_OFF)
+    server = await agent_factory(cfg)
+    agent = server.agent
+    await until(agent, lambda: agent.metrics.bundles.get("applied") == 1)
+    # The files drop the entrance that the bundle's promotion names: the reload is refused.
+    write_json(cfg.files["layout"], dict(BASE_LAYOUT, features=BASE_LAYOUT["features"][1:]))
+    ok, problems = agent.reload_from_files()
+    assert not ok and any("entrance" in p for p in problems)
+    assert "entrance" in {f.id for f in agent.cfg.fences}  # the last good config serves
+    # Central's next bundle fits the running config: it is applied, not judged against the refused files.
+    central.set_bundle({"version": "v2", "promotions": BASE_PROMOTIONS + [welcome], "inventory": {"chips": 4}})
+    await until(agent, lambda: agent.metrics.bundles.get("applied") + agent.metrics.bundles.get("refused") >= 2)
+    assert agent.metrics.bundles.get("refused") == 0
+    assert agent.inventory["chips"][0] == 4
+    assert "entrance" in {f.id for f in agent.cfg.fences}
+
+
 async def test_turning_owntracks_on_and_off_in_store_toml_applies_on_reload(store_factory, agent_factory,
                                                                            mqtt_client):
     # DESIGN: `[ingest] owntracks = true` also subscribes to owntracks/+/+; the reload
