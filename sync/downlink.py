@@ -177,8 +177,11 @@ class Downlink:
         return True
 
     def _state_bytes(self) -> bytes:
+        # default=str: msgpack ``bin`` (or ext) values in fields the parsers ignore are saved as
+        # config_version sees them, so the bundle restored at start has the same version
         return json.dumps({"etag": self.etag, "version": self.version, "bundle": self.merged,
-                           "key_ts": self.key_ts}, separators=(",", ":"), ensure_ascii=False).encode()
+                           "key_ts": self.key_ts}, separators=(",", ":"), ensure_ascii=False,
+                          default=str).encode()
 
     def overlay(self, files_cfg: StoreConfig) -> StoreConfig:
         """The bundle applied on a configuration freshly reloaded from files

@@ -111,3 +111,20 @@ async def test_oversized_bundle_is_refused_with_a_log_that_says_so(store_factory
     assert promo_ids(agent) == {p["id"] for p in BASE_PROMOTIONS}
     refusals = [r.getMessage() for r in caplog.records if r.name == "sync.downlink" and r.levelname == "ERROR"]
     assert any("2000 bytes" in m and "too large" in m for m in refusals), refusals
+
+
+async def test_msgpack_bundle_with_binary_in_an_unknown_field_is_kept_on_disk(store_factory, agent_factory,
+                                                                              central: Central):
+    # msgpack encoders send byte arrays as `bin`; in a field the agent ignores it must not stop the save.
+    central.bundle = {"version": "bin", "promotions": BASE_PROMOTIONS + [dict(WELCOME, thumbnail=b"\x89PNG\x00")]}
+    central.bundle_msgpack, central.bundle_etag = True, '"bin-1"'
+    await central.start()
+    cfg = store_factory(toml_extra=sync_toml(central))
+    server = await agent_factory(cfg)
+    await until(server.agent, lambda: "welcome" in promo_ids(server.agent))
+    version = server.agent.cfg.version
+    await server.stop()
+    await central.stop()
+    server2 = await agent_factory(cfg)  # central is down: the saved bundle serves
+    assert "welcome" in promo_ids(server2.agent) and server2.agent.cfg.version == version
+    assert server2.agent.metrics.bundles.get("restored") == 1
