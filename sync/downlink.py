@@ -64,6 +64,25 @@ MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 STATE_FILE = "bundle.json"
 
 
+def key_problems(obj: Any, where: str = "") -> list[Problem]:
+    """Map keys that are not strings, by path (msgpack allows ``bin`` and other
+    keys; JSON and the store's files never have them, and the parsers expect
+    none).  Iterative, so a deeply nested body cannot exhaust the stack."""
+    problems: list[Problem] = []
+    stack: list[tuple[Any, str]] = [(obj, where)]
+    while stack and len(problems) < 20:
+        o, path = stack.pop()
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if not isinstance(k, str):
+                    problems.append(Problem("bundle", path, "", f"map key {k!r} is not a string"))
+                else:
+                    stack.append((v, f"{path}.{k}" if path else k))
+        elif isinstance(o, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(o))
+    return problems
+
+
 def build_config(base: StoreConfig, bundle: dict[str, Any]) -> StoreConfig:
     """``base`` with the bundle's keys replaced, validated whole; raises
     :class:`ConfigError` listing every problem."""
@@ -209,6 +228,7 @@ class Downlink:
         if unknown:
             log.warning("bundle: unknown key(s) ignored: %s", ", ".join(unknown))
         new = {k: obj[k] for k in BUNDLE_KEYS if k in obj}
+        problems.extend(key_problems(new))
         merged = {**self.merged, **new}
         cfg = None
         if not problems:

@@ -128,3 +128,18 @@ async def test_msgpack_bundle_with_binary_in_an_unknown_field_is_kept_on_disk(st
     server2 = await agent_factory(cfg)  # central is down: the saved bundle serves
     assert "welcome" in promo_ids(server2.agent) and server2.agent.cfg.version == version
     assert server2.agent.metrics.bundles.get("restored") == 1
+
+
+async def test_msgpack_bundle_with_a_binary_map_key_is_refused_and_says_where(store_factory, agent_factory,
+                                                                              central: Central, caplog):
+    # msgpack allows bin map keys; JSON and the store's files never have them.
+    central.bundle = {"version": "binkey", "promotions": BASE_PROMOTIONS + [dict(WELCOME) | {b"title": "x"}]}
+    central.bundle_msgpack, central.bundle_etag = True, '"binkey-1"'
+    await central.start()
+    cfg = store_factory(toml_extra=sync_toml(central))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    await until(agent, lambda: agent.metrics.bundles.get("refused") == 1)
+    assert promo_ids(agent) == {p["id"] for p in BASE_PROMOTIONS}
+    errors = [r.getMessage() for r in caplog.records if r.name == "sync.downlink" and r.levelname == "ERROR"]
+    assert any("promotions[3]" in m and "not a string" in m for m in errors), errors
