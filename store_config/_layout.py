@@ -255,7 +255,7 @@ def _geometry(c: Collector, geom_obj: Any, gtype: Any, where: str) -> Any:
     (the problem recorded)."""
     if not isinstance(geom_obj, dict):
         c.err(where, "geometry", f"must be a GeoJSON geometry object, not {type_name(geom_obj)}")
-    elif gtype not in _DEPTH:
+    elif not isinstance(gtype, str) or gtype not in _DEPTH:
         c.err(where, "geometry", f"type {gtype!r} is not supported (use Polygon, MultiPolygon, "
                                  "or Point with radius_m / kind 'beacon')")
     elif not _coords_ok(geom_obj.get("coordinates"), _DEPTH[gtype]):

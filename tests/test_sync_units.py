@@ -127,6 +127,20 @@ def test_bundle_validated_against_the_rest_of_the_config(tmp_path):
     assert build_config(base, {"inventory": {"apple": 3}}).inventory == {"apple": 3}
 
 
+@pytest.mark.parametrize("gtype", [[], {"a": 1}])
+def test_bundle_layout_with_a_geometry_type_that_is_not_a_string_is_refused(tmp_path, gtype):
+    import copy
+
+    from .conftest import BASE_LAYOUT
+
+    base = load_store(write_store(tmp_path, broker_url=None))
+    layout = copy.deepcopy(BASE_LAYOUT)
+    layout["features"][1]["geometry"]["type"] = gtype
+    with pytest.raises(ConfigError) as exc:
+        build_config(base, {"layout": layout})
+    assert "geometry" in str(exc.value) and "not supported" in str(exc.value)
+
+
 def test_write_atomically_replaces_whole(tmp_path):
     p = tmp_path / "bundle.json"
     write_atomically(p, json.dumps({"a": 1}).encode())
