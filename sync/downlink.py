@@ -286,7 +286,9 @@ class Downlink:
             sync.metrics.sync_errors.inc("bundle_connection")
             log.debug("central unreachable for bundles: %s", exc)
             return "connection"
-        if status == 304:
+        if status == 304 or (status == 200 and etag is not None and etag == self.etag):
+            # the same ETag is the same bundle, even from a central that ignores If-None-Match:
+            # applying it again would stamp its inventory with a new receipt time
             sync.metrics.bundles.inc("unchanged")
             sync.metrics.last_sync.set(sync.clock())
             return "unchanged"

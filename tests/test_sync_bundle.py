@@ -143,3 +143,25 @@ async def test_msgpack_bundle_with_a_binary_map_key_is_refused_and_says_where(st
     assert promo_ids(agent) == {p["id"] for p in BASE_PROMOTIONS}
     errors = [r.getMessage() for r in caplog.records if r.name == "sync.downlink" and r.levelname == "ERROR"]
     assert any("promotions[3]" in m and "not a string" in m for m in errors), errors
+
+
+async def test_an_unchanged_bundle_sent_again_with_200_does_not_undo_a_newer_pos_update(
+        store_factory, agent_factory, mqtt_client, central: Central):
+    # Central ignores If-None-Match: the same bundle (same ETag, no `ts`) comes back with 200 every poll.
+    central.ignore_if_none_match = True
+    central.set_bundle({"version": "v1", "inventory": {"apple": 5}})
+    await central.start()
+    cfg = store_factory(toml_extra=sync_toml(central))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    await until(agent, lambda: agent.metrics.bundles.get("applied") == 1)
+    assert agent.inventory["apple"][0] == 5
+    phone = mqtt_client()
+    R = cfg.root_topic
+    await phone.publish(f"{R}/inventory", {"sku": "apple", "qty": 0, "ts": time.time()})
+    await barrier(phone, R)
+    assert agent.inventory["apple"][0] == 0
+    polls = len(central.bundle_requests)
+    await central.wait_for(lambda: len(central.bundle_requests) >= polls + 2)
+    assert agent.inventory["apple"][0] == 0  # the POS update is newer than the bundle
+    assert agent.metrics.bundles.get("applied") == 1 and agent.metrics.bundles.get("unchanged") >= 1
