@@ -13,7 +13,7 @@ def test_demo_shows_transitions_and_an_offer_within_seconds(tmp_path):
                           "--port", str(free_port()), "--data", str(tmp_path / "demo")], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "/metrics" in out.stdout and "/associates?token=" in out.stdout
+    assert "/metrics" in out.stdout and "/associates?token=" in out.stdout and "/shop " in out.stdout
     assert " enter " in out.stdout
     assert "OFFER " in out.stdout
 

@@ -94,6 +94,7 @@ edge-agent demo — store {cfg.store_id} ({cfg.name}), embedded broker at {url}
   metrics:           {server.url}/metrics
   health:            {server.url}/readyz
   associates' page:  {server.url}/associates?token={cfg.associates.token or ''}
+  shop page:         {server.url}/shop  (a shopper without our app: open it on this machine)
   watch MQTT:        .venv/bin/edge-agent watch --broker {url} --store {cfg.store_id}
   your own phone:    .venv/bin/edge-agent ping --broker {url} --store {cfg.store_id} --device my-phone --x 6 --y 10
   logs:              {log_file or "this terminal"}
