@@ -103,6 +103,14 @@ def _mqtt_url(c: Collector, where: str, key: str, url: Any) -> str | None:
     return url
 
 
+def mqtt_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a broker URL that ``[mqtt] url`` would take (None: it would);
+    for ``run --broker``, which overrides that key."""
+    c = Collector("")
+    _mqtt_url(c, "", "", url)
+    return c.problems[0].message if c.problems else None
+
+
 def _file_key(c: Collector, base: Path, where: str, key: str, value: Any) -> str | None:
     """A file path from store.toml: relative to the toml file; must exist."""
     if value is None:

@@ -5,8 +5,10 @@ broker, and the live agent never goes offline."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +53,15 @@ def test_a_taken_http_port_is_one_line_and_exit_2(tmp_path):
                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1883", "mqtt://127.0.0.1:abc", "127.0.0.1:1883"])
+def test_a_bad_broker_override_is_one_line_and_exit_2(tmp_path, url):
+    """`run --broker URL` overrides [mqtt] url: a URL the config would refuse is
+    refused the same way (one line naming --broker, exit 2), not a traceback."""
+    path = write_store(tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's code
+    r = subprocess.run([sys.executable, "-m", "edge_agent", "run", "--config", str(path), "--broker", url],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "--broker" in r.stderr and url in r.stderr

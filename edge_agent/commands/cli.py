@@ -74,6 +74,12 @@ def cmd_run(args: argparse.Namespace) -> int:
               + f"; `edge-agent check --config {args.config}` lists every error", file=sys.stderr)
         return 2
     if args.broker:
+        from store_config._sections import mqtt_url_problem
+
+        problem = mqtt_url_problem(args.broker)
+        if problem is not None:
+            print(f"edge-agent: --broker {args.broker}: {problem}", file=sys.stderr)
+            return 2
         cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, url=args.broker))
     if cfg.mqtt.url is None:
         print("[mqtt] url is required for `run` (an embedded broker is for `demo` only)", file=sys.stderr)
