@@ -20,6 +20,7 @@ are logged as such and otherwise ignored until then.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -116,10 +117,14 @@ class Reloader:
                       trigger, len(problems), old.version)
             self._tell("refused", old.version, problems)
             return False, problems
+        kept = {}
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload (%s): a change to %s takes effect only after a restart", trigger,
                             "[data] dir" if key == "data_dir" else f"[{key}]")
+                kept[key] = getattr(old, key)  # as the warning says: until then, the running values
+        if kept:
+            served = dataclasses.replace(served, **kept)
         # The file's stock as of its mtime (newest per sku wins, even when
         # nothing else changed: a rewritten file asserts its values anew).
         inv_ts = file_mtime(new, "inventory")

@@ -115,6 +115,29 @@ async def test_reload_cannot_change_the_store_id(store_factory, agent_factory):
     assert server.agent.cfg.store_id == cfg.store_id
 
 
+async def test_restart_only_sections_keep_their_running_values_after_a_reload(store_factory, agent_factory):
+    """configuration.md: [mqtt], [http] and [data] changes need a restart (a warning
+    says so). A reload that carries such a change applies the rest, but the admin
+    token, the rate limits and the data dir stay as started, as the warning says."""
+    cfg = store_factory(toml_extra=POLL_OFF)
+    server = await agent_factory(cfg)
+    toml = Path(cfg.files["store"])
+    toml.write_text(toml.read_text().replace('admin_token = "admin-secret"', 'admin_token = "rotated"')
+                    .replace('dir = "var"', 'dir = "elsewhere"'))
+    write_json(cfg.files["promotions"], [{"id": "p9", "title": "P9", "zones": ["produce"]}])
+    url = server.url + "/v1/admin/reload"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, headers={"Authorization": "Bearer admin-secret"}) as r:
+            assert r.status == 200 and (await r.json())["ok"] is True
+        assert [p.id for p in server.agent.cfg.promotions] == ["p9"]  # the rest applied
+        async with http.post(url, headers={"Authorization": "Bearer rotated"}) as r:
+            assert r.status == 401  # not before a restart
+        async with http.post(url, headers={"Authorization": "Bearer admin-secret"}) as r:
+            assert r.status == 200
+    assert server.agent.cfg.http == cfg.http and server.agent.cfg.mqtt == cfg.mqtt
+    assert server.agent.cfg.data_dir == cfg.data_dir
+
+
 async def test_sighup_reloads(store_factory, mqtt_client, monkeypatch):
     cfg = store_factory(toml_extra=POLL_OFF)
     started: asyncio.Queue = asyncio.Queue()

@@ -118,7 +118,7 @@ def limited(request, path: str) -> None:
 
     agent = request.app[AGENT]
     buckets = request.app[LIMITS]
-    buckets.rate = rate = agent.cfg.http.vendor_rate  # a reload may change it
+    buckets.rate = rate = agent.cfg.http.vendor_rate  # [http]: as started (a reload keeps it until a restart)
     buckets.burst = 2 * rate
     if not buckets.take(f"{path} {request.remote}", agent.clock()):
         agent.metrics.http_limited.inc(path, "source")
