@@ -18,6 +18,7 @@ from .http.app import make_app
 from .instance import InstanceLocked
 from .service import Agent, freeze_heap
 from .storage.store import StorageUnwritable
+from .transport.mqtt import MqttError
 
 log = logging.getLogger("edge_agent")
 
@@ -50,7 +51,11 @@ class Server:
         ctx = None
         if self.cfg.http.tls_cert:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(self.cfg.http.tls_cert, self.cfg.http.tls_key)
+            try:
+                ctx.load_cert_chain(self.cfg.http.tls_cert, self.cfg.http.tls_key)
+            except OSError as exc:  # ssl.SSLError included: say which file, not only OpenSSL's words
+                raise StartupError(f"[http] tls_cert {self.cfg.http.tls_cert} / tls_key {self.cfg.http.tls_key}: "
+                                   f"cannot load them ({exc})") from exc
         site = (TLSSite(self.runner, host, port, ssl_context=ctx, handshake_s=self.cfg.http.header_timeout_s)
                 if ctx else web.TCPSite(self.runner, host, port))
         await site.start()
@@ -153,7 +158,10 @@ async def serve(cfg: StoreConfig) -> int:
     server = Server(cfg)
     try:
         await server.start()
-    except (InstanceLocked, StorageUnwritable, OSError, ssl.SSLError) as exc:
+    except StartupError:
+        await server.stop()
+        raise
+    except (InstanceLocked, StorageUnwritable, OSError, ssl.SSLError, MqttError) as exc:
         await server.stop()
         raise StartupError(str(exc)) from exc
     freeze_heap()  # what start-up built lives as long as the process: out of every collection's way

@@ -65,3 +65,22 @@ def test_a_bad_broker_override_is_one_line_and_exit_2(tmp_path, url):
                        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "--broker" in r.stderr and url in r.stderr
+
+
+@pytest.mark.parametrize("section,keys", [("mqtt", ("tls_ca",)), ("http", ("tls_cert", "tls_key"))])
+def test_an_unloadable_tls_file_is_one_line_naming_key_and_file(tmp_path, section, keys):
+    """operations.md: unreadable TLS files are one line and exit 2; at 3 a.m. the
+    line must say which setting and which file, not only OpenSSL's 'PEM lib'."""
+    broker = f"mqtts://127.0.0.1:{free_port()}" if section == "mqtt" else f"mqtt://127.0.0.1:{free_port()}"
+    path = write_store(tmp_path, broker_url=broker)
+    (path.parent / "garbage.pem").write_text("not a certificate\n")
+    lines = "".join(f'{k} = "garbage.pem"\n' for k in keys)
+    text = path.read_text().replace(f"[{section}]\n", f"[{section}]\n{lines}", 1)
+    path.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's code
+    r = subprocess.run([sys.executable, "-m", "edge_agent", "run", "--config", str(path)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("edge-agent: ") and f"[{section}] {keys[0]}" in last
+    assert str(path.parent / "garbage.pem") in last

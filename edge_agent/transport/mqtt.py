@@ -164,9 +164,16 @@ class MqttClient:
         if cfg.username:
             c.username_pw_set(cfg.username, cfg.password)
         if tls:
-            ctx = ssl.create_default_context(cafile=cfg.tls_ca) if cfg.tls_ca else ssl.create_default_context()
+            try:
+                ctx = ssl.create_default_context(cafile=cfg.tls_ca) if cfg.tls_ca else ssl.create_default_context()
+            except OSError as exc:  # ssl.SSLError included: say which file, not only OpenSSL's words
+                raise MqttError(f"[mqtt] tls_ca {cfg.tls_ca}: cannot load it ({exc})") from exc
             if cfg.tls_cert:
-                ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+                try:
+                    ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+                except OSError as exc:
+                    raise MqttError(f"[mqtt] tls_cert {cfg.tls_cert} / tls_key {cfg.tls_key}: "
+                                    f"cannot load them ({exc})") from exc
             if cfg.tls_insecure:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
