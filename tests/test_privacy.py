@@ -310,7 +310,7 @@ async def test_forget_removes_every_row_of_the_device_and_queues_one_forget_even
     assert body["removed"] == {"offers": 1, "codes": 1, "audit": before["audit"], "consent": 1,
                                "outbox": before["outbox"], "outbox_aside": 0, "tracks": 1, "histories": 1,
                                "consent_live": 1, "exposures": 1, "redemptions": 0, "purchases": 0,
-                               "attributions": 0, "pickups": 0, "delivery": 0}
+                               "attributions": 0, "pickups": 0, "delivery": 0, "alerts": 0}
     after = rows(pseudo)
     assert after == {"offers": 0, "audit": 0, "consent": 0, "outbox": 1}
     assert conn.execute("SELECT kind, cls FROM outbox WHERE device = ?", (pseudo,)).fetchall() == [("forget", 2)]
@@ -341,3 +341,40 @@ async def test_position_retention_runs_on_the_agents_retention_sweep(store_facto
     assert agent.sync.retention(now=agent.clock() + 601)["transitions"] == 1
     assert agent.ledger.conn.execute(count, ("transition",)).fetchone()[0] == 0
     assert agent.ledger.conn.execute(count, ("offer",)).fetchone()[0] == 1  # not a position: kept
+
+
+@pytest.mark.broker
+async def test_forget_removes_the_open_alerts_naming_the_device(store_factory, agent_factory, mqtt_client):
+    """Scanned from a busy run: after a forget, ``GET /v1/alerts`` and the
+    associates' WebSocket still showed the forgotten pseudonym as the
+    ``shopper`` of its open assist alerts (the alerts live in memory, out of
+    the store's reach).  Forget now drops them and counts them."""
+    import copy
+    from .conftest import BASE_PROMOTIONS
+    promos = copy.deepcopy(BASE_PROMOTIONS)
+    for p in promos:
+        p["associate_alert"] = True
+    profiles = [{"device": "tracked", "consent": {"offers": True, "tracking": True}}]
+    cfg = store_factory(promotions=promos, profiles=profiles, toml_extra="""
+        [associates]
+        token = "assoc-secret"
+    """)
+    server = await agent_factory(cfg)
+    agent, R = server.agent, cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/alert/+")
+    for device in (WALKIN, "tracked", "bystander"):  # an assist alert each: shopper = the pseudonym
+        await phone.publish(f"{R}/ping/uwb/{device}", AISLE, qos=0)
+        assert (await phone.next_json(f"{R}/alert/+", timeout=10))["shopper"] == agent.pseudonym(device)
+    gone = [agent.pseudonym(WALKIN), agent.pseudonym("tracked")]
+    assoc = {"Authorization": "Bearer assoc-secret"}
+    async with aiohttp.ClientSession() as http:
+        for device in (WALKIN, "tracked"):
+            async with http.delete(f"{server.url}/v1/admin/devices/{device}", headers=ADMIN) as r:
+                assert (await r.json())["removed"]["alerts"] == 1
+        async with http.get(f"{server.url}/v1/alerts", headers=assoc) as r:
+            listed = await r.text()
+        async with http.ws_connect(f"{server.url}/associates/ws?token=assoc-secret") as ws:
+            snapshot = await asyncio.wait_for(ws.receive_str(), 5)
+    for blob in (listed, snapshot):
+        assert [p for p in gone if p in blob] == [] and agent.pseudonym("bystander") in blob

@@ -348,6 +348,18 @@ class AlertManager:
                 raise PayloadError("unknown_alert", f"no open alert {alert_id!r}") from exc
             log.info("claim of %s by %s refused: %s", alert_id, associate, exc.error)
 
+    def forget(self, pseudo: str, person: str | None = None) -> int:
+        """Drop the alerts naming a forgotten shopper (as ``shopper`` or outbox
+        device) and its dedupe keys; the associates' pages get a fresh snapshot."""
+        names = {pseudo, person} - {None}
+        ids = [a.alert_id for a in self.alerts.values() if a.shopper in names or a.device in names]
+        for aid in ids:
+            del self.alerts[aid]
+        self._seen = {k: t for k, t in self._seen.items() if k[1] not in names}
+        if ids:
+            self.agent.fx.notices.append(Notice("_ws", {"type": "snapshot", "alerts": self.open_alerts()}))
+        return len(ids)
+
     # -- time: escalation (wall clock) and long presence (tracker time)
     def tick(self, now: float | None) -> None:
         """Every second.  ``now`` is the tracker's time (None before any ping on the ping clock)."""

@@ -219,6 +219,7 @@ class Control:
                    "histories": int(st.histories.pop(pseudo, None) is not None),
                    "consent_live": int(st.consents.pop(pseudo, None) is not None)}
         st.histories.pop(person, None)  # the person's cooldowns and caps (campaigns key on the person)
+        dropped["alerts"] = self.p.alerts.forget(pseudo, person)  # open alerts name the shopper
         st.drop_device(device)
         self.p.floor.drop(device)
         self.p.fx.rows.append(Forget(pseudo, full=True, person=person))
