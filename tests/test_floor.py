@@ -223,3 +223,17 @@ def test_config_errors_name_file_feature_and_field(tmp_path):
     tills = cfg.fence("tills")
     assert (tills.queue_alert_at, tills.queue_wait_s, cfg.fence("produce").capacity) == (2, 60.0, 4)
     assert cfg.profiles["staff-1"].staff and cfg.pos.token == "pos" and cfg.floor.sustain_s == 30
+
+
+def test_a_visit_event_names_no_zone_entered_before_tracking_consent(p):
+    """Found by scanning a run: a walk-in without tracking consent entered
+    produce, then opted in to tracking and moved to aisle-1; its per-visit
+    ``visit`` event listed produce too, a zone from before it consented."""
+    from .test_pipeline import Msg
+    h0 = (T0 // 3600 + 1) * 3600
+    p.step([ping("walk-in", 12, 7, h0)], h0)  # produce, anonymous: no tracking consent
+    p.step([Msg("store/S1/consent/walk-in", b'{"tracking": true}', qos=1, received=h0 + 10)], h0 + 10)
+    p.step([ping("walk-in", 24, 10, h0 + 20)], h0 + 20)  # aisle-1, with tracking consent
+    fx = p.tick(h0 + 20 + 121, h0 + 20 + 121)
+    [v] = events(fx, "visit")
+    assert "produce" not in v.fields["zones"] and v.fields["zones"] == ["aisle-1"]

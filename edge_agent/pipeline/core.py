@@ -428,7 +428,7 @@ class Pipeline:
         profile, consent = st.consent_for(device, pseudo)
         person = st.person(pseudo, profile)  # cooldowns, caps, holdout and variants key on the person
         staff = profile is not None and profile.staff  # an associate's device: never counted nor offered
-        self.floor.on_transitions(device, pseudo, events, staff)
+        self.floor.on_transitions(device, pseudo, events, staff, consent.tracking)
         for ev in events:
             kind = "enter" if isinstance(ev, Entered) else "exit" if isinstance(ev, Exited) else "dwell"
             self.metrics.transitions.inc(kind)

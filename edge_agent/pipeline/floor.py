@@ -161,7 +161,9 @@ class Floor:
         self._caps = {f.id: f.capacity for f in rt.fences.values() if f.capacity}
         self._queued = frozenset(f.id for f in rt.fences.values() if f.queue_alert_at)
 
-    def on_transitions(self, device: str, pseudo: str, events: Iterable, staff: bool) -> None:
+    def on_transitions(self, device: str, pseudo: str, events: Iterable, staff: bool,
+                       tracking: bool = False) -> None:
+        """``tracking``: the device's consent now; a visit lists only zones entered with it."""
         if staff:
             return  # an associate's device: never counted
         rt = self.p.state.rt
@@ -187,7 +189,7 @@ class Floor:
                 if f in self._queued:
                     self.queues.setdefault(f, {})[device] = ev.ts
                 v = self.visits.get(device)
-                if v is not None and f not in v.zones:
+                if v is not None and tracking and f not in v.zones:
                     v.zones.append(f)
                 if f in self.pickup_zones:
                     self._arrive(device, pseudo, f, ev.ts)
