@@ -378,3 +378,28 @@ async def test_forget_removes_the_open_alerts_naming_the_device(store_factory, a
             snapshot = await asyncio.wait_for(ws.receive_str(), 5)
     for blob in (listed, snapshot):
         assert [p for p in gone if p in blob] == [] and agent.pseudonym("bystander") in blob
+
+
+@pytest.mark.broker
+async def test_forget_leaves_no_copy_of_the_pseudonym_in_the_wal(store_factory, agent_factory, mqtt_client):
+    """Found by scanning the data dir of a running agent right after a forget:
+    the rows were deleted, but the SQLite WAL still held the pages that named
+    the pseudonym and the person (until some later checkpoint wrapped it)."""
+    profiles = [{"device": WALKIN, "loyalty_id": "L-WALKIN", "consent": {"offers": True, "tracking": True}}]
+    cfg = store_factory(profiles=profiles)
+    server = await agent_factory(cfg)
+    agent, R, data = server.agent, cfg.root_topic, Path(cfg.data_dir)
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    await phone.publish(f"{R}/ping/uwb/{WALKIN}", AISLE, qos=0)
+    offer = await phone.next_json(f"{R}/offer/+", timeout=10)
+    await phone.publish(f"{R}/action/{WALKIN}", {"offer_id": offer["offer_id"], "action": "apply"}, qos=1)
+    code = (await phone.next_json(f"{R}/offer/+", timeout=10))["code"]
+    person = Pseudonymizer((data / "pseudonym.key").read_bytes()).person("L-WALKIN")
+    # What names the device or its person (the queued forget event itself carries the pseudonym).
+    needles = [person, offer["offer_id"], code]
+    assert {n for _, n in scan([data], needles)} == set(needles)
+    async with aiohttp.ClientSession(headers=ADMIN) as http:
+        async with http.delete(f"{server.url}/v1/admin/devices/{WALKIN}") as r:
+            assert r.status == 200
+    assert scan([data], needles) == []

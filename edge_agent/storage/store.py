@@ -161,6 +161,7 @@ class Store:
         self.campaigns = CampaignTables(ledger.conn)
         self.pickups = PickupTable(ledger.conn)  # click-and-collect orders (pipeline/floor.py)
         self.forgotten: dict[str, dict[str, int]] = {}  # pseudonym -> rows deleted by a full Forget
+        self._scrub_wal = False  # a full Forget was written: empty the WAL once it is committed
         self._seal_legacy()
 
     def _seal_legacy(self) -> None:
@@ -230,11 +231,17 @@ class Store:
             elif isinstance(r, fx.Forget):
                 if r.full:
                     self.forgotten[r.device] = privacy.erase(led.conn, r.device, r.person)
+                    self._scrub_wal = True
                 else:
                     led.forget_device(r.device)
 
     def commit(self) -> None:
         self.ledger.commit()
+        if self._scrub_wal:
+            # The WAL's older frames still hold the pages a forget just erased (secure_delete
+            # only overwrites the new copies): copy it all in and empty it.  Rare, so on the loop.
+            self._scrub_wal = False
+            self.ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _sealed(self, r: fx.OfferRow) -> fx.OfferRow:
         """The row with its raw topic id sealed (without a sealer: dropped, never re-sent after a restart)."""
