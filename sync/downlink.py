@@ -20,16 +20,20 @@ own newer opt-out.
 
 The last good bundle (every key received so far, newest value per key, with
 its ETag) is written atomically to ``{data dir}/bundle.json`` (tmp file,
-fsync, rename, fsync of the directory) and applied at start before the
+fsync, rename, fsync of the directory; profiles' raw device ids sealed, see
+:class:`ProfileSealer`) and applied at start before the
 agent serves, so a restart while central is down serves the latest rules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import random
+import secrets
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -49,7 +53,7 @@ from store_config.load import (  # the same validation as the files
 )
 from store_config.model import ConfigError, Problem, StoreConfig
 
-from .pseudonym import write_atomically
+from .pseudonym import load_or_create_secret, write_atomically
 from .uplink_http import backoff_delay
 from .wire import decode
 
@@ -62,6 +66,43 @@ BUNDLE_KEYS = ("layout", "promotions", "profiles", "inventory", "scores")
 META_KEYS = frozenset({"version", "ts", "store"})
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 STATE_FILE = "bundle.json"
+SEALED = "device_sealed"  # in bundle.json, a profile's raw device id, encrypted
+
+
+class ProfileSealer:
+    """Keeps the profiles' raw device ids out of ``bundle.json`` in clear:
+    AES-256-GCM under a key derived from ``pseudonym.key`` (losing that key
+    already makes every device new; the bundle then comes again from central)."""
+
+    def __init__(self, secret: bytes):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        self._aead = AESGCM(hashlib.sha256(b"edge-agent bundle seal v1\x00" + secret).digest())
+
+    def _map(self, merged: dict[str, Any], fn, key: str, new_key: str) -> dict[str, Any]:
+        profiles = merged.get("profiles")
+        if not isinstance(profiles, list):
+            return merged
+        out = [{(new_key if k == key else k): (fn(v) if k == key else v) for k, v in p.items()}
+               if isinstance(p, dict) and isinstance(p.get(key), str) else p for p in profiles]
+        return {**merged, "profiles": out}
+
+    def seal(self, merged: dict[str, Any]) -> dict[str, Any]:
+        def one(device: str) -> str:
+            nonce = secrets.token_bytes(12)
+            return base64.b64encode(nonce + self._aead.encrypt(nonce, device.encode(), b"profile")).decode()
+        return self._map(merged, one, "device", SEALED)
+
+    def open(self, merged: dict[str, Any]) -> dict[str, Any]:
+        """The bundle as central sent it; ValueError when a sealed id does not open."""
+        from cryptography.exceptions import InvalidTag
+
+        def one(blob: str) -> str:
+            try:
+                raw = base64.b64decode(blob, validate=True)
+                return self._aead.decrypt(raw[:12], raw[12:], b"profile").decode()
+            except (ValueError, InvalidTag) as exc:
+                raise ValueError("a sealed profile device does not open (pseudonym.key changed?)") from exc
+        return self._map(merged, one, SEALED, "device")
 
 
 def key_problems(obj: Any, where: str = "") -> list[Problem]:
@@ -159,6 +200,7 @@ class Downlink:
         self._refused: str | None = None  # fingerprint of the last refused bundle (log once)
         self.failures = 0
         self._saving: asyncio.Task | None = None  # the write of the last good bundle, if one is running
+        self.sealer = ProfileSealer(load_or_create_secret(Path(sync.cfg.data_dir) / "pseudonym.key"))
 
     @property
     def url(self) -> str:
@@ -173,6 +215,7 @@ class Downlink:
             merged, key_ts = state["bundle"], state["key_ts"]
             if not isinstance(merged, dict) or not isinstance(key_ts, dict):
                 raise ValueError("bundle and key_ts must be objects")
+            merged = self.sealer.open(merged)
         except FileNotFoundError:
             return False
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -191,6 +234,11 @@ class Downlink:
         self.merged, self.key_ts = merged, {k: float(v) for k, v in key_ts.items()}
         self.etag, self.version = state.get("etag"), state.get("version")
         self.sync.metrics.bundles.inc("restored")
+        if any(isinstance(p, dict) and "device" in p for p in state["bundle"].get("profiles") or ()):
+            try:  # written by an older version: profile devices in clear
+                write_atomically(self.path, self._state_bytes())
+            except OSError as exc:
+                log.error("cannot reseal the saved bundle %s: %s", self.path, exc)
         log.info("restored the last good bundle (version %s, ETag %s) from %s", self.version, self.etag,
                  self.path)
         return True
@@ -198,7 +246,7 @@ class Downlink:
     def _state_bytes(self) -> bytes:
         # default=str: msgpack ``bin`` (or ext) values in fields the parsers ignore are saved as
         # config_version sees them, so the bundle restored at start has the same version
-        return json.dumps({"etag": self.etag, "version": self.version, "bundle": self.merged,
+        return json.dumps({"etag": self.etag, "version": self.version, "bundle": self.sealer.seal(self.merged),
                            "key_ts": self.key_ts}, separators=(",", ":"), ensure_ascii=False,
                           default=str).encode()
 

@@ -165,3 +165,30 @@ async def test_an_unchanged_bundle_sent_again_with_200_does_not_undo_a_newer_pos
     await central.wait_for(lambda: len(central.bundle_requests) >= polls + 2)
     assert agent.inventory["apple"][0] == 0  # the POS update is newer than the bundle
     assert agent.metrics.bundles.get("applied") == 1 and agent.metrics.bundles.get("unchanged") >= 1
+
+
+async def test_the_saved_bundle_holds_no_raw_device_id_and_still_restores_its_profiles(
+        store_factory, agent_factory, central: Central):
+    """Found by scanning the data dir after a bundle with profiles: bundle.json
+    kept every profile's raw ``device`` (the id in its topics) in clear.  Now the
+    ids are sealed in the file and opened again when it is restored."""
+    from pathlib import Path
+
+    from tests.test_privacy import scan
+    raw = "RAWID-bundle-7f3a"
+    central.set_bundle({"version": "p1", "profiles": [
+        {"device": raw, "loyalty_id": "L-1", "segments": ["gold"], "consent": {"offers": True, "tracking": False}}]})
+    await central.start()
+    cfg = store_factory(toml_extra=sync_toml(central))
+    server = await agent_factory(cfg)
+    await until(server.agent, lambda: server.agent.metrics.bundles.get("applied") == 1)
+    assert raw in server.agent.cfg.profiles
+    version = server.agent.cfg.version
+    await server.stop()
+    await central.stop()
+    data = Path(cfg.data_dir)
+    assert (data / "bundle.json").exists() and scan([data], [raw]) == []
+    server2 = await agent_factory(cfg)  # central is down: the saved bundle serves, profiles included
+    agent = server2.agent
+    assert agent.metrics.bundles.get("restored") == 1 and agent.cfg.version == version
+    assert set(agent.cfg.profiles[raw].segments) == {"gold"}
