@@ -124,7 +124,8 @@ class Collector:
         return obj[key]
 
     def string(self, obj: dict, key: str, where: str, *, default: Any = None,
-               required: bool = False, nonempty: bool = False, choices: tuple[str, ...] | None = None):
+               required: bool = False, nonempty: bool = False, choices: tuple[str, ...] | None = None,
+               token: bool = False):
         v = self._get(obj, key, where, required)
         if v is _MISSING:
             return default
@@ -136,6 +137,10 @@ class Collector:
             return default
         if choices is not None and v not in choices:
             self.err(where, key, f"must be one of {', '.join(repr(c) for c in choices)}, not {v!r}")
+            return default
+        if token and not (v.isprintable() and not any(ch.isspace() for ch in v)):
+            # a Bearer token travels in an Authorization header: a pasted newline or space breaks every request
+            self.err(where, key, "must be one word of printable characters (no spaces, tabs or line breaks)")
             return default
         return v
 

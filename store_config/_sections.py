@@ -179,7 +179,7 @@ def parse_http(c: Collector, doc: dict, base: Path) -> HttpConfig:
     W = "[http]"
     http = HttpConfig(
         listen=_listen(c, c.string(h, "listen", W, nonempty=True)),
-        admin_token=c.string(h, "admin_token", W, nonempty=True),
+        admin_token=c.string(h, "admin_token", W, nonempty=True, token=True),
         tls_cert=_file_key(c, base, W, "tls_cert", h.get("tls_cert")),
         tls_key=_file_key(c, base, W, "tls_key", h.get("tls_key")),
         public_url=_http_url(c, W, "public_url", c.string(h, "public_url", W, nonempty=True)),
@@ -319,7 +319,7 @@ def parse_sync(c: Collector, doc: dict) -> SyncConfig:
         c.err(W, "mqtt_url", "is required when transport = \"mqtt\"")
     return SyncConfig(
         central_url=central_url,
-        token=c.string(s, "token", W, nonempty=True),
+        token=c.string(s, "token", W, nonempty=True, token=True),
         interval_s=c.number(s, "interval_s", W, default=5.0, positive=True),
         transport=transport,
         mqtt_url=sync_mqtt_url,
@@ -348,7 +348,7 @@ def parse_associates(c: Collector, doc: dict) -> AssociatesConfig:
             zones = c.str_list(raw_roles, role, "[associates.roles]")
             roles[role] = zones
     return AssociatesConfig(
-        token=c.string(a, "token", W, nonempty=True),
+        token=c.string(a, "token", W, nonempty=True, token=True),
         roles=MappingProxyType(roles),
         escalate_after_s=c.number(a, "escalate_after_s", W, default=120.0, positive=True),
         dedupe_window_s=c.number(a, "dedupe_window_s", W, default=900.0, minimum=0),
@@ -403,7 +403,7 @@ def parse_delivery(c: Collector, doc: dict) -> DeliveryConfig:
     W = "[delivery]"
     return DeliveryConfig(
         webhook_url=_http_url(c, W, "webhook_url", c.string(d, "webhook_url", W, nonempty=True)),
-        webhook_token=c.string(d, "webhook_token", W, nonempty=True),
+        webhook_token=c.string(d, "webhook_token", W, nonempty=True, token=True),
         timeout_s=c.number(d, "timeout_s", W, default=10.0, positive=True),
         retry_s=c.number(d, "retry_s", W, default=1.0, positive=True),
     )
@@ -427,4 +427,4 @@ def parse_floor(c: Collector, doc: dict) -> FloorConfig:
 def parse_pos(c: Collector, doc: dict) -> PosConfig:
     """``[pos]``: the tills' Bearer token for ``POST /v1/pos/redeem`` and ``/v1/pos/purchase``."""
     p = section(c, doc, "pos")
-    return PosConfig(token=c.string(p, "token", "[pos]", nonempty=True))
+    return PosConfig(token=c.string(p, "token", "[pos]", nonempty=True, token=True))

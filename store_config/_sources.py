@@ -86,7 +86,7 @@ def parse_sources(c: Collector, src: Mapping[str, Any]) -> dict[str, Mapping[str
             if topic is not None and not _topic_filter_ok(topic):
                 c.err(W, "topic", f"{topic!r} is not a valid MQTT topic filter")
             norm["topic"] = topic
-            norm["token"] = c.string(table, "token", W, nonempty=True)
+            norm["token"] = c.string(table, "token", W, nonempty=True, token=True)
             norm["min_acc"] = c.number(table, "min_acc", W, default=1.0, minimum=0)
         elif sname == "ble":
             norm["path_loss_exponent"] = c.number(table, "path_loss_exponent", W, default=2.0,

@@ -548,3 +548,30 @@ def test_acc_scale_takes_every_source_a_ping_is_counted_under(store: Path):
     assert dict(cfg.tracking.acc_scale) == {"wifi": 1.4, "meraki": 1.7, "aruba": 2.0, "owntracks": 1.2, "wiif": 3}
     flagged = [w.field for w in cfg.warnings if w.where == "[tracking.acc_scale]"]
     assert flagged == ["wiif"]
+
+
+@pytest.mark.parametrize("section, key", [("http", "admin_token"), ("sync", "token"), ("associates", "token"),
+                                          ("delivery", "webhook_token"), ("pos", "token")])
+def test_a_token_with_a_line_break_or_a_space_is_refused_by_name(store: Path, section: str, key: str):
+    """A token travels in an Authorization header: a pasted line break (a TOML multi-line string) or a space
+    broke every request it went into (the sync uplink's every flush); now the config says which key."""
+    text = store.read_text()
+
+    def with_key(value: str) -> str:  # the section's key set to value (the section added when missing)
+        lines, out, inside, done = text.splitlines(), [], False, False
+        for line in lines:
+            if line.startswith("["):
+                inside = line.strip() == f"[{section}]"
+            if inside and line.split("=")[0].strip() == key:
+                continue
+            out.append(line)
+            if inside and line.startswith("[") and not done:
+                out.append(f"{key} = {value}")
+                done = True
+        return "\n".join(out) + ("" if done else f"\n[{section}]\n{key} = {value}") + "\n"
+
+    for bad in ('"""s3cret\n"""', '"two words"'):
+        store.write_text(with_key(bad))
+        find(problems_of(load_store, store), where=f"[{section}]", field=key, contains="one word")
+    store.write_text(with_key('"s3cret-Token_1.~+/="'))
+    assert load_store(store) is not None
