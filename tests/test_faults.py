@@ -125,3 +125,44 @@ async def test_an_offer_held_while_paho_keeps_unwritten_packets_of_a_lost_connec
     [p] = agent.wire.in_flight.values()
     assert agent.ledger.get_offer(p.offer_id) is not None  # written into its table, not left pending
     assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_an_offer_expired_while_the_broker_was_away_is_not_sent_when_it_is_back(
+        tmp_path, mosquitto_factory, agent_factory, protocol):
+    """Offers are "re-sent after a reconnect while unacknowledged, given up at their expiry"
+    (docs/operations.md, "Broker down").  paho keeps every unacknowledged QoS 1 publish and
+    re-sends it on reconnect on its own, so an offer the agent gave up on still reached the
+    phone once the broker was back (found by this audit: stop the broker, offer, expire, start)."""
+    broker = mosquitto_factory()
+    cfg = load_store(write_store(tmp_path, broker_url=broker.url))
+    from dataclasses import replace
+    cfg = replace(cfg, mqtt=replace(cfg.mqtt, protocol=protocol))
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = TestClient(broker.url, asyncio.get_running_loop(), client_id=f"late-phone-{protocol}", clean_session=False)
+    try:
+        await phone.subscribe(f"{R}/offer/+")
+        await asyncio.to_thread(broker.stop)
+        await asyncio.wait_for(wait_until(lambda: not agent.mqtt.connected.is_set()), 10)
+        agent.on_batch([Message(f"{R}/ping/uwb/gone", json.dumps({"x": 24.0, "y": 10.0, "acc": 0.5}).encode(),
+                                0, 0, time.time())])
+        [p] = agent.wire.in_flight.values()
+        assert agent.expire_offers(p.expires) == 1
+        connects = agent.mqtt.connects
+        await asyncio.to_thread(broker.start)
+        await asyncio.wait_for(wait_until(lambda: agent.mqtt.connects > connects and agent.mqtt.subscribed.is_set()),
+                               20)
+        # a fresh offer after the reconnect: anything re-sent on reconnect arrives before it
+        shopper = TestClient(broker.url, asyncio.get_running_loop())
+        try:
+            await shopper.publish(f"{R}/ping/uwb/fresh", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+        finally:
+            shopper.close()
+        first = await phone.next_json(f"{R}/offer/+", timeout=10)
+        assert first["offer_id"] != p.offer_id
+        assert phone.queues[f"{R}/offer/+"].empty()
+        assert [m.topic for m in phone.all] == [f"{R}/offer/fresh"]
+    finally:
+        phone.close()

@@ -424,6 +424,17 @@ class MqttClient:
         if threading.get_ident() == self._loop_thread:
             self._write_now()
 
+    def forget(self, mids: list[int]) -> None:
+        """Give up on unacknowledged QoS 1 publishes: paho keeps every one of them and
+        re-sends it after a reconnect on its own, so an expired offer must leave its queue
+        too (paho has no public call for it: its ``_out_messages`` and in-flight count)."""
+        c = self.client
+        with c._out_message_mutex:
+            for mid in mids:
+                m = c._out_messages.pop(mid, None)
+                if m is not None and m.state == paho.mqtt_ms_wait_for_puback and c._inflight_messages > 0:
+                    c._inflight_messages -= 1
+
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:
             self.client.ack(mid, qos)

@@ -73,6 +73,7 @@ class OfferWire:
         if not gone:
             return 0
         ids = [self.in_flight.pop(mid).offer_id for mid in gone]
+        self.mqtt.forget(gone)  # else paho re-sends them after the next reconnect
         ledger.mark_delivered(ids, state=2)
         self.metrics.offers_expired.inc(n=len(ids))
         log.warning("%d offers expired before the broker acknowledged them", len(ids))
