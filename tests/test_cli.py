@@ -34,3 +34,25 @@ def test_check_sample_passes_and_broken_config_fails(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 1
     assert "error:" in bad.stdout and "store.toml" in bad.stdout
+
+
+def test_watch_ping_and_action_refuse_a_bad_or_unreachable_broker_in_one_line():
+    """A newcomer's first `watch` or `ping` against a broker that is not up, or a URL
+    without its scheme, is one line naming the flag and exit status 2, not a traceback."""
+    from tests.conftest import free_port
+
+    down = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    cases = [
+        (["watch", "--broker", down, "--store", "S042"], down),
+        (["ping", "--broker", down, "--store", "S042", "--device", "d", "--x", "6", "--y", "10"], down),
+        (["action", "--broker", down, "--store", "S042", "--device", "d", "--offer", "o_1", "apply"], down),
+        (["ping", "--broker", "127.0.0.1:1883", "--store", "S042", "--device", "d", "--x", "6", "--y", "10"],
+         "127.0.0.1:1883"),
+    ]
+    for argv, url in cases:
+        r = subprocess.run([sys.executable, "-m", "edge_agent", *argv], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (argv, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("edge-agent: --broker ") and url in lines[0], lines

@@ -223,11 +223,27 @@ def _broker(args: argparse.Namespace) -> tuple[str, str]:
         if url is None:
             print("the config has no [mqtt] url: give --broker mqtt://HOST:PORT", file=sys.stderr)
             raise SystemExit(2)
-        return url, cfg.root_topic
-    if not (args.broker and args.store):
+        root = cfg.root_topic
+    elif not (args.broker and args.store):
         print("give --config store.toml, or --broker URL and --store ID", file=sys.stderr)
         raise SystemExit(2)
-    return args.broker, f"store/{args.store}"
+    else:
+        url, root = args.broker, f"store/{args.store}"
+    if args.broker:
+        from store_config._sections import mqtt_url_problem
+
+        problem = mqtt_url_problem(args.broker)
+        if problem is not None:
+            print(f"edge-agent: --broker {args.broker}: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+    return url, root
+
+
+def _broker_failed(args: argparse.Namespace, url: str, exc: Exception) -> int:
+    """A broker that refuses or is not up: one line naming where its URL came from."""
+    where = f"--broker {url}" if args.broker else f"[mqtt] url = \"{url}\" in {args.config}"
+    print(f"edge-agent: {where}: {exc}; is the broker up at that address?", file=sys.stderr)
+    return 2
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -237,9 +253,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """
     from .tools import watch
 
+    from edge_agent.transport.mqtt import MqttError
+
     url, root = _broker(args)
-    print(f"watching {root}/# on {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
-    return watch(url, root, topics=args.topic or None, count=args.count)
+    try:
+        return watch(url, root, topics=args.topic or None, count=args.count,
+                     banner=f"watching {root}/# on {url} (Ctrl-C stops)")
+    except MqttError as exc:
+        return _broker_failed(args, url, exc)
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -260,7 +281,12 @@ def cmd_ping(args: argparse.Namespace) -> int:
     body["acc"] = args.acc
     if args.floor is not None:
         body["floor"] = args.floor
-    topic = ping(url, root, args.device, body, source=args.source)
+    from edge_agent.transport.mqtt import MqttError
+
+    try:
+        topic = ping(url, root, args.device, body, source=args.source)
+    except MqttError as exc:
+        return _broker_failed(args, url, exc)
     print(f"published {json.dumps(body)} to {topic}")
     return 0
 def cmd_report(args: argparse.Namespace) -> int:
@@ -291,7 +317,12 @@ def cmd_action(args: argparse.Namespace) -> int:
 
     url, root = _broker(args)
     body = {"offer_id": args.offer, "action": args.action}
-    topic = publish(url, f"{root}/action/{args.device}", body)
+    from edge_agent.transport.mqtt import MqttError
+
+    try:
+        topic = publish(url, f"{root}/action/{args.device}", body)
+    except MqttError as exc:
+        return _broker_failed(args, url, exc)
     print(f"published {json.dumps(body)} to {topic}")
     return 0
 

@@ -39,11 +39,14 @@ def describe(topic: str, payload: bytes, root: str) -> str:
 
 
 def watch(url: str, root: str, *, topics: list[str] | None = None, count: int | None = None,
-          out: TextIO = sys.stdout, ready: threading.Event | None = None) -> int:
-    """Print every message on ``root/#`` (or ``topics``) until Ctrl-C or ``count`` messages."""
+          out: TextIO = sys.stdout, ready: threading.Event | None = None, banner: str | None = None) -> int:
+    """Print every message on ``root/#`` (or ``topics``) until Ctrl-C or ``count`` messages
+    (``banner`` goes to stderr once the broker is reached)."""
     seen = 0
     done = threading.Event()
     c = _client(url, "watch")
+    if banner is not None:
+        print(banner, file=sys.stderr, flush=True)
 
     def on_connect(client, userdata, flags, rc, props=None):
         for t in topics or [f"{root}/#"]:
