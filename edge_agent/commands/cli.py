@@ -215,15 +215,17 @@ def cmd_qr(args: argparse.Namespace) -> int:
     return 0
 
 
-def _broker(args: argparse.Namespace) -> tuple[str, str]:
-    """(broker URL, the store's root topic) from --config, or --broker and --store."""
+def _broker(args: argparse.Namespace) -> tuple[str, str, object]:
+    """(broker URL, the store's root topic, the store's [mqtt] or None: its login and
+    TLS files) from --config, or --broker and --store."""
+    mqtt = None
     if args.config:
         cfg = _load(args.config)
         url = args.broker or cfg.mqtt.url
         if url is None:
             print("the config has no [mqtt] url: give --broker mqtt://HOST:PORT", file=sys.stderr)
             raise SystemExit(2)
-        root = cfg.root_topic
+        root, mqtt = cfg.root_topic, cfg.mqtt
     elif not (args.broker and args.store):
         print("give --config store.toml, or --broker URL and --store ID", file=sys.stderr)
         raise SystemExit(2)
@@ -236,13 +238,13 @@ def _broker(args: argparse.Namespace) -> tuple[str, str]:
         if problem is not None:
             print(f"edge-agent: --broker {args.broker}: {problem}", file=sys.stderr)
             raise SystemExit(2)
-    return url, root
+    return url, root, mqtt
 
 
 def _broker_failed(args: argparse.Namespace, url: str, exc: Exception) -> int:
     """A broker that refuses or is not up: one line naming where its URL came from."""
     where = f"--broker {url}" if args.broker else f"[mqtt] url = \"{url}\" in {args.config}"
-    print(f"edge-agent: {where}: {exc}; is the broker up at that address?", file=sys.stderr)
+    print(f"edge-agent: {where}: {exc}", file=sys.stderr)
     return 2
 
 
@@ -255,10 +257,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     from edge_agent.transport.mqtt import MqttError
 
-    url, root = _broker(args)
+    url, root, mqtt = _broker(args)
     try:
         return watch(url, root, topics=args.topic or None, count=args.count,
-                     banner=f"watching {root}/# on {url} (Ctrl-C stops)")
+                     banner=f"watching {root}/# on {url} (Ctrl-C stops)", mqtt=mqtt)
     except MqttError as exc:
         return _broker_failed(args, url, exc)
 
@@ -270,7 +272,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
     """
     from .tools import ping
 
-    url, root = _broker(args)
+    url, root, mqtt = _broker(args)
     if args.lat is not None and args.lon is not None:
         body = {"lat": args.lat, "lon": args.lon}
     elif args.x is not None and args.y is not None:
@@ -284,7 +286,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
     from edge_agent.transport.mqtt import MqttError
 
     try:
-        topic = ping(url, root, args.device, body, source=args.source)
+        topic = ping(url, root, args.device, body, source=args.source, mqtt=mqtt)
     except MqttError as exc:
         return _broker_failed(args, url, exc)
     print(f"published {json.dumps(body)} to {topic}")
@@ -315,12 +317,12 @@ def cmd_action(args: argparse.Namespace) -> int:
     """
     from .tools import publish
 
-    url, root = _broker(args)
+    url, root, mqtt = _broker(args)
     body = {"offer_id": args.offer, "action": args.action}
     from edge_agent.transport.mqtt import MqttError
 
     try:
-        topic = publish(url, f"{root}/action/{args.device}", body)
+        topic = publish(url, f"{root}/action/{args.device}", body, mqtt=mqtt)
     except MqttError as exc:
         return _broker_failed(args, url, exc)
     print(f"published {json.dumps(body)} to {topic}")
@@ -435,7 +437,7 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
                             ("ping", cmd_ping, "publish one ping by hand"),
                             ("action", cmd_action, "apply or dismiss an offer by hand")):
         p = sub.add_parser(name, help=help_, description=fn.__doc__)
-        p.add_argument("--config", help="path of store.toml (its broker and store id)")
+        p.add_argument("--config", help="path of store.toml (its broker, login and store id)")
         p.add_argument("--broker", help="broker URL, e.g. mqtt://127.0.0.1:1883 (overrides the config's)")
         p.add_argument("--store", help="store id (without --config)")
         if name == "watch":

@@ -5,6 +5,7 @@ so a first offer needs no extra package.  Plain paho, no agent."""
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import threading
 import time
@@ -13,18 +14,41 @@ from typing import TextIO
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.transport.mqtt import MqttError, parse_url
+from edge_agent.transport.mqtt import MqttError, parse_url, tls_context
+from store_config.model import MqttConfig
 
 
-def _client(url: str, name: str) -> paho.Client:
+def _client(url: str, name: str, mqtt: MqttConfig | None = None) -> paho.Client:
+    """A connected client, its network thread started; ``mqtt`` (a store's ``[mqtt]``)
+    gives the login and TLS files.  A broker that is not up or refuses is an MqttError."""
     host, port, tls = parse_url(url)
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-agent-{name}-{int(time.time() * 1000) % 10**8}")
+    if mqtt is not None and mqtt.username:
+        c.username_pw_set(mqtt.username, mqtt.password)
     if tls:
-        c.tls_set()
+        c.tls_set_context(tls_context(mqtt) if mqtt is not None else ssl.create_default_context())
+    answered = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(client, userdata, flags, rc, props=None):
+        if rc.is_failure:
+            refused.append(str(rc))
+        answered.set()
+
+    c.on_connect = on_connect
     try:
         c.connect(host, port, 30)
-    except OSError as exc:
-        raise MqttError(f"cannot connect to broker {host}:{port}: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise MqttError(f"cannot connect to broker {host}:{port}: {exc}; is the broker up at that address?") from exc
+    c.loop_start()
+    if not answered.wait(30) or refused:
+        c.disconnect()  # first: it wakes the network thread (else loop_stop waits out a 1 s select)
+        c.loop_stop()
+        login = (f" as [mqtt] username {mqtt.username!r}: {refused[0]}; check [mqtt] username and password"
+                 if mqtt is not None and mqtt.username else
+                 f": {refused[0]}; a broker that wants a login: give --config with the store's [mqtt] username")
+        raise MqttError(f"broker {host}:{port} refused the connection{login}" if refused
+                        else f"broker {host}:{port} did not answer the MQTT CONNECT within 30 s")
     return c
 
 
@@ -39,20 +63,26 @@ def describe(topic: str, payload: bytes, root: str) -> str:
 
 
 def watch(url: str, root: str, *, topics: list[str] | None = None, count: int | None = None,
-          out: TextIO = sys.stdout, ready: threading.Event | None = None, banner: str | None = None) -> int:
+          out: TextIO = sys.stdout, ready: threading.Event | None = None, banner: str | None = None,
+          mqtt: MqttConfig | None = None) -> int:
     """Print every message on ``root/#`` (or ``topics``) until Ctrl-C or ``count`` messages
-    (``banner`` goes to stderr once the broker is reached)."""
+    (``banner`` goes to stderr once the broker has acknowledged the subscription)."""
     seen = 0
     done = threading.Event()
-    c = _client(url, "watch")
-    if banner is not None:
-        print(banner, file=sys.stderr, flush=True)
+    announced = False
 
-    def on_connect(client, userdata, flags, rc, props=None):
-        for t in topics or [f"{root}/#"]:
-            client.subscribe(t, 1)
+    def subscribe(client):
+        client.subscribe([(t, 1) for t in topics or [f"{root}/#"]])
+
+    def on_connect(client, userdata, flags, rc, props=None):  # after a reconnect
+        if not rc.is_failure:
+            subscribe(client)
 
     def on_subscribe(client, userdata, mid, rcs, props=None):
+        nonlocal announced
+        if banner is not None and not announced:
+            announced = True
+            print(banner, file=sys.stderr, flush=True)
         if ready is not None:
             ready.set()
 
@@ -63,8 +93,9 @@ def watch(url: str, root: str, *, topics: list[str] | None = None, count: int | 
         if count is not None and seen >= count:
             done.set()
 
+    c = _client(url, "watch", mqtt)
     c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
-    c.loop_start()
+    subscribe(c)
     try:
         while not done.wait(0.5):
             pass
@@ -76,18 +107,20 @@ def watch(url: str, root: str, *, topics: list[str] | None = None, count: int | 
     return 0
 
 
-def publish(url: str, topic: str, body: dict) -> str:
+def publish(url: str, topic: str, body: dict, *, mqtt: MqttConfig | None = None) -> str:
     """Publish one JSON message at QoS 1, as a phone's app would; returns the topic."""
-    c = _client(url, "pub")
-    c.loop_start()
+    c = _client(url, "pub", mqtt)
     try:
-        c.publish(topic, json.dumps(body).encode(), qos=1).wait_for_publish(10)
+        sent = c.publish(topic, json.dumps(body).encode(), qos=1)
+        sent.wait_for_publish(10)
+        if not sent.is_published():
+            raise MqttError(f"the broker did not acknowledge the message on {topic} within 10 s")
     finally:
         c.disconnect()  # first: it wakes the network thread (else loop_stop waits out a 1 s select)
         c.loop_stop()
     return topic
 
 
-def ping(url: str, root: str, device: str, body: dict, *, source: str = "uwb") -> str:
+def ping(url: str, root: str, device: str, body: dict, *, source: str = "uwb", mqtt: MqttConfig | None = None) -> str:
     """Publish one ping as a phone would; returns the topic."""
-    return publish(url, f"{root}/ping/{source}/{device}", body)
+    return publish(url, f"{root}/ping/{source}/{device}", body, mqtt=mqtt)

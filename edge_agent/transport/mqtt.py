@@ -97,6 +97,24 @@ class _Client(paho.Client):
         return paho.MQTT_ERR_SUCCESS
 
 
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """The TLS context ``[mqtt]`` asks for (tls_ca, tls_cert and tls_key, tls_insecure)."""
+    try:
+        ctx = ssl.create_default_context(cafile=cfg.tls_ca) if cfg.tls_ca else ssl.create_default_context()
+    except OSError as exc:  # ssl.SSLError included: say which file, not only OpenSSL's words
+        raise MqttError(f"[mqtt] tls_ca {cfg.tls_ca}: cannot load it ({exc})") from exc
+    if cfg.tls_cert:
+        try:
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except OSError as exc:
+            raise MqttError(f"[mqtt] tls_cert {cfg.tls_cert} / tls_key {cfg.tls_key}: "
+                            f"cannot load them ({exc})") from exc
+    if cfg.tls_insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def parse_url(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
@@ -164,20 +182,7 @@ class MqttClient:
         if cfg.username:
             c.username_pw_set(cfg.username, cfg.password)
         if tls:
-            try:
-                ctx = ssl.create_default_context(cafile=cfg.tls_ca) if cfg.tls_ca else ssl.create_default_context()
-            except OSError as exc:  # ssl.SSLError included: say which file, not only OpenSSL's words
-                raise MqttError(f"[mqtt] tls_ca {cfg.tls_ca}: cannot load it ({exc})") from exc
-            if cfg.tls_cert:
-                try:
-                    ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-                except OSError as exc:
-                    raise MqttError(f"[mqtt] tls_cert {cfg.tls_cert} / tls_key {cfg.tls_key}: "
-                                    f"cannot load them ({exc})") from exc
-            if cfg.tls_insecure:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            c.tls_set_context(ctx)
+            c.tls_set_context(tls_context(cfg))
         if status_topic:
             c.will_set(status_topic, b"offline", qos=1, retain=True)
         c.on_connect = self._on_connect
