@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from edge_agent.commands.cli import main
 from store_config import sample_path
 
@@ -44,3 +46,23 @@ def test_run_refuses_a_check_error_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith("edge-agent: configuration refused:") and "edge-agent check --config" in err
+
+
+def test_every_command_refuses_a_broken_or_missing_config_in_one_line(tmp_path, capsys):
+    """`where`, `qr`, `watch`, `ping`, `action` and `simulate` refuse a config as `run`
+    does: one line naming the file and the first error, and where `check` lists them all."""
+    d = tmp_path / "store"
+    shutil.copytree(sample_path().parent, d)
+    toml = d / "store.toml"
+    toml.write_text(toml.read_text().replace("timezone", "timezon"))
+    for config in (toml, tmp_path / "missing.toml"):
+        for argv in (["where", "--x", "6", "--y", "10"], ["qr", "--out", str(tmp_path / "qr")],
+                     ["watch"], ["ping", "--device", "d", "--x", "6", "--y", "10"],
+                     ["action", "--device", "d", "--offer", "o_1", "apply"], ["simulate"]):
+            with pytest.raises(SystemExit) as exited:
+                main([argv[0], "--config", str(config), *argv[1:]])
+            assert exited.value.code == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1, (argv, err)
+            assert err.startswith(f"edge-agent: configuration refused: {config}"), err
+            assert f"`edge-agent check --config {config}` lists every error" in err, err

@@ -39,18 +39,23 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _refused(path: str, exc) -> str:
+    """The one line for a configuration `check` calls wrong: its first error, and where all are listed."""
+    more = len(exc.problems) - 1
+    return (f"edge-agent: configuration refused: {exc.problems[0]}" + (f" (and {more} more)" if more else "")
+            + f"; `edge-agent check --config {path}` lists every error")
+
+
 def _load(path: str):
     from store_config import ConfigError, load_store
 
     try:
         return load_store(path)
     except ConfigError as exc:
-        print(f"configuration refused: {path}", file=sys.stderr)
-        for p in exc.problems:
-            print(f"  error: {p}", file=sys.stderr)
+        print(_refused(path, exc), file=sys.stderr)
         raise SystemExit(2) from None
     except FileNotFoundError as exc:
-        print(f"configuration not found: {exc.filename}", file=sys.stderr)
+        print(f"edge-agent: configuration not found: {exc.filename}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -67,11 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_store(args.config)
     except ConfigError as exc:
-        first = exc.problems[0]
-        more = len(exc.problems) - 1
-        print(f"edge-agent: configuration refused: {first}"
-              + (f" (and {more} more)" if more else "")
-              + f"; `edge-agent check --config {args.config}` lists every error", file=sys.stderr)
+        print(_refused(args.config, exc), file=sys.stderr)
         return 2
     if args.broker:
         from store_config._sections import mqtt_url_problem
