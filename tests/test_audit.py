@@ -85,6 +85,25 @@ def test_cli_audit_without_a_ledger_fails_and_creates_nothing(tmp_path):
     assert not data.exists()  # nothing created: no ledger, no key
 
 
+def test_cli_audit_and_report_refuse_an_unreadable_config_as_run_does(tmp_path):
+    """A missing store.toml, or one without the [store] timezone the trail needs, is
+    `run`'s one line: the file once, its first error, and where `check` lists them all."""
+    from tests.conftest import write_store
+
+    typo = write_store(tmp_path, broker_url=None)
+    typo.write_text(typo.read_text().replace("timezone =", "timezon ="))
+    for config in (typo, tmp_path / "missing.toml"):
+        for cmd in ("audit", "report"):
+            r = subprocess.run([sys.executable, "-m", "edge_agent", cmd, "--config", str(config)],
+                               capture_output=True, text=True)
+            assert r.returncode == 2
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1, lines
+            assert lines[0].startswith(f"edge-agent: configuration refused: {config}: "), lines
+            assert lines[0].count(str(config)) == 2, lines  # the error's, and check's
+            assert lines[0].endswith(f"`edge-agent check --config {config}` lists every error"), lines
+
+
 async def test_admin_audit_endpoint(store_factory, agent_factory, mqtt_client):
     cfg, server, offer = await _decisions(store_factory, agent_factory, mqtt_client)
     url = server.url + "/v1/admin/audit"

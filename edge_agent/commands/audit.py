@@ -44,7 +44,9 @@ def locate(config: str | Path) -> tuple[Path, ZoneInfo]:
             tz = ZoneInfo(doc["store"]["timezone"])
             rel = doc.get("data", {}).get("dir", "var")
         except Exception:
-            raise AuditError(f"cannot read {config}: {exc}") from None
+            more = len(exc.problems) - 1
+            raise AuditError(f"configuration refused: {exc.problems[0]}" + (f" (and {more} more)" if more else "")
+                             + f"; `edge-agent check --config {config}` lists every error") from None
         print(f"warning: {config} has problems ({len(exc.problems)}); reading the audit trail anyway",
               file=sys.stderr)
         return (Path(config).resolve().parent / rel).resolve(), tz
@@ -93,7 +95,7 @@ def run_audit(args: argparse.Namespace) -> int:
             device = pseudonym_for(data_dir, args.device) if args.device else None
             rows = read_audit(conn, device=device, since=since, limit=args.limit)
     except (AuditError, sqlite3.Error) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
     if args.json:
         for r in rows:

@@ -124,7 +124,7 @@ def run_report(args: argparse.Namespace) -> int:
         with closing(open_readonly(Path(data_dir) / LEDGER_FILE)) as conn:
             report = build_report(conn, since=since, until=time.time(), tz=tz, promotions=promotions)
     except (AuditError, sqlite3.Error) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
