@@ -91,6 +91,9 @@ def _mqtt_url(c: Collector, where: str, key: str, url: Any) -> str | None:
     except ValueError as exc:
         c.err(where, key, f"{url!r} is not a valid URL ({exc})")
         return None
+    if "://" not in url:  # 'localhost:1883' parses as scheme 'localhost'
+        c.err(where, key, f"no scheme: write mqtt://{url} (mqtts:// for TLS)")
+        return None
     if u.scheme not in ("mqtt", "mqtts"):
         c.err(where, key, f"scheme must be mqtt:// or mqtts://, not {u.scheme + '://' if u.scheme else 'none'}")
         return None

@@ -66,3 +66,18 @@ def test_every_command_refuses_a_broken_or_missing_config_in_one_line(tmp_path, 
             assert len(err.splitlines()) == 1, (argv, err)
             assert err.startswith(f"edge-agent: configuration refused: {config}"), err
             assert f"`edge-agent check --config {config}` lists every error" in err, err
+
+
+def test_a_broker_url_without_its_scheme_says_what_to_write(tmp_path, capsys):
+    """`--broker localhost:1883` (and the same in [mqtt] url) is read as scheme
+    'localhost'; the refusal says to write mqtt://localhost:1883, not 'not localhost://'."""
+    for url in ("localhost:1883", "127.0.0.1:1883"):
+        assert main(["run", "--config", str(sample_path()), "--broker", url]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"edge-agent: --broker {url}: no scheme: write mqtt://{url} (mqtts:// for TLS)", err
+    d = tmp_path / "store"
+    shutil.copytree(sample_path().parent, d)
+    toml = d / "store.toml"
+    toml.write_text(toml.read_text().replace('url = "mqtt://127.0.0.1:1883"', 'url = "localhost:1883"'))
+    assert main(["check", "--config", str(toml)]) == 1
+    assert "[mqtt]: field 'url': no scheme: write mqtt://localhost:1883" in capsys.readouterr().out
