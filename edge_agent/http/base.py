@@ -93,7 +93,9 @@ def require_admin(request: web.Request) -> None:
 
 def require_associate(request: web.Request, *, allow_query: bool = False) -> None:
     if not bearer_ok(request, request.app[AGENT].cfg.associates.token, allow_query=allow_query):
-        raise web.HTTPUnauthorized(text="associates token required\n", headers={"WWW-Authenticate": "Bearer"})
+        how = (f": open {request.path}?token=... with the [associates] token of store.toml" if allow_query
+               else "")
+        raise web.HTTPUnauthorized(text=f"associates token required{how}\n", headers={"WWW-Authenticate": "Bearer"})
 
 
 async def close_socket(sock: web.WebSocketResponse, sender: asyncio.Task) -> None:
