@@ -14,6 +14,7 @@ would refuse a second burn anyway.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import sqlite3
@@ -190,8 +191,9 @@ def setup_routes(app: web.Application, agent_key: web.AppKey, require_admin: Cal
 
     async def json_body(request: web.Request) -> dict:
         body = await read_json(request)  # 400 for malformed, deep or huge-number JSON
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text="body must be a JSON object\n")
+        if not isinstance(body, dict):  # no 'code' (or basket) at all: the tills' documented 400
+            raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "detail": "body must be a JSON object"}),
+                                     content_type="application/json")
         return body
 
     async def post_redeem(request: web.Request) -> web.Response:
