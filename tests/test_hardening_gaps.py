@@ -357,3 +357,39 @@ async def test_a_stock_out_whose_commit_failed_is_alerted_when_the_update_is_ret
     alert = await staff.next_json(f"{R}/alert/#")
     assert (alert["kind"], alert["sku"]) == ("stock_out", "chips")
     assert agent.metrics.alerts.get("stock_out") == 1
+
+
+# -- "a missing or wrong token gets 401": a token sent twice is not the token --------------------
+
+async def test_a_repeated_authorization_header_or_token_is_401_whichever_comes_first(hard):
+    """Two Authorization headers (or two ?token=) were judged by the first alone: [right, wrong]
+    was let in and [wrong, right] refused, so what a proxy that appends its own header lets
+    through depended on order. Found by an outside audit sending duplicated headers; now a
+    repeated credential is no credential (401) on every guarded path, and it changes nothing."""
+    server = hard
+    led = server.agent.ledger.conn
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + "/v1/shop/session") as r:
+            s = await r.json()
+        ping = f"/v1/ping?device={s['device']}&source=uwb"
+        cases = [("POST", "/v1/pickups", "till-secret", {"order_id": "o-dup", "device": "d1", "zone": "aisle-1"}),
+                 ("POST", "/v1/admin/promotions/chips/pause", "admin-secret", None),
+                 ("GET", "/v1/floor", "assoc-secret", None),
+                 ("POST", "/v1/ingest/aruba", "ale-token", []),
+                 ("POST", ping, s["token"], IN_AISLE)]
+        for method, path, token, body in cases:
+            for pair in ((token, "wrong"), ("wrong", token)):
+                headers = [("Authorization", f"Bearer {t}") for t in pair]
+                async with http.request(method, server.url + path, headers=headers, json=body) as r:
+                    assert r.status == 401, (path, pair, r.status)
+            async with http.request(method, server.url + path, headers={"Authorization": f"Bearer {token}"},
+                                    json=body) as r:
+                assert r.status < 300, (path, r.status)  # the token alone is let in
+        for path, token in (("/associates", "assoc-secret"), (f"/shop/code.svg?device={s['device']}&offer_id=x",
+                                                              s["token"])):
+            sep = "&" if "?" in path else "?"
+            for pair in ((token, "wrong"), ("wrong", token)):
+                async with http.get(server.url + path + f"{sep}token={pair[0]}&token={pair[1]}") as r:
+                    assert r.status == 401, (path, pair, r.status)
+    assert led.execute("SELECT count(*) FROM pickups").fetchone()[0] == 1  # only the lone token's
+    assert server.agent.metrics.pings.get("uwb") == 1

@@ -73,15 +73,26 @@ class AgentPort(StoreView, Protocol):
 AGENT: web.AppKey[AgentPort] = web.AppKey("agent")
 
 
+def given_token(request: web.Request, *, allow_query: bool = False) -> str | None:
+    """The bearer token of ``Authorization`` (else ``?token=`` with ``allow_query``); a credential
+    sent twice is none at all, so which of two a proxy or client put first never decides."""
+    headers = request.headers.getall("Authorization", [])
+    if len(headers) > 1:
+        return None
+    scheme, _, credentials = (headers[0] if headers else "").partition(" ")
+    if scheme.lower() == "bearer" and credentials:
+        return credentials.strip()
+    if not allow_query:
+        return None
+    tokens = request.query.getall("token", [])
+    return tokens[0] if len(tokens) == 1 else None
+
+
 def bearer_ok(request: web.Request, token: str | None, *, allow_query: bool = False) -> bool:
     """``Authorization: Bearer <token>`` (or ``?token=`` with ``allow_query``), compared in constant time."""
     if not token:
         return False
-    header = request.headers.get("Authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    given = credentials.strip() if scheme.lower() == "bearer" and credentials else None
-    if given is None and allow_query:
-        given = request.query.get("token")
+    given = given_token(request, allow_query=allow_query)
     # a header is decoded with surrogateescape: bytes that are no UTF-8 are a wrong token, not an error
     return given is not None and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode())
 

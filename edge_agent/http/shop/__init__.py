@@ -37,7 +37,7 @@ from shapely.geometry import MultiPolygon
 from shapely.ops import polylabel
 
 from edge_agent.pipeline.codecs import Ping
-from edge_agent.http.base import close_socket, read_body
+from edge_agent.http.base import close_socket, given_token, read_body
 from edge_agent.transport.mqtt import Message
 from .channel import ShopChannel
 from .qr import code_svg
@@ -186,8 +186,7 @@ def setup(app: web.Application, agent_key: "web.AppKey[AgentPort]") -> None:
         if not channel.allow_address(request.remote, path):
             raise _limited(1.0 / agent.cfg.http.address_rate)
         device = request.query.get("device", "")
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        token = credentials.strip() if scheme.lower() == "bearer" and credentials else request.query.get("token")
+        token = given_token(request, allow_query=True)
         if channel.sessions is None or not channel.sessions.verify(device, token):
             raise _unauthorized()
         return device
