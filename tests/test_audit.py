@@ -124,3 +124,7 @@ async def test_admin_audit_endpoint(store_factory, agent_factory, mqtt_client):
             assert (await r.json())["decisions"] == []
         async with http.get(url, params={"since": "soon"}, headers=auth) as r:
             assert r.status == 400
+        async with http.get(url, params={"limit": "1"}, headers=auth) as r:
+            assert len((await r.json())["decisions"]) == 1
+        async with http.get(url, params={"limit": "-1"}, headers=auth) as r:  # SQLite: no limit, past the cap
+            assert r.status == 400

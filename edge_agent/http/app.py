@@ -82,8 +82,11 @@ async def admin_audit(request: web.Request) -> web.Response:
     try:
         since = parse_since(request.query.get("since", "0"), agent.rt.tz)  # epoch or ISO 8601 (store time)
         limit = min(int(request.query.get("limit", "1000")), 10000)
+        if limit < 0:  # SQLite reads LIMIT -1 as no limit: around the 10,000 cap
+            raise ValueError(limit)
     except (ValueError, AuditError):
-        raise web.HTTPBadRequest(text="'since' must be epoch seconds or ISO 8601, 'limit' a number\n") from None
+        raise web.HTTPBadRequest(text="'since' must be epoch seconds or ISO 8601, 'limit' a number from 0 to "
+                                      "10000\n") from None
     rows = agent.ledger.read_audit(device=agent.pseudonym(device) if device else None, since=since, limit=limit)
     return web.json_response({"decisions": rows})
 
