@@ -64,6 +64,26 @@ def _num(v: Any) -> float | None:
     return float(v)
 
 
+def _position(d: Mapping[str, Any], where: str, frame, *, missing: str, what: str = "", lat: str = "lat",
+              lon: str = "lon", xy: bool = True) -> tuple[float, float]:
+    """Local metres from ``x``/``y`` (when ``xy``) or ``lat``/``lon`` through ``frame``: the
+    scan's true position and the engine's fix alike (``what`` names which in the errors)."""
+    if xy and ("x" in d or "y" in d):
+        x, y = _num(d.get("x")), _num(d.get("y"))
+        if x is None or y is None:
+            raise SurveyError(f"{where}: {what}'x' and 'y' must both be numbers (local metres)")
+        return x, y
+    if lat not in d and lon not in d:
+        raise SurveyError(f"{where}: {missing}")
+    la, lo = _num(d.get(lat)), _num(d.get(lon))
+    if la is None or lo is None or not (-90 <= la <= 90 and -180 <= lo <= 180):
+        raise SurveyError(f"{where}: {what}'{lat}' and '{lon}' must both be numbers in range")
+    if frame is None:
+        raise SurveyError(f"{where}: {what}'{lat}'/'{lon}' need the store's anchor to convert")
+    xs, ys = frame.to_local(np.array([lo]), np.array([la]))
+    return float(xs[0]), float(ys[0])
+
+
 def parse(lines: Iterable[str], file: str, frame=None) -> list[Scan]:
     """Scans of one survey file; ``frame`` (a ``LocalFrame``) converts
     ``lat``/``lon`` lines to local metres."""
@@ -85,20 +105,7 @@ def parse(lines: Iterable[str], file: str, frame=None) -> list[Scan]:
         ts = _num(obj.get("ts"))
         if ts is None:
             raise SurveyError(f"{where}: 'ts' must be a number (epoch seconds)")
-        if "x" in obj or "y" in obj:
-            x, y = _num(obj.get("x")), _num(obj.get("y"))
-            if x is None or y is None:
-                raise SurveyError(f"{where}: 'x' and 'y' must both be numbers (local metres)")
-        elif "lat" in obj or "lon" in obj:
-            la, lo = _num(obj.get("lat")), _num(obj.get("lon"))
-            if la is None or lo is None or not (-90 <= la <= 90 and -180 <= lo <= 180):
-                raise SurveyError(f"{where}: 'lat' and 'lon' must both be numbers in range")
-            if frame is None:
-                raise SurveyError(f"{where}: 'lat'/'lon' need the store's anchor to convert")
-            xs, ys = frame.to_local(np.array([lo]), np.array([la]))
-            x, y = float(xs[0]), float(ys[0])
-        else:
-            raise SurveyError(f"{where}: the true position is missing ('x' and 'y', or 'lat' and 'lon')")
+        x, y = _position(obj, where, frame, missing="the true position is missing ('x' and 'y', or 'lat' and 'lon')")
         fl = obj.get("floor", 0)
         if isinstance(fl, bool) or not isinstance(fl, int):
             raise SurveyError(f"{where}: 'floor' must be an integer")
@@ -136,27 +143,16 @@ def _fix(obj: Mapping[str, Any], where: str, frame) -> tuple[tuple[float, float,
     source = obj.get("source", "html5" if coords is not None else "wifi")
     if source not in FIX_SOURCES:
         raise SurveyError(f"{where}: 'source' must be one of {', '.join(FIX_SOURCES)}")
-    acc_key = "acc"
+    missing = "the fix has no position ('x' and 'y', 'lat' and 'lon', or 'coords')"
     if coords is not None:
         if not isinstance(coords, dict):
             raise SurveyError(f"{where}: fix 'coords' must be an object (an HTML5 GeolocationPosition)")
-        f, lat_key, lon_key, acc_key = coords, "latitude", "longitude", "accuracy"
+        f, acc_key = coords, "accuracy"
+        fx, fy = _position(coords, where, frame, missing=missing, what="fix ", lat="latitude", lon="longitude",
+                           xy=False)
     else:
-        lat_key, lon_key = "lat", "lon"
-    if coords is None and ("x" in f or "y" in f):
-        fx, fy = _num(f.get("x")), _num(f.get("y"))
-        if fx is None or fy is None:
-            raise SurveyError(f"{where}: fix 'x' and 'y' must both be numbers (local metres)")
-    elif lat_key in f or lon_key in f:
-        la, lo = _num(f.get(lat_key)), _num(f.get(lon_key))
-        if la is None or lo is None or not (-90 <= la <= 90 and -180 <= lo <= 180):
-            raise SurveyError(f"{where}: fix '{lat_key}' and '{lon_key}' must both be numbers in range")
-        if frame is None:
-            raise SurveyError(f"{where}: fix '{lat_key}'/'{lon_key}' need the store's anchor to convert")
-        xs, ys = frame.to_local(np.array([lo]), np.array([la]))
-        fx, fy = float(xs[0]), float(ys[0])
-    else:
-        raise SurveyError(f"{where}: the fix has no position ('x' and 'y', 'lat' and 'lon', or 'coords')")
+        acc_key = "acc"
+        fx, fy = _position(f, where, frame, missing=missing, what="fix ")
     acc = f.get(acc_key)
     if acc is not None and (_num(acc) is None or acc < 0):
         raise SurveyError(f"{where}: fix '{acc_key}' must be a number of metres ≥ 0")

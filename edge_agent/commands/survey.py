@@ -151,6 +151,16 @@ def model_path(cfg) -> Path:
     return base / named if named else base / "ble-model.json"
 
 
+def _fixes_only(args: argparse.Namespace, fixes: dict, headline: str, fitted: bool) -> int:
+    """The answer of a survey with Wi-Fi or phone fixes and no BLE scan (no BLE model to fit or judge)."""
+    if args.json:
+        print(json.dumps({"model": None, "fixes": fixes}, indent=1))
+    else:
+        print(headline)
+        _print_fixes(fixes, fitted)
+    return 0
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from geometry import radio
     from geometry.survey import SurveyError, arrays, format_report, report
@@ -166,12 +176,8 @@ def run_fit(args: argparse.Namespace) -> int:
                              "(walk every zone, in two or more walks)")
         fixes = _fit_fixes(cfg, fix_scans) if fix_scans else {}
         if fix_scans and not scans:  # Wi-Fi or phone fixes only: no BLE model to fit
-            if args.json:
-                print(json.dumps({"model": None, "fixes": fixes}, indent=1))
-            else:
-                print(f"{len(fix_scans)} fixes surveyed; no BLE scans, so no BLE model written")
-                _print_fixes(fixes, True)
-            return 0
+            return _fixes_only(args, fixes, f"{len(fix_scans)} fixes surveyed; no BLE scans, so no BLE model written",
+                               True)
         if not cfg.beacons:
             raise ValueError(f"{args.config}: the layout has no BLE beacons (kind \"beacon\" points) to survey")
         ids = [b.beacon_id.lower() for b in cfg.beacons]
@@ -229,12 +235,7 @@ def run_report(args: argparse.Namespace) -> int:
             fixes[src] = {"fixes": int(X.size), "acc_scale_now": now,
                           "report": _fix_report(X, Y, F, x, y, fl, acc * now, cfg)}
         if not scans:
-            if args.json:
-                print(json.dumps({"model": None, "fixes": fixes}, indent=1))
-            else:
-                print(f"{len(fix_scans)} fixes surveyed, no BLE scans")
-                _print_fixes(fixes, False)
-            return 0
+            return _fixes_only(args, fixes, f"{len(fix_scans)} fixes surveyed, no BLE scans", False)
         if not cfg.beacons:
             raise ValueError(f"{args.config}: the layout has no BLE beacons (kind \"beacon\" points) to survey")
         model = ble_model(cfg)
