@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -310,3 +311,30 @@ async def agent_factory():
     yield make
     for s in servers:
         await s.stop()
+
+
+async def start_agent_process(config: Path, port: int, log: Path) -> subprocess.Popen:
+    """`edge-agent run` on ``config`` as a child process (this checkout's code, stderr to ``log``),
+    returned once its /readyz on ``port`` answers 200."""
+    import aiohttp
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with open(log, "ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(config)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+
+    async def ready() -> bool:
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    async def until_ready() -> None:  # a child process has no event to wait on: poll its /readyz
+        while not await ready():
+            assert proc.poll() is None, log.read_text()
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(until_ready(), 60)
+    return proc

@@ -301,14 +301,12 @@ async def test_scores_change_the_winner_and_model_and_propensity_reach_central(
     assert ev["allowed"] == ["rules-pick", "model-pick"] and ev["segments"] == []
 
 
-async def test_a_guardrail_pauses_a_promotion_by_itself_until_the_admin_resumes(
-        store_factory, agent_factory, mqtt_client):
-    """Issue 23: two offers, both dismissed: past max_dismiss_rate 0.5 after
-    min_exposures 2 the promotion pauses itself (reason guardrail), the managers
-    get an alert, central a guardrail event; a restart keeps it paused."""
+async def two_dismissed_offers(store_factory, agent_factory, mqtt_client, *, min_exposures: int):
+    """A store whose `chips` has a guardrail (max_dismiss_rate 0.5, ``min_exposures``), and two
+    shoppers who were offered it and dismissed it (both dismissals processed)."""
     cfg = store_factory(toml_extra=POS, promotions=[
         {"id": "chips", "title": "Chips", "zones": ["aisle-1"],
-         "guardrails": {"max_dismiss_rate": 0.5, "min_exposures": 2}}])
+         "guardrails": {"max_dismiss_rate": 0.5, "min_exposures": min_exposures}}])
     shop = Shop(await agent_factory(cfg), mqtt_client(), cfg)
     for t in ("offer/+", "deadletter", "alert/manager"):
         await shop.phone.subscribe(f"{shop.R}/{t}")
@@ -317,6 +315,15 @@ async def test_a_guardrail_pauses_a_promotion_by_itself_until_the_admin_resumes(
         offer = await shop.offer(d)
         await shop.action(d, offer["offer_id"], "dismiss")
     await shop.marker(f"{shop.R}/action/g2", qos=1)
+    return shop, cfg
+
+
+async def test_a_guardrail_pauses_a_promotion_by_itself_until_the_admin_resumes(
+        store_factory, agent_factory, mqtt_client):
+    """Issue 23: two offers, both dismissed: past max_dismiss_rate 0.5 after
+    min_exposures 2 the promotion pauses itself (reason guardrail), the managers
+    get an alert, central a guardrail event; a restart keeps it paused."""
+    shop, cfg = await two_dismissed_offers(store_factory, agent_factory, mqtt_client, min_exposures=2)
     alert = await shop.phone.next_json(f"{shop.R}/alert/manager")
     assert alert["kind"] == "guardrail" and alert["promotion_id"] == "chips" and alert["dismiss_rate"] == 1.0
     (ev,) = shop.outbox("guardrail")
@@ -340,17 +347,7 @@ async def test_a_guardrail_also_trips_when_the_offer_that_reaches_min_exposures_
     3 exposures and 2/3 dismissed is past max_dismiss_rate 0.5, so the promotion
     pauses itself then (the guardrail was checked on dismissals only, so it kept
     offering until some later dismissal)."""
-    cfg = store_factory(toml_extra=POS, promotions=[
-        {"id": "chips", "title": "Chips", "zones": ["aisle-1"],
-         "guardrails": {"max_dismiss_rate": 0.5, "min_exposures": 3}}])
-    shop = Shop(await agent_factory(cfg), mqtt_client(), cfg)
-    for t in ("offer/+", "deadletter", "alert/manager"):
-        await shop.phone.subscribe(f"{shop.R}/{t}")
-    for d in ("g1", "g2"):
-        await shop.ping(d, "aisle-1")
-        offer = await shop.offer(d)
-        await shop.action(d, offer["offer_id"], "dismiss")
-    await shop.marker(f"{shop.R}/action/g2", qos=1)
+    shop, cfg = await two_dismissed_offers(store_factory, agent_factory, mqtt_client, min_exposures=3)
     assert shop.outbox("guardrail") == []  # 2 exposures: under min_exposures
     await shop.ping("g3", "aisle-1")
     assert (await shop.offer("g3"))["promotion_id"] == "chips"  # the third exposure

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -20,7 +16,7 @@ from aiohttp import web
 
 from store_config import load_store
 from store_config.model import DeliveryConfig
-from tests.conftest import free_port, wait_until, write_store
+from tests.conftest import free_port, start_agent_process, wait_until, write_store
 
 pytestmark = pytest.mark.broker
 
@@ -171,30 +167,7 @@ async def test_kill_9_in_between_loses_nothing_and_sends_no_duplicate(tmp_path, 
     path.write_text(path.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'))
     cfg = load_store(path)
     R = cfg.root_topic
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-
-    async def start() -> subprocess.Popen:
-        with open(tmp_path / "agent.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(path)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=log)
-
-        async def ready() -> bool:
-            try:
-                async with aiohttp.ClientSession() as http:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        async def until_ready() -> None:  # a child process has no event to wait on: poll its /readyz
-            while not await ready():
-                assert proc.poll() is None, (tmp_path / "agent.log").read_text()
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(until_ready(), 60)
-        return proc
-
-    proc = await start()
+    proc = await start_agent_process(path, port, tmp_path / "agent.log")
     mq = mqtt_client()
     await mq.subscribe(f"{R}/offer/+")
     receiver.default = 503
@@ -206,7 +179,7 @@ async def test_kill_9_in_between_loses_nothing_and_sends_no_duplicate(tmp_path, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     receiver.default = 200
-    proc = await start()
+    proc = await start_agent_process(path, port, tmp_path / "agent.log")
     try:
         await until(lambda: set(receiver.taken) >= set(ids))
     finally:

@@ -388,7 +388,7 @@ async def test_forget_leaves_no_copy_of_the_pseudonym_in_the_wal(store_factory, 
     profiles = [{"device": WALKIN, "loyalty_id": "L-WALKIN", "consent": {"offers": True, "tracking": True}}]
     cfg = store_factory(profiles=profiles)
     server = await agent_factory(cfg)
-    agent, R, data = server.agent, cfg.root_topic, Path(cfg.data_dir)
+    R, data = cfg.root_topic, Path(cfg.data_dir)
     phone = mqtt_client()
     await phone.subscribe(f"{R}/offer/+")
     await phone.publish(f"{R}/ping/uwb/{WALKIN}", AISLE, qos=0)

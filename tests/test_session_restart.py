@@ -5,11 +5,8 @@ wait in its persistent session and are applied once it is back."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -17,33 +14,11 @@ import pytest
 
 from store_config import load_store
 from tests.conftest import free_port, write_store
+from tests.conftest import start_agent_process as start_agent
 
 pytestmark = pytest.mark.broker
 
 AISLE = {"x": 24.0, "y": 10.0, "acc": 0.5}
-
-
-async def start_agent(path: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    with open(log, "ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(path)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
-
-    async def ready() -> bool:
-        try:
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                    return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    async def until_ready() -> None:  # a child process has no event to wait on: poll its /readyz
-        while not await ready():
-            assert proc.poll() is None, log.read_text()
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(until_ready(), 60)
-    return proc
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
