@@ -330,15 +330,10 @@ class Agent:
         if wrote:
             self._recovered()
         try:
-            self._after_commit(fx)
+            self._after_commit(fx, held is not None)
         finally:
             if held is not None:
-                try:
-                    if self.stages is not None:
-                        self.stages.mark(5)  # published
-                    self.mqtt.send_now()  # on the wire before the second commit, not after it
-                finally:
-                    self._settle(held)  # even if the write raised: else the record waits for a restart
+                self._settle(held)  # even if a write raised: else the record waits for a restart
         return True
 
     def _settle(self, held: tuple[list, int] | None = None) -> None:
@@ -367,9 +362,10 @@ class Agent:
             self._storage_down = False
             log.warning("storage recovered: %s takes writes again", self.store.path)
 
-    def _after_commit(self, fx: Effects) -> None:
+    def _after_commit(self, fx: Effects, held: bool = False) -> None:
+        """Publish; ``held`` (a second commit follows): the offers are written alone first, alerts before it too."""
+        self.wire.send(fx.offers, self.mqtt.send_now if held else None, self.stages)
         for o in fx.offers:
-            self.wire.publish(o.device, o.payload, o.received)
             self.deliver(f"{self.root}/offer/{o.device}", o.payload)
         mqtt = self.mqtt
         for p in fx.publish:
@@ -386,6 +382,8 @@ class Agent:
                     log.exception("listener failed on %s", n.kind)
         for m in fx.acks:
             mqtt.ack(m.mid, m.qos)
+        if held and fx.publish:
+            mqtt.send_now()
 
     def deliver(self, topic: str, payload: Any) -> None:
         """A message just published, for in-process outlets (the shop page's WebSockets)."""

@@ -17,8 +17,11 @@ from edge_agent.pipeline.codecs import owntracks_cmd
 log = logging.getLogger("edge_agent")
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds an encoder per call with separators
+
+
 def dumps(payload: Any) -> bytes:
-    return payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
+    return payload if isinstance(payload, bytes) else _compact(payload).encode()
 
 
 @dataclass(slots=True)
@@ -39,9 +42,22 @@ class OfferWire:
         self.in_flight: dict[int, PendingOffer] = {}  # paho message id -> the offer
         self.acked: list[str] = []  # offer ids acknowledged, to mark delivered with the next commit
 
+    def send(self, offers: list, write: Callable[[], None] | None = None, stages=None) -> None:
+        """Publish a batch's offers (``OfferOut``); with ``write`` (the transport's ``send_now``: a
+        second commit follows, ``Agent._commit``) put them on the wire at once, before anything
+        else of the batch, also when one of them raised -- after the batch's ``published`` stamp."""
+        try:
+            for o in offers:
+                self.publish(o.device, o.payload, o.received)
+        finally:
+            if write is not None:
+                if stages is not None:
+                    stages.mark(5)  # published
+                write()
+
     def publish(self, device: str, payload: dict, received: float | None) -> None:
         cfg = self.config()
-        mid = self.mqtt.publish(f"{cfg.root_topic}/offer/{device}", dumps(payload), qos=1)
+        mid = self.mqtt.publish_qos1(f"{cfg.root_topic}/offer/{device}", dumps(payload))
         self.in_flight[mid] = PendingOffer(payload["offer_id"], received, payload["expires"])
         if device.startswith("owntracks:") and cfg.ingest.owntracks and cfg.ingest.owntracks_cmd:
             topic, cmd = owntracks_cmd(device, payload)
