@@ -13,6 +13,10 @@ ratio of e2e's figure to this one is what the contention costs.
 
     python benchmarks/offer_batch.py                       # 30,000 pings in batches of 2
     python benchmarks/offer_batch.py --pings 60000 --profile /tmp/offer.prof
+    python benchmarks/offer_batch.py --compare-git 2cdc6f1 --rounds 10   # this tree and REV, alternating
+
+A run's p50 swings by ±10 % on a shared VM: compare trees over rounds (medians), or
+pieces of one tree paired inside one process (``offer_pieces.py``).
 
 Writes benchmarks/results/offer_batch.json.
 """
@@ -23,13 +27,16 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, start_mosquitto, write_json
-from e2e import ping_stream, write_store
+from _common import ROOT, machine, start_mosquitto, write_json
+from e2e import git_tree, ping_stream, write_store
 
 from edge_agent.runner import Server
 from store_config import load_store
@@ -110,6 +117,37 @@ async def measure(args) -> dict:
     return out
 
 
+KEYS = (("offer batch: hand-over → write", "offer_to_write"), ("offer batch: in all", "offer_batch"),
+        ("other batches", "other_batch"))
+
+
+def compare(args) -> int:
+    """This tree and ``--compare-git REV`` in turns (which goes first alternates), one
+    process a run: each run's p50s, and their medians over the rounds."""
+    work = Path(tempfile.mkdtemp(prefix="offer-batch-trees-"))
+    trees = {"now": ROOT, args.compare_git: git_tree(args.compare_git, work)}
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for r in range(args.rounds):
+        for name, tree in (list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]):
+            out = work / f"{name}-{r}.json"
+            subprocess.run([sys.executable, str(tree / "benchmarks" / "offer_batch.py"), "--pings", str(args.pings),
+                            "--batch", str(args.batch), "--out", str(out)], cwd=tree, check=True,
+                           env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True)
+            runs[name].append(json.loads(out.read_text()))
+            print(f"round {r + 1}  {name:<10} " + "  ".join(
+                f"{key} {runs[name][-1][key]['p50_us']:.1f}" for _, key in KEYS), flush=True)
+    print(f"\n{'p50 µs, median of ' + str(args.rounds) + ' rounds':<34} " + " ".join(f"{n:>10}" for n in trees))
+    summary = {}
+    for label, key in KEYS:
+        meds = {n: round(statistics.median(x[key]["p50_us"] for x in runs[n]), 1) for n in trees}
+        summary[key] = meds
+        print(f"{label:<34} " + " ".join(f"{meds[n]:>10.1f}" for n in trees))
+    write_json("offer_batch_compare.json", {"machine": machine(), "args": vars(args), "median_p50_us": summary,
+                                            "runs": {n: [{k: x[k] for _, k in KEYS} for x in xs]
+                                                     for n, xs in runs.items()}}, args.out)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pings", type=int, default=30000)
@@ -117,12 +155,15 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=4000)
     ap.add_argument("--entry-share", type=float, default=0.02)
     ap.add_argument("--profile", metavar="FILE", help="cProfile the offer batches up to the offer's write")
+    ap.add_argument("--compare-git", metavar="REV", help="also run the tree of git revision REV, in turns")
+    ap.add_argument("--rounds", type=int, default=6, help="with --compare-git: runs of each tree")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.compare_git:
+        return compare(args)
     res = asyncio.run(measure(args))
     print(f"{'thread CPU µs':<34} {'n':>6} {'p50':>8} {'p90':>8} {'mean':>8}")
-    for label, key in (("offer batch: hand-over → write", "offer_to_write"),
-                       ("offer batch: in all", "offer_batch"), ("other batches", "other_batch")):
+    for label, key in KEYS:
         r = res[key]
         print(f"{label:<34} {r['n']:>6} {r['p50_us']:>8.1f} {r['p90_us']:>8.1f} {r['mean_us']:>8.1f}")
     write_json("offer_batch.json", {"machine": machine(), "args": vars(args), **res}, args.out)
