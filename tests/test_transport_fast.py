@@ -105,8 +105,8 @@ def test_a_short_qos1_publish_queues_what_paho_queues(protocol, size):
 
 
 def test_a_short_qos1_publish_leaves_to_paho_what_is_not_the_common_case():
-    """Not connected, the in-flight limit reached, a wildcard topic: paho's own publish (queued for
-    the reconnect, queued behind the limit, refused) -- never a packet of ours."""
+    """Not connected, the in-flight limit reached, a wildcard topic, a full queue: paho's own publish
+    (queued for the reconnect, queued behind the limit, refused, not queued) -- never a packet of ours."""
     c = _Client(CallbackAPIVersion.VERSION2, client_id="q1")
     mid = c.publish_qos1("o/a", b"1")  # no socket
     assert c._out_messages[mid].state == paho.mqtt_ms_publish and not c._out_packet
@@ -119,6 +119,14 @@ def test_a_short_qos1_publish_leaves_to_paho_what_is_not_the_common_case():
         assert c._out_messages[mid].state == paho.mqtt_ms_queued and c._inflight_messages == 1
         with pytest.raises(ValueError):
             c.publish_qos1("o/#", b"4")
+    finally:
+        c._sock.close()
+    c = _unwritten_client(paho.MQTTv311)
+    try:
+        c.max_queued_messages_set(1)
+        c.publish_qos1("o/a", b"1")
+        c.publish_qos1("o/b", b"2")  # paho's answer to a full queue: not queued
+        assert [m.payload for m in c._out_messages.values()] == [b"1"]
     finally:
         c._sock.close()
 

@@ -107,13 +107,14 @@ class _Client(paho.Client):
         (not connected, the limit reached, a topic paho refuses, another paho major version)
         goes through paho's own ``publish``.  Measured on an offer's path: BENCHMARKS.md §13."""
         tb = topic.encode()
-        limit = self._max_inflight_messages
-        if (not self.SHORT_PATH_OK or self._sock is None or (limit and self._inflight_messages >= limit)
-                or not 0 < len(tb) <= 65535 or b"+" in tb or b"#" in tb or len(payload) > 268_435_000):
-            return self.publish(topic, payload, qos=1).mid
-        mid = self._mid_generate()
         v5 = self._protocol == paho.MQTTv5
         n = 4 + len(tb) + len(payload) + v5  # topic length, topic, message id, (no properties), payload
+        limit, queued = self._max_inflight_messages, self._max_queued_messages
+        if (not self.SHORT_PATH_OK or self._sock is None or (limit and self._inflight_messages >= limit)
+                or (queued and len(self._out_messages) >= queued)
+                or not 0 < len(tb) <= 65535 or b"+" in tb or b"#" in tb or n > 268_435_455):
+            return self.publish(topic, payload, qos=1).mid
+        mid = self._mid_generate()
         packet = bytearray(b"\x32")  # PUBLISH, QoS 1, no DUP, no RETAIN
         while n > 0x7F:
             packet.append((n & 0x7F) | 0x80)
