@@ -133,7 +133,8 @@ class Metrics:
                                       "busy, io, corrupt (moved aside) or the error's type.", ("error",))
         self.storage_ok = Gauge("edge_storage_ok", "0 while the ledger takes no writes (then /readyz is 503), else 1.")
         self.internal_errors = Counter("edge_internal_errors_total", "Messages dead-lettered as 'internal': a "
-                                       "failure in the step no contract reason names, by exception type.",
+                                       "failure in the step no contract reason names, by exception type; also "
+                                       "second commits and pending rows that failed on one (a bug, not the disk).",
                                        ("error",))
         self.http_accept_errors = Counter("edge_http_accept_errors_total", "HTTP connections the agent could not "
                                           "accept (out of file descriptors), by errno name.", ("error",))

@@ -74,6 +74,22 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def restore(pipeline: Pipeline, store: Store, now: float) -> None:
+    """Rebuild cooldowns, caps, consent and inventory from the store after a restart."""
+    st, cfg = pipeline.state, pipeline.cfg
+    horizon = max([p.cooldown_s for p in cfg.promotions] + [86400.0])
+    # per person: offers count towards caps, holdouts cool a promotion down too
+    restore_histories(st, store.campaigns, store.ledger, since=now - horizon, now=now, tz=st.rt.tz)
+    st.campaign = store.campaigns.load_state()  # budgets and pause overrides
+    for promo in cfg.promotions:
+        pipeline.offering.update_budget_gauge(promo)
+    st.consents.update(store.consent.load())
+    for sku, qty, ts in store.inventory.load():
+        if ts >= st.inventory.get(sku, (0, 0.0))[1]:
+            st.set_inventory(sku, qty, ts)
+    pipeline.floor.restore(store.pickups.load())  # click-and-collect orders still waiting
+
+
 class Agent:
     """The edge agent for one store: composes storage, transport and pipeline."""
 
@@ -193,7 +209,7 @@ class Agent:
         self.ledger.checkpoint_in_thread()  # never in a commit on the loop (storage/ledger.py)
         self.pipeline.shell_errors = (sqlite3.Error,)  # a storage error in the step fails the batch, for a retry
         self._settle()  # records a crash left pending, before the restore: cooldowns and caps count them
-        self._restore()
+        restore(self.pipeline, self.store, self.clock())
         self.sync = Sync(config=lambda: self.cfg, store=self.ledger, metrics=self.metrics, clock=self.clock,
                          install=self.install, mqtt_client=MqttClient)
         self.sync.load_saved_bundle()  # the last good bundle from central, before serving
@@ -238,22 +254,6 @@ class Agent:
             unlock(self._lock)
             self._lock = None
         log.info("agent stopped")
-
-    def _restore(self) -> None:
-        """Rebuild cooldowns, caps, consent and inventory from the store after a restart."""
-        st, led = self.state, self.ledger
-        now = self.clock()
-        horizon = max([p.cooldown_s for p in self.cfg.promotions] + [86400.0])
-        # per person: offers count towards caps, holdouts cool a promotion down too
-        restore_histories(st, self.store.campaigns, led, since=now - horizon, now=now, tz=self.rt.tz)
-        st.campaign = self.store.campaigns.load_state()  # budgets and pause overrides
-        for promo in self.cfg.promotions:
-            self.pipeline.offering.update_budget_gauge(promo)
-        st.consents.update(self.store.consent.load())
-        for sku, qty, ts in self.store.inventory.load():
-            if ts >= st.inventory.get(sku, (0, 0.0))[1]:
-                st.set_inventory(sku, qty, ts)
-        self.pipeline.floor.restore(self.store.pickups.load())  # click-and-collect orders still waiting
 
     def _on_connected(self) -> None:
         if self.ledger:
@@ -322,6 +322,11 @@ class Agent:
         except sqlite3.Error as exc:
             self.storage_failed(exc, msgs, fx)
             return False
+        except Exception:  # a bug, not the disk: none of these rows stays for the next commit to write
+            store.rollback()
+            for undo in reversed(fx.undo):
+                undo()
+            raise
         self._unsettled = False
         if self.stages is not None:
             self.stages.mark(4)  # committed (a no-op outside a transport batch)
@@ -352,8 +357,14 @@ class Agent:
             if held and held[1] and self.store is not store:  # set aside as corrupt: its rows are only here now,
                 self._settle((held[0], 0))  # so into the fresh ledger (no record 0 there to drop); once
             return
+        except Exception as exc:  # a bug in a row, not the disk: the record stays, for the replay that isolates it
+            self._unsettled = True
+            self.metrics.internal_errors.inc(store.abandon(exc))
+            return
         self._unsettled = False
         self.wire.acked = []
+        for error in store.take_dropped():  # rows a replay left out (logged by the store)
+            self.metrics.internal_errors.inc(error)
         if n and not held:
             log.warning("wrote the rows of %d published batch(es) whose second commit was cut off", n)
 

@@ -113,3 +113,39 @@ def test_a_record_from_before_an_upgrade_that_changed_a_row_kind_is_read_by_fiel
                           ["d_x", 5.0, "enter", "z1", "p1", "offered", "offered", "dropped"])])
     [row] = unpack_rows(old)
     assert row == fx.Audit(5.0, "d_x", "enter", "z1", "p1", "offered", "offered", None)
+
+
+def test_a_record_with_a_row_no_table_takes_is_written_without_that_row_and_holds_nothing_up(tmp_path, caplog):
+    """A replay that fails on something other than the disk (a bug: bytes where the outbox
+    takes JSON) writes the record row by row: the bad row is left out, logged and listed for
+    the shell's counter, the rest is written, and the records after it too."""
+    ledger, store = open_ledger(tmp_path / "edge.sqlite3", store_id="S1")
+    poison = _offer_batch("d_phone") + [fx.Event("offer", 1000.0, "d_phone", {"blob": b"\x00"})]
+    store.hold(poison)
+    store.commit()
+    store.hold([fx.Action("o-1", "redeemed", 1010.0)])  # a later record acting on the poisoned one's offer
+    store.commit()
+    with caplog.at_level("ERROR", logger="edge_agent.storage.store"):
+        assert store.replay_pending() == 2
+    store.commit()
+    offer = ledger.get_offer("o-1")
+    assert offer is not None and offer.action == "redeemed"
+    assert ledger.read_audit(device="d_phone")[0]["offer_id"] == "o-1"
+    assert [e["kind"] for _, e in ledger.outbox.peek(10)] == ["offer"]  # the good event; the bytes one left out
+    assert ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
+    assert store.take_dropped() == ["TypeError"] and store.take_dropped() == []
+    assert any("a Event row left out (TypeError)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_record_that_cannot_be_read_is_dropped_and_said_and_the_next_is_written(tmp_path):
+    ledger, store = open_ledger(tmp_path / "edge.sqlite3", store_id="S1")
+    ledger.begin()
+    ledger.conn.execute("INSERT INTO pending(rows) VALUES (?)", (b"\xc1 not msgpack",))
+    store.commit()
+    store.hold(_offer_batch("d_phone"))
+    store.commit()
+    assert store.replay_pending() == 2
+    store.commit()
+    assert ledger.get_offer("o-1") is not None
+    assert ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
+    assert len(store.take_dropped()) == 1

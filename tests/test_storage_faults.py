@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 
 import pytest
 
+from edge_agent.pipeline.effects import Audit, Effects, Event, OfferOut, OfferRow
 from store_config import load_store
 
 from .conftest import wait_until, write_store
@@ -212,3 +214,70 @@ async def test_a_dismissal_whose_commit_failed_is_counted_once_by_the_guardrail(
     assert not agent.state.campaign.is_paused(next(p for p in agent.cfg.promotions if p.id == "chips"))
     rows = agent.ledger.conn.execute("SELECT count(*) FROM outbox WHERE kind = 'guardrail'").fetchone()
     assert rows == (0,)
+
+
+def _offer_with_a_row_no_table_takes(agent, R: str, device: str) -> tuple[Effects, str]:
+    """A published batch whose outbox event holds bytes: msgpack keeps them in the pending
+    record, the outbox's JSON cannot (a bug's stand-in: a value a table cannot take)."""
+    now = time.time()
+    pseudo, oid = agent.pseudonym(device), f"o_poison_{device}"
+    payload = {"offer_id": oid, "promotion_id": "chips", "zone": "aisle-1", "title": "t", "message": "m",
+               "sku": None, "ts": now, "expires": now + 600}
+    fx = Effects(rows=[OfferRow(oid, pseudo, "chips", "aisle-1", now, now + 600, payload, topic_device=device),
+                       Audit(now, pseudo, "enter", "aisle-1", "chips", "offered", "offered", oid),
+                       Event("offer", now, pseudo, {"offer_id": oid, "blob": b"\x00"})],
+                 offers=[OfferOut(device, payload, now)])
+    return fx, oid
+
+
+async def test_a_row_no_table_takes_in_a_published_batch_costs_that_row_only(store_factory, agent_factory,
+                                                                             mqtt_client, caplog):
+    """The offer is out before its second commit; that commit fails on a row (not on the disk).
+    Nothing of it stays half-written for the next commit, the record is written row by row
+    with the next commit -- the bad row left out, logged and counted -- and later offers go on."""
+    cfg = store_factory()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    fx, oid = _offer_with_a_row_no_table_takes(agent, R, "poison")
+    with caplog.at_level(logging.ERROR, logger="edge_agent"):
+        assert agent.commit_effects(fx)
+        assert (await phone.next_json(f"{R}/offer/+"))["offer_id"] == oid  # it was recorded before it left
+        assert not agent.ledger.in_transaction  # nothing half-written waits for the next commit
+        assert agent.ledger.get_offer(oid) is None
+        assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (1,)
+        # the next batch: the record first, row by row, then the new offer
+        await phone.publish(f"{R}/ping/uwb/after", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+        after = await phone.next_json(f"{R}/offer/+")
+    assert agent.ledger.get_offer(oid) is not None and agent.ledger.get_offer(after["offer_id"]) is not None
+    assert [a["offer_id"] for a in agent.ledger.read_audit(device=agent.pseudonym("poison"))] == [oid]
+    assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
+    assert not any(e.get("offer_id") == oid for _, e in agent.ledger.outbox.peek(1000))  # the row left out
+    assert agent.metrics.internal_errors.get("TypeError") == 2  # the second commit, then the row
+    assert not agent.metrics.storage_errors.values and not agent._storage_down and not agent._unsettled
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("second commit of a batch failed (TypeError" in m for m in lines)
+    assert any("a Event row left out (TypeError)" in m for m in lines)
+
+
+async def test_a_row_no_table_takes_in_a_batch_without_offers_leaves_none_of_its_rows(store_factory,
+                                                                                    agent_factory, mqtt_client):
+    """Before the fix the failed batch's first rows stayed in the open transaction, and the next
+    commit wrote them: now the batch raises (the transport logs it) and leaves nothing."""
+    cfg = store_factory()
+    server = await agent_factory(cfg)
+    agent = server.agent
+    R = cfg.root_topic
+    now = time.time()
+    bad = Effects(rows=[Audit(now, "d_half", "enter", "aisle-1", "chips", "suppressed", "cooldown"),
+                        Event("transition", now, "d_half", {"blob": b"\x00"})])
+    with pytest.raises(TypeError):
+        agent.commit_effects(bad)
+    assert not agent.ledger.in_transaction
+    phone = mqtt_client()
+    await phone.subscribe(f"{R}/offer/+")
+    await phone.publish(f"{R}/ping/uwb/next", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
+    await phone.next_json(f"{R}/offer/+")
+    assert agent.ledger.read_audit(device="d_half") == []

@@ -60,7 +60,7 @@ log = logging.getLogger("edge_agent.pipeline")
 SMALL_COARSE = 24
 
 
-def _where(exc: BaseException) -> str:
+def where(exc: BaseException) -> str:
     """``file:line`` where ``exc`` was raised (the innermost frame)."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
@@ -202,7 +202,7 @@ class Pipeline:
         payload or the topic: both may carry a raw id) and counted."""
         self.metrics.internal_errors.inc(type(exc).__name__)
         log.warning("a message failed in the step (%s at %s); dead-lettered as 'internal'",
-                    type(exc).__name__, _where(exc))
+                    type(exc).__name__, where(exc))
 
     def ingest(self, pings: list[Ping], now: float) -> Effects:
         """Already-decoded pings (vendor adapters: Meraki, Aruba) through the same path."""

@@ -38,6 +38,7 @@ from edge_agent.storage.delivery import DeliveryTable
 from .campaigns import CampaignTables
 from .ledger import Ledger
 from edge_agent.pipeline import effects as fx
+from edge_agent.pipeline.core import where
 from . import privacy
 
 log = logging.getLogger("edge_agent.storage.store")
@@ -172,6 +173,7 @@ class Store:
         self.pickups = PickupTable(ledger.conn)  # click-and-collect orders (pipeline/floor.py)
         self.forgotten: dict[str, dict[str, int]] = {}  # pseudonym -> rows deleted by a full Forget
         self._scrub_wal = False  # a full Forget was written: empty the WAL once it is committed
+        self.dropped: list[tuple[str, str]] = []  # rows a replay had to leave out (kind, error): replay_pending
         self._seal_legacy()
 
     def _seal_legacy(self) -> None:
@@ -283,11 +285,63 @@ class Store:
         return 1
 
     def replay_pending(self) -> int:
-        """Settle every pending record, oldest first (the caller commits); how many."""
-        held = self.ledger.conn.execute("SELECT id, rows FROM pending ORDER BY id").fetchall()
+        """Settle every pending record, oldest first (the caller commits); how many.
+
+        A record that raises anything but a storage error (a bug: a value its table cannot
+        take, a record that cannot be read) is written row by row instead: the rows that
+        fail are left out and listed in :attr:`dropped` (kind, error) for the shell to log
+        and count, and the record is dropped -- one poison never holds every later commit."""
+        led = self.ledger
+        held = led.conn.execute("SELECT id, rows FROM pending ORDER BY id").fetchall()
         for pending_id, blob in held:
-            self.settle(unpack_rows(blob), pending_id)
+            led.begin()
+            led.conn.execute("SAVEPOINT record")
+            try:
+                self.settle(unpack_rows(blob), pending_id)
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a poison record, not the disk
+                led.conn.execute("ROLLBACK TO record")
+                self._settle_row_by_row(blob, pending_id, exc)
+            led.conn.execute("RELEASE record")
         return len(held)
+
+    def _settle_row_by_row(self, blob: bytes, pending_id: int, exc: Exception) -> None:
+        conn, first = self.ledger.conn, len(self.dropped)
+        try:
+            rows = unpack_rows(blob)
+        except Exception as unreadable:  # noqa: BLE001
+            rows = []
+            self.dropped.append(("record", type(unreadable).__name__))
+        for r in rows:
+            conn.execute("SAVEPOINT row")
+            try:
+                self.apply([r])
+            except sqlite3.Error:
+                raise
+            except Exception as bad:  # noqa: BLE001
+                conn.execute("ROLLBACK TO row")
+                self.dropped.append((type(r).__name__, type(bad).__name__))
+            conn.execute("RELEASE row")
+        conn.execute("DELETE FROM pending WHERE id = ?", (pending_id,))
+        for kind, error in self.dropped[first:]:
+            log.error("a pending record could not be written whole (%s at %s): a %s row left out (%s); the rest "
+                      "is written", type(exc).__name__, where(exc), kind, error)
+
+    def abandon(self, exc: Exception) -> str:
+        """A batch's second commit failed on something other than the disk (a bug): roll it back,
+        keep its pending record for the next commit's replay (which isolates the bad row), say so;
+        the error's type, for the shell's counter."""
+        self.rollback()
+        log.error("the second commit of a batch failed (%s at %s); its pending record is written row by row with "
+                  "the next commit", type(exc).__name__, where(exc))
+        return type(exc).__name__
+
+    def take_dropped(self) -> list[str]:
+        """The errors of the rows replays left out since the last call (each logged)."""
+        errors = [error for _, error in self.dropped]
+        self.dropped.clear()
+        return errors
 
     def probe(self, now: float) -> None:
         """One small committed write (raises the storage error while there is one)."""
