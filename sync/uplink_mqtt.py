@@ -45,7 +45,8 @@ def topic_for(store_id: str, kind: str) -> str:
 def uplink_mqtt_config(url: str) -> MqttConfig:
     """The central broker's settings from ``[sync] mqtt_url`` (``user:password@`` allowed)."""
     parts = urlsplit(url)
-    clean = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 literal keeps its brackets
+    clean = parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")).geturl()
     return MqttConfig(url=clean, username=unquote(parts.username) if parts.username else None,
                       password=unquote(parts.password) if parts.password else None)
 

@@ -185,3 +185,18 @@ def test_docs_describe_the_event_keys_and_decisions_the_agent_sends(tmp_path):
     # A suppression of a device without tracking consent carries no zone (null).
     decision = api["components"]["schemas"]["Decision"]["allOf"][1]["properties"]
     assert "null" in decision["zone"]["type"]
+
+
+@pytest.mark.parametrize("url, clean, host", [
+    ("mqtts://edge%40s1:p%3Ass@broker.example.com:8883", "mqtts://broker.example.com:8883", "broker.example.com"),
+    ("mqtt://u:p@[fd00::17]:1884", "mqtt://[fd00::17]:1884", "fd00::17"),  # an IPv6 literal keeps its brackets
+    ("mqtt://[::1]", "mqtt://[::1]", "::1"),
+])
+def test_the_uplinks_broker_url_loses_its_login_and_nothing_else(url, clean, host):
+    from edge_agent.transport.mqtt import parse_url
+    from sync.uplink_mqtt import uplink_mqtt_config
+
+    cfg = uplink_mqtt_config(url)
+    assert cfg.url == clean and parse_url(cfg.url)[0] == host
+    assert (cfg.username, cfg.password) == (("edge@s1", "p:ss") if "%40" in url else
+                                           ("u", "p") if "u:p@" in url else (None, None))
