@@ -156,11 +156,21 @@ class Outbox:
 
     def requeue_aside(self) -> int:
         """Put every set-aside event back in the outbox under its original
-        ``seq`` (so order is kept) and key (so central still dedupes)."""
+        ``seq`` (so order is kept) and key (so central still dedupes), and count
+        the requeue (:meth:`requeues`: a requeued batch goes out under a new
+        ``Idempotency-Key``)."""
         rows = self.conn.execute("SELECT seq, key, kind, device, ts, body FROM outbox_aside ORDER BY seq").fetchall()
         self.conn.executemany(
             "INSERT OR IGNORE INTO outbox(seq, key, kind, cls, device, ts, body) VALUES (?,?,?,?,?,?,?)",
             [(seq, key, kind, KIND_CLASS.get(kind, SHED_NORMAL), device, ts, body)
              for seq, key, kind, device, ts, body in rows])
         self.conn.execute("DELETE FROM outbox_aside")
+        if rows:
+            self.conn.execute("INSERT INTO meta(k, v) VALUES ('outbox_requeues', '1') "
+                              "ON CONFLICT(k) DO UPDATE SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT)")
         return len(rows)
+
+    def requeues(self) -> int:
+        """How many times set-aside events were put back (0 before the first)."""
+        row = self.conn.execute("SELECT v FROM meta WHERE k = 'outbox_requeues'").fetchone()
+        return int(row[0]) if row else 0

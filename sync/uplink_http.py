@@ -151,7 +151,7 @@ class HttpUplink:
         sc = sync.cfg.sync
         events = [outgoing(body) for _, body in rows]
         data, ctype = encode({"events": events}, sc.encoding)
-        headers = {"Content-Type": ctype, "Idempotency-Key": idempotency_key(events)}
+        headers = {"Content-Type": ctype, "Idempotency-Key": idempotency_key(events, sync.store.outbox.requeues())}
         if sc.token:
             headers["Authorization"] = f"Bearer {sc.token}"
         errors = sync.metrics.sync_errors

@@ -52,8 +52,10 @@ def decode(body: bytes, content_type: str | None) -> Any:
         raise ValueError(f"not valid JSON: {exc}") from exc
 
 
-def idempotency_key(events: list[dict[str, Any]]) -> str:
+def idempotency_key(events: list[dict[str, Any]], requeues: int = 0) -> str:
     """A batch's ``Idempotency-Key``: a hash of its first and last event keys
-    and its length, so a retried batch carries the same key."""
-    h = hashlib.sha256(f"{events[0]['key']}\n{events[-1]['key']}\n{len(events)}".encode())
-    return "b-" + h.hexdigest()[:32]
+    and its length, so a retried batch carries the same key -- and of the outbox's
+    requeue count, so a batch central refused and an admin requeued is a new request
+    (central may keep its answer to a key: it would refuse it again unseen)."""
+    text = f"{events[0]['key']}\n{events[-1]['key']}\n{len(events)}" + (f"\nrequeue {requeues}" if requeues else "")
+    return "b-" + hashlib.sha256(text.encode()).hexdigest()[:32]

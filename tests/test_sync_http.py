@@ -141,6 +141,9 @@ async def test_401_batch_is_set_aside_then_requeued_once_fixed(store_factory, ag
             assert (await r.json())["requeued"] == len(refused.keys)
     await until(agent, lambda: set(refused.keys) <= set(central.events))
     assert agent.ledger.outbox.aside_count() == 0
+    # ...under a new Idempotency-Key: a central that keeps its answer to a key would refuse it again unread
+    again = [d for d in central.deliveries[1:] if set(d.keys) & set(refused.keys)]
+    assert again and all(d.idempotency_key != refused.idempotency_key for d in again)
 
 
 async def test_outbox_bound_sheds_analytics_first_never_redemptions_or_consent(
