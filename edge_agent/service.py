@@ -45,7 +45,7 @@ from .transport.offers import OfferWire, dumps
 from .pipeline import Effects, Pipeline, State, build_runtime
 from .storage.privacy import TopicSealer
 from .reload import Reloader, file_mtime
-from .storage.store import Store, error_kind, open_ledger, set_aside
+from .storage.store import Store, error_kind, open_ledger, row_error, set_aside
 
 log = logging.getLogger("edge_agent")
 OWNTRACKS_FILTER = "owntracks/+/+"  # [ingest] owntracks = true subscribes to it
@@ -205,7 +205,8 @@ class Agent:
         # A ledger that cannot be written stops the start here (StorageUnwritable: one line, exit 2);
         # a corrupt one is moved aside and a fresh one started (store.open_ledger).
         self.ledger, self.store = open_ledger(data / "edge.sqlite3", store_id=cfg.store_id, sealer=self.sealer,
-                                              on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"))
+                                              on_corrupt=lambda: self.metrics.storage_errors.inc("corrupt"),
+                                              on_dropped=self.metrics.internal_errors.inc)
         self.ledger.checkpoint_in_thread()  # never in a commit on the loop (storage/ledger.py)
         self.pipeline.shell_errors = (sqlite3.Error,)  # a storage error in the step fails the batch, for a retry
         self._settle()  # records a crash left pending, before the restore: cooldowns and caps count them
@@ -319,11 +320,11 @@ class Agent:
                 stage(fx)
             wrote = self.ledger.in_transaction
             store.commit()
-        except sqlite3.Error as exc:
-            self.storage_failed(exc, msgs, fx)
-            return False
-        except Exception:  # a bug, not the disk: none of these rows stays for the next commit to write
-            store.rollback()
+        except Exception as exc:  # noqa: BLE001 - sorted by row_error
+            if not row_error(exc):  # the disk: kept for a retry
+                self.storage_failed(exc, msgs, fx)
+                return False
+            store.rollback()  # a bug in a row: none of these rows stays for the next commit to write
             for undo in reversed(fx.undo):
                 undo()
             raise
@@ -351,20 +352,17 @@ class Agent:
             if self.wire.acked:
                 self.ledger.mark_delivered(self.wire.acked)
             store.commit()
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - sorted by row_error
             self._unsettled = True
+            if row_error(exc):  # a bug in a row, not the disk: the record stays, for the replay that isolates it
+                self.metrics.internal_errors.inc(store.abandon(exc))
+                return
             self.storage_failed(exc, [])
             if held and held[1] and self.store is not store:  # set aside as corrupt: its rows are only here now,
                 self._settle((held[0], 0))  # so into the fresh ledger (no record 0 there to drop); once
             return
-        except Exception as exc:  # a bug in a row, not the disk: the record stays, for the replay that isolates it
-            self._unsettled = True
-            self.metrics.internal_errors.inc(store.abandon(exc))
-            return
         self._unsettled = False
         self.wire.acked = []
-        for error in store.take_dropped():  # rows a replay left out (logged by the store)
-            self.metrics.internal_errors.inc(error)
         if n and not held:
             log.warning("wrote the rows of %d published batch(es) whose second commit was cut off", n)
 
@@ -374,7 +372,8 @@ class Agent:
             log.warning("storage recovered: %s takes writes again", self.store.path)
 
     def _after_commit(self, fx: Effects, held: bool = False) -> None:
-        """Publish; ``held`` (a second commit follows): the offers are written alone first, alerts before it too."""
+        """Publish; ``held`` (a second commit follows): the offers are written alone first, alerts before it too
+        (acks and the rest leave with the transport's write after it)."""
         self.wire.send(fx.offers, self.mqtt.send_now if held else None, self.stages)
         for o in fx.offers:
             self.deliver(f"{self.root}/offer/{o.device}", o.payload)
@@ -405,7 +404,7 @@ class Agent:
         """Nothing of ``fx`` (or of an admin's requeue) was committed: undo what it changed in memory
         (a withheld offer leaves no cooldown, a refused pause no pause), keep ``msgs``' QoS 1
         messages for a retry, and say once what kind of failure it is."""
-        self.ledger.rollback()
+        self.store.rollback()
         for undo in reversed(fx.undo if fx is not None else ()):
             undo()
         keep = [m for m in msgs if m.qos]
@@ -430,7 +429,8 @@ class Agent:
         except sqlite3.Error:
             pass
         set_aside(path, exc, "during the run")
-        self.ledger, self.store = open_ledger(path, store_id=self.cfg.store_id, sealer=self.sealer)
+        self.ledger, self.store = open_ledger(path, store_id=self.cfg.store_id, sealer=self.sealer,
+                                              on_dropped=self.metrics.internal_errors.inc)
         self.ledger.checkpoint_in_thread()
         if self.sync is not None:
             self.sync.store = self.ledger

@@ -291,9 +291,11 @@ async def test_a_crowding_alert_whose_commit_failed_is_raised_once_storage_is_ba
         await phone.publish(f"{R}/ping/uwb/s{i}", {"x": x, "y": y, "acc": 0.5}, qos=0)
     await marker(phone, R)
     clock.t += 30
-    # The outbox takes no row, as on a disk that just filled up (test_faults_disk.py fills a real one).
+    # The outbox takes no row, as on a disk that just filled up (test_faults_disk.py fills a real one):
+    # SQLite refuses the insert with an OperationalError, as it does a full or failing disk (a RAISE in
+    # the trigger would be a constraint, which the agent rightly takes for a bad row, not the disk).
     agent.ledger.conn.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON main.outbox "
-                              "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+                              "BEGIN INSERT INTO disk_is_full VALUES (1); END")
     agent.tick()  # crowding is due, but its alert cannot be stored
     assert agent.metrics.storage_errors.values
     agent.ledger.conn.execute("DROP TRIGGER temp.full")

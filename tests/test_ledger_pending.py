@@ -9,6 +9,8 @@ import dataclasses
 import json
 import secrets
 
+import pytest
+
 from edge_agent.pipeline import effects as fx
 from edge_agent.storage.privacy import TopicSealer
 from edge_agent.storage.store import ROW_KINDS, open_ledger, pack_rows, unpack_rows
@@ -115,37 +117,83 @@ def test_a_record_from_before_an_upgrade_that_changed_a_row_kind_is_read_by_fiel
     assert row == fx.Audit(5.0, "d_x", "enter", "z1", "p1", "offered", "offered", None)
 
 
-def test_a_record_with_a_row_no_table_takes_is_written_without_that_row_and_holds_nothing_up(tmp_path, caplog):
-    """A replay that fails on something other than the disk (a bug: bytes where the outbox
-    takes JSON) writes the record row by row: the bad row is left out, logged and listed for
-    the shell's counter, the rest is written, and the records after it too."""
+def _counted(store) -> list[str]:
+    got: list[str] = []
+    store.on_dropped = got.append
+    return got
+
+
+@pytest.mark.parametrize("bad, error", [
+    (fx.Event("offer", 1000.0, "d_phone", {"blob": b"\x00"}), "TypeError"),  # bytes where the outbox takes JSON
+    (fx.Audit(1001.0, "d_phone", "dwell", ("a", "list"), "chips", "suppressed", "cooldown"), "ProgrammingError"),
+])
+def test_a_record_with_a_row_no_table_takes_is_written_without_that_row_and_holds_nothing_up(tmp_path, caplog, bad,
+                                                                                              error):
+    """A replay that fails on a row (a bug, not the disk: a value the outbox's JSON or SQLite
+    cannot take) writes the record row by row: the bad row is left out, logged and counted once
+    the rest is committed, and the records after it are written too."""
     ledger, store = open_ledger(tmp_path / "edge.sqlite3", store_id="S1")
-    poison = _offer_batch("d_phone") + [fx.Event("offer", 1000.0, "d_phone", {"blob": b"\x00"})]
-    store.hold(poison)
+    counted = _counted(store)
+    store.hold(_offer_batch("d_phone") + [bad])
     store.commit()
     store.hold([fx.Action("o-1", "redeemed", 1010.0)])  # a later record acting on the poisoned one's offer
     store.commit()
     with caplog.at_level("ERROR", logger="edge_agent.storage.store"):
         assert store.replay_pending() == 2
-    store.commit()
+        assert counted == []  # not before the commit holds
+        store.commit()
     offer = ledger.get_offer("o-1")
     assert offer is not None and offer.action == "redeemed"
-    assert ledger.read_audit(device="d_phone")[0]["offer_id"] == "o-1"
-    assert [e["kind"] for _, e in ledger.outbox.peek(10)] == ["offer"]  # the good event; the bytes one left out
+    assert [a["offer_id"] for a in ledger.read_audit(device="d_phone")] == ["o-1"]
+    assert [e["kind"] for _, e in ledger.outbox.peek(10)] == ["offer"]
     assert ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
-    assert store.take_dropped() == ["TypeError"] and store.take_dropped() == []
-    assert any("a Event row left out (TypeError)" in r.getMessage() for r in caplog.records)
+    assert counted == [error]
+    assert any(f"a {type(bad).__name__} row left out ({error})" in r.getMessage() for r in caplog.records)
 
 
-def test_a_record_that_cannot_be_read_is_dropped_and_said_and_the_next_is_written(tmp_path):
+def test_a_row_left_out_is_counted_once_when_its_replay_was_rolled_back_and_done_again(tmp_path):
     ledger, store = open_ledger(tmp_path / "edge.sqlite3", store_id="S1")
-    ledger.begin()
-    ledger.conn.execute("INSERT INTO pending(rows) VALUES (?)", (b"\xc1 not msgpack",))
+    counted = _counted(store)
+    store.hold(_offer_batch("d_phone") + [fx.Event("offer", 1000.0, "d_phone", {"blob": b"\x00"})])
     store.commit()
-    store.hold(_offer_batch("d_phone"))
+    store.replay_pending()
+    store.rollback()  # the same commit failed on the disk afterwards: nothing of it holds
+    assert ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (1,) and counted == []
+    store.replay_pending()
+    store.commit()
+    assert counted == ["TypeError"]
+
+
+def test_a_record_replayed_row_by_row_keeps_applys_order_forgets_after_the_rows_they_purge(tmp_path):
+    """apply() writes the kinds first and events and forgets last; a record written row by
+    row keeps that order, so a forget listed before an audit row still purges its zone."""
+    ledger, store = open_ledger(tmp_path / "edge.sqlite3", store_id="S1")
+    _counted(store)
+    store.hold(_offer_batch("d_phone")[:1] + [fx.Forget("d_phone"),
+                                               fx.Audit(1000.0, "d_phone", "enter", "aisle-1", "chips", "offered",
+                                                        "offered", "o-1"),
+                                               fx.Event("offer", 1000.0, "d_phone", {"blob": b"\x00"})])
+    store.commit()
+    store.replay_pending()
+    store.commit()
+    assert [a["zone"] for a in ledger.read_audit(device="d_phone")] == [None]
+
+
+def test_rows_a_version_cannot_read_cost_only_themselves(tmp_path):
+    """A record written by a newer version (a kind this one does not know) after a downgrade:
+    the rows it can read are written; a record that is no msgpack at all is dropped, said once."""
+    import msgpack
+
+    ledger, store = open_ledger(tmp_path / "edge.sqlite3", store_id="S1")
+    counted = _counted(store)
+    entries = msgpack.unpackb(pack_rows(_offer_batch("d_phone")), use_list=False)
+    ledger.begin()
+    ledger.conn.execute("INSERT INTO pending(rows) VALUES (?)",
+                        (msgpack.packb(list(entries) + [("FutureKind", ("x",), (1,))]),))
+    ledger.conn.execute("INSERT INTO pending(rows) VALUES (?)", (b"\xc1 not msgpack",))
     store.commit()
     assert store.replay_pending() == 2
     store.commit()
-    assert ledger.get_offer("o-1") is not None
+    assert ledger.get_offer("o-1") is not None and ledger.read_audit(device="d_phone")[0]["offer_id"] == "o-1"
     assert ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
-    assert len(store.take_dropped()) == 1
+    assert len(counted) == 2 and counted[0] == "KeyError"

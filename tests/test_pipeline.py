@@ -108,6 +108,9 @@ class FailingStore:
     def commit(self):
         raise AssertionError("never reached")
 
+    def rollback(self):
+        pass
+
 
 class RolledBack:
     path = "full-disk.sqlite3"

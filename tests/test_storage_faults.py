@@ -111,8 +111,8 @@ async def _offer_whose_second_commit_fails(agent, phone, R: str, device: str) ->
     """``device`` enters and gets an offer while SQLite refuses audit rows (trigger
     ``refuse_audit``, left in place): the pending record's commit works, the second
     one fails.  The offer as the phone got it, once the failure is counted."""
-    agent.ledger.conn.execute("CREATE TEMP TRIGGER refuse_audit BEFORE INSERT ON audit "
-                              "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+    agent.ledger.conn.execute("CREATE TEMP TRIGGER refuse_audit BEFORE INSERT ON audit "  # an OperationalError,
+                              "BEGIN INSERT INTO disk_gone VALUES (1); END")  # as from a failing disk
     await phone.publish(f"{R}/ping/uwb/{device}", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
     offer = await phone.next_json(f"{R}/offer/+")  # it was recorded (pending) before it left
     await asyncio.wait_for(wait_until(lambda: agent.metrics.storage_errors.values), 5)
@@ -216,22 +216,24 @@ async def test_a_dismissal_whose_commit_failed_is_counted_once_by_the_guardrail(
     assert rows == (0,)
 
 
-def _offer_with_a_row_no_table_takes(agent, R: str, device: str) -> tuple[Effects, str]:
-    """A published batch whose outbox event holds bytes: msgpack keeps them in the pending
-    record, the outbox's JSON cannot (a bug's stand-in: a value a table cannot take)."""
+def _offer_with_a_row_no_table_takes(agent, R: str, device: str, bad: str) -> tuple[Effects, str]:
+    """A published batch with a row msgpack keeps in the pending record but no table takes (a
+    bug's stand-in): bytes where the outbox takes JSON, or a list SQLite cannot bind."""
     now = time.time()
     pseudo, oid = agent.pseudonym(device), f"o_poison_{device}"
     payload = {"offer_id": oid, "promotion_id": "chips", "zone": "aisle-1", "title": "t", "message": "m",
                "sku": None, "ts": now, "expires": now + 600}
-    fx = Effects(rows=[OfferRow(oid, pseudo, "chips", "aisle-1", now, now + 600, payload, topic_device=device),
-                       Audit(now, pseudo, "enter", "aisle-1", "chips", "offered", "offered", oid),
-                       Event("offer", now, pseudo, {"offer_id": oid, "blob": b"\x00"})],
-                 offers=[OfferOut(device, payload, now)])
-    return fx, oid
+    rows = [OfferRow(oid, pseudo, "chips", "aisle-1", now, now + 600, payload, topic_device=device),
+            Audit(now, pseudo, "enter", "aisle-1", "chips", "offered", "offered", oid),
+            Event("offer", now, pseudo, {"offer_id": oid})]
+    rows.append(Event("offer", now, pseudo, {"offer_id": oid, "blob": b"\x00"}) if bad == "Event" else
+                Audit(now, pseudo, "dwell", ["a", "list"], "chips", "suppressed", "cooldown"))
+    return Effects(rows=rows, offers=[OfferOut(device, payload, now)]), oid
 
 
+@pytest.mark.parametrize("bad, error", [("Event", "TypeError"), ("Audit", "ProgrammingError")])
 async def test_a_row_no_table_takes_in_a_published_batch_costs_that_row_only(store_factory, agent_factory,
-                                                                             mqtt_client, caplog):
+                                                                             mqtt_client, caplog, bad, error):
     """The offer is out before its second commit; that commit fails on a row (not on the disk).
     Nothing of it stays half-written for the next commit, the record is written row by row
     with the next commit -- the bad row left out, logged and counted -- and later offers go on."""
@@ -241,7 +243,7 @@ async def test_a_row_no_table_takes_in_a_published_batch_costs_that_row_only(sto
     R = cfg.root_topic
     phone = mqtt_client()
     await phone.subscribe(f"{R}/offer/+")
-    fx, oid = _offer_with_a_row_no_table_takes(agent, R, "poison")
+    fx, oid = _offer_with_a_row_no_table_takes(agent, R, "poison", bad)
     with caplog.at_level(logging.ERROR, logger="edge_agent"):
         assert agent.commit_effects(fx)
         assert (await phone.next_json(f"{R}/offer/+"))["offer_id"] == oid  # it was recorded before it left
@@ -252,14 +254,14 @@ async def test_a_row_no_table_takes_in_a_published_batch_costs_that_row_only(sto
         await phone.publish(f"{R}/ping/uwb/after", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
         after = await phone.next_json(f"{R}/offer/+")
     assert agent.ledger.get_offer(oid) is not None and agent.ledger.get_offer(after["offer_id"]) is not None
-    assert [a["offer_id"] for a in agent.ledger.read_audit(device=agent.pseudonym("poison"))] == [oid]
+    assert [a["event"] for a in agent.ledger.read_audit(device=agent.pseudonym("poison"))] == ["enter"]
     assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
-    assert not any(e.get("offer_id") == oid for _, e in agent.ledger.outbox.peek(1000))  # the row left out
-    assert agent.metrics.internal_errors.get("TypeError") == 2  # the second commit, then the row
+    assert [e.get("blob") for _, e in agent.ledger.outbox.peek(1000) if e.get("offer_id") == oid] == [None]
+    assert agent.metrics.internal_errors.get(error) == 2  # the second commit, then the row
     assert not agent.metrics.storage_errors.values and not agent._storage_down and not agent._unsettled
     lines = [r.getMessage() for r in caplog.records]
-    assert any("second commit of a batch failed (TypeError" in m for m in lines)
-    assert any("a Event row left out (TypeError)" in m for m in lines)
+    assert any(f"second commit of a batch failed ({error}" in m for m in lines)
+    assert any(f"a {bad} row left out ({error})" in m for m in lines)
 
 
 async def test_a_row_no_table_takes_in_a_batch_without_offers_leaves_none_of_its_rows(store_factory,

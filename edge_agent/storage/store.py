@@ -87,15 +87,34 @@ def pack_rows(rows: list) -> bytes:
 def unpack_rows(blob: bytes) -> list:
     """The rows of :func:`pack_rows` (sequences come back as tuples).  A field the kind no
     longer has is dropped; a field it gained takes its default."""
-    rows = []
-    for name, fields, values in msgpack.unpackb(blob, use_list=False, unicode_errors="surrogatepass",
-                                                strict_map_key=False):  # keys json.dumps takes
-        cls, now = ROW_KINDS[name]
-        if fields == now:
-            rows.append(cls(*values))
-        else:
-            rows.append(cls(**{f: v for f, v in zip(fields, values) if f in now}))
-    return rows
+    return [_row(*entry) for entry in _entries(blob)]
+
+
+def _entries(blob: bytes) -> tuple:
+    return msgpack.unpackb(blob, use_list=False, unicode_errors="surrogatepass",
+                           strict_map_key=False)  # keys json.dumps takes
+
+
+def _row(name: str, fields: tuple, values: tuple) -> Any:
+    cls, now = ROW_KINDS[name]
+    if fields == now:
+        return cls(*values)
+    return cls(**{f: v for f, v in zip(fields, values) if f in now})
+
+
+def row_error(exc: BaseException) -> bool:
+    """A failure of a row, not of the disk: anything but SQLite's storage errors (full, I/O,
+    busy, read-only, corrupt) -- a value SQLite cannot bind, a broken constraint, a value
+    JSON cannot take.  Retrying it changes nothing; it must cost only its own row."""
+    return not isinstance(exc, sqlite3.Error) or isinstance(
+        exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.DataError))
+
+
+# The order Store.apply writes the kinds in (events and forgets last, in their own order),
+# which a record written row by row keeps.
+_APPLY_ORDER = {k: i for i, k in enumerate((
+    fx.OfferRow, fx.Action, fx.ConsentRow, fx.InventoryRow, fx.PickupRow, fx.PickupGone, fx.Audit, fx.Exposure,
+    fx.PromoCount, fx.Code, fx.PauseRow, fx.RedeemRow, fx.PurchaseRow))}
 
 
 class ConsentTable:
@@ -173,7 +192,8 @@ class Store:
         self.pickups = PickupTable(ledger.conn)  # click-and-collect orders (pipeline/floor.py)
         self.forgotten: dict[str, dict[str, int]] = {}  # pseudonym -> rows deleted by a full Forget
         self._scrub_wal = False  # a full Forget was written: empty the WAL once it is committed
-        self.dropped: list[tuple[str, str]] = []  # rows a replay had to leave out (kind, error): replay_pending
+        self._dropping: list[tuple[str, str, str]] = []  # rows a replay leaves out (kind, error, cause), until committed
+        self.on_dropped: Callable[[str], None] = lambda error: None  # each, once committed (the shell counts them)
         self._seal_legacy()
 
     def _seal_legacy(self) -> None:
@@ -249,6 +269,11 @@ class Store:
 
     def commit(self) -> None:
         self.ledger.commit()
+        dropped, self._dropping = self._dropping, []
+        for kind, error, cause in dropped:  # left out for good now that the rest is committed
+            log.error("a pending record could not be written whole (%s): a %s row left out (%s); the rest is "
+                      "written", cause, kind, error)
+            self.on_dropped(error)
         if self._scrub_wal:
             # The WAL's older frames still hold the pages a forget just erased (secure_delete
             # only overwrites the new copies): copy it all in and empty it.  Rare, so on the loop.
@@ -287,10 +312,10 @@ class Store:
     def replay_pending(self) -> int:
         """Settle every pending record, oldest first (the caller commits); how many.
 
-        A record that raises anything but a storage error (a bug: a value its table cannot
-        take, a record that cannot be read) is written row by row instead: the rows that
-        fail are left out and listed in :attr:`dropped` (kind, error) for the shell to log
-        and count, and the record is dropped -- one poison never holds every later commit."""
+        A record that fails on a row (:func:`row_error`: a bug, not the disk) is written row
+        by row instead, in :meth:`apply`'s order: the rows that fail, or cannot be read, are
+        left out -- logged and handed to ``on_dropped`` once the commit holds -- and the record
+        is dropped: one poison never holds every later commit."""
         led = self.ledger
         held = led.conn.execute("SELECT id, rows FROM pending ORDER BY id").fetchall()
         for pending_id, blob in held:
@@ -298,50 +323,47 @@ class Store:
             led.conn.execute("SAVEPOINT record")
             try:
                 self.settle(unpack_rows(blob), pending_id)
-            except sqlite3.Error:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a poison record, not the disk
+            except Exception as exc:  # noqa: BLE001 - sorted by row_error
+                if not row_error(exc):
+                    raise
                 led.conn.execute("ROLLBACK TO record")
                 self._settle_row_by_row(blob, pending_id, exc)
             led.conn.execute("RELEASE record")
         return len(held)
 
     def _settle_row_by_row(self, blob: bytes, pending_id: int, exc: Exception) -> None:
-        conn, first = self.ledger.conn, len(self.dropped)
+        conn, rows, cause = self.ledger.conn, [], f"{type(exc).__name__} at {where(exc)}"
         try:
-            rows = unpack_rows(blob)
+            entries = _entries(blob)
         except Exception as unreadable:  # noqa: BLE001
-            rows = []
-            self.dropped.append(("record", type(unreadable).__name__))
-        for r in rows:
+            entries = ()
+            self._dropping.append(("record", type(unreadable).__name__, cause))
+        for entry in entries:
+            try:
+                rows.append(_row(*entry))
+            except Exception as bad:  # noqa: BLE001 - a kind or field this version cannot read
+                kind = entry[0] if isinstance(entry, tuple) and entry and entry[0] in ROW_KINDS else "unknown"
+                self._dropping.append((kind, type(bad).__name__, cause))
+        for r in sorted(rows, key=lambda r: _APPLY_ORDER.get(type(r), len(_APPLY_ORDER))):  # stable
             conn.execute("SAVEPOINT row")
             try:
                 self.apply([r])
-            except sqlite3.Error:
-                raise
-            except Exception as bad:  # noqa: BLE001
+            except Exception as bad:  # noqa: BLE001 - sorted by row_error
+                if not row_error(bad):
+                    raise
                 conn.execute("ROLLBACK TO row")
-                self.dropped.append((type(r).__name__, type(bad).__name__))
+                self._dropping.append((type(r).__name__, type(bad).__name__, cause))
             conn.execute("RELEASE row")
         conn.execute("DELETE FROM pending WHERE id = ?", (pending_id,))
-        for kind, error in self.dropped[first:]:
-            log.error("a pending record could not be written whole (%s at %s): a %s row left out (%s); the rest "
-                      "is written", type(exc).__name__, where(exc), kind, error)
 
     def abandon(self, exc: Exception) -> str:
-        """A batch's second commit failed on something other than the disk (a bug): roll it back,
-        keep its pending record for the next commit's replay (which isolates the bad row), say so;
-        the error's type, for the shell's counter."""
+        """A batch's second commit failed on a row (:func:`row_error`): roll it back, keep its
+        pending record for the next commit's replay (which isolates the row), say so; the
+        error's type, for the shell's counter."""
         self.rollback()
         log.error("the second commit of a batch failed (%s at %s); its pending record is written row by row with "
                   "the next commit", type(exc).__name__, where(exc))
         return type(exc).__name__
-
-    def take_dropped(self) -> list[str]:
-        """The errors of the rows replays left out since the last call (each logged)."""
-        errors = [error for _, error in self.dropped]
-        self.dropped.clear()
-        return errors
 
     def probe(self, now: float) -> None:
         """One small committed write (raises the storage error while there is one)."""
@@ -355,6 +377,7 @@ class Store:
             raise
 
     def rollback(self) -> None:
+        self._dropping = []
         self.ledger.rollback()
 
 
@@ -414,7 +437,8 @@ def check_writable(path: Path) -> None:
                               else f"{p} is not writable")
 
 
-def open_ledger(path: Path, *, store_id: str, on_corrupt=None, sealer=None) -> tuple[Ledger, Store]:
+def open_ledger(path: Path, *, store_id: str, on_corrupt=None, sealer=None,
+                on_dropped: Callable[[str], None] | None = None) -> tuple[Ledger, Store]:
     """Open the ledger and every table on it, checked (``PRAGMA quick_check``).
 
     A file SQLite calls corrupt — not a database, or a malformed page with the
@@ -431,7 +455,10 @@ def open_ledger(path: Path, *, store_id: str, on_corrupt=None, sealer=None) -> t
             bad = [r[0] for r in ledger.conn.execute("PRAGMA quick_check(3)")]
             if bad != ["ok"]:
                 raise sqlite3.DatabaseError("; ".join(bad))
-            return ledger, Store(ledger, sealer)
+            store = Store(ledger, sealer)
+            if on_dropped is not None:
+                store.on_dropped = on_dropped  # a row a replay left out, by its error (Store.replay_pending)
+            return ledger, store
         except sqlite3.Error as exc:
             if ledger is not None:
                 ledger.conn.close()

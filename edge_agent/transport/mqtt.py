@@ -80,6 +80,9 @@ class _Client(paho.Client):
     # The short path reads paho's private packet state (``_in_packet``, ``_protocol``), as paho 2.x
     # keeps it; with any other major version the transport leaves it off and paho does it all.
     SHORT_PATH_OK = paho_version.split(".")[0] == "2"
+    # The QoS 1 publish mirrors paho's publish bookkeeping as 2.2 has it (checked line by line); with
+    # any other version offers go through paho's own publish.
+    PUBLISH_SHORT_OK = paho_version.split(".")[:2] == ["2", "2"]
 
     def _handle_publish(self):
         cmd = self._in_packet["command"]
@@ -104,13 +107,13 @@ class _Client(paho.Client):
         bookkeeping (``_out_messages``, ``_inflight_messages``, the packet queue), so paho's
         PUBACK handling and its re-send after a reconnect see an ordinary message.  Its
         ``info`` has no ``threading.Condition``: nobody waits on an offer's.  Anything else
-        (not connected, the limit reached, a topic paho refuses, another paho major version)
+        (not connected, the limit reached, a topic paho refuses, a paho other than 2.2)
         goes through paho's own ``publish``.  Measured on an offer's path: BENCHMARKS.md §13."""
         tb = topic.encode()
         v5 = self._protocol == paho.MQTTv5
         n = 4 + len(tb) + len(payload) + v5  # topic length, topic, message id, (no properties), payload
         limit, queued = self._max_inflight_messages, self._max_queued_messages
-        if (not self.SHORT_PATH_OK or self._sock is None or (limit and self._inflight_messages >= limit)
+        if (not self.PUBLISH_SHORT_OK or self._sock is None or (limit and self._inflight_messages >= limit)
                 or (queued and len(self._out_messages) >= queued)
                 or not 0 < len(tb) <= 65535 or b"+" in tb or b"#" in tb or n > 268_435_455):
             return self.publish(topic, payload, qos=1).mid
@@ -130,7 +133,7 @@ class _Client(paho.Client):
         m.timestamp, m.state, m.dup, m.mid, m._topic = paho.time_func(), paho.mqtt_ms_wait_for_puback, False, mid, tb
         m.payload, m.qos, m.retain, m.info, m.properties = payload, 1, False, _Info(mid), None
         with self._out_message_mutex:
-            if mid in self._out_messages:  # 65,535 unacknowledged: paho's own answer
+            if mid in self._out_messages:  # 65,535 unacknowledged: paho's publish decides (the next mid)
                 return self.publish(topic, payload, qos=1).mid
             self._out_messages[mid] = m
             self._inflight_messages += 1
