@@ -19,13 +19,18 @@ from .conftest import wait_until, write_store
 pytestmark = pytest.mark.broker
 
 
-async def test_disk_full_withholds_unrecorded_offers(store_factory, agent_factory, mqtt_client, caplog):
+@pytest.fixture
+async def shop(store_factory, agent_factory, mqtt_client):
+    """An agent on a fresh store and a phone subscribed to its offers: (agent, phone, root topic)."""
     cfg = store_factory()
     server = await agent_factory(cfg)
-    agent = server.agent
-    R = cfg.root_topic
     phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/+")
+    await phone.subscribe(f"{cfg.root_topic}/offer/+")
+    return server.agent, phone, cfg.root_topic
+
+
+async def test_disk_full_withholds_unrecorded_offers(shop, caplog):
+    agent, phone, R = shop
     await phone.publish(f"{R}/ping/uwb/early", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
     early = await phone.next_json(f"{R}/offer/+")
     # The disk fills up (SQLite's own SQLITE_FULL path).
@@ -47,13 +52,8 @@ async def test_disk_full_withholds_unrecorded_offers(store_factory, agent_factor
     assert agent.ledger.get_offer(early["offer_id"]) is not None
 
 
-async def test_read_only_storage_keeps_qos1_for_retry_and_recovers(store_factory, agent_factory, mqtt_client):
-    cfg = store_factory()
-    server = await agent_factory(cfg)
-    agent = server.agent
-    R = cfg.root_topic
-    phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/+")
+async def test_read_only_storage_keeps_qos1_for_retry_and_recovers(shop):
+    agent, phone, R = shop
     agent.ledger.conn.execute("PRAGMA query_only = 1")  # the filesystem went read-only
     await phone.publish(f"{R}/consent/late", {"offers": False, "ts": 1.0}, qos=1)
     await asyncio.wait_for(wait_until(lambda: agent._retry), 5)
@@ -119,14 +119,8 @@ async def _offer_whose_second_commit_fails(agent, phone, R: str, device: str) ->
     return offer
 
 
-async def test_a_second_commit_that_fails_leaves_the_offer_out_and_its_rows_land_with_the_next(
-        store_factory, agent_factory, mqtt_client):
-    cfg = store_factory()
-    server = await agent_factory(cfg)
-    agent = server.agent
-    R = cfg.root_topic
-    phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/+")
+async def test_a_second_commit_that_fails_leaves_the_offer_out_and_its_rows_land_with_the_next(shop):
+    agent, phone, R = shop
     offer = await _offer_whose_second_commit_fails(agent, phone, R, "held")
     assert agent.ledger.get_offer(offer["offer_id"]) is None
     assert agent.ledger.conn.execute("SELECT COUNT(*) FROM pending").fetchone() == (1,)
@@ -140,13 +134,8 @@ async def test_a_second_commit_that_fails_leaves_the_offer_out_and_its_rows_land
     assert not agent._storage_down
 
 
-async def test_an_action_on_an_offer_whose_rows_are_still_pending_finds_it(store_factory, agent_factory, mqtt_client):
-    cfg = store_factory()
-    server = await agent_factory(cfg)
-    agent = server.agent
-    R = cfg.root_topic
-    phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/+")
+async def test_an_action_on_an_offer_whose_rows_are_still_pending_finds_it(shop):
+    agent, phone, R = shop
     offer = await _offer_whose_second_commit_fails(agent, phone, R, "quick")
     agent.ledger.conn.execute("DROP TRIGGER refuse_audit")
     # the phone applies at once, before the tracker's tick would have written the record
@@ -157,13 +146,8 @@ async def test_an_action_on_an_offer_whose_rows_are_still_pending_finds_it(store
 
 
 async def test_a_ledger_found_corrupt_at_the_second_commit_is_replaced_and_the_held_rows_land_in_the_new_one(
-        store_factory, agent_factory, mqtt_client):
-    cfg = store_factory()
-    server = await agent_factory(cfg)
-    agent = server.agent
-    R = cfg.root_topic
-    phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/+")
+        shop):
+    agent, phone, R = shop
     # An index of the audit table now points at page 1: SQLite calls the file corrupt
     # (SQLITE_CORRUPT) when the second commit writes the audit row; the pending record's write works.
     conn = agent.ledger.conn
@@ -232,17 +216,11 @@ def _offer_with_a_row_no_table_takes(agent, R: str, device: str, bad: str) -> tu
 
 
 @pytest.mark.parametrize("bad, error", [("Event", "TypeError"), ("Audit", "ProgrammingError")])
-async def test_a_row_no_table_takes_in_a_published_batch_costs_that_row_only(store_factory, agent_factory,
-                                                                             mqtt_client, caplog, bad, error):
+async def test_a_row_no_table_takes_in_a_published_batch_costs_that_row_only(shop, caplog, bad, error):
     """The offer is out before its second commit; that commit fails on a row (not on the disk).
     Nothing of it stays half-written for the next commit, the record is written row by row
     with the next commit -- the bad row left out, logged and counted -- and later offers go on."""
-    cfg = store_factory()
-    server = await agent_factory(cfg)
-    agent = server.agent
-    R = cfg.root_topic
-    phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/+")
+    agent, phone, R = shop
     fx, oid = _offer_with_a_row_no_table_takes(agent, R, "poison", bad)
     with caplog.at_level(logging.ERROR, logger="edge_agent"):
         assert agent.commit_effects(fx)
