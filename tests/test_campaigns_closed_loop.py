@@ -29,6 +29,18 @@ async def test_a_till_body_that_is_not_an_object_is_the_documented_json_bad_requ
             assert answer["error"] == "bad_request" and answer["detail"], (path, body, answer)
 
 
+async def into_aisle(shop, prefix: str, n: int) -> None:
+    """Devices ``{prefix}0`` .. ``{prefix}{n-1}`` enter aisle-1 one by one, each decided before the next."""
+    for i in range(n):
+        await shop.ping(f"{prefix}{i}", "aisle-1")
+        await shop.settle(f"{prefix}{i}")
+
+
+def two_devices_each(n: int) -> list[dict]:
+    """Profiles of ``n`` people with two devices each, a{i} and b{i}, under loyalty id L{i}."""
+    return [{"device": f"{d}{i}", "loyalty_id": f"L{i}"} for d in "ab" for i in range(n)]
+
+
 def count(shop, sql, *a):
     return shop.agent.ledger.conn.execute(sql, a).fetchone()[0]
 
@@ -78,23 +90,18 @@ async def test_a_redemption_whose_commit_failed_counts_once_towards_max_redempti
 async def test_holdout_and_variant_are_the_persons_on_another_device_after_a_restart(
         store_factory, agent_factory, mqtt_client):
     n = 10
-    profiles = [{"device": f"a{i}", "loyalty_id": f"L{i}"} for i in range(n)] + \
-               [{"device": f"b{i}", "loyalty_id": f"L{i}"} for i in range(n)]
+    profiles = two_devices_each(n)
     promos = [{"id": "ab", "title": "AB", "zones": ["aisle-1"], "cooldown_s": 0, "holdout_pct": 50,
                "variants": [{"id": "A"}, {"id": "B"}, {"id": "C"}]}]
     shop = await open_shop(store_factory, agent_factory, mqtt_client, promotions=promos, profiles=profiles)
-    for i in range(n):
-        await shop.ping(f"a{i}", "aisle-1")
-        await shop.settle(f"a{i}")
+    await into_aisle(shop, "a", n)
     first = {i: _reason_of(shop, f"a{i}") for i in range(n)}
     var = {}
     for e in shop.outbox("offer") + shop.outbox("would_offer"):
         var[e["person"]] = e["variant"]
     assert len(set(first.values())) == 2, first
     shop2 = await reopen(shop, agent_factory, shop.agent.cfg)
-    for i in range(n):
-        await shop2.ping(f"b{i}", "aisle-1")
-        await shop2.settle(f"b{i}")
+    await into_aisle(shop2, "b", n)
     second = {i: _reason_of(shop2, f"b{i}") for i in range(n)}
     assert first == second
     for e in shop2.outbox("offer") + shop2.outbox("would_offer"):
@@ -112,9 +119,7 @@ async def test_purchases_count_within_the_window_only_and_once_per_person_in_the
     """, promotions=[{"id": "chips", "title": "Chips", "zones": ["aisle-1"], "skus": ["chips"],
                       "holdout_pct": 50, "cooldown_s": 0}],
                            profiles=[{"device": f"r{i}", "loyalty_id": f"L{i}"} for i in range(n)])
-    for i in range(n):
-        await shop.ping(f"r{i}", "aisle-1")
-        await shop.settle(f"r{i}")
+    await into_aisle(shop, "r", n)
     arm = {i: ("treated" if _reason_of(shop, f"r{i}") == "offered" else "control") for i in range(n)}
     while not shop.no_offers():
         await shop.offer()
@@ -178,21 +183,16 @@ async def test_a_purchase_replayed_with_its_idempotency_key_after_a_restart_is_r
 async def test_the_global_control_group_is_the_persons_on_another_device_after_a_restart(
         store_factory, agent_factory, mqtt_client):
     n = 12
-    profiles = [{"device": f"a{i}", "loyalty_id": f"L{i}"} for i in range(n)] + \
-               [{"device": f"b{i}", "loyalty_id": f"L{i}"} for i in range(n)]
+    profiles = two_devices_each(n)
     shop = await open_shop(store_factory, agent_factory, mqtt_client, toml_extra="""
         [offers]
         global_holdout_pct = 50
     """, promotions=[{"id": "c", "title": "C", "zones": ["aisle-1"], "cooldown_s": 0}], profiles=profiles)
-    for i in range(n):
-        await shop.ping(f"a{i}", "aisle-1")
-        await shop.settle(f"a{i}")
+    await into_aisle(shop, "a", n)
     first = {i: _reason_of(shop, f"a{i}") for i in range(n)}
     assert len(set(first.values())) == 2
     shop2 = await reopen(shop, agent_factory, shop.agent.cfg)
-    for i in range(n):
-        await shop2.ping(f"b{i}", "aisle-1")
-        await shop2.settle(f"b{i}")
+    await into_aisle(shop2, "b", n)
     assert first == {i: _reason_of(shop2, f"b{i}") for i in range(n)}
 
 
@@ -255,9 +255,7 @@ async def test_report_conversion_fields_per_variant_by_hand_and_since(
                                         "variants": [{"id": "A"}, {"id": "B"}]}],
                            profiles=[{"device": f"v{i}", "loyalty_id": f"L{i}"} for i in range(n)])
     agent = shop.agent
-    for i in range(n):
-        await shop.ping(f"v{i}", "aisle-1")
-        await shop.settle(f"v{i}")
+    await into_aisle(shop, "v", n)
     ev = {e["person"]: e for e in shop.outbox("offer")}
     held = {e["person"]: e for e in shop.outbox("would_offer")}
     while not shop.no_offers():

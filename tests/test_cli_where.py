@@ -29,6 +29,15 @@ def test_where_round_trips_through_wgs84(capsys):
     assert abs(b["x"] - 6) < 0.01 and abs(b["y"] - 10) < 0.01 and b["zones"] == a["zones"]
 
 
+def sample_with(tmp_path, old: str, new: str):
+    """A copy of the sample store whose store.toml has ``old`` replaced by ``new``; its path."""
+    d = tmp_path / "store"
+    shutil.copytree(sample_path().parent, d)
+    toml = d / "store.toml"
+    toml.write_text(toml.read_text().replace(old, new))
+    return toml
+
+
 def test_where_outside_and_without_a_point(capsys):
     assert main(["where", "--config", str(sample_path()), "--x", "-50", "--y", "-50"]) == 0
     assert "outside every fence" in capsys.readouterr().out
@@ -36,10 +45,7 @@ def test_where_outside_and_without_a_point(capsys):
 
 
 def test_run_refuses_a_check_error_in_one_line(tmp_path, capsys):
-    d = tmp_path / "store"
-    shutil.copytree(sample_path().parent, d)
-    toml = d / "store.toml"
-    toml.write_text(toml.read_text().replace("lon = 16.6130", "lng = 16.6130"))
+    toml = sample_with(tmp_path, "lon = 16.6130", "lng = 16.6130")
     assert main(["check", "--config", str(toml)]) == 1
     assert "did you mean `lon`?" in capsys.readouterr().out
     assert main(["run", "--config", str(toml), "--broker", "mqtt://127.0.0.1:1"]) == 2
@@ -51,10 +57,7 @@ def test_run_refuses_a_check_error_in_one_line(tmp_path, capsys):
 def test_every_command_refuses_a_broken_or_missing_config_in_one_line(tmp_path, capsys):
     """`where`, `qr`, `watch`, `ping`, `action` and `simulate` refuse a config as `run`
     does: one line naming the file and the first error, and where `check` lists them all."""
-    d = tmp_path / "store"
-    shutil.copytree(sample_path().parent, d)
-    toml = d / "store.toml"
-    toml.write_text(toml.read_text().replace("timezone", "timezon"))
+    toml = sample_with(tmp_path, "timezone", "timezon")
     for config in (toml, tmp_path / "missing.toml"):
         for argv in (["where", "--x", "6", "--y", "10"], ["qr", "--out", str(tmp_path / "qr")],
                      ["watch"], ["ping", "--device", "d", "--x", "6", "--y", "10"],
@@ -75,9 +78,6 @@ def test_a_broker_url_without_its_scheme_says_what_to_write(tmp_path, capsys):
         assert main(["run", "--config", str(sample_path()), "--broker", url]) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"edge-agent: --broker {url}: no scheme: write mqtt://{url} (mqtts:// for TLS)", err
-    d = tmp_path / "store"
-    shutil.copytree(sample_path().parent, d)
-    toml = d / "store.toml"
-    toml.write_text(toml.read_text().replace('url = "mqtt://127.0.0.1:1883"', 'url = "localhost:1883"'))
+    toml = sample_with(tmp_path, 'url = "mqtt://127.0.0.1:1883"', 'url = "localhost:1883"')
     assert main(["check", "--config", str(toml)]) == 1
     assert "[mqtt]: field 'url': no scheme: write mqtt://localhost:1883" in capsys.readouterr().out

@@ -40,6 +40,38 @@ def outbox(agent, kind: str) -> list[dict]:
         "SELECT body FROM outbox WHERE kind = ? ORDER BY rowid", (kind,))]
 
 
+async def _on_a_clock(make_store, agent_factory, mqtt_client):
+    """An agent on a clock of its own and a phone on its alerts (their queue) and dead letters:
+    (agent, phone, root topic, clock, alerts)."""
+    cfg = make_store()
+    clock = Clock()
+    server = await agent_factory(cfg, agent=Agent(cfg, clock=clock))
+    phone = mqtt_client()
+    R = cfg.root_topic
+    alerts = await phone.subscribe(f"{R}/alert/#")
+    await phone.subscribe(f"{R}/deadletter")
+    return server.agent, phone, R, clock, alerts
+
+
+async def _four_in_produce(make_store, agent_factory, mqtt_client):
+    """:func:`_on_a_clock`, with four shoppers in produce (capacity 4)."""
+    agent, phone, R, clock, alerts = await _on_a_clock(make_store, agent_factory, mqtt_client)
+    for i, (x, y) in enumerate(IN_PRODUCE[:4]):
+        await phone.publish(f"{R}/ping/uwb/s{i}", {"x": x, "y": y, "acc": 0.5}, qos=0)
+    await marker(phone, R)
+    return agent, phone, R, clock, alerts
+
+
+async def _one_leaves_and_it_resolves(agent, phone, R: str, a: dict) -> None:
+    """s0 leaves produce (3 of 4, below 80 %): the next tick resolves crowding alert ``a`` itself."""
+    await phone.publish(f"{R}/ping/uwb/s0", {"x": 2.0, "y": 10.0, "acc": 0.5}, qos=0)
+    await marker(phone, R)
+    agent.tick()
+    st = await phone.next_json(f"{R}/alert/#")
+    assert (st["alert_id"], st["state"], st["by"]) == (a["alert_id"], "resolved", "system")
+    assert [r["state"] for r in outbox(agent, "alert")] == ["open", "resolved"]
+
+
 async def test_four_shoppers_and_an_associate_the_floor_says_four(make_store, agent_factory, mqtt_client):
     cfg = make_store()
     server = await agent_factory(cfg)
@@ -87,17 +119,7 @@ async def test_four_shoppers_and_an_associate_the_floor_says_four(make_store, ag
 
 async def test_crowding_fires_after_sustain_not_before_and_resolves_itself(make_store, agent_factory,
                                                                            mqtt_client):
-    cfg = make_store()
-    clock = Clock()
-    server = await agent_factory(cfg, agent=Agent(cfg, clock=clock))
-    agent = server.agent
-    phone = mqtt_client()
-    R = cfg.root_topic
-    alerts = await phone.subscribe(f"{R}/alert/#")
-    await phone.subscribe(f"{R}/deadletter")
-    for i, (x, y) in enumerate(IN_PRODUCE[:4]):
-        await phone.publish(f"{R}/ping/uwb/s{i}", {"x": x, "y": y, "acc": 0.5}, qos=0)
-    await marker(phone, R)
+    agent, phone, R, clock, alerts = await _four_in_produce(make_store, agent_factory, mqtt_client)
     clock.t += 29
     agent.tick()
     await marker(phone, R)
@@ -110,24 +132,12 @@ async def test_crowding_fires_after_sustain_not_before_and_resolves_itself(make_
     assert (a["kind"], a["zone"], a["count"], a["capacity"]) == ("crowding", "produce", 4, 4)
     clock.t += 5
     agent.tick()
-    await phone.publish(f"{R}/ping/uwb/s0", {"x": 2.0, "y": 10.0, "acc": 0.5}, qos=0)  # 3 of 4: below 80 %
-    await marker(phone, R)
-    agent.tick()
-    st = await phone.next_json(f"{R}/alert/#")
-    assert (st["alert_id"], st["state"], st["by"]) == (a["alert_id"], "resolved", "system")
-    assert [r["state"] for r in outbox(agent, "alert")] == ["open", "resolved"]
+    await _one_leaves_and_it_resolves(agent, phone, R, a)
 
 
 async def test_queue_alert_at_the_tills_and_resolves_when_the_queue_is_gone(make_store, agent_factory,
                                                                           mqtt_client):
-    cfg = make_store()
-    clock = Clock()
-    server = await agent_factory(cfg, agent=Agent(cfg, clock=clock))
-    agent = server.agent
-    phone = mqtt_client()
-    R = cfg.root_topic
-    alerts = await phone.subscribe(f"{R}/alert/#")
-    await phone.subscribe(f"{R}/deadletter")
+    agent, phone, R, clock, alerts = await _on_a_clock(make_store, agent_factory, mqtt_client)
     for dev, x in (("q1", 2.0), ("q2", 6.0)):
         await phone.publish(f"{R}/ping/uwb/{dev}", {"x": x, "y": 17.0, "acc": 0.5}, qos=0)
     await marker(phone, R)
@@ -279,17 +289,7 @@ async def test_a_crowding_alert_whose_commit_failed_is_raised_once_storage_is_ba
     """The tick that raised a crowding alert could not store it (a full disk): nothing was
     published, yet the floor held it as the zone's one open alert, so once storage was back no
     crowding alert ever reached the associates (and it could never resolve either)."""
-    cfg = make_store()
-    clock = Clock()
-    server = await agent_factory(cfg, agent=Agent(cfg, clock=clock))
-    agent = server.agent
-    phone = mqtt_client()
-    R = cfg.root_topic
-    await phone.subscribe(f"{R}/alert/#")
-    await phone.subscribe(f"{R}/deadletter")
-    for i, (x, y) in enumerate(IN_PRODUCE[:4]):
-        await phone.publish(f"{R}/ping/uwb/s{i}", {"x": x, "y": y, "acc": 0.5}, qos=0)
-    await marker(phone, R)
+    agent, phone, R, clock, _ = await _four_in_produce(make_store, agent_factory, mqtt_client)
     clock.t += 30
     # The outbox takes no row, as on a disk that just filled up (test_faults_disk.py fills a real one):
     # SQLite refuses the insert with an OperationalError, as it does a full or failing disk (a RAISE in
@@ -303,12 +303,7 @@ async def test_a_crowding_alert_whose_commit_failed_is_raised_once_storage_is_ba
     agent.tick()  # storage works again
     a = await phone.next_json(f"{R}/alert/#")
     assert (a["kind"], a["zone"], a["count"], a["capacity"]) == ("crowding", "produce", 4, 4)
-    await phone.publish(f"{R}/ping/uwb/s0", {"x": 2.0, "y": 10.0, "acc": 0.5}, qos=0)  # 3 of 4: below 80 %
-    await marker(phone, R)
-    agent.tick()
-    st = await phone.next_json(f"{R}/alert/#")
-    assert (st["alert_id"], st["state"], st["by"]) == (a["alert_id"], "resolved", "system")
-    assert [r["state"] for r in outbox(agent, "alert")] == ["open", "resolved"]
+    await _one_leaves_and_it_resolves(agent, phone, R, a)
 
 
 async def test_a_collection_answered_503_leaves_the_order_and_its_arrival_as_they_were(make_store, agent_factory,

@@ -72,6 +72,16 @@ def count(agent, sql: str, *args) -> int:
     return agent.ledger.conn.execute(sql, args).fetchone()[0]
 
 
+async def ada_got_an_offer(cfg, agent_factory, mqtt_client):
+    """An agent on ``cfg`` once device ``ada``, in an aisle, has its offer (the server)."""
+    server = await agent_factory(cfg)
+    phone = mqtt_client()
+    await phone.subscribe(f"{cfg.root_topic}/offer/ada")
+    await phone.publish(f"{cfg.root_topic}/ping/uwb/ada", IN_AISLE, qos=0)
+    await phone.next_json(f"{cfg.root_topic}/offer/ada")
+    return server
+
+
 async def test_forget_removes_the_webhook_queue_of_the_device_and_counts_it(tmp_path, mosquitto, agent_factory,
                                                                            mqtt_client):
     """An offer waiting for the retailer's push service (its receiver down) names the device's
@@ -87,13 +97,8 @@ async def test_forget_removes_the_webhook_queue_of_the_device_and_counts_it(tmp_
     cfg = hard_store(tmp_path, mosquitto.url)
     cfg = replace(cfg, delivery=DeliveryConfig(webhook_url=f"http://127.0.0.1:{free_port()}/push",
                                                webhook_token="t", retry_s=30.0))
-    server = await agent_factory(cfg)
+    server = await ada_got_an_offer(cfg, agent_factory, mqtt_client)
     agent = server.agent
-    R = cfg.root_topic
-    phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/ada")
-    await phone.publish(f"{R}/ping/uwb/ada", IN_AISLE, qos=0)
-    await phone.next_json(f"{R}/offer/ada")
     pseudo = agent.pseudonym("ada")
     await asyncio.wait_for(wait_until(lambda: count(agent, "SELECT count(*) FROM delivery WHERE device = ?",
                                                     pseudo) == 1), 5)
@@ -110,13 +115,8 @@ async def test_forget_removes_the_rows_that_name_the_devices_person(tmp_path, mo
     """A device with a loyalty id is a person: the till's purchase under that loyalty id names the
     person (not the device's pseudonym), and so do its attribution and its event for central."""
     cfg = hard_store(tmp_path, mosquitto.url, profiles=[{"device": "ada", "loyalty_id": "L-1"}])
-    server = await agent_factory(cfg)
+    server = await ada_got_an_offer(cfg, agent_factory, mqtt_client)
     agent = server.agent
-    R = cfg.root_topic
-    phone = mqtt_client()
-    await phone.subscribe(f"{R}/offer/ada")
-    await phone.publish(f"{R}/ping/uwb/ada", IN_AISLE, qos=0)
-    await phone.next_json(f"{R}/offer/ada")
     person = agent.state.person_for("ada")
     assert person != agent.pseudonym("ada")
     async with aiohttp.ClientSession() as http:
@@ -270,17 +270,24 @@ async def test_a_meraki_body_with_a_number_for_reporting_aps_keeps_its_observati
     assert offers(agent) == 1
 
 
+async def chips_in_stock(hard, mqtt_client):
+    """Five chips in stock (a QoS 1 inventory update) and an associate on the alerts: (agent, root, staff)."""
+    from .hardening_kit import msg
+
+    agent = hard.agent
+    staff = mqtt_client()
+    await staff.subscribe(f"{agent.root}/alert/#")
+    agent.on_batch([msg(f"{agent.root}/inventory", {"sku": "chips", "qty": 5}, qos=1)])
+    return agent, agent.root, staff
+
+
 async def test_a_claim_answered_503_is_not_held_in_memory(hard, mqtt_client):
     """A claim (or a resolve) the ledger refused was answered 503, but the alert stayed claimed by
     that associate in memory: the retry, and every other associate, got 409 already_claimed."""
     from .hardening_kit import ASSOC, msg
 
     server = hard
-    agent = server.agent
-    R = agent.root
-    staff = mqtt_client()
-    await staff.subscribe(f"{R}/alert/#")
-    agent.on_batch([msg(f"{R}/inventory", {"sku": "chips", "qty": 5}, qos=1)])
+    agent, R, staff = await chips_in_stock(hard, mqtt_client)
     agent.on_batch([msg(f"{R}/inventory", {"sku": "chips", "qty": 0}, qos=1)])  # a promoted sku runs out
     alert = await staff.next_json(f"{R}/alert/#")
     assert alert["kind"] == "stock_out"
@@ -344,12 +351,7 @@ async def test_a_stock_out_whose_commit_failed_is_alerted_when_the_update_is_ret
     once storage was back, raised no ``stock_out`` and the associates never heard of it."""
     from .hardening_kit import msg
 
-    server = hard
-    agent = server.agent
-    R = agent.root
-    staff = mqtt_client()
-    await staff.subscribe(f"{R}/alert/#")
-    agent.on_batch([msg(f"{R}/inventory", {"sku": "chips", "qty": 5}, qos=1)])
+    agent, R, staff = await chips_in_stock(hard, mqtt_client)
     refuse_writes(agent)
     assert agent.on_batch([msg(f"{R}/inventory", {"sku": "chips", "qty": 0}, qos=1)]) is False
     agent.ledger.conn.execute("PRAGMA query_only = 0")

@@ -28,13 +28,18 @@ POLL_OFF = """
     poll_s = 0
 """
 AISLE = {"x": 24.0, "y": 10.0, "acc": 0.5}
+WELCOME = {"id": "welcome", "title": "Welcome", "zones": ["entrance"]}
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Replace a file atomically, as an editor or a deploy tool does."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_json(path: str | Path, obj) -> None:
-    """Replace a file atomically, as an editor or a deploy tool does."""
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj))
 
 
 def reload_events(agent) -> asyncio.Queue:
@@ -43,14 +48,19 @@ def reload_events(agent) -> asyncio.Queue:
     return q
 
 
-async def test_file_change_goes_live_within_seconds(store_factory, agent_factory, mqtt_client):
+async def watched_store(store_factory, agent_factory, mqtt_client):
+    """An agent polling its files every 0.2 s, its reload events, and a phone on its offers:
+    (cfg, agent, events, phone, root topic)."""
     cfg = store_factory(toml_extra=POLL_FAST)
-    server = await agent_factory(cfg)
-    agent = server.agent
+    agent = (await agent_factory(cfg)).agent
     events = reload_events(agent)
     phone = mqtt_client()
-    R = cfg.root_topic
-    await phone.subscribe(f"{R}/offer/+")
+    await phone.subscribe(f"{cfg.root_topic}/offer/+")
+    return cfg, agent, events, phone, cfg.root_topic
+
+
+async def test_file_change_goes_live_within_seconds(store_factory, agent_factory, mqtt_client):
+    cfg, agent, events, phone, R = await watched_store(store_factory, agent_factory, mqtt_client)
     write_json(cfg.files["promotions"], [{"id": "new-deal", "title": "New deal", "zones": ["aisle-1"]}])
     ev = await asyncio.wait_for(events.get(), 5)
     assert ev["result"] == "ok" and ev["version"] == agent.cfg.version != cfg.version
@@ -218,17 +228,23 @@ async def test_profile_reload_opt_out_applies_but_opt_in_never_undoes_a_device_o
     assert agent.consent_for("b", agent.pseudonym("b"))[1].offers is False  # the device's opt-out holds
 
 
-async def test_file_reload_keeps_central_bundle_on_top(store_factory, agent_factory, central):
+async def under_welcome_bundle(store_factory, agent_factory, central):
+    """An agent (files not polled) once it applied central's bundle: the base promotions and a
+    welcome at the entrance.  (cfg, agent)"""
     from tests.central import sync_toml, until
     from tests.conftest import BASE_PROMOTIONS
 
-    welcome = {"id": "welcome", "title": "Welcome", "zones": ["entrance"]}
-    central.set_bundle({"version": "v1", "promotions": BASE_PROMOTIONS + [welcome]})
+    central.set_bundle({"version": "v1", "promotions": BASE_PROMOTIONS + [WELCOME]})
     await central.start()
     cfg = store_factory(toml_extra=sync_toml(central) + POLL_OFF)
-    server = await agent_factory(cfg)
-    agent = server.agent
-    await until(agent, lambda: "welcome" in {p.id for p in agent.cfg.promotions})
+    agent = (await agent_factory(cfg)).agent
+    await until(agent, lambda: agent.metrics.bundles.get("applied") == 1)
+    assert "welcome" in {p.id for p in agent.cfg.promotions}
+    return cfg, agent
+
+
+async def test_file_reload_keeps_central_bundle_on_top(store_factory, agent_factory, central):
+    cfg, agent = await under_welcome_bundle(store_factory, agent_factory, central)
     write_json(cfg.files["profiles"], [{"device": "z", "loyalty_score": 5}])
     assert agent.reload_from_files() == (True, [])
     assert "z" in agent.cfg.profiles  # the files' change is live...
@@ -237,23 +253,17 @@ async def test_file_reload_keeps_central_bundle_on_top(store_factory, agent_fact
 
 async def test_a_reload_refused_over_the_bundle_leaves_later_bundles_on_the_running_files(
         store_factory, agent_factory, central):
-    from tests.central import sync_toml, until
+    from tests.central import until
     from tests.conftest import BASE_LAYOUT, BASE_PROMOTIONS
 
-    welcome = {"id": "welcome", "title": "Welcome", "zones": ["entrance"]}
-    central.set_bundle({"version": "v1", "promotions": BASE_PROMOTIONS + [welcome]})
-    await central.start()
-    cfg = store_factory(toml_extra=sync_toml(central) + POLL_OFF)
-    server = await agent_factory(cfg)
-    agent = server.agent
-    await until(agent, lambda: agent.metrics.bundles.get("applied") == 1)
+    cfg, agent = await under_welcome_bundle(store_factory, agent_factory, central)
     # The files drop the entrance that the bundle's promotion names: the reload is refused.
     write_json(cfg.files["layout"], dict(BASE_LAYOUT, features=BASE_LAYOUT["features"][1:]))
     ok, problems = agent.reload_from_files()
     assert not ok and any("entrance" in p for p in problems)
     assert "entrance" in {f.id for f in agent.cfg.fences}  # the last good config serves
     # Central's next bundle fits the running config: it is applied, not judged against the refused files.
-    central.set_bundle({"version": "v2", "promotions": BASE_PROMOTIONS + [welcome], "inventory": {"chips": 4}})
+    central.set_bundle({"version": "v2", "promotions": BASE_PROMOTIONS + [WELCOME], "inventory": {"chips": 4}})
     await until(agent, lambda: agent.metrics.bundles.get("applied") + agent.metrics.bundles.get("refused") >= 2)
     assert agent.metrics.bundles.get("refused") == 0
     assert agent.inventory["chips"][0] == 4
@@ -266,27 +276,15 @@ async def test_turning_owntracks_on_and_off_in_store_toml_applies_on_reload(stor
     # promise (configuration.md): only [mqtt], [http] and [data] need a restart.
     from geometry.frames import LocalFrame
 
-    cfg = store_factory(toml_extra=POLL_FAST)
-    server = await agent_factory(cfg)
-    agent = server.agent
-    events = reload_events(agent)
-    phone = mqtt_client()
-    R = cfg.root_topic
-    await phone.subscribe(f"{R}/offer/+")
+    cfg, agent, events, phone, R = await watched_store(store_factory, agent_factory, mqtt_client)
     await phone.subscribe(f"{R}/deadletter")
     lon, lat = LocalFrame(49.1875, 16.6130, 0.0).to_wgs84(24.0, 10.0)
     location = {"_type": "location", "lat": float(lat), "lon": float(lon), "acc": 1,
                 "tst": int(time.time()), "tid": "al"}
     toml = Path(cfg.files["store"])
     base = toml.read_text()
-
-    def rewrite(text: str) -> None:
-        tmp = toml.with_name("store.toml.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, toml)
-
     agent.mqtt.subscribed.clear()
-    rewrite(base + "\n[ingest]\nowntracks = true\n")
+    write_text(toml, base + "\n[ingest]\nowntracks = true\n")
     assert (await asyncio.wait_for(events.get(), 5))["result"] == "ok"
     await asyncio.wait_for(agent.mqtt.subscribed.wait(), 5)  # the broker acknowledged owntracks/+/+
     await phone.publish("owntracks/alice/pixel", location)
@@ -294,7 +292,7 @@ async def test_turning_owntracks_on_and_off_in_store_toml_applies_on_reload(stor
     assert m.topic == f"{R}/offer/owntracks:alice:pixel"
     assert agent.metrics.pings.get("owntracks") == 1
 
-    rewrite(base + "\n[ingest]\nowntracks = false\n")
+    write_text(toml, base + "\n[ingest]\nowntracks = false\n")
     assert (await asyncio.wait_for(events.get(), 5))["result"] == "ok"
     await phone.publish("owntracks/bob/phone", location)
     await phone.publish(f"{R}/ping/uwb/marker", {"acc": 1})  # a dead letter: everything before it is handled

@@ -20,6 +20,16 @@ def promo_ids(agent) -> set[str]:
     return {p.id for p in agent.cfg.promotions}
 
 
+async def refused_with(store_factory, agent_factory, central: Central, caplog) -> list[str]:
+    """Start central (its bundle set) and an agent polling it; once the bundle is refused and the
+    file's promotions still serve, the downlink's error lines."""
+    await central.start()
+    agent = (await agent_factory(store_factory(toml_extra=sync_toml(central)))).agent
+    await until(agent, lambda: agent.metrics.bundles.get("refused") == 1)
+    assert promo_ids(agent) == {p["id"] for p in BASE_PROMOTIONS}
+    return [r.getMessage() for r in caplog.records if r.name == "sync.downlink" and r.levelname == "ERROR"]
+
+
 async def offer_at_entrance(phone, R: str, device: str) -> dict:
     await phone.subscribe(f"{R}/offer/{device}")
     await phone.publish(f"{R}/ping/uwb/{device}", {"x": 3.0, "y": 1.5, "acc": 0.5, "ts": time.time()}, qos=0)
@@ -103,13 +113,7 @@ async def test_oversized_bundle_is_refused_with_a_log_that_says_so(store_factory
     monkeypatch.setattr(sync.downlink, "MAX_BUNDLE_BYTES", 2000)
     big = [dict(WELCOME, id=f"welcome-{i}") for i in range(40)]
     central.set_bundle({"version": "huge", "promotions": BASE_PROMOTIONS + big})
-    await central.start()
-    cfg = store_factory(toml_extra=sync_toml(central))
-    server = await agent_factory(cfg)
-    agent = server.agent
-    await until(agent, lambda: agent.metrics.bundles.get("refused") == 1)
-    assert promo_ids(agent) == {p["id"] for p in BASE_PROMOTIONS}
-    refusals = [r.getMessage() for r in caplog.records if r.name == "sync.downlink" and r.levelname == "ERROR"]
+    refusals = await refused_with(store_factory, agent_factory, central, caplog)
     assert any("2000 bytes" in m and "too large" in m for m in refusals), refusals
 
 
@@ -135,13 +139,7 @@ async def test_msgpack_bundle_with_a_binary_map_key_is_refused_and_says_where(st
     # msgpack allows bin map keys; JSON and the store's files never have them.
     central.bundle = {"version": "binkey", "promotions": BASE_PROMOTIONS + [dict(WELCOME) | {b"title": "x"}]}
     central.bundle_msgpack, central.bundle_etag = True, '"binkey-1"'
-    await central.start()
-    cfg = store_factory(toml_extra=sync_toml(central))
-    server = await agent_factory(cfg)
-    agent = server.agent
-    await until(agent, lambda: agent.metrics.bundles.get("refused") == 1)
-    assert promo_ids(agent) == {p["id"] for p in BASE_PROMOTIONS}
-    errors = [r.getMessage() for r in caplog.records if r.name == "sync.downlink" and r.levelname == "ERROR"]
+    errors = await refused_with(store_factory, agent_factory, central, caplog)
     assert any("promotions[3]" in m and "not a string" in m for m in errors), errors
 
 
