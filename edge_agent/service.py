@@ -445,10 +445,11 @@ class Agent:
             await asyncio.sleep(1.0)
             try:
                 self.tick()
-            except sqlite3.Error as exc:
-                self.storage_failed(exc, [])
-            except Exception:
-                log.exception("tracker tick failed")
+            except Exception as exc:  # noqa: BLE001 - sorted by row_error
+                if row_error(exc):  # a bug (a row _commit refused and rolled back included), not the disk
+                    log.exception("tracker tick failed")
+                else:
+                    self.storage_failed(exc, [])
 
     def tick(self) -> None:
         if self._storage_down and not self._retry:

@@ -261,3 +261,25 @@ async def test_a_row_no_table_takes_in_a_batch_without_offers_leaves_none_of_its
     await phone.publish(f"{R}/ping/uwb/next", {"x": 24.0, "y": 10.0, "acc": 0.5}, qos=0)
     await phone.next_json(f"{R}/offer/+")
     assert agent.ledger.read_audit(device="d_half") == []
+
+
+async def test_a_row_no_table_takes_in_a_tick_is_logged_as_a_bug_not_taken_for_the_disk(shop, caplog):
+    """The tick's commit refuses a bad row and re-raises it (a SQLite ProgrammingError here); the
+    ticker must not read that as a storage error (storage_ok 0, /readyz 503 until the next probe)."""
+    agent, phone, R = shop
+    ticked = asyncio.Event()
+    tick = agent.pipeline.tick
+
+    def bad_tick(now, wall):
+        fx = tick(now, wall)
+        if not ticked.is_set():
+            fx.rows.append(Audit(wall, "d_x", "dwell", ["a", "list"], "chips", "suppressed", "cooldown"))
+            ticked.set()
+        return fx
+
+    agent.pipeline.tick = bad_tick
+    with caplog.at_level(logging.ERROR, logger="edge_agent"):
+        await asyncio.wait_for(ticked.wait(), 5)  # the ticker runs once a second
+    assert any(r.getMessage() == "tracker tick failed" for r in caplog.records)
+    assert not agent.metrics.storage_errors.values and not agent._storage_down
+    assert not agent.ledger.in_transaction
