@@ -324,9 +324,7 @@ class Agent:
             if not row_error(exc):  # the disk: kept for a retry
                 self.storage_failed(exc, msgs, fx)
                 return False
-            store.rollback()  # a bug in a row: none of these rows stays for the next commit to write
-            for undo in reversed(fx.undo):
-                undo()
+            self._drop(fx)  # a bug in a row: none of these rows stays for the next commit to write
             raise
         self._unsettled = False
         if self.stages is not None:
@@ -400,13 +398,17 @@ class Agent:
         for fn in self.outlets:
             fn(topic, payload)
 
+    def _drop(self, fx: Effects | None) -> None:
+        """The open transaction rolled back, and what ``fx`` changed in memory undone, newest first."""
+        self.store.rollback()
+        for undo in reversed(fx.undo if fx is not None else ()):
+            undo()
+
     def storage_failed(self, exc: Exception, msgs: list[Message] = (), fx: Effects | None = None) -> None:
         """Nothing of ``fx`` (or of an admin's requeue) was committed: undo what it changed in memory
         (a withheld offer leaves no cooldown, a refused pause no pause), keep ``msgs``' QoS 1
         messages for a retry, and say once what kind of failure it is."""
-        self.store.rollback()
-        for undo in reversed(fx.undo if fx is not None else ()):
-            undo()
+        self._drop(fx)
         keep = [m for m in msgs if m.qos]
         self._retry.extend(keep)
         kind = error_kind(exc)

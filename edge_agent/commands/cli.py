@@ -46,6 +46,14 @@ def _refused(path: str, exc) -> str:
             + f"; `edge-agent check --config {path}` lists every error")
 
 
+def _broker_url_refused(url: str) -> str | None:
+    """The one line refusing ``--broker url`` as `[mqtt] url` would refuse it (None: it is a broker URL)."""
+    from store_config._sections import mqtt_url_problem
+
+    problem = mqtt_url_problem(url)
+    return None if problem is None else f"edge-agent: --broker {url}: {problem}"
+
+
 def _load(path: str):
     from store_config import ConfigError, load_store
 
@@ -75,11 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_refused(args.config, exc), file=sys.stderr)
         return 2
     if args.broker:
-        from store_config._sections import mqtt_url_problem
-
-        problem = mqtt_url_problem(args.broker)
-        if problem is not None:
-            print(f"edge-agent: --broker {args.broker}: {problem}", file=sys.stderr)
+        if refused := _broker_url_refused(args.broker):
+            print(refused, file=sys.stderr)
             return 2
         cfg = dataclasses.replace(cfg, mqtt=dataclasses.replace(cfg.mqtt, url=args.broker))
     if cfg.mqtt.url is None:
@@ -232,13 +237,9 @@ def _broker(args: argparse.Namespace) -> tuple[str, str, object]:
         raise SystemExit(2)
     else:
         url, root = args.broker, f"store/{args.store}"
-    if args.broker:
-        from store_config._sections import mqtt_url_problem
-
-        problem = mqtt_url_problem(args.broker)
-        if problem is not None:
-            print(f"edge-agent: --broker {args.broker}: {problem}", file=sys.stderr)
-            raise SystemExit(2)
+    if args.broker and (refused := _broker_url_refused(args.broker)):
+        print(refused, file=sys.stderr)
+        raise SystemExit(2)
     return url, root, mqtt
 
 

@@ -5,7 +5,6 @@ so a first offer needs no extra package.  Plain paho, no agent."""
 from __future__ import annotations
 
 import json
-import ssl
 import sys
 import threading
 import time
@@ -26,7 +25,7 @@ def _client(url: str, name: str, mqtt: MqttConfig | None = None) -> paho.Client:
     if mqtt is not None and mqtt.username:
         c.username_pw_set(mqtt.username, mqtt.password)
     if tls:
-        c.tls_set_context(tls_context(mqtt) if mqtt is not None else ssl.create_default_context())
+        c.tls_set_context(tls_context(mqtt or MqttConfig()))  # without a config: the system's CAs
     answered = threading.Event()
     refused: list[str] = []
 

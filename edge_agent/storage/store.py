@@ -182,7 +182,8 @@ class PickupTable:
 class Store:
     """The ledger file with every table the agent keeps."""
 
-    def __init__(self, ledger: Ledger, sealer: privacy.TopicSealer | None = None):
+    def __init__(self, ledger: Ledger, sealer: privacy.TopicSealer | None = None,
+                 on_dropped: Callable[[str], None] = lambda error: None):
         self.ledger = ledger
         self.sealer = sealer  # None: offers are stored without their topic (never re-sent after a restart)
         self.consent = ConsentTable(ledger.conn)
@@ -193,7 +194,7 @@ class Store:
         self.forgotten: dict[str, dict[str, int]] = {}  # pseudonym -> rows deleted by a full Forget
         self._scrub_wal = False  # a full Forget was written: empty the WAL once it is committed
         self._dropping: list[tuple[str, str, str]] = []  # rows a replay leaves out (kind, error, cause), until committed
-        self.on_dropped: Callable[[str], None] = lambda error: None  # each, once committed (the shell counts them)
+        self.on_dropped = on_dropped  # each row a replay left out, by its error, once committed (the shell counts)
         self._seal_legacy()
 
     def _seal_legacy(self) -> None:
@@ -320,19 +321,29 @@ class Store:
         held = led.conn.execute("SELECT id, rows FROM pending ORDER BY id").fetchall()
         for pending_id, blob in held:
             led.begin()
-            led.conn.execute("SAVEPOINT record")
-            try:
-                self.settle(unpack_rows(blob), pending_id)
-            except Exception as exc:  # noqa: BLE001 - sorted by row_error
-                if not row_error(exc):
-                    raise
-                led.conn.execute("ROLLBACK TO record")
+            exc = self._isolated(lambda: self.settle(unpack_rows(blob), pending_id))
+            if exc is not None:
                 self._settle_row_by_row(blob, pending_id, exc)
-            led.conn.execute("RELEASE record")
         return len(held)
 
+    def _isolated(self, write: Callable[[], Any]) -> Exception | None:
+        """``write()`` under a savepoint of the open transaction: a row error (:func:`row_error`)
+        is rolled back to it and returned; any other error raises as it is."""
+        conn = self.ledger.conn
+        conn.execute("SAVEPOINT isolated")
+        try:
+            write()
+            bad = None
+        except Exception as exc:  # noqa: BLE001 - sorted by row_error
+            if not row_error(exc):
+                raise
+            conn.execute("ROLLBACK TO isolated")
+            bad = exc
+        conn.execute("RELEASE isolated")
+        return bad
+
     def _settle_row_by_row(self, blob: bytes, pending_id: int, exc: Exception) -> None:
-        conn, rows, cause = self.ledger.conn, [], f"{type(exc).__name__} at {where(exc)}"
+        rows, cause = [], f"{type(exc).__name__} at {where(exc)}"
         try:
             entries = _entries(blob)
         except Exception as unreadable:  # noqa: BLE001
@@ -345,16 +356,10 @@ class Store:
                 kind = entry[0] if isinstance(entry, tuple) and entry and entry[0] in ROW_KINDS else "unknown"
                 self._dropping.append((kind, type(bad).__name__, cause))
         for r in sorted(rows, key=lambda r: _APPLY_ORDER.get(type(r), len(_APPLY_ORDER))):  # stable
-            conn.execute("SAVEPOINT row")
-            try:
-                self.apply([r])
-            except Exception as bad:  # noqa: BLE001 - sorted by row_error
-                if not row_error(bad):
-                    raise
-                conn.execute("ROLLBACK TO row")
+            bad = self._isolated(lambda: self.apply([r]))
+            if bad is not None:
                 self._dropping.append((type(r).__name__, type(bad).__name__, cause))
-            conn.execute("RELEASE row")
-        conn.execute("DELETE FROM pending WHERE id = ?", (pending_id,))
+        self.ledger.conn.execute("DELETE FROM pending WHERE id = ?", (pending_id,))
 
     def abandon(self, exc: Exception) -> str:
         """A batch's second commit failed on a row (:func:`row_error`): roll it back, keep its
@@ -438,7 +443,7 @@ def check_writable(path: Path) -> None:
 
 
 def open_ledger(path: Path, *, store_id: str, on_corrupt=None, sealer=None,
-                on_dropped: Callable[[str], None] | None = None) -> tuple[Ledger, Store]:
+                on_dropped: Callable[[str], None] = lambda error: None) -> tuple[Ledger, Store]:
     """Open the ledger and every table on it, checked (``PRAGMA quick_check``).
 
     A file SQLite calls corrupt — not a database, or a malformed page with the
@@ -455,10 +460,7 @@ def open_ledger(path: Path, *, store_id: str, on_corrupt=None, sealer=None,
             bad = [r[0] for r in ledger.conn.execute("PRAGMA quick_check(3)")]
             if bad != ["ok"]:
                 raise sqlite3.DatabaseError("; ".join(bad))
-            store = Store(ledger, sealer)
-            if on_dropped is not None:
-                store.on_dropped = on_dropped  # a row a replay left out, by its error (Store.replay_pending)
-            return ledger, store
+            return ledger, Store(ledger, sealer, on_dropped)
         except sqlite3.Error as exc:
             if ledger is not None:
                 ledger.conn.close()

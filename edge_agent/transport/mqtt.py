@@ -100,7 +100,6 @@ class _Client(paho.Client):
         fast(topic, bytes(packet[end:]), bool(cmd & 0x01))
         return paho.MQTT_ERR_SUCCESS
 
-
     def publish_qos1(self, topic: str, payload: bytes) -> int:
         """``publish(topic, payload, qos=1).mid`` for the common case -- connected, under the
         in-flight limit -- in a fraction of paho's Python: the same packet, and the same
